@@ -1,0 +1,283 @@
+//! Wire types of the REST API (`/api/v1`), shared by the server, the agent and the CLI so
+//! the three can never disagree about a field.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::desired::ContainerSpec;
+use crate::spec::AppSpec;
+
+/// The body of every error response: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// A stable machine-readable code, e.g. `not_found`, `invalid_spec`.
+    pub code: String,
+    pub message: String,
+}
+
+/// An app as stored: its spec, the groups it is attached to, and the revision of its last
+/// change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct App {
+    pub name: String,
+    pub spec: AppSpec,
+    pub groups: Vec<String>,
+    pub revision: u64,
+    pub restart_nonce: u64,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// `POST /api/v1/apps`: create an app and attach it to groups (created on demand).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApp {
+    pub name: String,
+    pub spec: AppSpec,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// `PUT /api/v1/apps/{name}`: replace the spec; `groups`, when given, replaces the groups.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateApp {
+    pub spec: AppSpec,
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+}
+
+/// A device group: the apps attached to it and the nodes in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub name: String,
+    pub apps: Vec<String>,
+    pub nodes: Vec<String>,
+    pub revision: u64,
+}
+
+/// A node's health as the server sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Ready,
+    Pressured,
+    Tainted,
+    Offline,
+}
+
+impl NodeStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeStatus::Ready => "ready",
+            NodeStatus::Pressured => "pressured",
+            NodeStatus::Tainted => "tainted",
+            NodeStatus::Offline => "offline",
+        }
+    }
+}
+
+/// A registered node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub address: String,
+    pub agent_version: String,
+    pub cpus: u32,
+    pub memory_mb: u64,
+    pub status: NodeStatus,
+    /// Unix seconds of the last request from the node; 0 when never seen.
+    pub last_seen: u64,
+    pub registered_at: u64,
+    /// The desired-state revision the node last reported as applied.
+    pub applied_revision: u64,
+}
+
+/// `POST /api/v1/nodes/register`, authenticated with the join token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub name: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub cpus: u32,
+    pub memory_mb: u64,
+    pub agent_version: String,
+}
+
+/// The node's own credential, returned once and kept by the agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub node: String,
+    pub token: String,
+}
+
+/// A node's desired state at one revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub node: String,
+    pub revision: u64,
+    pub apps: Vec<DesiredApp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredApp {
+    pub name: String,
+    /// The revision of the app's last change.
+    pub revision: u64,
+    pub rolling_restart: bool,
+    pub containers: Vec<DesiredContainer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredContainer {
+    /// The Docker container name, unique per node.
+    pub name: String,
+    pub hash: String,
+    pub spec: ContainerSpec,
+}
+
+/// Host vitals, sampled by the agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Vitals {
+    pub cpu_percent: f32,
+    pub cpus: u32,
+    pub memory_used_mb: u64,
+    pub memory_total_mb: u64,
+    pub disk_used_mb: u64,
+    pub disk_total_mb: u64,
+    pub load1: f32,
+    pub load5: f32,
+    pub load15: f32,
+    pub net_rx_bps: u64,
+    pub net_tx_bps: u64,
+    pub uptime_s: u64,
+    /// Unix seconds when sampled.
+    pub at: u64,
+}
+
+/// How far one app is on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppState {
+    /// Every replica runs the desired spec (and is healthy where it has a healthcheck).
+    Running,
+    /// The app is stopped and no container is left.
+    Stopped,
+    /// Work is under way.
+    Progressing,
+    /// The last attempt failed; `error` says why, a retry is scheduled.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub app: String,
+    /// The app revision this status is about.
+    pub revision: u64,
+    pub state: AppState,
+    pub ready: u32,
+    pub desired: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One container as the agent observed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub app: String,
+    pub name: String,
+    pub id: String,
+    pub image: String,
+    /// Docker's state: running, exited, created, restarting…
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// Unix seconds the container was created.
+    pub since: u64,
+}
+
+/// `PUT /api/v1/nodes/{name}/status`: what the node runs, at which revision.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub applied_revision: u64,
+    pub apps: Vec<AppStatus>,
+    pub containers: Vec<ContainerStatus>,
+}
+
+/// `POST /api/v1/nodes/{name}/heartbeat`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub vitals: Vitals,
+}
+
+/// One node's view of one app's rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRollout {
+    pub node: String,
+    pub node_status: NodeStatus,
+    /// True once the node runs the app's current revision (or, after a delete, nothing).
+    pub converged: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<AppState>,
+    pub ready: u32,
+    pub desired: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /api/v1/apps/{name}/rollout` (and `/api/v1/rollouts/{name}` after a delete).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub app: String,
+    pub revision: u64,
+    /// False once the app was deleted: converged then means "no containers left".
+    pub exists: bool,
+    pub nodes: Vec<NodeRollout>,
+}
+
+impl Rollout {
+    pub fn converged_count(&self) -> usize {
+        self.nodes.iter().filter(|n| n.converged).count()
+    }
+    pub fn failed(&self) -> impl Iterator<Item = &NodeRollout> {
+        self.nodes
+            .iter()
+            .filter(|n| n.state == Some(AppState::Failed))
+    }
+}
+
+/// A row of `gustavo cache containers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeContainer {
+    pub node: String,
+    #[serde(flatten)]
+    pub container: ContainerStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A row of `gustavo cache vitals`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeVitals {
+    pub node: String,
+    pub status: NodeStatus,
+    pub vitals: Option<Vitals>,
+}
+
+/// `GET /api/v1/registry/tags?image=`: what the image's registry holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageTags {
+    pub name: String,
+    pub tags: Vec<String>,
+}

@@ -1,0 +1,226 @@
+//! From an app spec to the concrete containers one node must run.
+//!
+//! The server computes a node's desired state here; the agent only executes it. Each
+//! container spec carries a content hash of everything that shapes the container, so the
+//! agent recreates a container exactly when something that matters changed — never because
+//! a counter moved (Nebula's mistake), and never misses a change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::spec::{AppSpec, HealthCheck, ImageRef, NetworkMode, PortMapping, RestartPolicy};
+
+/// What the server knows about a node that shapes its containers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFacts {
+    pub name: String,
+    pub cpus: u32,
+    pub memory_mb: u64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Everything needed to create one container, and nothing that does not change it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub app: String,
+    /// 1-based, like Nebula's `<app>-<n>` names.
+    pub replica: u32,
+    pub image: String,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<PortMapping>,
+    pub volumes: Vec<String>,
+    pub network: NetworkMode,
+    pub privileged: bool,
+    pub devices: Vec<String>,
+    pub command: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub nano_cpus: Option<i64>,
+    pub memory_bytes: Option<i64>,
+    pub restart: RestartPolicy,
+    pub labels: BTreeMap<String, String>,
+    pub healthcheck: Option<HealthCheck>,
+    /// Bumped by `apps restart`: a new value forces every replica to be recreated.
+    pub restart_nonce: u64,
+}
+
+impl ContainerSpec {
+    /// A short content hash: the first 16 hex digits of SHA-256 over the canonical JSON
+    /// (maps are ordered, so equal specs always hash equal).
+    pub fn hash(&self) -> String {
+        let bytes = serde_json::to_vec(self).expect("container specs always serialize");
+        hex::encode(&Sha256::digest(&bytes)[..8])
+    }
+}
+
+/// The Docker name of a replica. `.` never appears in node or app names (see `names`), so
+/// names of different agents sharing one engine cannot collide.
+pub fn container_name(node: &str, app: &str, replica: u32) -> String {
+    format!("{node}.{app}.{replica}")
+}
+
+/// Expands the placeholders users may write in env values: `{{node.name}}`,
+/// `{{node.label.KEY}}`, `{{replica}}` and `{{app}}`. Unknown labels expand to nothing.
+fn expand_env(value: &str, node: &NodeFacts, app: &str, replica: u32) -> String {
+    if !value.contains("{{") {
+        return value.to_string();
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let key = after[..end].trim();
+        match key {
+            "node.name" => out.push_str(&node.name),
+            "replica" => out.push_str(&replica.to_string()),
+            "app" => out.push_str(app),
+            k if k.starts_with("node.label.") => {
+                if let Some(v) = node.labels.get(&k["node.label.".len()..]) {
+                    out.push_str(v);
+                }
+            }
+            _ => out.push_str(&rest[start..start + 2 + end + 2]),
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The containers `node` must run for one app. Empty when the app is stopped.
+pub fn expand(
+    app: &str,
+    spec: &AppSpec,
+    restart_nonce: u64,
+    node: &NodeFacts,
+) -> Vec<ContainerSpec> {
+    if !spec.running {
+        return Vec::new();
+    }
+    let count = spec.containers_per.replicas(node.cpus, node.memory_mb);
+    let image = ImageRef::parse(&spec.docker_image).canonical();
+    (0..count)
+        .map(|i| {
+            let replica = i + 1;
+            let mut env: BTreeMap<String, String> = spec
+                .env_vars
+                .iter()
+                .map(|(k, v)| (k.clone(), expand_env(v, node, app, replica)))
+                .collect();
+            env.entry("GUSTAVO_NODE".into())
+                .or_insert_with(|| node.name.clone());
+            env.entry("GUSTAVO_APP".into())
+                .or_insert_with(|| app.to_string());
+            env.entry("GUSTAVO_REPLICA".into())
+                .or_insert_with(|| replica.to_string());
+            ContainerSpec {
+                app: app.to_string(),
+                replica,
+                image: image.clone(),
+                env,
+                ports: spec
+                    .starting_ports
+                    .0
+                    .iter()
+                    .filter_map(|p| {
+                        // Replica i binds host port + i; a port pushed past 65535 is dropped
+                        // rather than wrapped onto someone else's port.
+                        let host = u16::try_from(u32::from(p.host) + i).ok()?;
+                        Some(PortMapping {
+                            host,
+                            container: p.container,
+                        })
+                    })
+                    .collect(),
+                volumes: spec.volumes.iter().map(|v| v.0.clone()).collect(),
+                network: NetworkMode::from_list(&spec.networks),
+                privileged: spec.privileged,
+                devices: spec
+                    .devices
+                    .iter()
+                    .map(|d| format!("{}:{}:{}", d.host, d.container, d.permissions))
+                    .collect(),
+                command: spec.command.as_ref().map(|c| c.0.clone()),
+                entrypoint: spec.entrypoint.as_ref().map(|c| c.0.clone()),
+                nano_cpus: spec.cpus.map(|c| c.nano()),
+                memory_bytes: spec.memory.map(|m| m.0 as i64),
+                restart: spec.restart,
+                labels: spec.labels.clone(),
+                healthcheck: spec.healthcheck.clone(),
+                restart_nonce,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::parse_one;
+
+    fn node() -> NodeFacts {
+        NodeFacts {
+            name: "pi1".into(),
+            cpus: 4,
+            memory_mb: 1024,
+            labels: BTreeMap::from([("site".into(), "north".into())]),
+        }
+    }
+
+    #[test]
+    fn replicas_get_offset_ports_and_node_values() {
+        let spec = parse_one(
+            "a:\n  docker_image: r:5000/x\n  starting_ports: [{9000: 80}]\n  containers_per: {cpu: 0.5}\n  env_vars: {WHERE: \"{{node.name}}@{{node.label.site}}#{{replica}}\"}\n",
+            "a",
+        )
+        .unwrap();
+        let c = expand("a", &spec, 0, &node());
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            c[1].ports,
+            vec![PortMapping {
+                host: 9001,
+                container: 80
+            }]
+        );
+        assert_eq!(c[1].env["WHERE"], "pi1@north#2");
+        assert_eq!(c[0].env["GUSTAVO_NODE"], "pi1");
+        assert_eq!(c[0].image, "r:5000/x:latest");
+    }
+
+    #[test]
+    fn hash_changes_with_content_only() {
+        let spec = parse_one("a:\n  docker_image: x\n  env_vars: {A: \"1\"}\n", "a").unwrap();
+        let h1 = expand("a", &spec, 0, &node())[0].hash();
+        assert_eq!(h1, expand("a", &spec, 0, &node())[0].hash());
+        let mut changed = spec.clone();
+        changed.env_vars.insert("A".into(), "2".into());
+        assert_ne!(h1, expand("a", &changed, 0, &node())[0].hash());
+        assert_ne!(h1, expand("a", &spec, 1, &node())[0].hash());
+        // Switching rolling_restart changes how to roll, not what runs.
+        let mut rolling = spec.clone();
+        rolling.rolling_restart = true;
+        assert_eq!(h1, expand("a", &rolling, 0, &node())[0].hash());
+    }
+
+    #[test]
+    fn stopped_apps_have_no_containers() {
+        let spec = parse_one("a:\n  docker_image: x\n  running: false\n", "a").unwrap();
+        assert!(expand("a", &spec, 0, &node()).is_empty());
+    }
+
+    #[test]
+    fn unknown_placeholders_stay() {
+        assert_eq!(
+            expand_env("{{nope}} {{node.label.x}}|{{", &node(), "a", 1),
+            "{{nope}} |{{"
+        );
+    }
+}

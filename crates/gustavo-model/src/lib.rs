@@ -1,0 +1,16 @@
+//! Gustavo's domain model: everything the server and the agent decide, with no I/O.
+//!
+//! - [`spec`]: the app format (the seed's YAML plus extensions), parsed and validated.
+//! - [`desired`]: how an app becomes concrete container specs on one node, with content hashes.
+//! - [`plan`]: the reconcile diff — what to create, start and remove to make observed match desired.
+//! - [`api`]: the wire types shared by server, agent and CLI.
+//! - [`names`]: the rules for app, group and node names.
+
+pub mod api;
+pub mod desired;
+pub mod names;
+pub mod plan;
+pub mod spec;
+
+pub use desired::{ContainerSpec, NodeFacts};
+pub use spec::{AppSpec, SpecError};

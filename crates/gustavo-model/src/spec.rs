@@ -1,0 +1,1078 @@
+//! The app format: the seed's YAML (one file, top-level keys are app names) plus the
+//! extensions Nebula's users asked for. Parsing and validation happen in one step, inside
+//! deserialization, so every bad value is reported with its line and column by the YAML
+//! parser (or by serde_json when the same spec arrives as JSON over the API).
+//!
+//! Every type here serializes to a form its own deserializer accepts, so a spec survives a
+//! round trip through the store unchanged.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Why a spec file or body was refused.
+#[derive(Debug, Error)]
+pub enum SpecError {
+    #[error("{0}")]
+    Yaml(String),
+    #[error("invalid app spec: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the file defines no apps")]
+    Empty,
+    #[error("app `{wanted}` is not in the file (it defines: {found})")]
+    NotInFile { wanted: String, found: String },
+}
+
+/// One app: a container template and how many replicas each device runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    /// `registry:port/name[:tag]`; no tag means `latest`.
+    #[serde(deserialize_with = "image_ref")]
+    pub docker_image: String,
+    #[serde(default, deserialize_with = "env_map")]
+    pub env_vars: BTreeMap<String, String>,
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
+    /// Replica `i` (0-based) binds every host port plus `i`.
+    #[serde(default)]
+    pub starting_ports: Ports,
+    #[serde(default = "yes")]
+    pub running: bool,
+    #[serde(default = "default_networks", deserialize_with = "networks")]
+    pub networks: Vec<String>,
+    #[serde(default)]
+    pub rolling_restart: bool,
+    #[serde(default)]
+    pub containers_per: ContainersPer,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    /// Overrides the image's CMD. A string is split like a shell would (no shell runs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Command>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Command>,
+    /// CPU limit in cores, e.g. `0.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Cpus>,
+    /// Memory limit, e.g. `256m`, `1g`, or bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthCheck>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Nebula's documented default: every container joins the `nebula` bridge.
+fn default_networks() -> Vec<String> {
+    vec!["nebula".to_string()]
+}
+
+/// Parses a spec file and returns its apps in file order.
+pub fn parse_file(yaml: &str) -> Result<Vec<(String, AppSpec)>, SpecError> {
+    let apps: Vec<(AppName, AppSpec)> = serde_saphyr::from_str::<OrderedApps>(yaml)
+        .map_err(|e| SpecError::Yaml(e.to_string()))?
+        .0;
+    if apps.is_empty() {
+        return Err(SpecError::Empty);
+    }
+    Ok(apps.into_iter().map(|(n, s)| (n.0, s)).collect())
+}
+
+/// Parses a spec file and picks the app called `name` (the CLI's `-n`).
+pub fn parse_one(yaml: &str, name: &str) -> Result<AppSpec, SpecError> {
+    let apps = parse_file(yaml)?;
+    let found = apps
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    apps.into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, s)| s)
+        .ok_or(SpecError::NotInFile {
+            wanted: name.to_string(),
+            found,
+        })
+}
+
+/// Parses one spec sent as JSON over the API.
+pub fn parse_json(body: &[u8]) -> Result<AppSpec, SpecError> {
+    Ok(serde_json::from_slice(body)?)
+}
+
+/// The file's top level, kept in order and with names checked where they stand.
+struct OrderedApps(Vec<(AppName, AppSpec)>);
+
+impl<'de> Deserialize<'de> for OrderedApps {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OrderedApps;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map from app name to app spec")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<OrderedApps, A::Error> {
+                let mut out: Vec<(AppName, AppSpec)> = Vec::new();
+                while let Some(name) = m.next_key::<AppName>()? {
+                    if out.iter().any(|(n, _)| n.0 == name.0) {
+                        return Err(de::Error::custom(format!(
+                            "app `{}` is defined twice",
+                            name.0
+                        )));
+                    }
+                    let spec = m.next_value::<AppSpec>()?;
+                    out.push((name, spec));
+                }
+                Ok(OrderedApps(out))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<OrderedApps, E> {
+                Ok(OrderedApps(Vec::new()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+struct AppName(String);
+
+impl<'de> Deserialize<'de> for AppName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::names::validate("app", &s).map_err(de::Error::custom)?;
+        Ok(AppName(s))
+    }
+}
+
+fn image_ref<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    validate_image(&s).map_err(de::Error::custom)?;
+    Ok(s)
+}
+
+/// Checks an image reference enough to refuse what Docker would refuse later.
+pub fn validate_image(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("docker_image is empty".into());
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("docker_image `{s}` contains whitespace"));
+    }
+    let r = ImageRef::parse(s);
+    if r.repository.is_empty() || r.repository.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!(
+            "docker_image `{s}`: the repository must be non-empty and lowercase"
+        ));
+    }
+    Ok(())
+}
+
+/// An image reference split into its parts. `registry` is `None` for Docker Hub names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    pub registry: Option<String>,
+    pub repository: String,
+    /// `latest` when the reference has neither tag nor digest.
+    pub tag: String,
+    pub digest: Option<String>,
+}
+
+impl ImageRef {
+    pub fn parse(s: &str) -> ImageRef {
+        let (rest, digest) = match s.split_once('@') {
+            Some((r, d)) => (r, Some(d.to_string())),
+            None => (s, None),
+        };
+        // A first component with `.` or `:`, or `localhost`, names a registry (Docker's rule).
+        let (registry, path) = match rest.split_once('/') {
+            Some((first, path))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                (Some(first.to_string()), path)
+            }
+            _ => (None, rest),
+        };
+        let last_slash = path.rfind('/').map(|i| i + 1).unwrap_or(0);
+        let (repository, tag) = match path[last_slash..].rfind(':') {
+            Some(i) => (
+                path[..last_slash + i].to_string(),
+                path[last_slash + i + 1..].to_string(),
+            ),
+            None => (path.to_string(), String::new()),
+        };
+        let tag = if tag.is_empty() && digest.is_none() {
+            "latest".to_string()
+        } else {
+            tag
+        };
+        ImageRef {
+            registry,
+            repository,
+            tag,
+            digest,
+        }
+    }
+
+    /// The reference Docker is asked for: always with a tag or digest.
+    pub fn canonical(&self) -> String {
+        let mut s = String::new();
+        if let Some(r) = &self.registry {
+            s.push_str(r);
+            s.push('/');
+        }
+        s.push_str(&self.repository);
+        if !self.tag.is_empty() {
+            s.push(':');
+            s.push_str(&self.tag);
+        }
+        if let Some(d) = &self.digest {
+            s.push('@');
+            s.push_str(d);
+        }
+        s
+    }
+}
+
+/// Env values may be written as numbers or booleans; Docker wants strings.
+fn env_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let m = BTreeMap::<String, Scalar>::deserialize(d)?;
+    let mut out = BTreeMap::new();
+    for (k, v) in m {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(de::Error::custom(format!(
+                "env var name `{k}` is invalid (empty, or contains `=`)"
+            )));
+        }
+        out.insert(k, v.0);
+    }
+    Ok(out)
+}
+
+/// A YAML/JSON scalar taken as text.
+struct Scalar(String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    if list.is_empty() {
+        return Ok(default_networks());
+    }
+    for (i, n) in list.iter().enumerate() {
+        let ok = !n.is_empty()
+            && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !ok {
+            return Err(de::Error::custom(format!("network name `{n}` is invalid")));
+        }
+        if (n == "host" || n == "none") && (i != 0 || list.len() != 1) {
+            return Err(de::Error::custom(format!(
+                "network `{n}` is a mode: it must be the only network listed"
+            )));
+        }
+    }
+    Ok(list)
+}
+
+/// How the container attaches to the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    Host,
+    None,
+    /// User-defined bridges, created on the device when missing; the first is joined at
+    /// creation, the rest connected after.
+    Bridges(Vec<String>),
+}
+
+impl NetworkMode {
+    pub fn from_list(list: &[String]) -> NetworkMode {
+        match list.first().map(String::as_str) {
+            Some("host") => NetworkMode::Host,
+            Some("none") => NetworkMode::None,
+            _ => NetworkMode::Bridges(list.to_vec()),
+        }
+    }
+}
+
+/// One host → container port binding (TCP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub host: u16,
+    pub container: u16,
+}
+
+/// `starting_ports`: a list whose items are a port (same on both sides) or a map
+/// `{host: container}` — numbers or numeric strings, as Nebula accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ports(pub Vec<PortMapping>);
+
+impl Serialize for Ports {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for p in &self.0 {
+            seq.serialize_element(&BTreeMap::from([(p.host.to_string(), p.container)]))?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Ports {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Ports;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of ports or {host: container} maps")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Ports, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = seq.next_element::<PortItem>()? {
+                    out.extend(item.0);
+                }
+                let mut hosts: Vec<u16> = out.iter().map(|p| p.host).collect();
+                hosts.sort_unstable();
+                if let Some(w) = hosts.windows(2).find(|w| w[0] == w[1]) {
+                    return Err(de::Error::custom(format!(
+                        "host port {} is listed twice",
+                        w[0]
+                    )));
+                }
+                Ok(Ports(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+struct PortItem(Vec<PortMapping>);
+
+impl<'de> Deserialize<'de> for PortItem {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PortItem;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port number or a {host: container} map")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortItem, E> {
+                let p = port_number(v)?;
+                Ok(PortItem(vec![PortMapping {
+                    host: p,
+                    container: p,
+                }]))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortItem, E> {
+                Err(E::custom(format!("port {v} is out of range 1-65535")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortItem, E> {
+                let p = port_text(v)?;
+                Ok(PortItem(vec![PortMapping {
+                    host: p,
+                    container: p,
+                }]))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<PortItem, A::Error> {
+                let mut out = Vec::new();
+                while let Some(host) = m.next_key::<PortNum>()? {
+                    let container = m.next_value::<PortNum>()?;
+                    out.push(PortMapping {
+                        host: host.0,
+                        container: container.0,
+                    });
+                }
+                if out.is_empty() {
+                    return Err(de::Error::custom("empty port map"));
+                }
+                Ok(PortItem(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+struct PortNum(u16);
+
+impl<'de> Deserialize<'de> for PortNum {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = PortNum;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port number 1-65535")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortNum, E> {
+                port_number(v).map(PortNum)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortNum, E> {
+                Err(E::custom(format!("port {v} is out of range 1-65535")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortNum, E> {
+                port_text(v).map(PortNum)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn port_number<E: de::Error>(v: u64) -> Result<u16, E> {
+    match u16::try_from(v) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(E::custom(format!("port {v} is out of range 1-65535"))),
+    }
+}
+
+fn port_text<E: de::Error>(v: &str) -> Result<u16, E> {
+    match v.trim().parse::<u64>() {
+        Ok(n) => port_number(n),
+        Err(_) => Err(E::custom(format!("port `{v}` is not a number"))),
+    }
+}
+
+/// A `docker run -v` string: `host:container[:options]`, host an absolute path or a named
+/// volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume(pub String);
+
+impl Volume {
+    pub fn host(&self) -> &str {
+        self.0.split(':').next().unwrap_or_default()
+    }
+    /// A host path, as opposed to a named volume.
+    pub fn is_host_path(&self) -> bool {
+        self.host().starts_with('/')
+    }
+}
+
+impl Serialize for Volume {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Volume {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let parts: Vec<&str> = s.split(':').collect();
+        let bad = |why: &str| de::Error::custom(format!("volume `{s}`: {why}"));
+        if !(2..=3).contains(&parts.len()) {
+            return Err(bad("expected host:container[:options]"));
+        }
+        if parts[0].is_empty() {
+            return Err(bad("the host side is empty"));
+        }
+        if !parts[1].starts_with('/') {
+            return Err(bad("the container path must be absolute"));
+        }
+        if let Some(opts) = parts.get(2) {
+            let known = [
+                "ro", "rw", "z", "Z", "shared", "slave", "private", "rshared", "rslave",
+                "rprivate", "nocopy",
+            ];
+            if let Some(o) = opts.split(',').find(|o| !known.contains(o)) {
+                return Err(bad(&format!("unknown option `{o}`")));
+            }
+        }
+        Ok(Volume(s))
+    }
+}
+
+/// A `docker run --device` string: `host[:container[:permissions]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub host: String,
+    pub container: String,
+    pub permissions: String,
+}
+
+impl Serialize for Device {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!(
+            "{}:{}:{}",
+            self.host, self.container, self.permissions
+        ))
+    }
+}
+
+impl<'de> Deserialize<'de> for Device {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let parts: Vec<&str> = s.split(':').collect();
+        let bad = |why: &str| de::Error::custom(format!("device `{s}`: {why}"));
+        if parts.len() > 3 || !parts[0].starts_with('/') {
+            return Err(bad("expected /host/path[:/container/path[:rwm]]"));
+        }
+        let container = parts.get(1).copied().unwrap_or(parts[0]);
+        if !container.starts_with('/') {
+            return Err(bad("the container path must be absolute"));
+        }
+        let permissions = parts.get(2).copied().unwrap_or("rwm");
+        if permissions.is_empty() || !permissions.chars().all(|c| "rwm".contains(c)) {
+            return Err(bad("permissions must be made of r, w and m"));
+        }
+        Ok(Device {
+            host: parts[0].to_string(),
+            container: container.to_string(),
+            permissions: permissions.to_string(),
+        })
+    }
+}
+
+/// `containers_per`: exactly one of `server`/`instance` (N per device), `cpu` (N per core)
+/// or `memory`/`mem` (one per N MB of the device's memory).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ContainersPer {
+    Server(u32),
+    Cpu(f64),
+    MemoryMb(u64),
+}
+
+impl Default for ContainersPer {
+    fn default() -> Self {
+        ContainersPer::Server(1)
+    }
+}
+
+/// The most replicas one app may ask of one device, whatever the device's size.
+pub const MAX_REPLICAS_PER_NODE: u32 = 1000;
+
+impl ContainersPer {
+    /// How many replicas a device with `cpus` cores and `memory_mb` of memory runs.
+    pub fn replicas(&self, cpus: u32, memory_mb: u64) -> u32 {
+        let n = match *self {
+            ContainersPer::Server(n) => n,
+            ContainersPer::Cpu(per_core) => (f64::from(cpus) * per_core).floor() as u32,
+            ContainersPer::MemoryMb(mb) => (memory_mb / mb.max(1)) as u32,
+        };
+        n.min(MAX_REPLICAS_PER_NODE)
+    }
+}
+
+impl Serialize for ContainersPer {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        match *self {
+            ContainersPer::Server(n) => m.serialize_entry("server", &n)?,
+            ContainersPer::Cpu(n) => m.serialize_entry("cpu", &n)?,
+            ContainersPer::MemoryMb(n) => m.serialize_entry("memory", &n)?,
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ContainersPer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = BTreeMap::<String, f64>::deserialize(d)?;
+        if m.len() != 1 {
+            return Err(de::Error::custom(
+                "containers_per takes exactly one of server, instance, cpu, memory",
+            ));
+        }
+        let (k, v) = m.into_iter().next().expect("one entry, checked above");
+        if !v.is_finite() || v < 0.0 {
+            return Err(de::Error::custom(format!(
+                "containers_per.{k} must be a non-negative number"
+            )));
+        }
+        let whole = |v: f64| -> Result<u64, D::Error> {
+            if v.fract() != 0.0 {
+                return Err(de::Error::custom(format!(
+                    "containers_per.{k} must be a whole number"
+                )));
+            }
+            Ok(v as u64)
+        };
+        match k.as_str() {
+            "server" | "instance" => {
+                let n = whole(v)?;
+                if n > u64::from(MAX_REPLICAS_PER_NODE) {
+                    return Err(de::Error::custom(format!(
+                        "containers_per.{k} is at most {MAX_REPLICAS_PER_NODE}"
+                    )));
+                }
+                Ok(ContainersPer::Server(n as u32))
+            }
+            "cpu" => Ok(ContainersPer::Cpu(v)),
+            "memory" | "mem" => match whole(v)? {
+                0 => Err(de::Error::custom(
+                    "containers_per.memory must be at least 1 (MB)",
+                )),
+                n => Ok(ContainersPer::MemoryMb(n)),
+            },
+            other => Err(de::Error::custom(format!(
+                "unknown containers_per key `{other}`, expected server, instance, cpu or memory"
+            ))),
+        }
+    }
+}
+
+/// A command line: a list, or a string split the way a shell splits words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Command(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Line(String),
+            Words(Vec<String>),
+        }
+        let words = match Raw::deserialize(d)
+            .map_err(|_| de::Error::custom("expected a command string or a list of strings"))?
+        {
+            Raw::Line(s) => split_words(&s).map_err(de::Error::custom)?,
+            Raw::Words(w) => w,
+        };
+        if words.is_empty() {
+            return Err(de::Error::custom("the command is empty"));
+        }
+        Ok(Command(words))
+    }
+}
+
+/// Splits a command line into words: whitespace separates, single quotes keep everything,
+/// double quotes keep everything but `\"` and `\\`, a backslash outside quotes escapes.
+pub fn split_words(s: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => cur.push(c),
+                        None => return Err(format!("unclosed single quote in `{s}`")),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\')) => cur.push(c),
+                            Some(c) => {
+                                cur.push('\\');
+                                cur.push(c);
+                            }
+                            None => return Err(format!("unclosed double quote in `{s}`")),
+                        },
+                        Some(c) => cur.push(c),
+                        None => return Err(format!("unclosed double quote in `{s}`")),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                if let Some(c) = chars.next() {
+                    cur.push(c);
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+/// A CPU limit in cores.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Cpus(pub f64);
+
+impl Cpus {
+    /// Docker's `NanoCpus`.
+    pub fn nano(&self) -> i64 {
+        (self.0 * 1e9).round() as i64
+    }
+}
+
+impl<'de> Deserialize<'de> for Cpus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !v.is_finite() || v < 0.01 || v > 1024.0 {
+            return Err(de::Error::custom(format!(
+                "cpus {v} must be between 0.01 and 1024"
+            )));
+        }
+        Ok(Cpus(v))
+    }
+}
+
+/// A size in bytes, written as a number of bytes or with a binary unit: `512k`, `256m`, `1g`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ByteSize(pub u64);
+
+/// Docker refuses memory limits under 6 MiB.
+pub const MIN_MEMORY: u64 = 6 * 1024 * 1024;
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<u64, String> {
+        let t = s.trim().to_ascii_lowercase();
+        let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(digits_end);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("size `{s}` must start with a whole number"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "b" => 1,
+            "k" | "kb" | "ki" | "kib" => 1 << 10,
+            "m" | "mb" | "mi" | "mib" => 1 << 20,
+            "g" | "gb" | "gi" | "gib" => 1 << 30,
+            u => {
+                return Err(format!(
+                    "size `{s}` has an unknown unit `{u}` (use k, m or g)"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .ok_or_else(|| format!("size `{s}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Scalar(s) = Scalar::deserialize(d)?;
+        let n = ByteSize::parse(&s).map_err(de::Error::custom)?;
+        if n < MIN_MEMORY {
+            return Err(de::Error::custom(format!(
+                "memory `{s}` is below Docker's minimum of 6m"
+            )));
+        }
+        Ok(ByteSize(n))
+    }
+}
+
+/// What happens when a container exits. The agent honours it too: with `no`, an exited
+/// container is left alone; with `on-failure`, only a non-zero exit is restarted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    No,
+    Always,
+    #[default]
+    UnlessStopped,
+    OnFailure,
+}
+
+impl RestartPolicy {
+    pub fn as_docker(&self) -> &'static str {
+        match self {
+            RestartPolicy::No => "no",
+            RestartPolicy::Always => "always",
+            RestartPolicy::UnlessStopped => "unless-stopped",
+            RestartPolicy::OnFailure => "on-failure",
+        }
+    }
+}
+
+/// A container health check, run by Docker inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// A string runs through the image's shell (`CMD-SHELL`); a list runs directly (`CMD`).
+    pub test: HealthTest,
+    #[serde(default = "default_interval")]
+    pub interval: Duration,
+    #[serde(default = "default_timeout")]
+    pub timeout: Duration,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default = "default_start_period")]
+    pub start_period: Duration,
+}
+
+fn default_interval() -> Duration {
+    Duration(10_000)
+}
+fn default_timeout() -> Duration {
+    Duration(5_000)
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_start_period() -> Duration {
+    Duration(0)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HealthTest {
+    Shell(String),
+    Exec(Vec<String>),
+}
+
+impl HealthTest {
+    /// Docker's `Healthcheck.Test` array.
+    pub fn as_docker(&self) -> Vec<String> {
+        match self {
+            HealthTest::Shell(s) => vec!["CMD-SHELL".into(), s.clone()],
+            HealthTest::Exec(v) => std::iter::once("CMD".to_string())
+                .chain(v.iter().cloned())
+                .collect(),
+        }
+    }
+}
+
+/// A duration in milliseconds, written `500ms`, `5s`, `2m`, `1h` or as whole seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duration(pub u64);
+
+impl Duration {
+    pub fn parse(s: &str) -> Result<u64, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("duration `{s}` must start with a whole number"))?;
+        let mult = match unit {
+            "ms" => 1,
+            "" | "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            u => {
+                return Err(format!(
+                    "duration `{s}` has an unknown unit `{u}` (use ms, s, m or h)"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .ok_or_else(|| format!("duration `{s}` is too large"))
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Scalar(s) = Scalar::deserialize(d)?;
+        Duration::parse(&s).map(Duration).map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"
+test_linreg:
+    docker_image: "172.31.17.1:5000/test_linreg"
+    env_vars:
+        CACHE: "64"
+        NETRESTRICT: "0.0.0.0/0"
+    networks:
+        - "nebula"
+    volumes:
+      - "/tmp/:/tmp/1"
+      - "/var/tmp/:/var/tmp/1:rw"
+    starting_ports:
+      - 9000: 9000
+      - 30303: 30303
+    running: True
+    rolling_restart: True
+    containers_per:
+        server: 1
+    privileged: False
+    devices: []
+"#;
+
+    #[test]
+    fn parses_the_seed_file() {
+        let spec = parse_one(SEED, "test_linreg").unwrap();
+        assert_eq!(spec.docker_image, "172.31.17.1:5000/test_linreg");
+        assert_eq!(spec.env_vars["CACHE"], "64");
+        assert_eq!(spec.volumes.len(), 2);
+        assert_eq!(
+            spec.starting_ports.0,
+            vec![
+                PortMapping {
+                    host: 9000,
+                    container: 9000
+                },
+                PortMapping {
+                    host: 30303,
+                    container: 30303
+                }
+            ]
+        );
+        assert!(spec.running && spec.rolling_restart && !spec.privileged);
+        assert_eq!(spec.containers_per, ContainersPer::Server(1));
+        assert_eq!(spec.networks, vec!["nebula"]);
+        assert_eq!(spec.restart, RestartPolicy::UnlessStopped);
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let yaml = format!(
+            "{SEED}    command: \"sh -c 'echo hi'\"\n    cpus: 0.5\n    memory: 64m\n    restart: on-failure\n    labels: {{tier: web}}\n    healthcheck: {{test: \"true\", interval: 2s}}\n    devices: [\"/dev/null:/dev/xnull:rw\"]\n"
+        )
+        .replace("    devices: []\n", "");
+        let spec = parse_one(&yaml, "test_linreg").unwrap();
+        let json = serde_json::to_vec(&spec).unwrap();
+        assert_eq!(parse_json(&json).unwrap(), spec);
+        assert_eq!(spec.command.unwrap().0, vec!["sh", "-c", "echo hi"]);
+        assert_eq!(spec.memory, Some(ByteSize(64 << 20)));
+    }
+
+    fn err(yaml: &str) -> String {
+        parse_file(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_line() {
+        let e = err("a:\n  docker_image: x\n  docker_imag: y\n");
+        assert!(e.contains("unknown field `docker_imag`"), "{e}");
+        assert!(e.contains("line 3 column 3"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_carry_line_and_column() {
+        let cases = [
+            (
+                "a:\n  docker_image: x\n  starting_ports:\n    - 9000: 99999\n",
+                "out of range",
+            ),
+            ("a:\n  docker_image: x\n  running: maybe\n", "line 3"),
+            (
+                "a:\n  docker_image: x\n  containers_per: {gpu: 1}\n",
+                "unknown containers_per key `gpu`",
+            ),
+            ("a:\n  docker_image: x\n  memory: 12q\n", "unknown unit"),
+            (
+                "a:\n  docker_image: x\n  volumes: [\"/tmp\"]\n",
+                "volume `/tmp`",
+            ),
+            ("a:\n  docker_image: X/Y\n", "lowercase"),
+            (
+                "a:\n  docker_image: x\n  networks: [nebula, host]\n",
+                "only network",
+            ),
+            ("a:\n  docker_image: x\n  cpus: 0\n", "cpus"),
+            ("a.b:\n  docker_image: x\n", "invalid app name"),
+        ];
+        for (yaml, want) in cases {
+            let e = err(yaml);
+            assert!(e.contains(want), "{yaml:?} gave {e}");
+            assert!(e.contains("line "), "{yaml:?} gave no position: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_image_and_empty_files_are_refused() {
+        assert!(err("a:\n  running: true\n").contains("docker_image"));
+        assert!(matches!(parse_file(""), Err(SpecError::Empty)));
+        assert!(matches!(
+            parse_one(SEED, "other"),
+            Err(SpecError::NotInFile { .. })
+        ));
+    }
+
+    #[test]
+    fn ports_accept_every_nebula_form() {
+        let spec = parse_one(
+            "a:\n  docker_image: x\n  starting_ports: [80, {\"81\": \"8080\"}, {82: 8082}]\n",
+            "a",
+        )
+        .unwrap();
+        let hosts: Vec<_> = spec
+            .starting_ports
+            .0
+            .iter()
+            .map(|p| (p.host, p.container))
+            .collect();
+        assert_eq!(hosts, vec![(80, 80), (81, 8080), (82, 8082)]);
+    }
+
+    #[test]
+    fn containers_per_counts() {
+        assert_eq!(ContainersPer::Server(3).replicas(4, 1024), 3);
+        assert_eq!(ContainersPer::Cpu(1.5).replicas(4, 1024), 6);
+        assert_eq!(ContainersPer::MemoryMb(256).replicas(4, 1024), 4);
+    }
+
+    #[test]
+    fn image_refs() {
+        let r = ImageRef::parse("172.31.17.1:5000/test_linreg");
+        assert_eq!(r.registry.as_deref(), Some("172.31.17.1:5000"));
+        assert_eq!(r.repository, "test_linreg");
+        assert_eq!(r.canonical(), "172.31.17.1:5000/test_linreg:latest");
+        let r = ImageRef::parse("localhost:5000/a/b:v2");
+        assert_eq!((r.repository.as_str(), r.tag.as_str()), ("a/b", "v2"));
+        let r = ImageRef::parse("busybox");
+        assert_eq!(r.registry, None);
+        assert_eq!(r.canonical(), "busybox:latest");
+    }
+
+    #[test]
+    fn split_words_handles_quotes() {
+        assert_eq!(
+            split_words(r#"sh -c "echo \"a b\"" 'x y' z\ w"#).unwrap(),
+            vec!["sh", "-c", "echo \"a b\"", "x y", "z w"]
+        );
+        assert!(split_words("'open").is_err());
+    }
+}
