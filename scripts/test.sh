@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The project's test command (README; .ci/run calls it). On a fresh Debian machine with a running
+# Docker engine it installs what is missing, builds the local test images, starts a local registry
+# on 127.0.0.1:5000, then runs fmt, clippy, the dependency policy check and the whole test suite.
+#
+# usage: scripts/test.sh [--quick] [-- <extra cargo-nextest arguments>]
+#   --quick   skip cargo fmt and cargo clippy (local iteration)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+usage() { sed -n 's/^# \{0,1\}//; 2,7p' "${BASH_SOURCE[0]}"; }
+
+QUICK=0
+NEXTEST_ARGS=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        -h|--help) usage; exit 0 ;;
+        --) shift; NEXTEST_ARGS=("$@"); break ;;
+        *) usage >&2; die "unknown argument: $1" ;;
+    esac
+    shift
+done
+
+# Debian packages the test environment needs.
+PACKAGES=(busybox-static docker-registry curl jq)
+# Crates that must never be linked into Gustavo (no OpenSSL, no aws-lc).
+FORBIDDEN_CRATES=(aws-lc-rs aws-lc-sys openssl-sys)
+
+export GUSTAVO_TEST_REGISTRY=127.0.0.1:5000
+
+TIMINGS=()
+CURRENT_PHASE=""
+START=$SECONDS
+phase_start=$SECONDS
+
+phase() {
+    finish_phase
+    CURRENT_PHASE=$1
+    phase_start=$SECONDS
+    banner "$1"
+}
+finish_phase() {
+    [[ -n $CURRENT_PHASE ]] && TIMINGS+=("$(printf '%5ss  %s' "$((SECONDS - phase_start))" "$CURRENT_PHASE")")
+    CURRENT_PHASE=""
+}
+on_exit() {
+    local rc=$?
+    if [[ $rc -ne 0 ]]; then
+        printf '\n' >&2
+        warn "FAILED in phase: ${CURRENT_PHASE:-setup} (exit $rc) after $((SECONDS - START))s"
+    fi
+}
+trap on_exit EXIT
+
+# check_crate_absent CRATE — fail when CRATE is in the workspace's normal dependency tree.
+# `cargo tree -i X` exits 0 and prints the inverse tree when X is present, and exits non-zero with
+# "did not match any packages" when it is absent; any other failure is a real error.
+check_crate_absent() {
+    local crate=$1 out rc=0
+    out=$(cargo tree --workspace --locked -e normal -i "$crate" 2>&1) || rc=$?
+    if [[ $rc -eq 0 ]]; then
+        printf '%s\n' "$out" >&2
+        die "forbidden crate $crate is in the dependency tree (inverse tree above)"
+    fi
+    if grep -q 'did not match any packages' <<<"$out"; then
+        log "ok: $crate is not in the dependency tree"
+        return 0
+    fi
+    printf '%s\n' "$out" >&2
+    die "'cargo tree -i $crate' failed unexpectedly (output above; 'multiple ... packages' means it IS present)"
+}
+
+phase "Prerequisites"
+ensure_packages "${PACKAGES[@]}"
+require_docker
+log "docker engine $(docker info --format '{{.ServerVersion}}')"
+command -v cargo >/dev/null 2>&1 \
+    || die "cargo not found: install rustup (https://rustup.rs); the toolchain is pinned in rust-toolchain.toml"
+cargo --version >&2
+if ! cargo nextest --version >/dev/null 2>&1; then
+    log "cargo-nextest is missing; installing it"
+    cargo install cargo-nextest --locked || die "cargo install cargo-nextest failed"
+fi
+cargo nextest --version >&2
+
+phase "Test images"
+bash scripts/test-images.sh
+
+phase "Local registry ($GUSTAVO_TEST_REGISTRY)"
+bash scripts/test-registry.sh
+
+if [[ $QUICK -eq 0 ]]; then
+    phase "cargo fmt --check"
+    cargo fmt --all -- --check || die "formatting differs; run 'cargo fmt --all'"
+
+    phase "cargo clippy"
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+else
+    log "--quick: skipping cargo fmt and cargo clippy"
+fi
+
+phase "Dependency policy (no ${FORBIDDEN_CRATES[*]})"
+for crate in "${FORBIDDEN_CRATES[@]}"; do
+    check_crate_absent "$crate"
+done
+
+phase "cargo nextest run"
+log "GUSTAVO_TEST_REGISTRY=$GUSTAVO_TEST_REGISTRY"
+cargo nextest run --workspace --locked --no-fail-fast "${NEXTEST_ARGS[@]}"
+finish_phase
+
+banner "All checks passed in $((SECONDS - START))s"
+printf '%s\n' "${TIMINGS[@]}" >&2
