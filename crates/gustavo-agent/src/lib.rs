@@ -1,1 +1,300 @@
-//! placeholder
+//! Gustavo's device agent.
+//!
+//! Four tasks share two channels:
+//! - **sync** long-polls the server for this node's desired state, keeps it on disk and
+//!   publishes it on the `desired` channel;
+//! - **reconcile** ([`reconcile::Reconciler`]) makes the runtime match it and publishes a
+//!   status report on the `report` channel;
+//! - **report** sends each new report to the server (and again whenever the server says it
+//!   lost it);
+//! - **heartbeat** samples [`vitals`] and sends them every period.
+//!
+//! The server is never needed to keep running: with the server away, the reconciler keeps
+//! working from the last desired state (from disk after a restart); reports and heartbeats
+//! are retried with backoff and catch up when it returns.
+
+pub mod docker;
+pub mod persist;
+pub mod reconcile;
+pub mod runtime;
+pub mod sim;
+pub mod vitals;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gustavo_client::{Client, ClientError};
+use gustavo_model::api::{DesiredState, Heartbeat, RegisterRequest, StatusReport};
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::persist::{DataDir, Identity};
+use crate::reconcile::{ReconcileConfig, Reconciler};
+use crate::runtime::Runtime;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("cannot use data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Host(String),
+    #[error("the agent has no credential yet and no join token was given (--token)")]
+    NoToken,
+    #[error("registration refused by {server}: {source}")]
+    Refused { server: String, source: ClientError },
+}
+
+/// Validated agent settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub server: String,
+    pub join_token: Option<String>,
+    pub name: String,
+    pub groups: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub data_dir: PathBuf,
+    pub heartbeat: Duration,
+    /// How long one long-poll waits for a change.
+    pub wait: Duration,
+    pub reconcile: ReconcileConfig,
+}
+
+/// Exponential backoff between failed calls to the server.
+struct Backoff {
+    cur: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            cur: Duration::from_millis(500),
+            min: Duration::from_millis(500),
+            max: Duration::from_secs(15),
+        }
+    }
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.cur).await;
+        self.cur = (self.cur * 2).min(self.max);
+    }
+    fn reset(&mut self) {
+        self.cur = self.min;
+    }
+}
+
+fn registration(cfg: &AgentConfig, sampler: &vitals::Sampler) -> RegisterRequest {
+    let (cpus, memory_mb) = sampler.capacity();
+    RegisterRequest {
+        name: cfg.name.clone(),
+        groups: cfg.groups.clone(),
+        labels: cfg.labels.clone(),
+        cpus,
+        memory_mb,
+        agent_version: VERSION.to_string(),
+    }
+}
+
+/// Finds this node's credential on disk, or registers with the join token (retrying while
+/// the server is unreachable; a refusal is final).
+async fn identity(
+    cfg: &AgentConfig,
+    dir: &DataDir,
+    req: &RegisterRequest,
+) -> Result<Identity, AgentError> {
+    if let Some(id) = dir
+        .identity()
+        .filter(|id| id.server == cfg.server && id.node == cfg.name)
+    {
+        return Ok(id);
+    }
+    let token = cfg.join_token.clone().ok_or(AgentError::NoToken)?;
+    let client = Client::new(&cfg.server, &token);
+    let mut backoff = Backoff::new();
+    loop {
+        match client.register(req).await {
+            Ok(resp) => {
+                let id = Identity {
+                    server: cfg.server.clone(),
+                    node: resp.node,
+                    token: resp.token,
+                };
+                dir.save_identity(&id)
+                    .map_err(|source| AgentError::DataDir {
+                        path: dir.0.display().to_string(),
+                        source,
+                    })?;
+                tracing::info!(node = %id.node, server = %cfg.server, "registered");
+                return Ok(id);
+            }
+            Err(e @ ClientError::Api { .. }) => {
+                return Err(AgentError::Refused {
+                    server: cfg.server.clone(),
+                    source: e,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register yet; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` resolves. Containers keep running after it returns.
+pub async fn run<R: Runtime>(
+    cfg: AgentConfig,
+    runtime: Arc<R>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let dir = DataDir::create(&cfg.data_dir).map_err(|source| AgentError::DataDir {
+        path: cfg.data_dir.display().to_string(),
+        source,
+    })?;
+    let sampler = vitals::Sampler::new().map_err(AgentError::Host)?;
+    let req = registration(&cfg, &sampler);
+    let cached = dir.desired();
+    if let Some(d) = &cached {
+        tracing::info!(
+            revision = d.revision,
+            apps = d.apps.len(),
+            "restored desired state from disk"
+        );
+    }
+    let (desired_tx, desired_rx) = watch::channel(cached);
+    let (report_tx, report_rx) = watch::channel(StatusReport::default());
+    let reconciler = Reconciler::new(
+        runtime,
+        cfg.name.clone(),
+        cfg.reconcile.clone(),
+        desired_rx,
+        report_tx,
+    );
+    let reconcile = tokio::spawn(reconciler.run());
+
+    let work = async {
+        // Registration may wait for the server; the cached desired state is already being
+        // reconciled meanwhile.
+        let id = identity(&cfg, &dir, &req).await?;
+        let client = Client::new(&cfg.server, &id.token);
+        let need_report = Arc::new(tokio::sync::Notify::new());
+        tokio::join!(
+            sync(&cfg, &client, &req, &dir, &desired_tx),
+            report(&client, &id.node, report_rx, need_report.clone()),
+            heartbeat(&client, &id.node, cfg.heartbeat, sampler, need_report),
+        );
+        Ok::<(), AgentError>(())
+    };
+    let result = tokio::select! {
+        r = work => r,
+        _ = shutdown => Ok(()),
+    };
+    reconcile.abort();
+    result
+}
+
+/// Long-polls for desired state; updates the node's declared facts first.
+async fn sync(
+    cfg: &AgentConfig,
+    client: &Client,
+    req: &RegisterRequest,
+    dir: &DataDir,
+    desired: &watch::Sender<Option<DesiredState>>,
+) {
+    let node = &cfg.name;
+    let mut backoff = Backoff::new();
+    let mut facts_sent = false;
+    loop {
+        if !facts_sent {
+            match client.register(req).await {
+                Ok(_) => facts_sent = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "server unreachable; running from the last desired state");
+                    backoff.wait().await;
+                    continue;
+                }
+            }
+        }
+        let after = desired.borrow().as_ref().map(|d| d.revision).unwrap_or(0);
+        match client.desired(node, after, cfg.wait).await {
+            Ok(Some(d)) => {
+                backoff.reset();
+                tracing::info!(
+                    revision = d.revision,
+                    apps = d.apps.len(),
+                    "new desired state"
+                );
+                if let Err(e) = dir.save_desired(&d) {
+                    tracing::error!(error = %e, "cannot cache desired state on disk");
+                }
+                desired.send_replace(Some(d));
+            }
+            Ok(None) => backoff.reset(),
+            Err(e) => {
+                if e.is_unauthorized() {
+                    tracing::error!(
+                        "the server refused this node's credential (was the node removed?); retrying"
+                    );
+                } else {
+                    tracing::warn!(error = %e, "cannot fetch desired state; retrying");
+                }
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Sends each new status report, and the current one again when the server asks.
+async fn report(
+    client: &Client,
+    node: &str,
+    mut rx: watch::Receiver<StatusReport>,
+    need: Arc<tokio::sync::Notify>,
+) {
+    let mut backoff = Backoff::new();
+    loop {
+        let r = rx.borrow_and_update().clone();
+        match client.report_status(node, &r).await {
+            Ok(()) => {
+                backoff.reset();
+                tokio::select! {
+                    c = rx.changed() => if c.is_err() { return },
+                    _ = need.notified() => {}
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot send status; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+async fn heartbeat(
+    client: &Client,
+    node: &str,
+    period: Duration,
+    mut sampler: vitals::Sampler,
+    need_report: Arc<tokio::sync::Notify>,
+) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let hb = Heartbeat {
+            vitals: sampler.sample(),
+        };
+        match client.heartbeat(node, &hb).await {
+            Ok(true) => need_report.notify_one(),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
+        }
+    }
+}

@@ -1,1 +1,381 @@
-//! placeholder
+//! A typed client for `/api/v1`. Every error says which server and what went wrong, so the
+//! CLI can show it as is.
+
+use std::time::Duration;
+
+use gustavo_model::api::{
+    App, CreateApp, DesiredState, ErrorBody, Group, Heartbeat, HeartbeatReply, Node, NodeContainer,
+    NodeVitals, RegisterRequest, RegisterResponse, Rollout, StatusReport, UpdateApp,
+};
+use gustavo_model::spec::AppSpec;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("cannot reach the server at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{message} (HTTP {status}, {code})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("unexpected answer from {url}: {reason}")]
+    Decode { url: String, reason: String },
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+    pub fn is_unauthorized(&self) -> bool {
+        self.status() == Some(401)
+    }
+}
+
+/// Describes a transport error without the noise of reqwest's nested sources.
+fn reason(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s = format!("{s}: {inner}");
+        src = inner.source();
+    }
+    s
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// `base` is the server's address, e.g. `http://127.0.0.1:7420`.
+    pub fn new(base: &str, token: &str) -> Client {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .expect("a client with no TLS config always builds");
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            http,
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn with_token(&self, token: &str) -> Client {
+        Client {
+            token: token.to_string(),
+            ..self.clone()
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Vec<u8>), ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .bearer_auth(&self.token)
+            .timeout(timeout);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: reason(&e),
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: reason(&e),
+        })?;
+        if status.is_client_error() || status.is_server_error() {
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(b) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: b.error.code,
+                    message: b.error.message,
+                },
+                Err(_) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: "http".into(),
+                    message: String::from_utf8_lossy(&bytes).trim().to_string(),
+                },
+            });
+        }
+        Ok((status, bytes.to_vec()))
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<T, ClientError> {
+        let (_, bytes) = self
+            .send(method, path, body, Duration::from_secs(30))
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: format!("{}{}", self.base, path),
+            reason: e.to_string(),
+        })
+    }
+
+    async fn call_empty(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<(), ClientError> {
+        self.send(method, path, body, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+    }
+
+    const NONE: Option<&'static ()> = None;
+
+    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::GET, "/api/v1/health", Self::NONE).await
+    }
+
+    pub async fn list_apps(&self) -> Result<Vec<App>, ClientError> {
+        self.call(Method::GET, "/api/v1/apps", Self::NONE).await
+    }
+
+    pub async fn get_app(&self, name: &str) -> Result<App, ClientError> {
+        self.call(Method::GET, &format!("/api/v1/apps/{name}"), Self::NONE)
+            .await
+    }
+
+    pub async fn create_app(
+        &self,
+        name: &str,
+        spec: &AppSpec,
+        groups: &[String],
+    ) -> Result<App, ClientError> {
+        let body = CreateApp {
+            name: name.to_string(),
+            spec: spec.clone(),
+            groups: groups.to_vec(),
+        };
+        self.call(Method::POST, "/api/v1/apps", Some(&body)).await
+    }
+
+    pub async fn update_app(
+        &self,
+        name: &str,
+        spec: &AppSpec,
+        groups: Option<Vec<String>>,
+    ) -> Result<App, ClientError> {
+        let body = UpdateApp {
+            spec: spec.clone(),
+            groups,
+        };
+        self.call(Method::PUT, &format!("/api/v1/apps/{name}"), Some(&body))
+            .await
+    }
+
+    /// Deletes an app; returns the revision of the deletion.
+    pub async fn delete_app(&self, name: &str) -> Result<u64, ClientError> {
+        let v: serde_json::Value = self
+            .call(Method::DELETE, &format!("/api/v1/apps/{name}"), Self::NONE)
+            .await?;
+        Ok(v["revision"].as_u64().unwrap_or(0))
+    }
+
+    /// `action` is `start`, `stop` or `restart`.
+    pub async fn app_action(&self, name: &str, action: &str) -> Result<App, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/apps/{name}/{action}"),
+            Self::NONE,
+        )
+        .await
+    }
+
+    pub async fn rollout(&self, name: &str) -> Result<Rollout, ClientError> {
+        self.call(Method::GET, &format!("/api/v1/rollouts/{name}"), Self::NONE)
+            .await
+    }
+
+    pub async fn list_groups(&self) -> Result<Vec<Group>, ClientError> {
+        self.call(Method::GET, "/api/v1/groups", Self::NONE).await
+    }
+
+    pub async fn get_group(&self, name: &str) -> Result<Group, ClientError> {
+        self.call(Method::GET, &format!("/api/v1/groups/{name}"), Self::NONE)
+            .await
+    }
+
+    fn filter(group: Option<&str>, host: Option<&str>) -> String {
+        let mut q = Vec::new();
+        if let Some(g) = group {
+            q.push(format!("group={g}"));
+        }
+        if let Some(h) = host {
+            q.push(format!("host={h}"));
+        }
+        if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        }
+    }
+
+    pub async fn list_nodes(
+        &self,
+        group: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<Vec<Node>, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/api/v1/nodes{}", Self::filter(group, host)),
+            Self::NONE,
+        )
+        .await
+    }
+
+    pub async fn get_node(&self, name: &str) -> Result<Node, ClientError> {
+        self.call(Method::GET, &format!("/api/v1/nodes/{name}"), Self::NONE)
+            .await
+    }
+
+    pub async fn delete_node(&self, name: &str) -> Result<(), ClientError> {
+        self.call_empty(Method::DELETE, &format!("/api/v1/nodes/{name}"), Self::NONE)
+            .await
+    }
+
+    pub async fn containers(
+        &self,
+        group: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<Vec<NodeContainer>, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/api/v1/containers{}", Self::filter(group, host)),
+            Self::NONE,
+        )
+        .await
+    }
+
+    pub async fn vitals(
+        &self,
+        group: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<Vec<NodeVitals>, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/api/v1/vitals{}", Self::filter(group, host)),
+            Self::NONE,
+        )
+        .await
+    }
+
+    // ---- the agent protocol ----
+
+    pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
+        self.call(Method::POST, "/api/v1/nodes/register", Some(req))
+            .await
+    }
+
+    /// Waits up to `wait` for a desired state newer than `after`; `None` when nothing changed.
+    pub async fn desired(
+        &self,
+        node: &str,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Option<DesiredState>, ClientError> {
+        let path = format!(
+            "/api/v1/nodes/{node}/desired?after={after}&wait={}",
+            wait.as_secs()
+        );
+        let (status, bytes) = self
+            .send(
+                Method::GET,
+                &path,
+                Self::NONE,
+                wait + Duration::from_secs(10),
+            )
+            .await?;
+        if status == StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ClientError::Decode {
+                url: format!("{}{}", self.base, path),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Sends vitals; returns true when the server asks for the status report again.
+    pub async fn heartbeat(&self, node: &str, hb: &Heartbeat) -> Result<bool, ClientError> {
+        let reply: HeartbeatReply = self
+            .call(
+                Method::POST,
+                &format!("/api/v1/nodes/{node}/heartbeat"),
+                Some(hb),
+            )
+            .await?;
+        Ok(reply.need_status)
+    }
+
+    pub async fn report_status(
+        &self,
+        node: &str,
+        report: &StatusReport,
+    ) -> Result<(), ClientError> {
+        self.call_empty(
+            Method::PUT,
+            &format!("/api/v1/nodes/{node}/status"),
+            Some(report),
+        )
+        .await
+    }
+
+    /// Raw request, for tests that probe error handling.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: reason(&e),
+        })?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: reason(&e),
+        })?;
+        Ok((status, bytes.to_vec()))
+    }
+}

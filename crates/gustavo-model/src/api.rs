@@ -221,6 +221,13 @@ pub struct Heartbeat {
     pub vitals: Vitals,
 }
 
+/// The answer to a heartbeat: `need_status` asks the agent to send its status report again
+/// (the server restarted and lost what it had in memory).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub need_status: bool,
+}
+
 /// One node's view of one app's rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRollout {

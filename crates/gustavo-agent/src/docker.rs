@@ -1,0 +1,427 @@
+//! The Docker Engine runtime, over the engine's API on its unix socket (bollard).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, DeviceMapping, EndpointSettings, HealthConfig,
+    HostConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig, PortBinding,
+    RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
+    RemoveContainerOptions, StopContainerOptions,
+};
+use futures::StreamExt;
+use gustavo_model::api::DesiredContainer;
+use gustavo_model::plan::{Health, Observed, RunState};
+use gustavo_model::spec::{NetworkMode, RestartPolicy as Policy};
+
+use crate::runtime::{Runtime, RuntimeError, labels};
+
+/// How long a container gets to stop before it is killed.
+const STOP_TIMEOUT_S: i32 = 10;
+
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+fn status_code(e: &bollard::errors::Error) -> Option<u16> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn message(e: &bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl DockerRuntime {
+    /// Connects to `$DOCKER_HOST` or the default socket and checks the engine answers.
+    pub async fn connect() -> Result<DockerRuntime, RuntimeError> {
+        let docker = Docker::connect_with_unix_defaults()
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+        let v = docker.version().await.map_err(|e| {
+            RuntimeError::Unavailable(format!("the Docker engine does not answer: {e}"))
+        })?;
+        tracing::info!(
+            version = v.version.as_deref().unwrap_or("?"),
+            api = v.api_version.as_deref().unwrap_or("?"),
+            "connected to the Docker engine"
+        );
+        Ok(DockerRuntime { docker })
+    }
+
+    async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
+        match self.docker.inspect_network(name, None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if status_code(&e) == Some(404) => {}
+            Err(e) => {
+                return Err(RuntimeError::Network {
+                    name: name.into(),
+                    reason: message(&e),
+                });
+            }
+        }
+        let req = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            labels: Some(HashMap::from([(
+                "gustavo.managed".to_string(),
+                "true".to_string(),
+            )])),
+            ..Default::default()
+        };
+        match self.docker.create_network(req).await {
+            Ok(_) => {
+                tracing::info!(network = name, "created network");
+                Ok(())
+            }
+            // Another agent on this engine created it between our two calls.
+            Err(e) if status_code(&e) == Some(409) => Ok(()),
+            Err(e) => Err(RuntimeError::Network {
+                name: name.into(),
+                reason: message(&e),
+            }),
+        }
+    }
+
+    fn body(node: &str, c: &DesiredContainer) -> ContainerCreateBody {
+        let s = &c.spec;
+        let mut labels: HashMap<String, String> = s.labels.clone().into_iter().collect();
+        labels.insert(labels::NODE.into(), node.into());
+        labels.insert(labels::APP.into(), s.app.clone());
+        labels.insert(labels::REPLICA.into(), s.replica.to_string());
+        labels.insert(labels::HASH.into(), c.hash.clone());
+        let mut port_bindings = HashMap::new();
+        let mut exposed = Vec::new();
+        for p in &s.ports {
+            let key = format!("{}/tcp", p.container);
+            exposed.push(key.clone());
+            port_bindings
+                .entry(key)
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_with(Vec::new)
+                .push(PortBinding {
+                    host_ip: None,
+                    host_port: Some(p.host.to_string()),
+                });
+        }
+        let (network_mode, endpoints) = match &s.network {
+            NetworkMode::Host => ("host".to_string(), None),
+            NetworkMode::None => ("none".to_string(), None),
+            NetworkMode::Bridges(list) => {
+                let first = list.first().cloned().unwrap_or_else(|| "bridge".into());
+                let ep = HashMap::from([(first.clone(), EndpointSettings::default())]);
+                (first, Some(ep))
+            }
+        };
+        let restart = match s.restart {
+            Policy::No => RestartPolicyNameEnum::NO,
+            Policy::Always => RestartPolicyNameEnum::ALWAYS,
+            Policy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+            Policy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+        };
+        let ms_to_ns = |ms: u64| (ms as i64).saturating_mul(1_000_000);
+        ContainerCreateBody {
+            image: Some(s.image.clone()),
+            env: Some(s.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            cmd: s.command.clone(),
+            entrypoint: s.entrypoint.clone(),
+            labels: Some(labels),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            healthcheck: s.healthcheck.as_ref().map(|h| HealthConfig {
+                test: Some(h.test.as_docker()),
+                interval: Some(ms_to_ns(h.interval.0)),
+                timeout: Some(ms_to_ns(h.timeout.0)),
+                retries: Some(i64::from(h.retries)),
+                start_period: Some(ms_to_ns(h.start_period.0)),
+                start_interval: None,
+            }),
+            host_config: Some(HostConfig {
+                binds: (!s.volumes.is_empty()).then(|| s.volumes.clone()),
+                port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+                network_mode: Some(network_mode),
+                privileged: Some(s.privileged),
+                devices: (!s.devices.is_empty()).then(|| {
+                    s.devices
+                        .iter()
+                        .map(|d| {
+                            let mut p = d.splitn(3, ':');
+                            DeviceMapping {
+                                path_on_host: p.next().map(String::from),
+                                path_in_container: p.next().map(String::from),
+                                cgroup_permissions: p.next().map(String::from),
+                            }
+                        })
+                        .collect()
+                }),
+                nano_cpus: s.nano_cpus,
+                memory: s.memory_bytes,
+                restart_policy: Some(RestartPolicy {
+                    name: Some(restart),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            networking_config: endpoints.map(|e| NetworkingConfig {
+                endpoints_config: Some(e),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// Docker's status line carries health and exit code: `Up 3 minutes (healthy)`,
+/// `Exited (137) 2 seconds ago` — reading it saves one inspect per container per pass.
+fn parse_status(status: &str) -> (Option<Health>, i64) {
+    let health = if status.contains("(healthy)") {
+        Some(Health::Healthy)
+    } else if status.contains("(unhealthy)") {
+        Some(Health::Unhealthy)
+    } else if status.contains("(health: starting)") {
+        Some(Health::Starting)
+    } else {
+        None
+    };
+    let exit = status
+        .strip_prefix("Exited (")
+        .and_then(|r| r.split(')').next())
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (health, exit)
+}
+
+impl Runtime for DockerRuntime {
+    async fn list(&self, node: &str) -> Result<Vec<Observed>, RuntimeError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{}={node}", labels::NODE)],
+        )]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| RuntimeError::Unavailable(message(&e)))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let l = c.labels.unwrap_or_default();
+                let state = match c.state? {
+                    ContainerSummaryStateEnum::RUNNING => RunState::Running,
+                    ContainerSummaryStateEnum::RESTARTING => RunState::Restarting,
+                    ContainerSummaryStateEnum::PAUSED => RunState::Paused,
+                    ContainerSummaryStateEnum::CREATED => RunState::Created,
+                    ContainerSummaryStateEnum::REMOVING => RunState::Removing,
+                    ContainerSummaryStateEnum::DEAD => RunState::Dead,
+                    _ => RunState::Exited,
+                };
+                let (health, exit_code) = parse_status(c.status.as_deref().unwrap_or(""));
+                Some(Observed {
+                    id: c.id?,
+                    name: c.names?.first()?.trim_start_matches('/').to_string(),
+                    app: l.get(labels::APP)?.clone(),
+                    replica: l.get(labels::REPLICA)?.parse().ok()?,
+                    hash: l.get(labels::HASH).cloned().unwrap_or_default(),
+                    image: c.image.unwrap_or_default(),
+                    state,
+                    health,
+                    exit_code,
+                    created: c.created.unwrap_or(0).max(0) as u64,
+                })
+            })
+            .collect())
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+        if self.docker.inspect_image(image).await.is_ok() {
+            return Ok(());
+        }
+        tracing::info!(image, "pulling image");
+        let mut stream = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(image.to_string()),
+                ..Default::default()
+            }),
+            None,
+            None,
+        );
+        while let Some(item) = stream.next().await {
+            if let Err(e) = item {
+                return Err(RuntimeError::Pull {
+                    image: image.into(),
+                    reason: message(&e),
+                });
+            }
+        }
+        // Some registries end the stream without an error yet deliver nothing.
+        self.docker
+            .inspect_image(image)
+            .await
+            .map(|_| ())
+            .map_err(|e| RuntimeError::Pull {
+                image: image.into(),
+                reason: message(&e),
+            })
+    }
+
+    async fn create(&self, node: &str, c: &DesiredContainer) -> Result<String, RuntimeError> {
+        let err = |reason: String| RuntimeError::Container {
+            name: c.name.clone(),
+            reason,
+        };
+        let extra_networks: Vec<String> = match &c.spec.network {
+            NetworkMode::Bridges(list) => {
+                for n in list {
+                    self.ensure_network(n).await?;
+                }
+                list.iter().skip(1).cloned().collect()
+            }
+            _ => Vec::new(),
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(c.name.clone()),
+                    ..Default::default()
+                }),
+                Self::body(node, c),
+            )
+            .await
+            .map_err(|e| err(message(&e)))?;
+        let id = created.id;
+        for n in extra_networks {
+            let req = NetworkConnectRequest {
+                container: id.clone(),
+                endpoint_config: None,
+            };
+            if let Err(e) = self.docker.connect_network(&n, req).await {
+                let _ = self.remove(&id).await;
+                return Err(err(format!("cannot join network `{n}`: {}", message(&e))));
+            }
+        }
+        if let Err(e) = self.docker.start_container(&id, None).await {
+            // Leave nothing half-made behind: the next pass would only trip over it.
+            let _ = self.remove(&id).await;
+            return Err(err(message(&e)));
+        }
+        Ok(id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.docker.start_container(id, None).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_code(&e) == Some(304) => Ok(()),
+            Err(e) => Err(RuntimeError::Container {
+                name: id.into(),
+                reason: message(&e),
+            }),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        // Stopping first gives the app its grace period; errors (already stopped, gone)
+        // are settled by the forced remove below.
+        let _ = self
+            .docker
+            .stop_container(
+                id,
+                Some(StopContainerOptions {
+                    t: Some(STOP_TIMEOUT_S),
+                    signal: None,
+                }),
+            )
+            .await;
+        match self
+            .docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: false,
+                    link: false,
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if status_code(&e) == Some(404) => Ok(()),
+            Err(e) => Err(RuntimeError::Container {
+                name: id.into(),
+                reason: message(&e),
+            }),
+        }
+    }
+
+    fn watch(&self, node: &str) -> tokio::sync::mpsc::Receiver<()> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let docker = self.docker.clone();
+        let filter = format!("{}={node}", labels::NODE);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                let filters = HashMap::from([
+                    ("type".to_string(), vec!["container".to_string()]),
+                    ("label".to_string(), vec![filter.clone()]),
+                ]);
+                let mut events = docker.events(Some(EventsOptions {
+                    filters: Some(filters),
+                    ..Default::default()
+                }));
+                while let Some(ev) = events.next().await {
+                    match ev {
+                        Ok(_) => {
+                            backoff = Duration::from_millis(500);
+                            if tx.try_send(()).is_err() && tx.is_closed() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "docker event stream broke");
+                            break;
+                        }
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                // The stream ends when the engine restarts: wait, reconnect, and trigger
+                // a full relist so nothing that happened meanwhile is missed.
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                let _ = tx.try_send(());
+            }
+        });
+        rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(
+            parse_status("Up 3 minutes (healthy)"),
+            (Some(Health::Healthy), 0)
+        );
+        assert_eq!(
+            parse_status("Up 1 second (health: starting)"),
+            (Some(Health::Starting), 0)
+        );
+        assert_eq!(parse_status("Exited (137) 2 seconds ago"), (None, 137));
+        assert_eq!(parse_status("Created"), (None, 0));
+    }
+}

@@ -1,0 +1,347 @@
+//! The level-triggered reconcile loop.
+//!
+//! Triggers — a new desired state, a runtime event, the resync timer, an app's retry coming
+//! due, a worker finishing — only wake the loop. Each pass lists what runs, plans every app
+//! with [`plan_app`], and hands apps with work to a worker task, at most one per app, so an
+//! app is never reconciled twice at once and a slow pull of one app never holds up another.
+//! A worker's failure is that app's alone: it is reported with its error and retried with
+//! exponential backoff, while every other app (and that app's old containers) keeps running.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gustavo_model::api::{
+    AppState, AppStatus, ContainerStatus, DesiredApp, DesiredState, StatusReport,
+};
+use gustavo_model::plan::{AppPlan, Observed, RunState, Step, plan_app};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::runtime::{Runtime, RuntimeError};
+
+/// Tunables of the loop.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// A full relist at least this often, whatever else happens.
+    pub resync: Duration,
+    /// How long a rolling update waits for a new replica to be ready.
+    pub ready_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            resync: Duration::from_secs(10),
+            ready_timeout: Duration::from_secs(120),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An app whose last attempt failed.
+struct Failure {
+    error: String,
+    attempts: u32,
+    retry_at: Instant,
+    /// The desired container hashes the failure was about: a new spec retries at once.
+    fingerprint: Vec<String>,
+}
+
+fn fingerprint(app: Option<&DesiredApp>) -> Vec<String> {
+    app.map(|a| a.containers.iter().map(|c| c.hash.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Carries out one app's plan, step by step. Images are made available before anything is
+/// removed, so a missing image leaves the running version untouched.
+async fn execute<R: Runtime>(
+    rt: &R,
+    node: &str,
+    plan: AppPlan,
+    ready_timeout: Duration,
+) -> Result<(), RuntimeError> {
+    for image in &plan.images {
+        rt.ensure_image(image).await?;
+    }
+    for step in plan.steps {
+        match step {
+            Step::Remove { id, name } => {
+                tracing::info!(container = %name, "removing");
+                rt.remove(&id).await?;
+            }
+            Step::Create(c) => {
+                tracing::info!(container = %c.name, hash = %c.hash, "creating");
+                rt.create(node, &c).await?;
+            }
+            Step::Start { id, name } => {
+                tracing::info!(container = %name, "starting exited container");
+                rt.start(&id).await?;
+            }
+            Step::WaitReady { name } => wait_ready(rt, node, &name, ready_timeout).await?,
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the named container runs (and is healthy, if it has a healthcheck).
+async fn wait_ready<R: Runtime>(
+    rt: &R,
+    node: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), RuntimeError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let list = rt.list(node).await?;
+        match list.iter().find(|o| o.name == name) {
+            Some(o) if o.is_ready() => return Ok(()),
+            Some(o) if matches!(o.state, RunState::Exited | RunState::Dead) => {
+                return Err(RuntimeError::Container {
+                    name: name.into(),
+                    reason: format!("exited with code {} before becoming ready", o.exit_code),
+                });
+            }
+            None => {
+                return Err(RuntimeError::Container {
+                    name: name.into(),
+                    reason: "disappeared during the rollout".into(),
+                });
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(RuntimeError::Container {
+                name: name.into(),
+                reason: format!("not ready after {}s", timeout.as_secs()),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The reconcile loop of one node.
+pub struct Reconciler<R: Runtime> {
+    runtime: Arc<R>,
+    node: String,
+    config: ReconcileConfig,
+    desired: watch::Receiver<Option<DesiredState>>,
+    report: watch::Sender<StatusReport>,
+    failures: HashMap<String, Failure>,
+    busy: BTreeSet<String>,
+    done_tx: mpsc::Sender<(String, Vec<String>, Result<(), RuntimeError>)>,
+    done_rx: mpsc::Receiver<(String, Vec<String>, Result<(), RuntimeError>)>,
+}
+
+impl<R: Runtime> Reconciler<R> {
+    pub fn new(
+        runtime: Arc<R>,
+        node: String,
+        config: ReconcileConfig,
+        desired: watch::Receiver<Option<DesiredState>>,
+        report: watch::Sender<StatusReport>,
+    ) -> Self {
+        let (done_tx, done_rx) = mpsc::channel(64);
+        Reconciler {
+            runtime,
+            node,
+            config,
+            desired,
+            report,
+            failures: HashMap::new(),
+            busy: BTreeSet::new(),
+            done_tx,
+            done_rx,
+        }
+    }
+
+    /// Runs until the desired-state channel closes.
+    pub async fn run(mut self) {
+        let mut events = self.runtime.watch(&self.node);
+        loop {
+            let next_retry = self.failures.values().map(|f| f.retry_at).min();
+            self.pass().await;
+            let resync = tokio::time::sleep(self.config.resync);
+            let retry = async {
+                match next_retry {
+                    Some(t) => {
+                        tokio::time::sleep_until(t.max(Instant::now() + Duration::from_millis(50)))
+                            .await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = self.desired.changed() => if r.is_err() { return },
+                Some(()) = events.recv() => {
+                    // Events come in bursts (die, stop, destroy…): let the burst settle.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    while events.try_recv().is_ok() {}
+                }
+                Some((app, fp, result)) = self.done_rx.recv() => self.finished(app, fp, result),
+                _ = resync => {}
+                _ = retry => {}
+            }
+        }
+    }
+
+    fn finished(&mut self, app: String, fp: Vec<String>, result: Result<(), RuntimeError>) {
+        self.busy.remove(&app);
+        match result {
+            Ok(()) => {
+                self.failures.remove(&app);
+            }
+            Err(e) => {
+                let attempts = self.failures.get(&app).map(|f| f.attempts + 1).unwrap_or(1);
+                let delay = self
+                    .config
+                    .backoff_min
+                    .saturating_mul(1 << attempts.min(16).saturating_sub(1))
+                    .min(self.config.backoff_max);
+                tracing::warn!(app = %app, error = %e, attempts, retry_in = ?delay, "reconcile failed");
+                self.failures.insert(
+                    app,
+                    Failure {
+                        error: e.to_string(),
+                        attempts,
+                        retry_at: Instant::now() + delay,
+                        fingerprint: fp,
+                    },
+                );
+            }
+        }
+    }
+
+    /// One pass: list, plan, dispatch, report.
+    async fn pass(&mut self) {
+        let Some(desired) = self.desired.borrow_and_update().clone() else {
+            // Never had a desired state (first start, server unreachable): touch nothing.
+            return;
+        };
+        let observed = match self.runtime.list(&self.node).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list containers");
+                return;
+            }
+        };
+        let mut by_app: BTreeMap<&str, Vec<Observed>> = BTreeMap::new();
+        for o in &observed {
+            by_app.entry(o.app.as_str()).or_default().push(o.clone());
+        }
+        let wanted: BTreeMap<&str, &DesiredApp> =
+            desired.apps.iter().map(|a| (a.name.as_str(), a)).collect();
+        let names: BTreeSet<&str> = wanted.keys().chain(by_app.keys()).copied().collect();
+        let now = Instant::now();
+        for name in names {
+            if self.busy.contains(name) {
+                continue;
+            }
+            let want = wanted.get(name).copied();
+            let plan = plan_app(want, by_app.get(name).map(Vec::as_slice).unwrap_or(&[]));
+            let fp = fingerprint(want);
+            if plan.is_empty() {
+                // Converged, whatever happened before.
+                self.failures.remove(name);
+                continue;
+            }
+            if let Some(f) = self.failures.get(name)
+                && f.fingerprint == fp
+                && f.retry_at > now
+            {
+                continue;
+            }
+            self.busy.insert(name.to_string());
+            let (rt, node, tx, timeout, app) = (
+                self.runtime.clone(),
+                self.node.clone(),
+                self.done_tx.clone(),
+                self.config.ready_timeout,
+                name.to_string(),
+            );
+            let span = tracing::info_span!("reconcile", app = %app, node = %node);
+            tokio::spawn(
+                async move {
+                    let result = execute(rt.as_ref(), &node, plan, timeout).await;
+                    let _ = tx.send((app, fp, result)).await;
+                }
+                .instrument(span),
+            );
+        }
+        self.publish(&desired, &observed);
+    }
+
+    /// Builds the status report from what was observed and sends it if it changed.
+    fn publish(&self, desired: &DesiredState, observed: &[Observed]) {
+        let apps = desired
+            .apps
+            .iter()
+            .map(|a| {
+                let mine: Vec<&Observed> = observed.iter().filter(|o| o.app == a.name).collect();
+                let ready = a
+                    .containers
+                    .iter()
+                    .filter(|c| {
+                        mine.iter()
+                            .any(|o| o.name == c.name && o.hash == c.hash && o.is_ready())
+                    })
+                    .count() as u32;
+                let desired_n = a.containers.len() as u32;
+                let failure = self
+                    .failures
+                    .get(&a.name)
+                    .filter(|f| f.fingerprint == fingerprint(Some(a)));
+                let state = if failure.is_some() {
+                    AppState::Failed
+                } else if ready == desired_n
+                    && mine.len() as u32 == desired_n
+                    && !self.busy.contains(&a.name)
+                {
+                    if desired_n == 0 {
+                        AppState::Stopped
+                    } else {
+                        AppState::Running
+                    }
+                } else {
+                    AppState::Progressing
+                };
+                AppStatus {
+                    app: a.name.clone(),
+                    revision: a.revision,
+                    state,
+                    ready,
+                    desired: desired_n,
+                    error: failure.map(|f| f.error.clone()),
+                }
+            })
+            .collect();
+        let containers = observed
+            .iter()
+            .map(|o| ContainerStatus {
+                app: o.app.clone(),
+                name: o.name.clone(),
+                id: o.id.chars().take(12).collect(),
+                image: o.image.clone(),
+                state: o.state.as_str().to_string(),
+                health: o.health.map(|h| format!("{h:?}").to_lowercase()),
+                since: o.created,
+            })
+            .collect();
+        let report = StatusReport {
+            applied_revision: desired.revision,
+            apps,
+            containers,
+        };
+        self.report.send_if_modified(|r| {
+            let changed = *r != report;
+            if changed {
+                *r = report;
+            }
+            changed
+        });
+    }
+}

@@ -1,0 +1,54 @@
+//! The container runtime behind one small trait, so the reconciler can drive Docker on a
+//! device and an in-memory double in unit tests (and, later, thousands of simulated devices
+//! in one process).
+
+use std::future::Future;
+
+use gustavo_model::api::DesiredContainer;
+use gustavo_model::plan::Observed;
+use thiserror::Error;
+
+/// Labels that mark a container as one of ours and say what it is.
+pub mod labels {
+    pub const NODE: &str = "gustavo.node";
+    pub const APP: &str = "gustavo.app";
+    pub const REPLICA: &str = "gustavo.replica";
+    pub const HASH: &str = "gustavo.hash";
+}
+
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum RuntimeError {
+    #[error("image `{image}` could not be pulled: {reason}")]
+    Pull { image: String, reason: String },
+    #[error("container `{name}`: {reason}")]
+    Container { name: String, reason: String },
+    #[error("network `{name}`: {reason}")]
+    Network { name: String, reason: String },
+    #[error("container runtime unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub trait Runtime: Send + Sync + 'static {
+    /// Every container labelled as this node's, running or not.
+    fn list(&self, node: &str) -> impl Future<Output = Result<Vec<Observed>, RuntimeError>> + Send;
+
+    /// Makes the image available locally, pulling it only when it is missing.
+    fn ensure_image(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Creates and starts a container (its networks created on demand); returns its id.
+    fn create(
+        &self,
+        node: &str,
+        c: &DesiredContainer,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+
+    fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Stops (gracefully, then by force) and removes a container; a missing one is fine.
+    fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// A channel that receives a message whenever something may have changed for this
+    /// node's containers (an exit, a removal by hand…). Only a trigger: messages may be
+    /// spurious or coalesced, and the reconciler relists either way.
+    fn watch(&self, node: &str) -> tokio::sync::mpsc::Receiver<()>;
+}

@@ -1,0 +1,156 @@
+//! A simulated container runtime: containers are in-memory records with the transitions a
+//! real engine shows (create → running, exit, removal), optional delays, and images that
+//! exist or not. It lets the real reconciler run in unit tests, and many agents run in one
+//! process for fleet benchmarks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gustavo_model::api::DesiredContainer;
+use gustavo_model::plan::{Observed, RunState};
+
+use crate::runtime::{Runtime, RuntimeError};
+
+#[derive(Default)]
+struct Inner {
+    next_id: u64,
+    containers: BTreeMap<String, Observed>,
+    images: BTreeSet<String>,
+    /// Images a pull can fetch; anything else fails like a missing tag.
+    registry: BTreeSet<String>,
+    watchers: Vec<tokio::sync::mpsc::Sender<()>>,
+    /// Everything done, in order, for tests to inspect.
+    log: Vec<String>,
+}
+
+#[derive(Clone, Default)]
+pub struct SimRuntime {
+    inner: Arc<Mutex<Inner>>,
+    /// Simulated time a create or pull takes.
+    pub delay: Duration,
+}
+
+impl SimRuntime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `image` pullable.
+    pub fn publish(&self, image: &str) {
+        self.lock().registry.insert(image.to_string());
+    }
+
+    /// Simulates a crash: the container exits with `code`.
+    pub fn kill(&self, name: &str, code: i64) {
+        let mut g = self.lock();
+        if let Some(c) = g.containers.values_mut().find(|c| c.name == name) {
+            c.state = RunState::Exited;
+            c.exit_code = code;
+        }
+        g.watchers
+            .retain(|w| w.try_send(()).is_ok() || !w.is_closed());
+    }
+
+    pub fn containers(&self) -> Vec<Observed> {
+        self.lock().containers.values().cloned().collect()
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.lock().log.clone()
+    }
+}
+
+impl Runtime for SimRuntime {
+    async fn list(&self, node: &str) -> Result<Vec<Observed>, RuntimeError> {
+        let prefix = format!("{node}.");
+        Ok(self
+            .lock()
+            .containers
+            .values()
+            .filter(|c| c.name.starts_with(&prefix))
+            .cloned()
+            .collect())
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+        if self.lock().images.contains(image) {
+            return Ok(());
+        }
+        tokio::time::sleep(self.delay).await;
+        let mut g = self.lock();
+        if !g.registry.contains(image) {
+            return Err(RuntimeError::Pull {
+                image: image.into(),
+                reason: "manifest unknown".into(),
+            });
+        }
+        g.images.insert(image.to_string());
+        g.log.push(format!("pull {image}"));
+        Ok(())
+    }
+
+    async fn create(&self, _node: &str, c: &DesiredContainer) -> Result<String, RuntimeError> {
+        tokio::time::sleep(self.delay).await;
+        let mut g = self.lock();
+        if g.containers.values().any(|o| o.name == c.name) {
+            return Err(RuntimeError::Container {
+                name: c.name.clone(),
+                reason: "name already in use".into(),
+            });
+        }
+        g.next_id += 1;
+        let seq = g.next_id;
+        let id = format!("sim{seq:08}");
+        g.containers.insert(
+            id.clone(),
+            Observed {
+                id: id.clone(),
+                name: c.name.clone(),
+                app: c.spec.app.clone(),
+                replica: c.spec.replica,
+                hash: c.hash.clone(),
+                image: c.spec.image.clone(),
+                state: RunState::Running,
+                health: None,
+                exit_code: 0,
+                created: seq,
+            },
+        );
+        g.log.push(format!("create {}", c.name));
+        Ok(id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut g = self.lock();
+        let c = g
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::Container {
+                name: id.into(),
+                reason: "no such container".into(),
+            })?;
+        c.state = RunState::Running;
+        let name = c.name.clone();
+        g.log.push(format!("start {name}"));
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut g = self.lock();
+        if let Some(c) = g.containers.remove(id) {
+            g.log.push(format!("remove {}", c.name));
+        }
+        Ok(())
+    }
+
+    fn watch(&self, _node: &str) -> tokio::sync::mpsc::Receiver<()> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        self.lock().watchers.push(tx);
+        rx
+    }
+}

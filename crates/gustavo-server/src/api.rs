@@ -1,0 +1,530 @@
+//! The `/api/v1` handlers. Each one authenticates, validates its input completely, then
+//! either reads the in-memory cluster or commits one mutation — so a refused request never
+//! leaves anything half-changed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use gustavo_model::api::{
+    App, CreateApp, Heartbeat, HeartbeatReply, NodeContainer, NodeVitals, RegisterRequest,
+    RegisterResponse, StatusReport, UpdateApp,
+};
+use gustavo_model::names;
+use gustavo_store::{Change, NodeRecord};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::auth::{Principal, hash_token, new_token};
+use crate::error::ApiError;
+use crate::{AppState, now};
+
+/// A JSON body parsed by serde_json, with errors (and oversized bodies) mapped to our error
+/// format instead of axum's plain-text rejections.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge(state.body_limit)
+            } else {
+                ApiError::BadRequest(format!("cannot read the request body: {e}"))
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    }
+}
+
+fn check_name(kind: &'static str, name: &str) -> Result<(), ApiError> {
+    names::validate(kind, name).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+pub async fn health() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+pub async fn openapi(p: Principal) -> Result<Response, ApiError> {
+    let _ = p;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        crate::openapi::DOCUMENT,
+    )
+        .into_response())
+}
+
+// ---- apps -------------------------------------------------------------------------------
+
+pub async fn list_apps(
+    p: Principal,
+    State(s): State<AppState>,
+) -> Result<Json<Vec<App>>, ApiError> {
+    p.require_admin()?;
+    Ok(Json(s.shared.read().apps.values().cloned().collect()))
+}
+
+pub async fn get_app(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<App>, ApiError> {
+    p.require_admin()?;
+    s.shared
+        .read()
+        .apps
+        .get(&name)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("app `{name}` does not exist")))
+}
+
+fn check_groups(groups: &[String]) -> Result<Vec<String>, ApiError> {
+    let mut out: Vec<String> = Vec::new();
+    for g in groups {
+        check_name("group", g)?;
+        if !out.contains(g) {
+            out.push(g.clone());
+        }
+    }
+    Ok(out)
+}
+
+pub async fn create_app(
+    p: Principal,
+    State(s): State<AppState>,
+    JsonBody(req): JsonBody<CreateApp>,
+) -> Result<(StatusCode, Json<App>), ApiError> {
+    p.require_admin()?;
+    check_name("app", &req.name)?;
+    let mut groups = check_groups(&req.groups)?;
+    if groups.is_empty() {
+        groups.push(crate::DEFAULT_GROUP.to_string());
+    }
+    let app = s
+        .shared
+        .mutate(move |c, rev| {
+            if c.apps.contains_key(&req.name) {
+                return Err(ApiError::Conflict(format!(
+                    "app `{}` already exists; use update to change it",
+                    req.name
+                )));
+            }
+            let t = now();
+            let app = App {
+                name: req.name,
+                spec: req.spec,
+                groups,
+                revision: rev,
+                restart_nonce: 0,
+                created_at: t,
+                updated_at: t,
+            };
+            let mut changes = c.touch_groups(&app.groups, rev);
+            changes.push(Change::PutApp(app.clone()));
+            Ok((changes, app))
+        })
+        .await?;
+    tracing::info!(app = %app.name, revision = app.revision, groups = ?app.groups, "app created");
+    Ok((StatusCode::CREATED, Json(app)))
+}
+
+/// Commits a changed copy of an app at the next revision, bumping the groups it leaves and
+/// joins; an unchanged app commits nothing.
+async fn change_app(
+    s: &AppState,
+    name: String,
+    edit: impl FnOnce(&mut App) -> Result<(), ApiError> + Send + 'static,
+) -> Result<App, ApiError> {
+    s.shared
+        .mutate(move |c, rev| {
+            let old = c
+                .apps
+                .get(&name)
+                .ok_or_else(|| ApiError::NotFound(format!("app `{name}` does not exist")))?;
+            let mut app = old.clone();
+            edit(&mut app)?;
+            if app == *old {
+                return Ok((Vec::new(), app));
+            }
+            app.revision = rev;
+            app.updated_at = now();
+            let mut changes = c.touch_groups(old.groups.iter().chain(&app.groups), rev);
+            changes.push(Change::PutApp(app.clone()));
+            Ok((changes, app))
+        })
+        .await
+}
+
+pub async fn update_app(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<UpdateApp>,
+) -> Result<Json<App>, ApiError> {
+    p.require_admin()?;
+    let groups = req.groups.as_deref().map(check_groups).transpose()?;
+    let app = change_app(&s, name, move |app| {
+        app.spec = req.spec;
+        if let Some(g) = groups.filter(|g| !g.is_empty()) {
+            app.groups = g;
+        }
+        Ok(())
+    })
+    .await?;
+    tracing::info!(app = %app.name, revision = app.revision, "app updated");
+    Ok(Json(app))
+}
+
+pub async fn app_action(
+    p: Principal,
+    State(s): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<App>, ApiError> {
+    p.require_admin()?;
+    let app = change_app(&s, name, move |app| {
+        match action.as_str() {
+            "start" => app.spec.running = true,
+            "stop" => app.spec.running = false,
+            "restart" => {
+                if !app.spec.running {
+                    return Err(ApiError::Conflict(format!(
+                        "app `{}` is stopped; start it instead",
+                        app.name
+                    )));
+                }
+                app.restart_nonce += 1;
+            }
+            other => return Err(ApiError::NotFound(format!("no app action `{other}`"))),
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(Json(app))
+}
+
+pub async fn delete_app(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require_admin()?;
+    let revision = s
+        .shared
+        .mutate(move |c, rev| {
+            let app = c
+                .apps
+                .get(&name)
+                .ok_or_else(|| ApiError::NotFound(format!("app `{name}` does not exist")))?;
+            // Bumping the app's groups is what makes every member drop its containers;
+            // Nebula deleted the document only and left the containers running.
+            let mut changes = c.touch_groups(&app.groups, rev);
+            changes.push(Change::DeleteApp(name));
+            Ok((changes, rev))
+        })
+        .await?;
+    Ok(Json(serde_json::json!({ "revision": revision })))
+}
+
+pub async fn rollout(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<gustavo_model::api::Rollout>, ApiError> {
+    p.require_admin()?;
+    s.shared
+        .read()
+        .rollout(&name, now())
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("app `{name}` does not exist")))
+}
+
+// ---- groups, nodes, cache views -----------------------------------------------------------
+
+pub async fn list_groups(p: Principal, State(s): State<AppState>) -> Result<Response, ApiError> {
+    p.require_admin()?;
+    Ok(Json(s.shared.read().group_views()).into_response())
+}
+
+pub async fn get_group(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    p.require_admin()?;
+    let c = s.shared.read();
+    if !c.group_exists(&name) {
+        return Err(ApiError::NotFound(format!("group `{name}` does not exist")));
+    }
+    Ok(Json(c.group_view(&name)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    group: Option<String>,
+    host: Option<String>,
+}
+
+pub async fn list_nodes(
+    p: Principal,
+    State(s): State<AppState>,
+    Query(f): Query<Filter>,
+) -> Result<Response, ApiError> {
+    p.require_admin()?;
+    let c = s.shared.read();
+    let t = now();
+    let nodes: Vec<_> = c
+        .filtered_nodes(f.group.as_deref(), f.host.as_deref())
+        .map(|n| c.node_view(n, t))
+        .collect();
+    Ok(Json(nodes).into_response())
+}
+
+pub async fn get_node(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    p.require_node(&name)?;
+    let c = s.shared.read();
+    let n = c
+        .nodes
+        .get(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("node `{name}` does not exist")))?;
+    Ok(Json(c.node_view(n, now())).into_response())
+}
+
+pub async fn delete_node(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    p.require_admin()?;
+    s.shared
+        .mutate(move |c, rev| {
+            let node = c
+                .nodes
+                .get(&name)
+                .ok_or_else(|| ApiError::NotFound(format!("node `{name}` does not exist")))?;
+            let mut changes = c.touch_groups(&node.groups, rev);
+            changes.push(Change::DeleteNode(name));
+            Ok((changes, ()))
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn containers(
+    p: Principal,
+    State(s): State<AppState>,
+    Query(f): Query<Filter>,
+) -> Result<Json<Vec<NodeContainer>>, ApiError> {
+    p.require_admin()?;
+    let rows = s
+        .shared
+        .read()
+        .containers(f.group.as_deref(), f.host.as_deref())
+        .into_iter()
+        .map(|(node, container, error)| NodeContainer {
+            node,
+            container,
+            error,
+        })
+        .collect();
+    Ok(Json(rows))
+}
+
+pub async fn vitals(
+    p: Principal,
+    State(s): State<AppState>,
+    Query(f): Query<Filter>,
+) -> Result<Json<Vec<NodeVitals>>, ApiError> {
+    p.require_admin()?;
+    let c = s.shared.read();
+    let t = now();
+    let rows = c
+        .filtered_nodes(f.group.as_deref(), f.host.as_deref())
+        .map(|n| NodeVitals {
+            node: n.name.clone(),
+            status: c.node_status(&n.name, t),
+            vitals: c.live.get(&n.name).and_then(|l| l.vitals.clone()),
+        })
+        .collect();
+    Ok(Json(rows))
+}
+
+// ---- the agent protocol ------------------------------------------------------------------
+
+fn validate_registration(req: &RegisterRequest) -> Result<(), ApiError> {
+    check_name("node", &req.name)?;
+    check_groups(&req.groups)?;
+    if req.labels.len() > 64
+        || req
+            .labels
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 1024)
+    {
+        return Err(ApiError::BadRequest(
+            "labels: at most 64, keys 1-128 and values up to 1024 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/nodes/register` with the join token: creates the node (or re-registers
+/// one that lost its credential) and returns its own token. With the node's own token it
+/// updates the node's declared facts and keeps the token.
+pub async fn register(
+    p: Principal,
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    JsonBody(req): JsonBody<RegisterRequest>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    validate_registration(&req)?;
+    let rotate = match &p {
+        Principal::Join | Principal::Admin => true,
+        Principal::Node(n) if *n == req.name => false,
+        Principal::Node(_) => return Err(ApiError::Forbidden("register another node")),
+    };
+    let token = rotate.then(|| new_token("node"));
+    let token_hash = token.as_deref().map(hash_token);
+    let name = req.name.clone();
+    s.shared
+        .mutate(move |c, rev| {
+            let old = c.nodes.get(&req.name);
+            let mut groups = req.groups.clone();
+            groups.dedup();
+            let record = NodeRecord {
+                name: req.name.clone(),
+                token_hash: token_hash
+                    .or_else(|| old.map(|o| o.token_hash.clone()))
+                    .unwrap_or_default(),
+                groups,
+                labels: req.labels.clone(),
+                cpus: req.cpus.max(1),
+                memory_mb: req.memory_mb,
+                agent_version: req.agent_version.clone(),
+                registered_at: old.map(|o| o.registered_at).unwrap_or_else(now),
+                revision: rev,
+            };
+            let unchanged = old.is_some_and(|o| {
+                NodeRecord {
+                    revision: o.revision,
+                    ..record.clone()
+                } == *o
+            });
+            if unchanged {
+                return Ok((Vec::new(), ()));
+            }
+            let mut changes = c.touch_groups(
+                old.map(|o| o.groups.iter())
+                    .into_iter()
+                    .flatten()
+                    .chain(&record.groups),
+                rev,
+            );
+            changes.push(Change::PutNode(record));
+            Ok((changes, ()))
+        })
+        .await?;
+    seen(&s, &name, addr, |_| {});
+    tracing::info!(node = %name, rotated = rotate, "node registered");
+    let token = token.unwrap_or_default();
+    Ok(Json(RegisterResponse { node: name, token }))
+}
+
+/// Records that a node called, from where, and lets `f` update what it reported.
+fn seen(s: &AppState, node: &str, addr: SocketAddr, f: impl FnOnce(&mut crate::state::Live)) {
+    let mut c = s.shared.write();
+    if !c.nodes.contains_key(node) {
+        return;
+    }
+    let live = c.live.entry(node.to_string()).or_default();
+    live.last_seen = now();
+    live.address = addr.ip().to_string();
+    f(live);
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredQuery {
+    /// The revision the agent already has; the call waits for a newer one.
+    #[serde(default)]
+    after: u64,
+    /// How long to wait, in seconds (at most 60).
+    #[serde(default)]
+    wait: u64,
+}
+
+/// `GET /api/v1/nodes/{name}/desired?after=R&wait=S`: the node's desired state as soon as
+/// its revision is above `R`, or `304 Not Modified` after `S` seconds. Agents wait here
+/// instead of polling, so a change reaches them at once and an idle link carries one small
+/// request per wait period.
+pub async fn desired(
+    p: Principal,
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    Query(q): Query<DesiredQuery>,
+) -> Result<Response, ApiError> {
+    p.require_node(&name)?;
+    let mut rx = s.shared.revision_tx.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(60));
+    loop {
+        seen(&s, &name, addr, |_| {});
+        {
+            let c = s.shared.read();
+            let node = c
+                .nodes
+                .get(&name)
+                .ok_or_else(|| ApiError::NotFound(format!("node `{name}` does not exist")))?;
+            if c.node_revision(node) > q.after {
+                return Ok(Json(c.desired_for(node)).into_response());
+            }
+        }
+        rx.borrow_and_update();
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) | Err(_) => return Ok(StatusCode::NOT_MODIFIED.into_response()),
+        }
+    }
+}
+
+pub async fn heartbeat(
+    p: Principal,
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    JsonBody(hb): JsonBody<Heartbeat>,
+) -> Result<Json<HeartbeatReply>, ApiError> {
+    p.require_node(&name)?;
+    let mut need_status = false;
+    seen(&s, &name, addr, |l| {
+        l.vitals = Some(hb.vitals);
+        need_status = !l.has_report;
+    });
+    Ok(Json(HeartbeatReply { need_status }))
+}
+
+pub async fn status(
+    p: Principal,
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    JsonBody(report): JsonBody<StatusReport>,
+) -> Result<StatusCode, ApiError> {
+    p.require_node(&name)?;
+    seen(&s, &name, addr, |l| {
+        l.report = report;
+        l.has_report = true;
+    });
+    Ok(StatusCode::NO_CONTENT)
+}

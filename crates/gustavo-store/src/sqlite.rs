@@ -1,0 +1,190 @@
+//! The embedded SQLite backend: one file in the data dir, WAL journal, `synchronous=FULL` so
+//! a commit that returned survives a crash or power loss.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{Change, GroupRecord, NodeRecord, Snapshot, Store, StoreError};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS apps (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, revision INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+";
+
+/// SQLite storage. One connection behind a mutex: the server serialises writes anyway, and
+/// a single writer is what SQLite wants.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-applied transaction (SQLite
+        // rolls it back), so a poisoned lock is safe to keep using.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    name: String,
+    doc: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(doc).map_err(|source| StoreError::Corrupt { what, name, source })
+}
+
+impl Store for SqliteStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let conn = self.conn();
+        let revision: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let mut snap = Snapshot {
+            revision: revision.unwrap_or(0) as u64,
+            ..Snapshot::default()
+        };
+        let mut stmt = conn.prepare("SELECT name, doc FROM apps ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (name, doc) = row?;
+            snap.apps.push(decode("app", name, &doc)?);
+        }
+        let mut stmt = conn.prepare("SELECT name, revision FROM groups ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(GroupRecord {
+                name: r.get(0)?,
+                revision: r.get::<_, i64>(1)? as u64,
+            })
+        })?;
+        for row in rows {
+            snap.groups.push(row?);
+        }
+        let mut stmt = conn.prepare("SELECT name, doc FROM nodes ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (name, doc) = row?;
+            snap.nodes.push(decode::<NodeRecord>("node", name, &doc)?);
+        }
+        Ok(snap)
+    }
+
+    fn commit(&self, revision: u64, changes: &[Change]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('revision', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![revision as i64],
+        )?;
+        for change in changes {
+            match change {
+                Change::PutApp(app) => {
+                    let doc = serde_json::to_string(app).expect("apps always serialize");
+                    tx.execute(
+                        "INSERT INTO apps (name, doc) VALUES (?1, ?2)
+                         ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
+                        params![app.name, doc],
+                    )?;
+                }
+                Change::DeleteApp(name) => {
+                    tx.execute("DELETE FROM apps WHERE name = ?1", params![name])?;
+                }
+                Change::PutGroup(g) => {
+                    tx.execute(
+                        "INSERT INTO groups (name, revision) VALUES (?1, ?2)
+                         ON CONFLICT (name) DO UPDATE SET revision = excluded.revision",
+                        params![g.name, g.revision as i64],
+                    )?;
+                }
+                Change::PutNode(node) => {
+                    let doc = serde_json::to_string(node).expect("nodes always serialize");
+                    tx.execute(
+                        "INSERT INTO nodes (name, doc) VALUES (?1, ?2)
+                         ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
+                        params![node.name, doc],
+                    )?;
+                }
+                Change::DeleteNode(name) => {
+                    tx.execute("DELETE FROM nodes WHERE name = ?1", params![name])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::suite;
+
+    fn fresh() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("gustavo.db")).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn round_trip() {
+        let (_d, s) = fresh();
+        suite::round_trip(&s);
+    }
+
+    #[test]
+    fn upsert_replaces() {
+        let (_d, s) = fresh();
+        suite::upsert_replaces(&s);
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let (d, s) = fresh();
+        s.commit(7, &[Change::PutApp(suite::app("a", 7))]).unwrap();
+        drop(s);
+        let s = SqliteStore::open(&d.path().join("gustavo.db")).unwrap();
+        let snap = s.load().unwrap();
+        assert_eq!(snap.revision, 7);
+        assert_eq!(snap.apps.len(), 1);
+    }
+
+    #[test]
+    fn failed_commit_applies_nothing() {
+        let (_d, s) = fresh();
+        s.commit(1, &[Change::PutApp(suite::app("a", 1))]).unwrap();
+        s.conn().execute_batch("DROP TABLE nodes").unwrap();
+        assert!(
+            s.commit(
+                2,
+                &[
+                    Change::DeleteApp("a".into()),
+                    Change::PutNode(suite::node("n"))
+                ]
+            )
+            .is_err()
+        );
+        s.conn().execute_batch(SCHEMA).unwrap();
+        let snap = s.load().unwrap();
+        assert_eq!((snap.revision, snap.apps.len()), (1, 1));
+    }
+}
