@@ -1,1 +1,82 @@
-fn main() {}
+//! The `gustavo` binary: glue only. Each subcommand lives in its own file under
+//! `commands/`; the work itself is in the library crates.
+
+mod cli;
+mod commands;
+mod connect;
+mod output;
+mod registry;
+mod rollout;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+/// Exit code for invalid configuration or usage (sysexits' EX_USAGE), as linkerd does.
+pub const EXIT_USAGE: u8 = 64;
+
+/// An error that should end the program with a specific exit code.
+#[derive(Debug)]
+pub struct Exit(pub u8, pub String);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GUSTAVO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The runtime's shape is chosen once, here: the server wants every core; the agent and
+    // the CLI are small and run on one thread.
+    let multi = matches!(cli.command, Command::Server(_));
+    init_tracing(
+        if matches!(cli.command, Command::Server(_) | Command::Agent(_)) {
+            "info"
+        } else {
+            "warn"
+        },
+    );
+    let rt = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(exit) = e.downcast_ref::<Exit>() {
+                if !exit.1.is_empty() {
+                    eprintln!("error: {}", exit.1);
+                }
+                return ExitCode::from(exit.0);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

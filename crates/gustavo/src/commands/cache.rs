@@ -1,0 +1,120 @@
+//! `gustavo cache hosts|vitals|containers [-d GROUP] [-h HOST]`: what the devices report.
+
+use anyhow::Result;
+
+use crate::cli::{CacheCmd, Cli};
+use crate::connect;
+use crate::output::{ago, duration, rate, show};
+
+pub async fn run(cli: &Cli, cmd: &CacheCmd) -> Result<()> {
+    let client = connect::client(cli)?;
+    match cmd {
+        CacheCmd::Hosts(f) => {
+            let nodes = client
+                .list_nodes(f.group.as_deref(), f.host.as_deref())
+                .await?;
+            let rows = nodes
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.name.clone(),
+                        n.status.as_str().into(),
+                        ago(n.last_seen),
+                        n.address.clone(),
+                        n.groups.join(","),
+                        n.agent_version.clone(),
+                    ]
+                })
+                .collect();
+            show(
+                cli.output,
+                &nodes,
+                &["host", "status", "last seen", "address", "groups", "agent"],
+                rows,
+            );
+        }
+        CacheCmd::Vitals(f) => {
+            let vitals = client.vitals(f.group.as_deref(), f.host.as_deref()).await?;
+            let rows = vitals
+                .iter()
+                .map(|nv| match &nv.vitals {
+                    Some(v) => vec![
+                        nv.node.clone(),
+                        nv.status.as_str().into(),
+                        format!("{:.1}% of {}", v.cpu_percent, v.cpus),
+                        format!("{}/{} MB", v.memory_used_mb, v.memory_total_mb),
+                        format!(
+                            "{:.1}/{:.1} GB",
+                            v.disk_used_mb as f64 / 1024.0,
+                            v.disk_total_mb as f64 / 1024.0
+                        ),
+                        format!("{:.2} {:.2} {:.2}", v.load1, v.load5, v.load15),
+                        format!("rx {} tx {}", rate(v.net_rx_bps), rate(v.net_tx_bps)),
+                        duration(v.uptime_s),
+                    ],
+                    None => vec![
+                        nv.node.clone(),
+                        nv.status.as_str().into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                    ],
+                })
+                .collect();
+            show(
+                cli.output,
+                &vitals,
+                &[
+                    "host", "status", "cpu", "memory", "disk", "load", "net", "uptime",
+                ],
+                rows,
+            );
+        }
+        CacheCmd::Containers(f) => {
+            let rows_in = client
+                .containers(f.group.as_deref(), f.host.as_deref())
+                .await?;
+            let rows = rows_in
+                .iter()
+                .map(|r| {
+                    let c = &r.container;
+                    let state = match &c.health {
+                        Some(h) => format!("{} ({h})", c.state),
+                        None => c.state.clone(),
+                    };
+                    vec![
+                        r.node.clone(),
+                        c.app.clone(),
+                        c.name.clone(),
+                        c.image.clone(),
+                        state,
+                        if c.since == 0 {
+                            "-".into()
+                        } else {
+                            ago(c.since)
+                        },
+                        r.error.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            show(
+                cli.output,
+                &rows_in,
+                &[
+                    "host",
+                    "app",
+                    "container",
+                    "image",
+                    "state",
+                    "since",
+                    "error",
+                ],
+                rows,
+            );
+        }
+    }
+    Ok(())
+}

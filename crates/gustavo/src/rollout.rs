@@ -1,0 +1,94 @@
+//! `--wait`: follow an app's rollout until every device of its groups runs it, showing
+//! progress; fail with the failing devices and their errors.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use gustavo_client::Client;
+use gustavo_model::api::{NodeStatus, Rollout};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::Exit;
+
+fn describe_failures(r: &Rollout) -> String {
+    let mut lines = Vec::new();
+    for n in r.nodes.iter().filter(|n| !n.converged) {
+        let why = match (&n.error, n.node_status, n.state) {
+            (Some(e), _, _) => e.clone(),
+            (None, NodeStatus::Offline, _) => "device offline".into(),
+            (None, _, Some(s)) => format!("{s:?} ({}/{} ready)", n.ready, n.desired).to_lowercase(),
+            (None, _, None) => "no report for this revision yet".into(),
+        };
+        lines.push(format!("  {}: {why}", n.node));
+    }
+    lines.join("\n")
+}
+
+/// Waits for `app` to converge. `verb` says what is awaited ("running", "deleted").
+pub async fn wait(client: &Client, app: &str, verb: &str, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let bar = if tty {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} devices ({elapsed})",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> "),
+        );
+        b.enable_steady_tick(Duration::from_millis(120));
+        b.set_message(format!("{app}: waiting for devices"));
+        Some(b)
+    } else {
+        None
+    };
+    let mut last_printed = None;
+    loop {
+        let r = client.rollout(app).await?;
+        let (done, total) = (r.converged_count(), r.nodes.len());
+        if let Some(b) = &bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        } else if last_printed != Some(done) {
+            eprintln!("{app}: {done}/{total} devices {verb}");
+            last_printed = Some(done);
+        }
+        if done == total {
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            if total == 0 {
+                eprintln!("warning: no device is in the app's groups yet; nothing to wait for");
+            } else {
+                eprintln!(
+                    "{app}: {done}/{total} devices {verb} (revision {}, {:.1}s)",
+                    r.revision,
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            return Ok(());
+        }
+        let failed: Vec<_> = r.failed().collect();
+        if !failed.is_empty() || start.elapsed() >= timeout {
+            if let Some(b) = bar {
+                b.abandon();
+            }
+            let why = if failed.is_empty() {
+                format!("timed out after {}s", timeout.as_secs())
+            } else {
+                format!("{} device(s) failed; they keep retrying", failed.len())
+            };
+            return Err(Exit(
+                1,
+                format!(
+                    "{app}: {why}: {done}/{total} devices {verb}\n{}",
+                    describe_failures(&r)
+                ),
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
