@@ -1,0 +1,381 @@
+//! Shared helpers for the integration tests: spawn the real `gustavo` binary (server and
+//! agents) on loopback with fresh data dirs and logs in files, run CLI commands as a user
+//! would, and look at the real Docker engine.
+//!
+//! Every test names its nodes uniquely (test name + process id), so tests run in parallel on
+//! one engine without touching each other's containers, and every agent's containers are
+//! removed when the test ends.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gustavo");
+
+/// The local registry the test script starts (scripts/test-registry.sh).
+pub fn registry() -> String {
+    std::env::var("GUSTAVO_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
+}
+
+/// Fails loudly when a real component is missing: a test that skips would pass for nothing.
+pub fn require_docker_and_registry() {
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output();
+    assert!(
+        matches!(&ok, Ok(o) if o.status.success()),
+        "the Docker engine is required for this test (run scripts/test.sh): {ok:?}"
+    );
+    let reg = registry();
+    let answered = std::net::TcpStream::connect_timeout(
+        &reg.parse().expect("registry address"),
+        Duration::from_secs(2),
+    )
+    .is_ok();
+    assert!(
+        answered,
+        "the test registry at {reg} is required (run scripts/test.sh)"
+    );
+}
+
+/// A name unique to this test process.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", std::process::id() % 100_000)
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `docker inspect -f FORMAT NAME`, or None if no such container.
+pub fn inspect(name: &str, format: &str) -> Option<String> {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", format, name])
+        .output()
+        .expect("docker runs");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Names of a node's containers in the given Docker state filter (e.g. `running`).
+pub fn containers_of(node: &str, status: Option<&str>) -> Vec<String> {
+    let label = format!("label=gustavo.node={node}");
+    let mut args = vec!["ps", "-a", "--filter", &label, "--format", "{{.Names}}"];
+    let st;
+    if let Some(s) = status {
+        st = format!("status={s}");
+        args.extend(["--filter", &st]);
+    }
+    let mut v: Vec<String> = docker(&args)
+        .lines()
+        .map(String::from)
+        .filter(|l| !l.is_empty())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A plain HTTP GET on loopback, returning the body ("" when nothing answers).
+pub fn http_get(port: u16) -> String {
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(
+        &([127, 0, 0, 1], port).into(),
+        Duration::from_secs(1),
+    ) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn spawn(args: &[&str], log: &Path) -> Child {
+    let out = std::fs::File::create(log).expect("log file");
+    Command::new(BIN)
+        .args(args)
+        .env("GUSTAVO_LOG", "info,gustavo=debug")
+        .env_remove("GUSTAVO_SERVER")
+        .env_remove("GUSTAVO_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log file"))
+        .stderr(out)
+        .spawn()
+        .expect("gustavo starts")
+}
+
+/// A `gustavo server --no-agent` on a loopback port with its own data dir.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub admin: String,
+    pub join: String,
+    child: Option<Child>,
+    listen: String,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = Server {
+            dir,
+            url: String::new(),
+            admin: String::new(),
+            join: String::new(),
+            child: None,
+            listen: "127.0.0.1:0".into(),
+        };
+        s.launch();
+        s
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn launch(&mut self) {
+        let data = self.data_dir();
+        let _ = std::fs::remove_file(data.join("server-url"));
+        let child = spawn(
+            &[
+                "server",
+                "--no-agent",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                &self.listen,
+            ],
+            &self.dir.path().join("server.log"),
+        );
+        self.child = Some(child);
+        wait_for(
+            "the server to write server-url",
+            Duration::from_secs(20),
+            || data.join("server-url").exists(),
+        );
+        self.url = std::fs::read_to_string(data.join("server-url"))
+            .unwrap()
+            .trim()
+            .to_string();
+        // Restarts keep the port, so agents find the server again.
+        self.listen = self.url.trim_start_matches("http://").to_string();
+        self.admin = std::fs::read_to_string(data.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        self.join = std::fs::read_to_string(data.join("join-token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let url = self.url.clone();
+        wait_for("the server to answer", Duration::from_secs(20), || {
+            Command::new(BIN)
+                .args(["--server", &url, "--token", "x", "groups", "list"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stderr).contains("401"))
+        });
+    }
+
+    /// `kill -9`: nothing is flushed, nothing is said.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// Runs a CLI command against this server as admin.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("GUSTAVO_SERVER", &self.url)
+            .env("GUSTAVO_TOKEN", &self.admin)
+            .stdin(Stdio::null())
+            .output()
+            .expect("gustavo runs")
+    }
+
+    /// Runs a CLI command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "gustavo {args:?} failed ({:?}):\nstdout: {}\nstderr: {}\nserver log tail:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log(), 30)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Writes a spec file into the test dir and returns its path.
+    pub fn spec(&self, file: &str, yaml: &str) -> String {
+        let p = self.dir.path().join(file);
+        std::fs::write(&p, yaml).unwrap();
+        p.to_str().unwrap().to_string()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("valid JSON output")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A `gustavo agent` for one simulated device, sharing the machine's Docker engine.
+pub struct Agent {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn start(server: &Server, name: &str, groups: &[&str], labels: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--server".into(),
+            server.url.clone(),
+            "--token".into(),
+            server.join.clone(),
+            "--name".into(),
+            name.into(),
+            "--data-dir".into(),
+            dir.path().join("data").to_str().unwrap().into(),
+            "--heartbeat".into(),
+            "1s".into(),
+            "--resync".into(),
+            "2s".into(),
+        ];
+        for g in groups {
+            args.extend(["--group".into(), g.to_string()]);
+        }
+        for l in labels {
+            args.extend(["--label".into(), l.to_string()]);
+        }
+        let mut a = Agent {
+            name: name.into(),
+            dir,
+            args,
+            child: None,
+        };
+        a.launch();
+        let node = name.to_string();
+        wait_for(
+            &format!("node {name} to register"),
+            Duration::from_secs(20),
+            || {
+                server
+                    .cli(&["-o", "json", "nodes", "list"])
+                    .stdout
+                    .windows(node.len() + 2)
+                    .any(|w| w == format!("\"{node}\"").as_bytes())
+            },
+        );
+        a
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let child = Command::new(BIN)
+            .args(&args)
+            .env("GUSTAVO_LOG", "info,gustavo=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("agent starts");
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// `kill -9` the agent; its containers stay.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        let ids = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=gustavo.node={}", self.name),
+        ]);
+        let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids);
+            docker(&args);
+        }
+    }
+}
