@@ -748,7 +748,7 @@ impl Cpus {
 impl<'de> Deserialize<'de> for Cpus {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = f64::deserialize(d)?;
-        if !v.is_finite() || v < 0.01 || v > 1024.0 {
+        if !v.is_finite() || !(0.01..=1024.0).contains(&v) {
             return Err(de::Error::custom(format!(
                 "cpus {v} must be between 0.01 and 1024"
             )));

@@ -128,7 +128,7 @@ pub async fn create_app(
                 updated_at: t,
             };
             let mut changes = c.touch_groups(&app.groups, rev);
-            changes.push(Change::PutApp(app.clone()));
+            changes.push(Change::PutApp(Box::new(app.clone())));
             Ok((changes, app))
         })
         .await?;
@@ -157,7 +157,7 @@ async fn change_app(
             app.revision = rev;
             app.updated_at = now();
             let mut changes = c.touch_groups(old.groups.iter().chain(&app.groups), rev);
-            changes.push(Change::PutApp(app.clone()));
+            changes.push(Change::PutApp(Box::new(app.clone())));
             Ok((changes, app))
         })
         .await

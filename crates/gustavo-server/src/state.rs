@@ -98,7 +98,7 @@ impl Cluster {
         match change {
             Change::PutApp(a) => {
                 self.deleted.remove(&a.name);
-                self.apps.insert(a.name.clone(), a);
+                self.apps.insert(a.name.clone(), *a);
             }
             Change::DeleteApp(name) => {
                 if let Some(app) = self.apps.remove(&name) {

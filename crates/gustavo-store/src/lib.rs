@@ -68,7 +68,7 @@ pub struct Snapshot {
 /// One change inside a commit.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    PutApp(App),
+    PutApp(Box<App>),
     DeleteApp(String),
     PutGroup(GroupRecord),
     PutNode(NodeRecord),
@@ -119,7 +119,7 @@ pub(crate) mod suite {
         s.commit(
             1,
             &[
-                Change::PutApp(app("a", 1)),
+                Change::PutApp(Box::new(app("a", 1))),
                 Change::PutGroup(GroupRecord {
                     name: "g".into(),
                     revision: 1,
@@ -130,7 +130,7 @@ pub(crate) mod suite {
         .unwrap();
         s.commit(
             2,
-            &[Change::PutApp(app("b", 2)), Change::PutNode(node("n2"))],
+            &[Change::PutApp(Box::new(app("b", 2))), Change::PutNode(node("n2"))],
         )
         .unwrap();
         s.commit(
@@ -149,10 +149,10 @@ pub(crate) mod suite {
     }
 
     pub fn upsert_replaces(s: &dyn Store) {
-        s.commit(1, &[Change::PutApp(app("a", 1))]).unwrap();
+        s.commit(1, &[Change::PutApp(Box::new(app("a", 1)))]).unwrap();
         let mut changed = app("a", 2);
         changed.spec.env_vars.insert("K".into(), "w".into());
-        s.commit(2, &[Change::PutApp(changed.clone())]).unwrap();
+        s.commit(2, &[Change::PutApp(Box::new(changed.clone()))]).unwrap();
         assert_eq!(s.load().unwrap().apps, vec![changed]);
     }
 }
