@@ -130,7 +130,10 @@ pub(crate) mod suite {
         .unwrap();
         s.commit(
             2,
-            &[Change::PutApp(Box::new(app("b", 2))), Change::PutNode(node("n2"))],
+            &[
+                Change::PutApp(Box::new(app("b", 2))),
+                Change::PutNode(node("n2")),
+            ],
         )
         .unwrap();
         s.commit(
@@ -149,10 +152,12 @@ pub(crate) mod suite {
     }
 
     pub fn upsert_replaces(s: &dyn Store) {
-        s.commit(1, &[Change::PutApp(Box::new(app("a", 1)))]).unwrap();
+        s.commit(1, &[Change::PutApp(Box::new(app("a", 1)))])
+            .unwrap();
         let mut changed = app("a", 2);
         changed.spec.env_vars.insert("K".into(), "w".into());
-        s.commit(2, &[Change::PutApp(Box::new(changed.clone()))]).unwrap();
+        s.commit(2, &[Change::PutApp(Box::new(changed.clone()))])
+            .unwrap();
         assert_eq!(s.load().unwrap().apps, vec![changed]);
     }
 }

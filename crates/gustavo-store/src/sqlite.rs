@@ -160,7 +160,8 @@ mod tests {
     #[test]
     fn survives_reopen() {
         let (d, s) = fresh();
-        s.commit(7, &[Change::PutApp(Box::new(suite::app("a", 7)))]).unwrap();
+        s.commit(7, &[Change::PutApp(Box::new(suite::app("a", 7)))])
+            .unwrap();
         drop(s);
         let s = SqliteStore::open(&d.path().join("gustavo.db")).unwrap();
         let snap = s.load().unwrap();
@@ -171,7 +172,8 @@ mod tests {
     #[test]
     fn failed_commit_applies_nothing() {
         let (_d, s) = fresh();
-        s.commit(1, &[Change::PutApp(Box::new(suite::app("a", 1)))]).unwrap();
+        s.commit(1, &[Change::PutApp(Box::new(suite::app("a", 1)))])
+            .unwrap();
         s.conn().execute_batch("DROP TABLE nodes").unwrap();
         assert!(
             s.commit(
