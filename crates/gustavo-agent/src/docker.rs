@@ -58,6 +58,35 @@ impl DockerRuntime {
         Ok(DockerRuntime { docker })
     }
 
+    async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+        tracing::info!(image, "pulling image");
+        let mut stream = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(image.to_string()),
+                ..Default::default()
+            }),
+            None,
+            None,
+        );
+        while let Some(item) = stream.next().await {
+            if let Err(e) = item {
+                return Err(RuntimeError::Pull {
+                    image: image.into(),
+                    reason: message(&e),
+                });
+            }
+        }
+        // Some registries end the stream without an error yet deliver nothing.
+        self.docker
+            .inspect_image(image)
+            .await
+            .map(|_| ())
+            .map_err(|e| RuntimeError::Pull {
+                image: image.into(),
+                reason: message(&e),
+            })
+    }
+
     async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
         match self.docker.inspect_network(name, None).await {
             Ok(_) => return Ok(()),
@@ -243,36 +272,18 @@ impl Runtime for DockerRuntime {
             .collect())
     }
 
-    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
-        if self.docker.inspect_image(image).await.is_ok() {
+    async fn ensure_image(&self, image: &str, refresh: bool) -> Result<(), RuntimeError> {
+        let present = self.docker.inspect_image(image).await.is_ok();
+        if present && !refresh {
             return Ok(());
         }
-        tracing::info!(image, "pulling image");
-        let mut stream = self.docker.create_image(
-            Some(CreateImageOptions {
-                from_image: Some(image.to_string()),
-                ..Default::default()
-            }),
-            None,
-            None,
-        );
-        while let Some(item) = stream.next().await {
-            if let Err(e) = item {
-                return Err(RuntimeError::Pull {
-                    image: image.into(),
-                    reason: message(&e),
-                });
+        match self.pull(image).await {
+            Err(e) if present => {
+                tracing::warn!(image, error = %e, "cannot refresh image; using the local copy");
+                Ok(())
             }
+            other => other,
         }
-        // Some registries end the stream without an error yet deliver nothing.
-        self.docker
-            .inspect_image(image)
-            .await
-            .map(|_| ())
-            .map_err(|e| RuntimeError::Pull {
-                image: image.into(),
-                reason: message(&e),
-            })
     }
 
     async fn create(&self, node: &str, c: &DesiredContainer) -> Result<String, RuntimeError> {

@@ -15,6 +15,7 @@ use gustavo_model::api::{
     AppState, AppStatus, ContainerStatus, DesiredApp, DesiredState, StatusReport,
 };
 use gustavo_model::plan::{AppPlan, Observed, RunState, Step, plan_app};
+use gustavo_model::spec::ImageRef;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -66,7 +67,11 @@ async fn execute<R: Runtime>(
     ready_timeout: Duration,
 ) -> Result<(), RuntimeError> {
     for image in &plan.images {
-        rt.ensure_image(image).await?;
+        // `latest` moves: refresh it whenever a container is created from it (the rule
+        // Kubernetes applies); a pinned tag or digest is pulled only when missing.
+        let r = ImageRef::parse(image);
+        let refresh = r.digest.is_none() && r.tag == "latest";
+        rt.ensure_image(image, refresh).await?;
     }
     for step in plan.steps {
         match step {

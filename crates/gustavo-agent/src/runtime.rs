@@ -32,8 +32,14 @@ pub trait Runtime: Send + Sync + 'static {
     /// Every container labelled as this node's, running or not.
     fn list(&self, node: &str) -> impl Future<Output = Result<Vec<Observed>, RuntimeError>> + Send;
 
-    /// Makes the image available locally, pulling it only when it is missing.
-    fn ensure_image(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Makes the image available locally. Pulls when it is missing, and also when `refresh`
+    /// is set (a moving tag such as `latest`) — then a failed pull falls back to the local
+    /// copy, so a device with no registry in reach keeps working.
+    fn ensure_image(
+        &self,
+        image: &str,
+        refresh: bool,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// Creates and starts a container (its networks created on demand); returns its id.
     fn create(

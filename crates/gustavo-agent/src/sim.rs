@@ -77,13 +77,17 @@ impl Runtime for SimRuntime {
             .collect())
     }
 
-    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
-        if self.lock().images.contains(image) {
+    async fn ensure_image(&self, image: &str, refresh: bool) -> Result<(), RuntimeError> {
+        let present = self.lock().images.contains(image);
+        if present && !refresh {
             return Ok(());
         }
         tokio::time::sleep(self.delay).await;
         let mut g = self.lock();
         if !g.registry.contains(image) {
+            if present {
+                return Ok(());
+            }
             return Err(RuntimeError::Pull {
                 image: image.into(),
                 reason: "manifest unknown".into(),

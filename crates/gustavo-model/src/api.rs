@@ -243,7 +243,7 @@ pub struct NodeRollout {
     pub error: Option<String>,
 }
 
-/// `GET /api/v1/apps/{name}/rollout` (and `/api/v1/rollouts/{name}` after a delete).
+/// `GET /api/v1/rollouts/{name}`: the app's current revision, or its deletion.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
     pub app: String,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use gustavo_model::api::{
@@ -41,6 +41,23 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Query parameters, with errors in our JSON format instead of axum's plain text.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| QueryParams(v))
+            .map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())))
     }
 }
 
@@ -276,7 +293,7 @@ pub struct Filter {
 pub async fn list_nodes(
     p: Principal,
     State(s): State<AppState>,
-    Query(f): Query<Filter>,
+    QueryParams(f): QueryParams<Filter>,
 ) -> Result<Response, ApiError> {
     p.require_admin()?;
     let c = s.shared.read();
@@ -325,7 +342,7 @@ pub async fn delete_node(
 pub async fn containers(
     p: Principal,
     State(s): State<AppState>,
-    Query(f): Query<Filter>,
+    QueryParams(f): QueryParams<Filter>,
 ) -> Result<Json<Vec<NodeContainer>>, ApiError> {
     p.require_admin()?;
     let rows = s
@@ -345,7 +362,7 @@ pub async fn containers(
 pub async fn vitals(
     p: Principal,
     State(s): State<AppState>,
-    Query(f): Query<Filter>,
+    QueryParams(f): QueryParams<Filter>,
 ) -> Result<Json<Vec<NodeVitals>>, ApiError> {
     p.require_admin()?;
     let c = s.shared.read();
@@ -473,10 +490,11 @@ pub async fn desired(
     State(s): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
-    Query(q): Query<DesiredQuery>,
+    QueryParams(q): QueryParams<DesiredQuery>,
 ) -> Result<Response, ApiError> {
     p.require_node(&name)?;
     let mut rx = s.shared.revision_tx.subscribe();
+    let mut closing = s.shared.closing.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(60));
     loop {
         seen(&s, &name, addr, |_| {});
@@ -491,9 +509,15 @@ pub async fn desired(
             }
         }
         rx.borrow_and_update();
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) | Err(_) => return Ok(StatusCode::NOT_MODIFIED.into_response()),
+        if *closing.borrow_and_update() {
+            return Err(ApiError::Unavailable("the server is shutting down"));
+        }
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, rx.changed()) => match r {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return Ok(StatusCode::NOT_MODIFIED.into_response()),
+            },
+            _ = closing.changed() => return Err(ApiError::Unavailable("the server is shutting down")),
         }
     }
 }

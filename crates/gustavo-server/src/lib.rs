@@ -84,6 +84,7 @@ pub fn now() -> u64 {
 pub struct Server {
     pub tokens: Tokens,
     pub addr: SocketAddr,
+    shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
     router: Router,
 }
@@ -104,7 +105,7 @@ impl Server {
             Arc::new(SqliteStore::open(&config.data_dir.join("gustavo.db"))?);
         let shared = Arc::new(Shared::new(store)?);
         let state = AppState {
-            shared,
+            shared: shared.clone(),
             admin_hash: auth::hash_token(&admin),
             join_hash: auth::hash_token(&join),
             body_limit: config.body_limit,
@@ -125,6 +126,7 @@ impl Server {
                 created,
             },
             addr,
+            shared,
             listener,
             router: router(state),
         })
@@ -135,6 +137,11 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        let closing = self.shared.closing.clone();
+        let shutdown = async move {
+            shutdown.await;
+            closing.send_replace(true);
+        };
         axum::serve(
             self.listener,
             self.router

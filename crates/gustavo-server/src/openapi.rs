@@ -45,7 +45,7 @@ pub const DOCUMENT: &str = r##"{
       "delete": {"summary": "Remove a node; its token stops working at once", "responses": {"204": {"description": "removed"}}}
     },
     "/api/v1/nodes/{name}/desired": {"get": {"summary": "The node's desired state; long-polls with ?after=REVISION&wait=SECONDS", "responses": {"200": {"description": "desired state"}, "304": {"description": "no newer revision within the wait"}}}},
-    "/api/v1/nodes/{name}/heartbeat": {"post": {"summary": "Vitals from the node", "responses": {"204": {"description": "recorded"}}}},
+    "/api/v1/nodes/{name}/heartbeat": {"post": {"summary": "Vitals from the node; the answer {need_status} asks for the status report again", "responses": {"200": {"description": "{need_status: bool}"}}}},
     "/api/v1/nodes/{name}/status": {"put": {"summary": "Observed containers and per-app status from the node", "responses": {"204": {"description": "recorded"}}}},
     "/api/v1/containers": {"get": {"summary": "Containers reported by nodes (?group=&host=)", "responses": {"200": {"description": "rows"}}}},
     "/api/v1/vitals": {"get": {"summary": "Latest vitals per node (?group=&host=)", "responses": {"200": {"description": "rows"}}}}

@@ -400,16 +400,21 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     /// The global revision, for long-polling agents to wait on.
     pub revision_tx: tokio::sync::watch::Sender<u64>,
+    /// Set when the server shuts down, so long-polls answer at once instead of holding the
+    /// graceful shutdown for their whole wait.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
     pub fn new(store: Arc<dyn Store>) -> Result<Shared, StoreError> {
         let cluster = Cluster::from_snapshot(store.load()?);
         let (revision_tx, _) = tokio::sync::watch::channel(cluster.revision);
+        let (closing, _) = tokio::sync::watch::channel(false);
         Ok(Shared {
             cluster: std::sync::RwLock::new(cluster),
             store,
             revision_tx,
+            closing,
         })
     }
 

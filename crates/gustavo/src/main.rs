@@ -39,7 +39,14 @@ fn init_tracing(default: &str) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     // The runtime's shape is chosen once, here: the server wants every core; the agent and
     // the CLI are small and run on one thread.
     let multi = matches!(cli.command, Command::Server(_));
