@@ -350,3 +350,270 @@ impl<R: Runtime> Reconciler<R> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SimRuntime;
+    use gustavo_model::api::DesiredContainer;
+    use gustavo_model::desired::{NodeFacts, container_name, expand};
+    use gustavo_model::spec::parse_one;
+
+    const NODE: &str = "n1";
+
+    fn app(name: &str, yaml_body: &str, revision: u64) -> DesiredApp {
+        let spec = parse_one(&format!("{name}:\n{yaml_body}"), name).unwrap();
+        let node = NodeFacts {
+            name: NODE.into(),
+            cpus: 2,
+            memory_mb: 1024,
+            labels: Default::default(),
+        };
+        DesiredApp {
+            name: name.into(),
+            revision,
+            rolling_restart: spec.rolling_restart,
+            containers: expand(name, &spec, 0, &node)
+                .into_iter()
+                .map(|c| DesiredContainer {
+                    name: container_name(NODE, name, c.replica),
+                    hash: c.hash(),
+                    spec: c,
+                })
+                .collect(),
+        }
+    }
+
+    fn state(revision: u64, apps: Vec<DesiredApp>) -> Option<DesiredState> {
+        Some(DesiredState {
+            node: NODE.into(),
+            revision,
+            apps,
+        })
+    }
+
+    struct Harness {
+        rt: SimRuntime,
+        desired: watch::Sender<Option<DesiredState>>,
+        report: watch::Receiver<StatusReport>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    fn start(rt: SimRuntime, initial: Option<DesiredState>) -> Harness {
+        let (desired, desired_rx) = watch::channel(initial);
+        let (report_tx, report) = watch::channel(StatusReport::default());
+        let config = ReconcileConfig {
+            resync: Duration::from_millis(50),
+            ready_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(100),
+        };
+        let r = Reconciler::new(
+            Arc::new(rt.clone()),
+            NODE.into(),
+            config,
+            desired_rx,
+            report_tx,
+        );
+        Harness {
+            rt,
+            desired,
+            report,
+            task: tokio::spawn(r.run()),
+        }
+    }
+
+    /// Waits until the latest report satisfies `f`.
+    async fn until(h: &mut Harness, what: &str, f: impl Fn(&StatusReport) -> bool) -> StatusReport {
+        let wait = async {
+            loop {
+                if f(&h.report.borrow_and_update()) {
+                    return h.report.borrow().clone();
+                }
+                h.report.changed().await.unwrap();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "timed out waiting for {what}; last report {:?}",
+                    h.report.borrow()
+                )
+            })
+    }
+
+    fn app_state(r: &StatusReport, app: &str) -> Option<AppState> {
+        r.apps.iter().find(|a| a.app == app).map(|a| a.state)
+    }
+
+    #[tokio::test]
+    async fn converges_and_reports_running() {
+        let rt = SimRuntime::new();
+        rt.publish("x:latest");
+        let mut h = start(
+            rt,
+            state(
+                1,
+                vec![app(
+                    "a",
+                    "  docker_image: x\n  containers_per: {server: 2}\n",
+                    1,
+                )],
+            ),
+        );
+        let r = until(&mut h, "a running", |r| {
+            app_state(r, "a") == Some(AppState::Running)
+        })
+        .await;
+        assert_eq!(r.applied_revision, 1);
+        assert_eq!(r.containers.len(), 2);
+        assert_eq!(
+            h.rt.log().iter().filter(|l| l.starts_with("pull")).count(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn touches_nothing_without_a_desired_state() {
+        let rt = SimRuntime::new();
+        rt.publish("x:latest");
+        // A container from an earlier life, and no desired state yet (server unreachable).
+        let leftover = app("old", "  docker_image: x\n", 1);
+        rt.ensure_image("x:latest", false).await.unwrap();
+        rt.create(NODE, &leftover.containers[0]).await.unwrap();
+        let h = start(rt, None);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            h.rt.containers().len(),
+            1,
+            "nothing may be removed before a desired state exists"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_image_fails_only_its_app_and_keeps_the_old_version() {
+        let rt = SimRuntime::new();
+        rt.publish("x:v1");
+        let mut h = start(
+            rt,
+            state(
+                1,
+                vec![
+                    app("a", "  docker_image: x:v1\n", 1),
+                    app("b", "  docker_image: x:v1\n", 1),
+                ],
+            ),
+        );
+        until(&mut h, "both running", |r| {
+            app_state(r, "a") == Some(AppState::Running)
+                && app_state(r, "b") == Some(AppState::Running)
+        })
+        .await;
+        let old = h.rt.containers();
+
+        h.desired.send_replace(state(
+            2,
+            vec![
+                app("a", "  docker_image: x:v2\n", 2),
+                app("b", "  docker_image: x:v1\n", 1),
+            ],
+        ));
+        let r = until(&mut h, "a failed", |r| {
+            app_state(r, "a") == Some(AppState::Failed)
+        })
+        .await;
+        let a = r.apps.iter().find(|s| s.app == "a").unwrap();
+        assert!(a.error.as_deref().unwrap().contains("x:v2"), "{a:?}");
+        assert_eq!(app_state(&r, "b"), Some(AppState::Running));
+        assert_eq!(h.rt.containers(), old, "the running version is untouched");
+
+        // Retries back off, and succeed once the image exists.
+        h.rt.publish("x:v2");
+        until(&mut h, "a running v2", |r| {
+            app_state(r, "a") == Some(AppState::Running)
+        })
+        .await;
+        assert!(h.rt.containers().iter().any(|c| c.image == "x:v2"));
+    }
+
+    #[tokio::test]
+    async fn crashed_containers_are_started_and_deleted_apps_removed() {
+        let rt = SimRuntime::new();
+        rt.publish("x:latest");
+        let mut h = start(rt, state(1, vec![app("a", "  docker_image: x\n", 1)]));
+        until(&mut h, "running", |r| {
+            app_state(r, "a") == Some(AppState::Running)
+        })
+        .await;
+        let id = h.rt.containers()[0].id.clone();
+        h.rt.kill("n1.a.1", 137);
+        let restarted = async {
+            while !h.rt.log().contains(&"start n1.a.1".to_string()) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), restarted)
+            .await
+            .expect("the crashed container is started");
+        assert_eq!(h.rt.containers()[0].id, id, "started in place");
+        assert_eq!(h.rt.containers()[0].state, RunState::Running);
+
+        h.desired.send_replace(state(2, vec![]));
+        until(&mut h, "removed", |r| {
+            r.containers.is_empty() && r.applied_revision == 2
+        })
+        .await;
+        assert!(h.rt.containers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_changed_apps_are_recreated() {
+        let rt = SimRuntime::new();
+        rt.publish("x:v1");
+        let mut h = start(
+            rt,
+            state(
+                1,
+                vec![
+                    app("a", "  docker_image: x:v1\n", 1),
+                    app("b", "  docker_image: x:v1\n", 1),
+                ],
+            ),
+        );
+        until(&mut h, "both running", |r| {
+            r.apps.iter().all(|a| a.state == AppState::Running) && r.apps.len() == 2
+        })
+        .await;
+        let b_id =
+            h.rt.containers()
+                .iter()
+                .find(|c| c.app == "b")
+                .unwrap()
+                .id
+                .clone();
+        h.desired.send_replace(state(
+            2,
+            vec![
+                app("a", "  docker_image: x:v1\n  env_vars: {K: v}\n", 2),
+                app("b", "  docker_image: x:v1\n", 1),
+            ],
+        ));
+        until(&mut h, "a updated", |r| {
+            r.apps
+                .iter()
+                .any(|a| a.app == "a" && a.revision == 2 && a.state == AppState::Running)
+        })
+        .await;
+        assert_eq!(
+            h.rt.containers().iter().find(|c| c.app == "b").unwrap().id,
+            b_id
+        );
+    }
+}
