@@ -30,9 +30,10 @@ use gustavo_model::api::{DesiredState, Heartbeat, RegisterRequest, StatusReport}
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::persist::{DataDir, Identity};
+use crate::persist::{DataDir, Identity, Persist};
 use crate::reconcile::{ReconcileConfig, Reconciler};
 use crate::runtime::Runtime;
+use crate::vitals::HostProbe;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -90,7 +91,7 @@ impl Backoff {
     }
 }
 
-fn registration(cfg: &AgentConfig, sampler: &vitals::Sampler) -> RegisterRequest {
+fn registration(cfg: &AgentConfig, sampler: &dyn HostProbe) -> RegisterRequest {
     let (cpus, memory_mb) = sampler.capacity();
     RegisterRequest {
         name: cfg.name.clone(),
@@ -106,7 +107,8 @@ fn registration(cfg: &AgentConfig, sampler: &vitals::Sampler) -> RegisterRequest
 /// the server is unreachable; a refusal is final).
 async fn identity(
     cfg: &AgentConfig,
-    dir: &DataDir,
+    dir: &dyn Persist,
+    http: &HttpParts,
     req: &RegisterRequest,
 ) -> Result<Identity, AgentError> {
     if let Some(id) = dir
@@ -116,7 +118,7 @@ async fn identity(
         return Ok(id);
     }
     let token = cfg.join_token.clone().ok_or(AgentError::NoToken)?;
-    let client = Client::new(&cfg.server, &token);
+    let client = http.client(&cfg.server, &token);
     let mut backoff = Backoff::new();
     loop {
         match client.register(req).await {
@@ -128,7 +130,7 @@ async fn identity(
                 };
                 dir.save_identity(&id)
                     .map_err(|source| AgentError::DataDir {
-                        path: dir.0.display().to_string(),
+                        path: dir.describe(),
                         source,
                     })?;
                 tracing::info!(node = %id.node, server = %cfg.server, "registered");
@@ -148,7 +150,29 @@ async fn identity(
     }
 }
 
-/// Runs the agent until `shutdown` resolves. Containers keep running after it returns.
+/// How the agent reaches the server: by default a client of its own; simulated fleets
+/// share HTTP/2 connections between many agents and observe every request.
+#[derive(Clone, Default)]
+pub struct HttpParts {
+    pub pool: Option<reqwest::Client>,
+    pub observer: Option<gustavo_client::Observer>,
+}
+
+impl HttpParts {
+    fn client(&self, server: &str, token: &str) -> Client {
+        let c = match &self.pool {
+            Some(pool) => Client::with_http(server, token, pool.clone()),
+            None => Client::new(server, token),
+        };
+        match &self.observer {
+            Some(o) => c.with_observer(o.clone()),
+            None => c,
+        }
+    }
+}
+
+/// Runs the agent on this device until `shutdown` resolves: the host read through sysinfo,
+/// state kept in the data dir. Containers keep running after it returns.
 pub async fn run<R: Runtime>(
     cfg: AgentConfig,
     runtime: Arc<R>,
@@ -159,8 +183,30 @@ pub async fn run<R: Runtime>(
         source,
     })?;
     let sampler = vitals::Sampler::new().map_err(AgentError::Host)?;
-    let req = registration(&cfg, &sampler);
-    let cached = dir.desired();
+    run_with(
+        cfg,
+        runtime,
+        sampler,
+        Arc::new(dir),
+        HttpParts::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// Runs the agent with every side effect supplied: the container runtime, the host probe,
+/// where state is kept, and how HTTP is done. The protocol and the logic are the same for
+/// a device and for a simulated agent.
+pub async fn run_with<R: Runtime, H: HostProbe>(
+    cfg: AgentConfig,
+    runtime: Arc<R>,
+    host: H,
+    persist: Arc<dyn Persist>,
+    http: HttpParts,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let req = registration(&cfg, &host);
+    let cached = persist.desired();
     if let Some(d) = &cached {
         tracing::info!(
             revision = d.revision,
@@ -182,13 +228,13 @@ pub async fn run<R: Runtime>(
     let work = async {
         // Registration may wait for the server; the cached desired state is already being
         // reconciled meanwhile.
-        let id = identity(&cfg, &dir, &req).await?;
-        let client = Client::new(&cfg.server, &id.token);
+        let id = identity(&cfg, persist.as_ref(), &http, &req).await?;
+        let client = http.client(&cfg.server, &id.token);
         let need_report = Arc::new(tokio::sync::Notify::new());
         tokio::join!(
-            sync(&cfg, &client, &req, &dir, &desired_tx),
+            sync(&cfg, &client, &req, persist.as_ref(), &desired_tx),
             report(&client, &id.node, report_rx, need_report.clone()),
-            heartbeat(&client, &id.node, cfg.heartbeat, sampler, need_report),
+            heartbeat(&client, &id.node, cfg.heartbeat, host, need_report),
         );
         Ok::<(), AgentError>(())
     };
@@ -205,7 +251,7 @@ async fn sync(
     cfg: &AgentConfig,
     client: &Client,
     req: &RegisterRequest,
-    dir: &DataDir,
+    dir: &dyn Persist,
     desired: &watch::Sender<Option<DesiredState>>,
 ) {
     let node = &cfg.name;
@@ -281,7 +327,7 @@ async fn heartbeat(
     client: &Client,
     node: &str,
     period: Duration,
-    mut sampler: vitals::Sampler,
+    mut sampler: impl HostProbe,
     need_report: Arc<tokio::sync::Notify>,
 ) {
     let mut tick = tokio::time::interval(period);

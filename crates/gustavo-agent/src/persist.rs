@@ -1,6 +1,7 @@
-//! What the agent keeps on disk: its credential (`node.json`, mode 0600) and the last
-//! desired state it received (`desired.json`), so it keeps running its apps through a
-//! server outage and its own restart. Both are written atomically (temp file + rename).
+//! What the agent keeps: its credential and the last desired state it received, so it keeps
+//! running its apps through a server outage and its own restart. On a device that is the
+//! data dir ([`DataDir`]: `node.json` and `desired.json`, mode 0600, written atomically by
+//! temp file + rename); simulated agents keep it in memory ([`MemoryPersist`]).
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,17 @@ pub struct Identity {
     pub server: String,
     pub node: String,
     pub token: String,
+}
+
+/// Where an agent keeps its credential and desired-state cache.
+pub trait Persist: Send + Sync + 'static {
+    fn identity(&self) -> Option<Identity>;
+    fn save_identity(&self, id: &Identity) -> std::io::Result<()>;
+    /// The cached desired state; an unreadable cache counts as none.
+    fn desired(&self) -> Option<DesiredState>;
+    fn save_desired(&self, d: &DesiredState) -> std::io::Result<()>;
+    /// Where it lives, for messages.
+    fn describe(&self) -> String;
 }
 
 pub struct DataDir(pub PathBuf);
@@ -36,13 +48,19 @@ impl DataDir {
         std::fs::create_dir_all(path)?;
         Ok(DataDir(path.to_path_buf()))
     }
+}
 
-    pub fn identity(&self) -> Option<Identity> {
+impl Persist for DataDir {
+    fn describe(&self) -> String {
+        self.0.display().to_string()
+    }
+
+    fn identity(&self) -> Option<Identity> {
         let bytes = std::fs::read(self.0.join("node.json")).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
-    pub fn save_identity(&self, id: &Identity) -> std::io::Result<()> {
+    fn save_identity(&self, id: &Identity) -> std::io::Result<()> {
         write_atomic(
             &self.0.join("node.json"),
             &serde_json::to_vec_pretty(id)?,
@@ -50,8 +68,7 @@ impl DataDir {
         )
     }
 
-    /// The cached desired state; an unreadable cache counts as none (and is logged).
-    pub fn desired(&self) -> Option<DesiredState> {
+    fn desired(&self) -> Option<DesiredState> {
         let path = self.0.join("desired.json");
         let bytes = std::fs::read(&path).ok()?;
         match serde_json::from_slice(&bytes) {
@@ -63,7 +80,40 @@ impl DataDir {
         }
     }
 
-    pub fn save_desired(&self, d: &DesiredState) -> std::io::Result<()> {
+    fn save_desired(&self, d: &DesiredState) -> std::io::Result<()> {
         write_atomic(&self.0.join("desired.json"), &serde_json::to_vec(d)?, 0o600)
+    }
+}
+
+/// Keeps everything in memory: for simulated agents, which have no disk of their own.
+#[derive(Default)]
+pub struct MemoryPersist {
+    identity: std::sync::Mutex<Option<Identity>>,
+    desired: std::sync::Mutex<Option<DesiredState>>,
+}
+
+impl Persist for MemoryPersist {
+    fn identity(&self) -> Option<Identity> {
+        self.identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    fn save_identity(&self, id: &Identity) -> std::io::Result<()> {
+        *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
+        Ok(())
+    }
+    fn desired(&self) -> Option<DesiredState> {
+        self.desired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    fn save_desired(&self, d: &DesiredState) -> std::io::Result<()> {
+        *self.desired.lock().unwrap_or_else(|p| p.into_inner()) = Some(d.clone());
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "memory".into()
     }
 }

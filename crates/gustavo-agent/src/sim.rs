@@ -158,3 +158,55 @@ impl Runtime for SimRuntime {
         rx
     }
 }
+
+/// A simulated host: fixed capacity and plausible, slowly varying vitals, without reading
+/// anything from the machine (a hundred thousand of them share one process).
+pub struct SimHost {
+    pub cpus: u32,
+    pub memory_mb: u64,
+    seed: u64,
+    started: std::time::Instant,
+}
+
+impl SimHost {
+    pub fn new(cpus: u32, memory_mb: u64, seed: u64) -> SimHost {
+        SimHost {
+            cpus,
+            memory_mb,
+            seed,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl crate::vitals::HostProbe for SimHost {
+    fn capacity(&self) -> (u32, u64) {
+        (self.cpus, self.memory_mb)
+    }
+
+    fn sample(&mut self) -> gustavo_model::api::Vitals {
+        // A cheap deterministic wobble (xorshift), different per host.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let jitter = (self.seed % 1000) as f32 / 1000.0;
+        gustavo_model::api::Vitals {
+            cpu_percent: 5.0 + 20.0 * jitter,
+            cpus: self.cpus,
+            memory_used_mb: self.memory_mb / 4 + (self.seed % 64),
+            memory_total_mb: self.memory_mb,
+            disk_used_mb: 4_000,
+            disk_total_mb: 16_000,
+            load1: jitter,
+            load5: 0.5,
+            load15: 0.4,
+            net_rx_bps: 1_000,
+            net_tx_bps: 500,
+            uptime_s: self.started.elapsed().as_secs() + 3600,
+            at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+}

@@ -7,6 +7,14 @@ use std::time::Instant;
 use gustavo_model::api::Vitals;
 use sysinfo::{Disks, Networks, System};
 
+/// The host the agent runs on: its size, and its vitals now.
+pub trait HostProbe: Send + 'static {
+    /// Cores and memory (MB), for registration.
+    fn capacity(&self) -> (u32, u64);
+    fn sample(&mut self) -> Vitals;
+}
+
+/// The real host, read through sysinfo.
 pub struct Sampler {
     sys: System,
     disks: Disks,
@@ -27,16 +35,17 @@ impl Sampler {
             last: Instant::now(),
         })
     }
+}
 
-    /// Cores and memory, for registration.
-    pub fn capacity(&self) -> (u32, u64) {
+impl HostProbe for Sampler {
+    fn capacity(&self) -> (u32, u64) {
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
         (cpus, self.sys.total_memory() / (1024 * 1024))
     }
 
-    pub fn sample(&mut self) -> Vitals {
+    fn sample(&mut self) -> Vitals {
         let elapsed = self.last.elapsed().as_secs_f64().max(0.001);
         self.last = Instant::now();
         self.sys.refresh_cpu_usage();
@@ -86,6 +95,8 @@ impl Sampler {
 
 #[cfg(test)]
 mod tests {
+    use super::HostProbe;
+
     #[test]
     fn samples_this_host() {
         let mut s = super::Sampler::new().unwrap();

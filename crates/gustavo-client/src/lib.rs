@@ -1,6 +1,7 @@
 //! A typed client for `/api/v1`. Every error says which server and what went wrong, so the
 //! CLI can show it as is.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use gustavo_model::api::{
@@ -53,11 +54,36 @@ fn reason(e: &reqwest::Error) -> String {
     s
 }
 
+/// Called after every request with the endpoint's label, the time it took and the HTTP
+/// status (0 when no answer came) — how the fleet benchmark measures latency as agents see it.
+pub type Observer = Arc<dyn Fn(&'static str, Duration, u16) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Client {
     base: String,
     token: String,
     http: reqwest::Client,
+    observer: Option<Observer>,
+}
+
+/// The endpoint a path belongs to, as a fixed label (no node or app names in it).
+pub fn endpoint_label(path: &str) -> &'static str {
+    let path = path.split('?').next().unwrap_or(path);
+    if path.ends_with("/heartbeat") {
+        "heartbeat"
+    } else if path.ends_with("/desired") {
+        "desired"
+    } else if path.ends_with("/status") {
+        "status"
+    } else if path.ends_with("/nodes/register") {
+        "register"
+    } else if path.starts_with("/api/v1/rollouts") {
+        "rollout"
+    } else if path.starts_with("/api/v1/apps") {
+        "apps"
+    } else {
+        "other"
+    }
 }
 
 impl Client {
@@ -68,11 +94,33 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .expect("a client with no TLS config always builds");
+        Client::with_http(base, token, http)
+    }
+
+    /// A client over a shared connection pool, e.g. one HTTP/2 connection multiplexing many
+    /// simulated agents.
+    pub fn with_http(base: &str, token: &str, http: reqwest::Client) -> Client {
         Client {
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
             http,
+            observer: None,
         }
+    }
+
+    /// An HTTP/2 (prior knowledge) pool: every request to one server shares one connection.
+    pub fn http2_pool() -> reqwest::Client {
+        reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .connect_timeout(Duration::from_secs(10))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .build()
+            .expect("a client with no TLS config always builds")
+    }
+
+    pub fn with_observer(mut self, observer: Observer) -> Client {
+        self.observer = Some(observer);
+        self
     }
 
     pub fn base(&self) -> &str {
@@ -102,15 +150,28 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            reason: reason(&e),
+        let started = std::time::Instant::now();
+        let observe = |status: u16| {
+            if let Some(o) = &self.observer {
+                o(endpoint_label(path), started.elapsed(), status);
+            }
+        };
+        let resp = req.send().await.map_err(|e| {
+            observe(0);
+            ClientError::Unreachable {
+                url: self.base.clone(),
+                reason: reason(&e),
+            }
         })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            reason: reason(&e),
+        let bytes = resp.bytes().await.map_err(|e| {
+            observe(0);
+            ClientError::Unreachable {
+                url: self.base.clone(),
+                reason: reason(&e),
+            }
         })?;
+        observe(status.as_u16());
         if status.is_client_error() || status.is_server_error() {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(b) => ClientError::Api {

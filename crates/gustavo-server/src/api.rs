@@ -460,14 +460,16 @@ pub async fn register(
 
 /// Records that a node called, from where, and lets `f` update what it reported.
 fn seen(s: &AppState, node: &str, addr: SocketAddr, f: impl FnOnce(&mut crate::state::Live)) {
-    let mut c = s.shared.write();
+    let c = s.shared.read();
     if !c.nodes.contains_key(node) {
         return;
     }
-    let live = c.live.entry(node.to_string()).or_default();
+    let mut live = c.live.entry(node.to_string()).or_default();
     live.last_seen = now();
-    live.address = addr.ip().to_string();
-    f(live);
+    if live.address.is_empty() {
+        live.address = addr.ip().to_string();
+    }
+    f(&mut live);
 }
 
 #[derive(Debug, Deserialize)]

@@ -42,6 +42,8 @@ pub enum ServerError {
     },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error("cannot start the writer thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Validated server settings.
@@ -103,7 +105,7 @@ impl Server {
         let (join, _) = auth::load_or_create(&join_path, "join").map_err(dir_err)?;
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&config.data_dir.join("gustavo.db"))?);
-        let shared = Arc::new(Shared::new(store)?);
+        let shared = Shared::new(store)?;
         let state = AppState {
             shared: shared.clone(),
             admin_hash: auth::hash_token(&admin),

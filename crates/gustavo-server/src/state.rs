@@ -7,6 +7,8 @@
 //! commit leaves memory untouched, so what the API shows is always what is on disk.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use dashmap::DashMap;
 use std::sync::Arc;
 
 use gustavo_model::api::{
@@ -14,7 +16,7 @@ use gustavo_model::api::{
     Node, NodeRollout, NodeStatus, Rollout, StatusReport, Vitals,
 };
 use gustavo_model::desired::{NodeFacts, container_name, expand};
-use gustavo_store::{Change, GroupRecord, NodeRecord, Snapshot, Store, StoreError};
+use gustavo_store::{Change, GroupRecord, NodeRecord, Snapshot, Store};
 
 use crate::error::ApiError;
 
@@ -46,7 +48,9 @@ pub struct Cluster {
     pub apps: BTreeMap<String, App>,
     pub groups: BTreeMap<String, GroupRecord>,
     pub nodes: BTreeMap<String, NodeRecord>,
-    pub live: HashMap<String, Live>,
+    /// Reported state, updated on every agent request: a concurrent map, so heartbeats
+    /// need only the cluster's read lock and never queue behind each other.
+    pub live: DashMap<String, Live>,
     token_index: HashMap<String, String>,
     deleted: HashMap<String, Deleted>,
 }
@@ -70,31 +74,7 @@ impl Cluster {
         c
     }
 
-    /// Runs `f` to compute the changes at the next revision, commits them, then applies
-    /// them. `f` sees the current state and the revision the changes will take; returning
-    /// no changes commits nothing and keeps the revision.
-    pub fn mutate<T>(
-        &mut self,
-        store: &dyn Store,
-        f: impl FnOnce(&Cluster, u64) -> Result<(Vec<Change>, T), ApiError>,
-    ) -> Result<T, ApiError> {
-        let next = self.revision + 1;
-        let (changes, out) = f(self, next)?;
-        if changes.is_empty() {
-            return Ok(out);
-        }
-        store.commit(next, &changes).map_err(|e: StoreError| {
-            tracing::error!(error = %e, "commit failed; nothing changed");
-            ApiError::Internal(format!("storage failed, nothing was changed: {e}"))
-        })?;
-        self.revision = next;
-        for change in changes {
-            self.apply(change, next);
-        }
-        Ok(out)
-    }
-
-    fn apply(&mut self, change: Change, revision: u64) {
+    pub(crate) fn apply(&mut self, change: Change, revision: u64) {
         match change {
             Change::PutApp(a) => {
                 self.deleted.remove(&a.name);
@@ -215,6 +195,7 @@ impl Cluster {
 
     pub fn node_view(&self, n: &NodeRecord, now: u64) -> Node {
         let live = self.live.get(&n.name);
+        let live = live.as_deref();
         Node {
             name: n.name.clone(),
             groups: n.groups.clone(),
@@ -267,13 +248,14 @@ impl Cluster {
 
     /// How far an app's current revision (or its deletion) has reached each node.
     pub fn rollout(&self, app_name: &str, now: u64) -> Option<Rollout> {
-        let status_of = |node: &str| -> Option<&AppStatus> {
+        let status_of = |node: &str| -> Option<AppStatus> {
             self.live
                 .get(node)?
                 .report
                 .apps
                 .iter()
                 .find(|s| s.app == app_name)
+                .cloned()
         };
         if let Some(app) = self.apps.get(app_name) {
             let nodes = self
@@ -281,6 +263,7 @@ impl Cluster {
                 .into_iter()
                 .map(|node| {
                     let st = status_of(&node).filter(|s| s.revision >= app.revision);
+                    let st = st.as_ref();
                     let done = if app.spec.running {
                         AppState::Running
                     } else {
@@ -311,6 +294,7 @@ impl Cluster {
             .filter(|n| self.nodes.contains_key(*n))
             .map(|node| {
                 let live = self.live.get(node);
+                let live = live.as_deref();
                 let left = live
                     .map(|l| {
                         l.report
@@ -403,19 +387,83 @@ pub struct Shared {
     /// Set when the server shuts down, so long-polls answer at once instead of holding the
     /// graceful shutdown for their whole wait.
     pub closing: tokio::sync::watch::Sender<bool>,
+    jobs: std::sync::mpsc::Sender<Box<dyn Job>>,
+}
+
+/// The most mutations committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// A mutation queued for the writer.
+trait Job: Send {
+    /// Computes the changes at `revision` against the current state, which already holds
+    /// the changes of earlier jobs in the batch. Keeps its own answer for `finish`.
+    fn prepare(&mut self, c: &Cluster, revision: u64) -> Vec<Change>;
+    /// Answers the caller once the batch is durable (or failed).
+    fn finish(self: Box<Self>, outcome: Result<(), String>);
+}
+
+type Answer<T> = tokio::sync::oneshot::Sender<Result<T, ApiError>>;
+
+struct FnJob<F, T> {
+    f: Option<F>,
+    answer: Option<Result<T, ApiError>>,
+    tx: Answer<T>,
+}
+
+impl<F, T> Job for FnJob<F, T>
+where
+    F: FnOnce(&Cluster, u64) -> Result<(Vec<Change>, T), ApiError> + Send,
+    T: Send,
+{
+    fn prepare(&mut self, c: &Cluster, revision: u64) -> Vec<Change> {
+        let Some(f) = self.f.take() else {
+            return Vec::new();
+        };
+        match f(c, revision) {
+            Ok((changes, out)) => {
+                self.answer = Some(Ok(out));
+                changes
+            }
+            Err(e) => {
+                self.answer = Some(Err(e));
+                Vec::new()
+            }
+        }
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<(), String>) {
+        let answer = match (self.answer, outcome) {
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(out)), Ok(())) => Ok(out),
+            (Some(Ok(_)), Err(e)) => Err(ApiError::Internal(format!(
+                "storage failed, nothing was changed: {e}"
+            ))),
+            (None, _) => Err(ApiError::Internal("the mutation never ran".into())),
+        };
+        let _ = self.tx.send(answer);
+    }
 }
 
 impl Shared {
-    pub fn new(store: Arc<dyn Store>) -> Result<Shared, StoreError> {
+    /// Loads the cluster from the store and starts the writer thread.
+    pub fn new(store: Arc<dyn Store>) -> Result<Arc<Shared>, crate::ServerError> {
         let cluster = Cluster::from_snapshot(store.load()?);
         let (revision_tx, _) = tokio::sync::watch::channel(cluster.revision);
         let (closing, _) = tokio::sync::watch::channel(false);
-        Ok(Shared {
+        let (jobs, rx) = std::sync::mpsc::channel();
+        let shared = Arc::new(Shared {
             cluster: std::sync::RwLock::new(cluster),
             store,
             revision_tx,
             closing,
-        })
+            jobs,
+        });
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("gustavo-writer".into())
+            .spawn(move || writer(weak, rx))
+            .map_err(crate::ServerError::Thread)?;
+        Ok(shared)
     }
 
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Cluster> {
@@ -426,25 +474,90 @@ impl Shared {
         self.cluster.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies a mutation on a blocking thread (the commit waits for the disk), then wakes
-    /// waiting agents.
+    /// Queues a mutation: `f` computes the changes at the next revision; the writer commits
+    /// them (with whatever else is queued, in one transaction) and only then answers.
+    /// Returning no changes commits nothing and keeps the revision.
     pub async fn mutate<T: Send + 'static>(
-        self: &Arc<Self>,
+        &self,
         f: impl FnOnce(&Cluster, u64) -> Result<(Vec<Change>, T), ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let shared = self.clone();
-        let (out, revision) = tokio::task::spawn_blocking(move || {
-            let mut c = shared.write();
-            let out = c.mutate(shared.store.as_ref(), f)?;
-            Ok::<_, ApiError>((out, c.revision))
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("mutation task failed: {e}")))??;
-        self.revision_tx.send_if_modified(|r| {
-            let changed = *r != revision;
-            *r = revision;
-            changed
-        });
-        Ok(out)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(FnJob {
+                f: Some(f),
+                answer: None,
+                tx,
+            }))
+            .map_err(|_| ApiError::Internal("the writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| ApiError::Internal("the writer dropped the mutation".into()))?
+    }
+
+    /// Applies a batch in memory, commits it in one transaction, answers every job, and
+    /// wakes waiting agents. Readers are locked out until the batch is durable, so nothing
+    /// uncommitted is ever visible.
+    fn commit_batch(&self, mut batch: Vec<Box<dyn Job>>) {
+        let mut c = self.write();
+        let start = c.revision;
+        let mut all = Vec::new();
+        for job in batch.iter_mut() {
+            let next = c.revision + 1;
+            let changes = job.prepare(&c, next);
+            if changes.is_empty() {
+                continue;
+            }
+            c.revision = next;
+            for change in &changes {
+                c.apply(change.clone(), next);
+            }
+            all.extend(changes);
+        }
+        let outcome = if all.is_empty() {
+            Ok(())
+        } else {
+            self.store
+                .commit(c.revision, &all)
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "commit failed; nothing changed");
+            // Memory holds what the store refused: go back to what the store has.
+            match self.store.load() {
+                Ok(snap) => {
+                    let live = std::mem::take(&mut c.live);
+                    *c = Cluster::from_snapshot(snap);
+                    c.live = live;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reload the store after a failed commit")
+                }
+            }
+        }
+        let revision = c.revision;
+        drop(c);
+        for job in batch {
+            job.finish(outcome.clone());
+        }
+        if revision != start {
+            self.revision_tx.send_replace(revision);
+        }
+    }
+}
+
+/// The writer thread: takes what is queued, up to a batch, and commits it. Ends when the
+/// server (and so every sender) is gone.
+fn writer(shared: std::sync::Weak<Shared>, rx: std::sync::mpsc::Receiver<Box<dyn Job>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.commit_batch(batch);
     }
 }
