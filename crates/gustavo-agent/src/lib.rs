@@ -14,6 +14,7 @@
 //! are retried with backoff and catch up when it returns.
 
 pub mod docker;
+pub mod fleet;
 pub mod persist;
 pub mod reconcile;
 pub mod runtime;
@@ -110,12 +111,12 @@ async fn identity(
     dir: &dyn Persist,
     http: &HttpParts,
     req: &RegisterRequest,
-) -> Result<Identity, AgentError> {
+) -> Result<(Identity, bool), AgentError> {
     if let Some(id) = dir
         .identity()
         .filter(|id| id.server == cfg.server && id.node == cfg.name)
     {
-        return Ok(id);
+        return Ok((id, false));
     }
     let token = cfg.join_token.clone().ok_or(AgentError::NoToken)?;
     let client = http.client(&cfg.server, &token);
@@ -134,7 +135,7 @@ async fn identity(
                         source,
                     })?;
                 tracing::info!(node = %id.node, server = %cfg.server, "registered");
-                return Ok(id);
+                return Ok((id, true));
             }
             Err(e @ ClientError::Api { .. }) => {
                 return Err(AgentError::Refused {
@@ -228,11 +229,12 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
     let work = async {
         // Registration may wait for the server; the cached desired state is already being
         // reconciled meanwhile.
-        let id = identity(&cfg, persist.as_ref(), &http, &req).await?;
+        // A fresh registration already carried this node's facts.
+        let (id, fresh) = identity(&cfg, persist.as_ref(), &http, &req).await?;
         let client = http.client(&cfg.server, &id.token);
         let need_report = Arc::new(tokio::sync::Notify::new());
         tokio::join!(
-            sync(&cfg, &client, &req, persist.as_ref(), &desired_tx),
+            sync(&cfg, &client, &req, fresh, persist.as_ref(), &desired_tx),
             report(&client, &id.node, report_rx, need_report.clone()),
             heartbeat(&client, &id.node, cfg.heartbeat, host, need_report),
         );
@@ -251,12 +253,12 @@ async fn sync(
     cfg: &AgentConfig,
     client: &Client,
     req: &RegisterRequest,
+    mut facts_sent: bool,
     dir: &dyn Persist,
     desired: &watch::Sender<Option<DesiredState>>,
 ) {
     let node = &cfg.name;
     let mut backoff = Backoff::new();
-    let mut facts_sent = false;
     loop {
         if !facts_sent {
             match client.register(req).await {

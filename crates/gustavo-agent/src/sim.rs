@@ -36,6 +36,14 @@ impl SimRuntime {
         Self::default()
     }
 
+    /// A runtime whose pulls and creates take `delay`.
+    pub fn with_delay(delay: Duration) -> Self {
+        SimRuntime {
+            delay,
+            ..Self::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use gustavo_model::api::{
     App, CreateApp, DesiredState, ErrorBody, Group, Heartbeat, HeartbeatReply, Node, NodeContainer,
-    NodeVitals, RegisterRequest, RegisterResponse, Rollout, StatusReport, UpdateApp,
+    NodeVitals, RegisterRequest, RegisterResponse, Rollout, RolloutSummary, Stats, StatusReport,
+    UpdateApp,
 };
 use gustavo_model::spec::AppSpec;
 use reqwest::{Method, StatusCode};
@@ -279,6 +280,19 @@ impl Client {
     pub async fn rollout(&self, name: &str) -> Result<Rollout, ClientError> {
         self.call(Method::GET, &format!("/api/v1/rollouts/{name}"), Self::NONE)
             .await
+    }
+
+    pub async fn rollout_summary(&self, name: &str) -> Result<RolloutSummary, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/api/v1/rollouts/{name}?summary=true"),
+            Self::NONE,
+        )
+        .await
+    }
+
+    pub async fn stats(&self) -> Result<Stats, ClientError> {
+        self.call(Method::GET, "/api/v1/stats", Self::NONE).await
     }
 
     pub async fn list_groups(&self) -> Result<Vec<Group>, ClientError> {

@@ -264,6 +264,40 @@ impl Rollout {
     }
 }
 
+/// `GET /api/v1/rollouts/{name}?summary=true`: the counts only, for very large fleets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutSummary {
+    pub app: String,
+    pub revision: u64,
+    pub exists: bool,
+    pub total: usize,
+    pub converged: usize,
+    pub failed: usize,
+}
+
+impl From<&Rollout> for RolloutSummary {
+    fn from(r: &Rollout) -> Self {
+        RolloutSummary {
+            app: r.app.clone(),
+            revision: r.revision,
+            exists: r.exists,
+            total: r.nodes.len(),
+            converged: r.converged_count(),
+            failed: r.failed().count(),
+        }
+    }
+}
+
+/// `GET /api/v1/stats`: the size of the cluster at a glance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub revision: u64,
+    pub nodes: usize,
+    pub ready: usize,
+    pub apps: usize,
+    pub groups: usize,
+}
+
 /// A row of `gustavo cache containers`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeContainer {

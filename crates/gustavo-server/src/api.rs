@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use gustavo_model::api::{
     App, CreateApp, Heartbeat, HeartbeatReply, NodeContainer, NodeVitals, RegisterRequest,
-    RegisterResponse, StatusReport, UpdateApp,
+    RegisterResponse, RolloutSummary, Stats, StatusReport, UpdateApp,
 };
 use gustavo_model::names;
 use gustavo_store::{Change, NodeRecord};
@@ -250,17 +250,48 @@ pub async fn delete_app(
     Ok(Json(serde_json::json!({ "revision": revision })))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutQuery {
+    /// Counts only, without the per-node rows.
+    #[serde(default)]
+    summary: bool,
+}
+
 pub async fn rollout(
     p: Principal,
     State(s): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<gustavo_model::api::Rollout>, ApiError> {
+    QueryParams(q): QueryParams<RolloutQuery>,
+) -> Result<Response, ApiError> {
     p.require_admin()?;
-    s.shared
+    let r = s
+        .shared
         .read()
         .rollout(&name, now())
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("app `{name}` does not exist")))
+        .ok_or_else(|| ApiError::NotFound(format!("app `{name}` does not exist")))?;
+    Ok(if q.summary {
+        Json(RolloutSummary::from(&r)).into_response()
+    } else {
+        Json(r).into_response()
+    })
+}
+
+pub async fn stats(p: Principal, State(s): State<AppState>) -> Result<Json<Stats>, ApiError> {
+    p.require_admin()?;
+    let c = s.shared.read();
+    let t = now();
+    Ok(Json(Stats {
+        revision: c.revision,
+        nodes: c.nodes.len(),
+        ready: c
+            .nodes
+            .keys()
+            .filter(|n| c.node_status(n, t) == gustavo_model::api::NodeStatus::Ready)
+            .count(),
+        apps: c.apps.len(),
+        groups: c.group_views().len(),
+    }))
 }
 
 // ---- groups, nodes, cache views -----------------------------------------------------------

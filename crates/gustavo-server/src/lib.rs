@@ -178,6 +178,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/nodes/{name}/status", axum::routing::put(status))
         .route("/api/v1/containers", get(containers))
         .route("/api/v1/vitals", get(vitals))
+        .route("/api/v1/stats", get(stats))
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

@@ -35,7 +35,8 @@ pub const DOCUMENT: &str = r##"{
       "delete": {"summary": "Delete an app: its containers leave every device", "responses": {"200": {"description": "{revision}"}, "404": {"description": "no such app"}}}
     },
     "/api/v1/apps/{name}/{action}": {"post": {"summary": "start, stop or restart an app", "responses": {"200": {"description": "app"}, "404": {"description": "no such app or action"}, "409": {"description": "restart of a stopped app"}}}},
-    "/api/v1/rollouts/{name}": {"get": {"summary": "How far the app's current revision (or its deletion) has reached each device", "responses": {"200": {"description": "rollout"}, "404": {"description": "unknown app"}}}},
+    "/api/v1/stats": {"get": {"summary": "Counts: revision, nodes, ready nodes, apps, groups", "responses": {"200": {"description": "stats"}}}},
+    "/api/v1/rollouts/{name}": {"get": {"summary": "How far the app's current revision (or its deletion) has reached each device; ?summary=true gives counts only", "responses": {"200": {"description": "rollout"}, "404": {"description": "unknown app"}}}},
     "/api/v1/groups": {"get": {"summary": "List device groups", "responses": {"200": {"description": "groups"}}}},
     "/api/v1/groups/{name}": {"get": {"summary": "Get a device group", "responses": {"200": {"description": "group"}, "404": {"description": "no such group"}}}},
     "/api/v1/nodes": {"get": {"summary": "List nodes (?group=&host=)", "responses": {"200": {"description": "nodes"}}}},

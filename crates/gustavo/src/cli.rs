@@ -50,6 +50,47 @@ pub enum Command {
     /// Obtain status of various workers on the platform.
     #[command(subcommand)]
     Cache(CacheCmd),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Simulate a fleet of agents against one server and measure it. Without --server it
+    /// starts a server of its own.
+    Fleet(FleetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// How many simulated agents.
+    #[arg(long, default_value_t = 1000)]
+    pub agents: usize,
+    /// How often each agent sends vitals.
+    #[arg(long, default_value = "10s")]
+    pub heartbeat: String,
+    /// How long to hold steady state before the changes.
+    #[arg(long, default_value = "30s")]
+    pub duration: String,
+    /// Agents sharing one HTTP/2 connection.
+    #[arg(long, default_value_t = 100)]
+    pub per_connection: usize,
+    /// Time a simulated pull or container start takes.
+    #[arg(long, default_value = "10ms")]
+    pub sim_delay: String,
+    /// Give up on a phase after this long.
+    #[arg(long, default_value = "600s")]
+    pub timeout: String,
+    /// The join token, with --server.
+    #[arg(long)]
+    pub join_token: Option<String>,
+    /// Agents are named PREFIX-00001…
+    #[arg(long, default_value = "sim")]
+    pub prefix: String,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     };
     // The runtime's shape is chosen once, here: the server wants every core; the agent and
     // the CLI are small and run on one thread.
-    let multi = matches!(cli.command, Command::Server(_));
+    let multi = matches!(cli.command, Command::Server(_) | Command::Bench(_));
     init_tracing(
         if matches!(cli.command, Command::Server(_) | Command::Agent(_)) {
             "info"

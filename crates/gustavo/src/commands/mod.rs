@@ -2,6 +2,7 @@
 
 mod agent;
 mod apps;
+mod bench;
 mod cache;
 mod groups;
 mod nodes;
@@ -19,6 +20,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Groups(cmd) => groups::run(&cli, cmd).await,
         Command::Nodes(cmd) => nodes::run(&cli, cmd).await,
         Command::Cache(cmd) => cache::run(&cli, cmd).await,
+        Command::Bench(cmd) => bench::run(&cli, cmd).await,
     }
 }
 

@@ -1,0 +1,219 @@
+//! A simulated fleet: many agents in one process, each running the real agent code —
+//! registration, vitals, long-poll, reconcile, status — against a [`SimRuntime`] and a
+//! [`SimHost`], with state kept in memory. They speak exactly the protocol devices speak;
+//! only the container engine and the host are simulated. Agents share HTTP/2 connections
+//! (one per `per_connection` agents), so a hundred thousand fit under the open-files limit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::persist::MemoryPersist;
+use crate::reconcile::ReconcileConfig;
+use crate::sim::{SimHost, SimRuntime};
+use crate::{AgentConfig, HttpParts};
+
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub server: String,
+    pub join_token: String,
+    pub agents: usize,
+    pub group: String,
+    /// Agents are named `<prefix>-<n>`.
+    pub prefix: String,
+    pub heartbeat: Duration,
+    /// How many agents share one HTTP/2 connection.
+    pub per_connection: usize,
+    /// How long a simulated pull or container start takes.
+    pub sim_delay: Duration,
+    /// Images the simulated registry holds.
+    pub images: Vec<String>,
+}
+
+/// Request latencies as the agents saw them, per endpoint.
+#[derive(Default)]
+pub struct Latencies {
+    samples: Mutex<HashMap<&'static str, Vec<u32>>>,
+    errors: Mutex<HashMap<&'static str, u64>>,
+}
+
+/// Percentiles of one endpoint, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointLatency {
+    pub endpoint: String,
+    pub count: usize,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latencies {
+    fn record(&self, endpoint: &'static str, took: Duration, status: u16) {
+        if status == 0 || status >= 500 {
+            *self
+                .errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(endpoint)
+                .or_default() += 1;
+        }
+        let micros = took.as_micros().min(u128::from(u32::MAX)) as u32;
+        self.samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(endpoint)
+            .or_default()
+            .push(micros);
+    }
+
+    /// Forgets everything recorded so far (e.g. after the registration phase).
+    pub fn reset(&self) {
+        self.samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    pub fn summary(&self) -> Vec<EndpointLatency> {
+        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<EndpointLatency> = samples
+            .iter()
+            .map(|(endpoint, v)| {
+                let mut v = v.clone();
+                v.sort_unstable();
+                let pct = |p: f64| {
+                    if v.is_empty() {
+                        return 0.0;
+                    }
+                    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+                    f64::from(v[i]) / 1000.0
+                };
+                EndpointLatency {
+                    endpoint: endpoint.to_string(),
+                    count: v.len(),
+                    errors: errors.get(endpoint).copied().unwrap_or(0),
+                    p50_ms: pct(0.50),
+                    p99_ms: pct(0.99),
+                    max_ms: pct(1.0),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+        out
+    }
+}
+
+/// A running fleet. Dropping it does not stop the agents: call [`Fleet::stop`].
+pub struct Fleet {
+    pub latencies: Arc<Latencies>,
+    pub connections: usize,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Fleet {
+    /// Starts every agent at once; each registers, then settles into its normal cycle.
+    pub fn spawn(cfg: &FleetConfig) -> Fleet {
+        let latencies = Arc::new(Latencies::default());
+        let observer: gustavo_client::Observer = {
+            let l = latencies.clone();
+            Arc::new(move |endpoint, took, status| l.record(endpoint, took, status))
+        };
+        let per = cfg.per_connection.max(1);
+        let connections = cfg.agents.div_ceil(per);
+        let pools: Vec<reqwest::Client> = (0..connections)
+            .map(|_| gustavo_client::Client::http2_pool())
+            .collect();
+        let (shutdown, _) = watch::channel(false);
+        let width = cfg.agents.to_string().len().max(5);
+        let tasks = (0..cfg.agents)
+            .map(|i| {
+                let rt = SimRuntime::with_delay(cfg.sim_delay);
+                for image in &cfg.images {
+                    rt.publish(image);
+                }
+                let agent = AgentConfig {
+                    server: cfg.server.clone(),
+                    join_token: Some(cfg.join_token.clone()),
+                    name: format!("{}-{:0width$}", cfg.prefix, i + 1),
+                    groups: vec![cfg.group.clone()],
+                    labels: Default::default(),
+                    data_dir: std::path::PathBuf::new(),
+                    heartbeat: cfg.heartbeat,
+                    wait: Duration::from_secs(60),
+                    reconcile: ReconcileConfig {
+                        resync: Duration::from_secs(30),
+                        ..ReconcileConfig::default()
+                    },
+                };
+                let http = HttpParts {
+                    pool: Some(pools[i / per].clone()),
+                    observer: Some(observer.clone()),
+                };
+                let mut stop = shutdown.subscribe();
+                tokio::spawn(async move {
+                    let result = crate::run_with(
+                        agent,
+                        Arc::new(rt),
+                        SimHost::new(4, 1024, i as u64 + 1),
+                        Arc::new(MemoryPersist::default()),
+                        http,
+                        async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        },
+                    )
+                    .await;
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "simulated agent stopped");
+                    }
+                })
+            })
+            .collect();
+        Fleet {
+            latencies,
+            connections,
+            shutdown,
+            tasks,
+        }
+    }
+
+    /// Stops every agent and waits for them.
+    pub async fn stop(self) {
+        self.shutdown.send_replace(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let l = Latencies::default();
+        for ms in 1..=100u64 {
+            l.record("heartbeat", Duration::from_millis(ms), 200);
+        }
+        l.record("heartbeat", Duration::from_millis(5), 503);
+        let s = l.summary();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].count, 101);
+        assert_eq!(s[0].errors, 1);
+        assert_eq!(s[0].max_ms, 100.0);
+        assert!((49.0..=51.0).contains(&s[0].p50_ms), "{:?}", s[0]);
+        assert!((98.0..=100.0).contains(&s[0].p99_ms), "{:?}", s[0]);
+        l.reset();
+        assert!(l.summary().is_empty());
+    }
+}

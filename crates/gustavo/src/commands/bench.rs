@@ -1,0 +1,431 @@
+//! `gustavo bench fleet`: a simulated fleet against one server, measured.
+//!
+//! Registers N simulated agents (the real agent code on a simulated runtime), holds steady
+//! state, then creates, updates and deletes an app on a group holding all of them, timing
+//! each change until every agent reports it. Reports registration rate, per-endpoint
+//! latency as the agents saw it, convergence time per change, the server's CPU and memory,
+//! and loopback bytes per agent per minute while idle.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use gustavo_agent::fleet::{EndpointLatency, Fleet, FleetConfig};
+use gustavo_client::Client;
+use gustavo_model::spec;
+use serde::Serialize;
+
+use crate::cli::{BenchCmd, Cli, FleetArgs, Format};
+use crate::connect::normalize_server;
+use crate::output::{parse_duration, show};
+
+const IMAGE_V1: &str = "gustavo-bench/app:v1";
+const IMAGE_V2: &str = "gustavo-bench/app:v2";
+const GROUP: &str = "fleet";
+const APP: &str = "bench";
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub agents: usize,
+    pub heartbeat_s: f64,
+    pub connections: usize,
+    pub registration_s: f64,
+    pub registrations_per_s: f64,
+    pub idle_window_s: f64,
+    /// Loopback bytes (both directions) per agent per minute while idle.
+    pub idle_bytes_per_agent_per_min: f64,
+    pub server: Option<ProcessStats>,
+    pub changes: Vec<Change>,
+    pub latency: Vec<EndpointLatency>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessStats {
+    pub pid: u32,
+    /// CPU over the idle window, in % of one core.
+    pub idle_cpu_percent: f64,
+    pub rss_mb_idle: f64,
+    pub peak_rss_mb: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Change {
+    pub change: &'static str,
+    pub seconds: f64,
+    pub converged: usize,
+}
+
+/// A server the benchmark started itself, as a child process so its CPU and memory can be
+/// read from /proc.
+struct OwnServer {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_token(dir: &Path, file: &str) -> Result<String> {
+    Ok(std::fs::read_to_string(dir.join(file))
+        .with_context(|| format!("reading {file}"))?
+        .trim()
+        .to_string())
+}
+
+fn start_server() -> Result<(OwnServer, String, String, String)> {
+    let dir = tempfile::tempdir().context("creating a data dir for the server")?;
+    let data = dir.path().join("data");
+    let log = std::fs::File::create(dir.path().join("server.log"))?;
+    let exe = std::env::current_exe().context("finding the gustavo binary")?;
+    let child = Command::new(exe)
+        .args([
+            "server",
+            "--no-agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("GUSTAVO_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the server")?;
+    let own = OwnServer { child, _dir: dir };
+    let started = Instant::now();
+    while !data.join("server-url").exists() {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the server did not start within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = read_token(&data, "server-url")?;
+    let admin = read_token(&data, "admin-token")?;
+    let join = read_token(&data, "join-token")?;
+    Ok((own, url, admin, join))
+}
+
+/// CPU ticks (user + system) and RSS of a process, from /proc.
+fn proc_sample(pid: u32) -> Option<(u64, f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Some((ticks, kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0))
+}
+
+/// Bytes through the loopback interface (sent; every loopback byte is also received).
+fn loopback_bytes() -> u64 {
+    std::fs::read_to_string("/proc/net/dev")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.trim_start().starts_with("lo:"))
+                .and_then(|l| l.split_once(':'))
+                .and_then(|(_, v)| v.split_whitespace().nth(8).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Ticks per second of /proc/<pid>/stat: 100 on every Linux this runs on.
+const CLK_TCK: f64 = 100.0;
+
+async fn wait_converged(
+    admin: &Client,
+    agents: usize,
+    started: Instant,
+    timeout: Duration,
+    what: &str,
+) -> Result<usize> {
+    let mut last = usize::MAX;
+    loop {
+        let s = admin.rollout_summary(APP).await?;
+        if s.converged != last {
+            eprintln!(
+                "  {what}: {}/{} converged ({:.1}s)",
+                s.converged,
+                agents,
+                started.elapsed().as_secs_f64()
+            );
+            last = s.converged;
+        }
+        if s.converged >= agents && s.total >= agents {
+            return Ok(s.converged);
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "{what}: only {}/{agents} agents converged after {}s ({} failed)",
+                s.converged,
+                timeout.as_secs(),
+                s.failed
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
+    if args.agents == 0 {
+        bail!(crate::Exit(
+            crate::EXIT_USAGE,
+            "--agents must be at least 1".into()
+        ));
+    }
+    let heartbeat = parse_duration("heartbeat", &args.heartbeat)?;
+    let idle = parse_duration("duration", &args.duration)?;
+    let sim_delay = parse_duration("sim-delay", &args.sim_delay)?;
+    let timeout = parse_duration("timeout", &args.timeout)?;
+
+    let (own, url, admin_token, join_token) = match &cli.server {
+        Some(s) => {
+            let admin = cli
+                .token
+                .clone()
+                .ok_or_else(|| anyhow!("--token (the admin token) is needed with --server"))?;
+            let join = args
+                .join_token
+                .clone()
+                .ok_or_else(|| anyhow!("--join-token is needed with --server"))?;
+            (None, normalize_server(s), admin, join)
+        }
+        None => {
+            let (own, url, admin, join) = start_server()?;
+            (Some(own), url, admin, join)
+        }
+    };
+    let pid = own.as_ref().map(|o| o.child.id());
+    let admin = Client::new(&url, &admin_token);
+    eprintln!("bench: {} agents against {url}", args.agents);
+
+    let cfg = FleetConfig {
+        server: url.clone(),
+        join_token,
+        agents: args.agents,
+        group: GROUP.into(),
+        prefix: args.prefix.clone(),
+        heartbeat,
+        per_connection: args.per_connection,
+        sim_delay,
+        images: vec![IMAGE_V1.into(), IMAGE_V2.into()],
+    };
+    let started = Instant::now();
+    let fleet = Fleet::spawn(&cfg);
+    let mut last = 0;
+    loop {
+        let s = admin.stats().await?;
+        let registered = s.ready;
+        if registered != last {
+            eprintln!(
+                "  registered {registered}/{} ({:.1}s)",
+                args.agents,
+                started.elapsed().as_secs_f64()
+            );
+            last = registered;
+        }
+        if s.ready >= args.agents {
+            break;
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "only {}/{} agents registered after {}s",
+                s.ready,
+                args.agents,
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let registration_s = started.elapsed().as_secs_f64();
+    eprintln!(
+        "bench: all registered in {registration_s:.1}s; idling {}s",
+        idle.as_secs()
+    );
+
+    // Steady state: let the burst settle, then measure an idle window.
+    tokio::time::sleep(Duration::from_secs(2).min(idle)).await;
+    fleet.latencies.reset();
+    let (bytes0, t0, proc0) = (loopback_bytes(), Instant::now(), pid.and_then(proc_sample));
+    tokio::time::sleep(idle).await;
+    let (bytes1, window, proc1) = (
+        loopback_bytes(),
+        t0.elapsed().as_secs_f64(),
+        pid.and_then(proc_sample),
+    );
+    let server = match (pid, proc0, proc1) {
+        (Some(pid), Some((c0, _, _)), Some((c1, rss, _))) => Some(ProcessStats {
+            pid,
+            idle_cpu_percent: (c1 - c0) as f64 / CLK_TCK / window * 100.0,
+            rss_mb_idle: rss,
+            peak_rss_mb: 0.0,
+        }),
+        _ => None,
+    };
+    let idle_bytes_per_agent_per_min =
+        (bytes1 - bytes0) as f64 / args.agents as f64 / (window / 60.0);
+
+    // Changes: create, update, delete, each timed until every agent reports it.
+    let mut changes = Vec::new();
+    let yaml =
+        |image: &str| format!("{APP}:\n  docker_image: {image}\n  env_vars: {{MODE: bench}}\n");
+    let t = Instant::now();
+    admin
+        .create_app(
+            APP,
+            &spec::parse_one(&yaml(IMAGE_V1), APP)?,
+            &[GROUP.to_string()],
+        )
+        .await?;
+    let n = wait_converged(&admin, args.agents, t, timeout, "create").await?;
+    changes.push(Change {
+        change: "create",
+        seconds: t.elapsed().as_secs_f64(),
+        converged: n,
+    });
+    let t = Instant::now();
+    admin
+        .update_app(APP, &spec::parse_one(&yaml(IMAGE_V2), APP)?, None)
+        .await?;
+    let n = wait_converged(&admin, args.agents, t, timeout, "update").await?;
+    changes.push(Change {
+        change: "update",
+        seconds: t.elapsed().as_secs_f64(),
+        converged: n,
+    });
+    let t = Instant::now();
+    admin.delete_app(APP).await?;
+    let n = wait_converged(&admin, args.agents, t, timeout, "delete").await?;
+    changes.push(Change {
+        change: "delete",
+        seconds: t.elapsed().as_secs_f64(),
+        converged: n,
+    });
+
+    let peak = pid
+        .and_then(proc_sample)
+        .map(|(_, _, hwm)| hwm)
+        .unwrap_or(0.0);
+    let latency = fleet.latencies.summary();
+    let connections = fleet.connections;
+    fleet.stop().await;
+    drop(own);
+    Ok(Report {
+        agents: args.agents,
+        heartbeat_s: heartbeat.as_secs_f64(),
+        connections,
+        registration_s,
+        registrations_per_s: args.agents as f64 / registration_s,
+        idle_window_s: window,
+        idle_bytes_per_agent_per_min,
+        server: server.map(|s| ProcessStats {
+            peak_rss_mb: peak,
+            ..s
+        }),
+        changes,
+        latency,
+    })
+}
+
+fn print(format: Format, r: &Report) {
+    if format == Format::Json {
+        crate::output::json(r);
+        return;
+    }
+    println!(
+        "agents {} · heartbeat {}s · {} HTTP/2 connections",
+        r.agents, r.heartbeat_s, r.connections
+    );
+    println!(
+        "registration: {:.1}s ({:.0}/s)",
+        r.registration_s, r.registrations_per_s
+    );
+    println!(
+        "idle ({:.0}s window): {:.0} bytes per agent per minute on loopback ({:.1} bit/s per agent)",
+        r.idle_window_s,
+        r.idle_bytes_per_agent_per_min,
+        r.idle_bytes_per_agent_per_min * 8.0 / 60.0
+    );
+    if let Some(s) = &r.server {
+        println!(
+            "server: {:.1}% CPU idle, {:.0} MB RSS idle, {:.0} MB peak",
+            s.idle_cpu_percent, s.rss_mb_idle, s.peak_rss_mb
+        );
+    }
+    let rows = r
+        .changes
+        .iter()
+        .map(|c| {
+            vec![
+                c.change.to_string(),
+                format!("{:.2}s", c.seconds),
+                c.converged.to_string(),
+            ]
+        })
+        .collect();
+    show(
+        format,
+        &r.changes,
+        &["change", "every agent has it", "agents"],
+        rows,
+    );
+    let rows = r
+        .latency
+        .iter()
+        .map(|l| {
+            let name = if l.endpoint == "desired" {
+                "desired (long-poll, incl. wait)".to_string()
+            } else {
+                l.endpoint.clone()
+            };
+            vec![
+                name,
+                l.count.to_string(),
+                l.errors.to_string(),
+                format!("{:.1}", l.p50_ms),
+                format!("{:.1}", l.p99_ms),
+                format!("{:.1}", l.max_ms),
+            ]
+        })
+        .collect();
+    show(
+        format,
+        &r.latency,
+        &[
+            "endpoint", "requests", "errors", "p50 ms", "p99 ms", "max ms",
+        ],
+        rows,
+    );
+}
+
+pub async fn run(cli: &Cli, cmd: &BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Fleet(args) => {
+            let report = fleet(cli, args).await?;
+            print(cli.output, &report);
+            if let Some(path) = &args.save {
+                write_json(path, &report)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn write_json(path: &PathBuf, r: &Report) -> Result<()> {
+    std::fs::write(path, serde_json::to_vec_pretty(r)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
