@@ -9,6 +9,7 @@
 pub mod api;
 pub mod desired;
 pub mod names;
+pub mod placement;
 pub mod plan;
 pub mod spec;
 
