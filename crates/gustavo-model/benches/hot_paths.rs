@@ -44,7 +44,11 @@ fn desired_json(app: &str, spec: &gustavo_model::AppSpec, node: &NodeFacts) -> V
             rolling_restart: spec.rolling_restart,
             containers: expand(app, spec, 0, node)
                 .into_iter()
-                .map(|c| DesiredContainer { name: container_name(&node.name, app, c.replica), hash: c.hash(), spec: c })
+                .map(|c| DesiredContainer {
+                    name: container_name(&node.name, app, c.replica),
+                    hash: c.hash(),
+                    spec: c,
+                })
                 .collect(),
         }],
     };
@@ -56,10 +60,15 @@ fn desired_state(c: &mut Criterion) {
     let fleet = nodes(100_000);
     let mut g = c.benchmark_group("desired_state");
     g.sample_size(10);
-    g.bench_function("one_node", |b| b.iter(|| black_box(desired_json("test_linreg", &spec, &fleet[0]))));
+    g.bench_function("one_node", |b| {
+        b.iter(|| black_box(desired_json("test_linreg", &spec, &fleet[0])))
+    });
     g.bench_function("group_of_100k_nodes", |b| {
         b.iter(|| {
-            let bytes: usize = fleet.iter().map(|n| desired_json("test_linreg", &spec, n).len()).sum();
+            let bytes: usize = fleet
+                .iter()
+                .map(|n| desired_json("test_linreg", &spec, n).len())
+                .sum();
             black_box(bytes)
         })
     });
@@ -69,7 +78,9 @@ fn desired_state(c: &mut Criterion) {
 fn hashing(c: &mut Criterion) {
     let spec = parse_one(SEED, "test_linreg").unwrap();
     let container = expand("test_linreg", &spec, 0, &nodes(1)[0]).remove(0);
-    c.bench_function("content_hash/container_spec", |b| b.iter(|| black_box(container.hash())));
+    c.bench_function("content_hash/container_spec", |b| {
+        b.iter(|| black_box(container.hash()))
+    });
 }
 
 fn placement(c: &mut Criterion) {
@@ -91,7 +102,16 @@ fn placement(c: &mut Criterion) {
         b.iter_batched(
             || fleet.clone(),
             |mut nodes| {
-                let p = place(1_000_000, Request { cpu_milli: 100, memory_mb: 64 }, &BTreeMap::new(), &Weights::default(), &mut nodes);
+                let p = place(
+                    1_000_000,
+                    Request {
+                        cpu_milli: 100,
+                        memory_mb: 64,
+                    },
+                    &BTreeMap::new(),
+                    &Weights::default(),
+                    &mut nodes,
+                );
                 assert_eq!(p.unplaced, 0);
                 black_box(p)
             },

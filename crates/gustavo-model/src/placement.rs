@@ -48,13 +48,23 @@ pub struct Weights {
 
 impl Default for Weights {
     fn default() -> Self {
-        Weights { cpu: 1.0, memory: 1.0, distance: 1.0 }
+        Weights {
+            cpu: 1.0,
+            memory: 1.0,
+            distance: 1.0,
+        }
     }
 }
 
 /// A node's score with its current free resources.
 pub fn score(c: &Candidate, w: &Weights) -> f64 {
-    let frac = |free: u64, total: u64| if total == 0 { 0.0 } else { free as f64 / total as f64 };
+    let frac = |free: u64, total: u64| {
+        if total == 0 {
+            0.0
+        } else {
+            free as f64 / total as f64
+        }
+    };
     w.cpu * frac(c.free_cpu_milli, c.cpu_milli) + w.memory * frac(c.free_memory_mb, c.memory_mb)
         - w.distance * c.distance.clamp(0.0, 1.0)
 }
@@ -85,7 +95,9 @@ impl PartialOrd for Ranked {
 impl Ord for Ranked {
     fn cmp(&self, other: &Self) -> Ordering {
         // Highest score first; on a tie, the lowest index.
-        self.score.total_cmp(&other.score).then_with(|| other.index.cmp(&self.index))
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.index.cmp(&self.index))
     }
 }
 
@@ -109,7 +121,10 @@ pub fn place(
         .iter()
         .enumerate()
         .filter(|(_, c)| eligible(c, selector) && fits(c, &request))
-        .map(|(index, c)| Ranked { score: score(c, weights), index })
+        .map(|(index, c)| Ranked {
+            score: score(c, weights),
+            index,
+        })
         .collect();
     let mut out = Placement::default();
     for _ in 0..replicas {
@@ -122,7 +137,10 @@ pub fn place(
         c.free_memory_mb -= request.memory_mb;
         *out.assigned.entry(best.index).or_default() += 1;
         if fits(c, &request) {
-            heap.push(Ranked { score: score(c, weights), index: best.index });
+            heap.push(Ranked {
+                score: score(c, weights),
+                index: best.index,
+            });
         }
     }
     out
@@ -147,8 +165,21 @@ mod tests {
 
     #[test]
     fn prefers_free_and_near_nodes() {
-        let mut nodes = vec![node("busy", 500, 4096, 0.0), node("idle", 4000, 4096, 0.0), node("far", 4000, 4096, 1.0)];
-        let p = place(1, Request { cpu_milli: 100, memory_mb: 64 }, &BTreeMap::new(), &Weights::default(), &mut nodes);
+        let mut nodes = vec![
+            node("busy", 500, 4096, 0.0),
+            node("idle", 4000, 4096, 0.0),
+            node("far", 4000, 4096, 1.0),
+        ];
+        let p = place(
+            1,
+            Request {
+                cpu_milli: 100,
+                memory_mb: 64,
+            },
+            &BTreeMap::new(),
+            &Weights::default(),
+            &mut nodes,
+        );
         assert_eq!(p.assigned, BTreeMap::from([(1, 1)]));
     }
 
@@ -156,14 +187,29 @@ mod tests {
     fn memory_counts_too() {
         // Samsung's formula ignored memory; ours does not.
         let mut nodes = vec![node("low-mem", 4000, 100, 0.0), node("ok", 3000, 4000, 0.0)];
-        let p = place(1, Request::default(), &BTreeMap::new(), &Weights::default(), &mut nodes);
+        let p = place(
+            1,
+            Request::default(),
+            &BTreeMap::new(),
+            &Weights::default(),
+            &mut nodes,
+        );
         assert_eq!(p.assigned, BTreeMap::from([(1, 1)]));
     }
 
     #[test]
     fn spreads_and_respects_capacity() {
         let mut nodes = vec![node("a", 1000, 4096, 0.0), node("b", 1000, 4096, 0.0)];
-        let p = place(5, Request { cpu_milli: 400, memory_mb: 0 }, &BTreeMap::new(), &Weights::default(), &mut nodes);
+        let p = place(
+            5,
+            Request {
+                cpu_milli: 400,
+                memory_mb: 0,
+            },
+            &BTreeMap::new(),
+            &Weights::default(),
+            &mut nodes,
+        );
         assert_eq!(p.assigned, BTreeMap::from([(0, 2), (1, 2)]));
         assert_eq!(p.unplaced, 1);
         assert_eq!(nodes[0].free_cpu_milli, 200);
@@ -177,7 +223,13 @@ mod tests {
         labelled.labels.insert("gpu".into(), "yes".into());
         let mut nodes = vec![tainted, node("plain", 4000, 4096, 0.0), labelled];
         let selector = BTreeMap::from([("gpu".to_string(), "yes".to_string())]);
-        let p = place(2, Request::default(), &selector, &Weights::default(), &mut nodes);
+        let p = place(
+            2,
+            Request::default(),
+            &selector,
+            &Weights::default(),
+            &mut nodes,
+        );
         assert_eq!(p.assigned, BTreeMap::from([(2, 2)]));
     }
 }

@@ -969,3 +969,95 @@ fn bad_input_is_refused_without_harm() {
     let app = server.json(&["apps", "get", "-n", "app"]);
     assert_eq!(app["spec"]["docker_image"], "gustavo-test/busybox:latest");
 }
+
+fn bench_fleet(agents: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "bench",
+        "fleet",
+        "--agents",
+        agents,
+        "--duration",
+        "2s",
+        "--heartbeat",
+        "1s",
+        "-o",
+        "json",
+    ];
+    args.extend(extra);
+    let out = std::process::Command::new(BIN)
+        .args(&args)
+        .env_remove("GUSTAVO_SERVER")
+        .env_remove("GUSTAVO_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench fleet failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the report is JSON")
+}
+
+/// The fleet simulator: 50 simulated agents converge through create, update and delete,
+/// and the report's numbers agree with each other.
+#[test]
+fn simulated_fleet_of_50_converges() {
+    let r = bench_fleet("50", &["--per-connection", "20"]);
+    assert_eq!(r["agents"], 50);
+    assert_eq!(r["connections"], 3, "50 agents at 20 per connection");
+    let changes: Vec<_> = r["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().to_string(),
+                c["converged"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            ("create".into(), 50),
+            ("update".into(), 50),
+            ("delete".into(), 50)
+        ]
+    );
+    let reg_s = r["registration_s"].as_f64().unwrap();
+    let rate = r["registrations_per_s"].as_f64().unwrap();
+    assert!(
+        reg_s > 0.0 && (rate * reg_s - 50.0).abs() < 0.01,
+        "rate {rate} × {reg_s}s should be 50"
+    );
+    assert!(r["idle_bytes_per_agent_per_min"].as_f64().unwrap() > 0.0);
+    let server = &r["server"];
+    assert!(
+        server["rss_mb_idle"].as_f64().unwrap() > 0.0
+            && server["peak_rss_mb"].as_f64().unwrap() >= server["rss_mb_idle"].as_f64().unwrap()
+    );
+    let latency = r["latency"].as_array().unwrap();
+    let hb = latency
+        .iter()
+        .find(|l| l["endpoint"] == "heartbeat")
+        .expect("heartbeats were measured");
+    // 50 agents, 1 s heartbeat, a window of at least 2 s: at least 50 heartbeats.
+    assert!(hb["count"].as_u64().unwrap() >= 50, "{hb}");
+    assert_eq!(hb["errors"], 0);
+    assert!(hb["p50_ms"].as_f64().unwrap() <= hb["p99_ms"].as_f64().unwrap());
+    assert!(hb["p99_ms"].as_f64().unwrap() <= hb["max_ms"].as_f64().unwrap());
+    assert!(latency.iter().any(|l| l["endpoint"] == "status"));
+}
+
+/// CI's smoke run of a thousand simulated agents. No timing is asserted.
+#[test]
+fn simulated_fleet_of_1000_smoke() {
+    let r = bench_fleet("1000", &[]);
+    assert_eq!(r["agents"], 1000);
+    for c in r["changes"].as_array().unwrap() {
+        assert_eq!(c["converged"], 1000, "{c}");
+    }
+    for l in r["latency"].as_array().unwrap() {
+        assert_eq!(l["errors"], 0, "{l}");
+    }
+}
