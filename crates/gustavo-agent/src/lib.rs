@@ -68,6 +68,19 @@ pub struct AgentConfig {
     pub reconcile: ReconcileConfig,
 }
 
+/// A random fraction in [0, 1): spreads agents that start together (a fleet after a server
+/// restart, a simulated fleet) so their heartbeats and long-polls do not fire in step.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// How long a sent status report may wait for the next one, so a burst of changes (a
+/// container created, then running) goes out as one report.
+const REPORT_COALESCE: Duration = Duration::from_millis(100);
+
 /// Exponential backoff between failed calls to the server.
 struct Backoff {
     cur: Duration,
@@ -271,7 +284,9 @@ async fn sync(
             }
         }
         let after = desired.borrow().as_ref().map(|d| d.revision).unwrap_or(0);
-        match client.desired(node, after, cfg.wait).await {
+        // Up to 20% shorter, so agents that started together do not all come back at once.
+        let wait = cfg.wait.mul_f64(1.0 - 0.2 * jitter()).max(Duration::from_secs(1));
+        match client.desired(node, after, wait).await {
             Ok(Some(d)) => {
                 backoff.reset();
                 tracing::info!(
@@ -313,7 +328,12 @@ async fn report(
             Ok(()) => {
                 backoff.reset();
                 tokio::select! {
-                    c = rx.changed() => if c.is_err() { return },
+                    c = rx.changed() => {
+                        if c.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(REPORT_COALESCE).await;
+                    }
                     _ = need.notified() => {}
                 }
             }
@@ -332,7 +352,9 @@ async fn heartbeat(
     mut sampler: impl HostProbe,
     need_report: Arc<tokio::sync::Notify>,
 ) {
-    let mut tick = tokio::time::interval(period);
+    // Start at a random point of the period, so a fleet's heartbeats are spread out.
+    let first = tokio::time::Instant::now() + period.mul_f64(jitter());
+    let mut tick = tokio::time::interval_at(first, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
