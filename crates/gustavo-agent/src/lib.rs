@@ -114,6 +114,7 @@ fn registration(cfg: &AgentConfig, sampler: &dyn HostProbe) -> RegisterRequest {
         cpus,
         memory_mb,
         agent_version: VERSION.to_string(),
+        heartbeat_s: cfg.heartbeat.as_secs().clamp(1, 3600) as u32,
     }
 }
 
@@ -285,7 +286,10 @@ async fn sync(
         }
         let after = desired.borrow().as_ref().map(|d| d.revision).unwrap_or(0);
         // Up to 20% shorter, so agents that started together do not all come back at once.
-        let wait = cfg.wait.mul_f64(1.0 - 0.2 * jitter()).max(Duration::from_secs(1));
+        let wait = cfg
+            .wait
+            .mul_f64(1.0 - 0.2 * jitter())
+            .max(Duration::from_secs(1));
         match client.desired(node, after, wait).await {
             Ok(Some(d)) => {
                 backoff.reset();

@@ -113,6 +113,14 @@ pub struct RegisterRequest {
     pub cpus: u32,
     pub memory_mb: u64,
     pub agent_version: String,
+    /// How often the agent sends vitals, in seconds: the server counts the node offline
+    /// after three missed heartbeats (and never sooner than 15 s).
+    #[serde(default = "default_heartbeat_s")]
+    pub heartbeat_s: u32,
+}
+
+fn default_heartbeat_s() -> u32 {
+    5
 }
 
 /// The node's own credential, returned once and kept by the agent.

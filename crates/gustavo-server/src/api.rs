@@ -462,6 +462,7 @@ pub async fn register(
                 agent_version: req.agent_version.clone(),
                 registered_at: old.map(|o| o.registered_at).unwrap_or_else(now),
                 revision: rev,
+                heartbeat_s: req.heartbeat_s.clamp(1, 3600),
             };
             let unchanged = old.is_some_and(|o| {
                 NodeRecord {

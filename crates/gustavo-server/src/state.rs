@@ -20,7 +20,8 @@ use gustavo_store::{Change, GroupRecord, NodeRecord, Snapshot, Store};
 
 use crate::error::ApiError;
 
-/// How long without a request before a node counts as offline.
+/// How long without a request before a node counts as offline, at the least; a node with a
+/// slower heartbeat gets three of its periods.
 pub const OFFLINE_AFTER_S: u64 = 15;
 
 /// What the server knows of a node only from its reports.
@@ -187,8 +188,14 @@ impl Cluster {
     }
 
     pub fn node_status(&self, name: &str, now: u64) -> NodeStatus {
+        let limit = self
+            .nodes
+            .get(name)
+            .map(|n| u64::from(n.heartbeat_s) * 3)
+            .unwrap_or(0)
+            .max(OFFLINE_AFTER_S);
         match self.live.get(name) {
-            Some(l) if now.saturating_sub(l.last_seen) <= OFFLINE_AFTER_S => NodeStatus::Ready,
+            Some(l) if now.saturating_sub(l.last_seen) <= limit => NodeStatus::Ready,
             _ => NodeStatus::Offline,
         }
     }

@@ -54,6 +54,13 @@ pub struct NodeRecord {
     pub registered_at: u64,
     /// The revision of the node's last change (registration, groups, labels).
     pub revision: u64,
+    /// The agent's heartbeat period in seconds, as it declared it.
+    #[serde(default = "default_heartbeat_s")]
+    pub heartbeat_s: u32,
+}
+
+fn default_heartbeat_s() -> u32 {
+    5
 }
 
 /// Everything the store holds, as loaded at start.
@@ -111,6 +118,7 @@ pub(crate) mod suite {
             agent_version: "0.1.0".into(),
             registered_at: 5,
             revision: 1,
+            heartbeat_s: 5,
         }
     }
 

@@ -229,7 +229,7 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
     let mut last = 0;
     loop {
         let s = admin.stats().await?;
-        let registered = s.ready;
+        let registered = s.nodes;
         if registered != last {
             eprintln!(
                 "  registered {registered}/{} ({:.1}s)",
@@ -238,13 +238,13 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
             );
             last = registered;
         }
-        if s.ready >= args.agents {
+        if s.nodes >= args.agents {
             break;
         }
         if started.elapsed() > timeout {
             bail!(
                 "only {}/{} agents registered after {}s",
-                s.ready,
+                s.nodes,
                 args.agents,
                 timeout.as_secs()
             );
