@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use gustavo_model::api::{
     App, CreateApp, Heartbeat, HeartbeatReply, NodeContainer, NodeVitals, RegisterRequest,
-    RegisterResponse, RolloutSummary, Stats, StatusReport, UpdateApp,
+    RegisterResponse, Stats, StatusReport, UpdateApp,
 };
 use gustavo_model::names;
 use gustavo_store::{Change, NodeRecord};
@@ -265,15 +265,12 @@ pub async fn rollout(
     QueryParams(q): QueryParams<RolloutQuery>,
 ) -> Result<Response, ApiError> {
     p.require_admin()?;
-    let r = s
-        .shared
-        .read()
-        .rollout(&name, now())
-        .ok_or_else(|| ApiError::NotFound(format!("app `{name}` does not exist")))?;
+    let missing = || ApiError::NotFound(format!("app `{name}` does not exist"));
+    let c = s.shared.read();
     Ok(if q.summary {
-        Json(RolloutSummary::from(&r)).into_response()
+        Json(c.rollout_summary(&name).ok_or_else(missing)?).into_response()
     } else {
-        Json(r).into_response()
+        Json(c.rollout(&name, now()).ok_or_else(missing)?).into_response()
     })
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use gustavo_model::api::{
     App, AppState, AppStatus, ContainerStatus, DesiredApp, DesiredContainer, DesiredState, Group,
-    Node, NodeRollout, NodeStatus, Rollout, StatusReport, Vitals,
+    Node, NodeRollout, NodeStatus, Rollout, RolloutSummary, StatusReport, Vitals,
 };
 use gustavo_model::desired::{NodeFacts, container_name, expand};
 use gustavo_store::{Change, GroupRecord, NodeRecord, Snapshot, Store};
@@ -331,6 +331,61 @@ impl Cluster {
         })
     }
 
+    /// The counts of [`Cluster::rollout`] without building a row per node: fleet-sized
+    /// progress polls must not cost a string copy per device.
+    pub fn rollout_summary(&self, app_name: &str) -> Option<RolloutSummary> {
+        let (revision, exists, total, converged, failed) = if let Some(app) =
+            self.apps.get(app_name)
+        {
+            let done = if app.spec.running {
+                AppState::Running
+            } else {
+                AppState::Stopped
+            };
+            let (mut total, mut converged, mut failed) = (0, 0, 0);
+            for n in self
+                .nodes
+                .values()
+                .filter(|n| n.groups.iter().any(|g| app.groups.contains(g)))
+            {
+                total += 1;
+                let Some(live) = self.live.get(&n.name) else {
+                    continue;
+                };
+                if let Some(s) = live
+                    .report
+                    .apps
+                    .iter()
+                    .find(|s| s.app == app_name && s.revision >= app.revision)
+                {
+                    converged += usize::from(s.state == done);
+                    failed += usize::from(s.state == AppState::Failed);
+                }
+            }
+            (app.revision, true, total, converged, failed)
+        } else {
+            let deleted = self.deleted.get(app_name)?;
+            let (mut total, mut converged) = (0, 0);
+            for node in deleted.nodes.iter().filter(|n| self.nodes.contains_key(*n)) {
+                total += 1;
+                let Some(live) = self.live.get(node) else {
+                    continue;
+                };
+                let gone = !live.report.containers.iter().any(|c| c.app == app_name);
+                converged += usize::from(gone && live.report.applied_revision >= deleted.revision);
+            }
+            (deleted.revision, false, total, converged, 0)
+        };
+        Some(RolloutSummary {
+            app: app_name.to_string(),
+            revision,
+            exists,
+            total,
+            converged,
+            failed,
+        })
+    }
+
     /// Containers reported by nodes, filtered by group and host.
     pub fn containers(
         &self,
@@ -566,5 +621,106 @@ fn writer(shared: std::sync::Weak<Shared>, rx: std::sync::mpsc::Receiver<Box<dyn
             return;
         };
         shared.commit_batch(batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gustavo_model::spec::parse_one;
+
+    fn cluster() -> Cluster {
+        let node = |name: &str, group: &str| NodeRecord {
+            name: name.into(),
+            token_hash: format!("h-{name}"),
+            groups: vec![group.into()],
+            labels: Default::default(),
+            cpus: 2,
+            memory_mb: 512,
+            agent_version: "t".into(),
+            registered_at: 1,
+            revision: 1,
+            heartbeat_s: 5,
+        };
+        let app = App {
+            name: "a".into(),
+            spec: parse_one("a:\n  docker_image: x\n", "a").unwrap(),
+            groups: vec!["g".into()],
+            revision: 5,
+            restart_nonce: 0,
+            created_at: 1,
+            updated_at: 1,
+        };
+        let c = Cluster::from_snapshot(Snapshot {
+            revision: 5,
+            apps: vec![app],
+            groups: vec![GroupRecord {
+                name: "g".into(),
+                revision: 5,
+            }],
+            nodes: vec![
+                node("n1", "g"),
+                node("n2", "g"),
+                node("n3", "g"),
+                node("other", "h"),
+            ],
+        });
+        let status = |state, revision| StatusReport {
+            applied_revision: revision,
+            apps: vec![AppStatus {
+                app: "a".into(),
+                revision,
+                state,
+                ready: 1,
+                desired: 1,
+                error: None,
+            }],
+            containers: vec![],
+        };
+        c.live.insert(
+            "n1".into(),
+            Live {
+                report: status(AppState::Running, 5),
+                ..Live::default()
+            },
+        );
+        c.live.insert(
+            "n2".into(),
+            Live {
+                report: status(AppState::Failed, 5),
+                ..Live::default()
+            },
+        );
+        c.live.insert(
+            "n3".into(),
+            Live {
+                report: status(AppState::Running, 4),
+                ..Live::default()
+            },
+        );
+        c
+    }
+
+    #[test]
+    fn rollout_summary_counts_what_the_rollout_shows() {
+        let c = cluster();
+        let full = c.rollout("a", 0).unwrap();
+        let summary = c.rollout_summary("a").unwrap();
+        assert_eq!(summary, RolloutSummary::from(&full));
+        assert_eq!(
+            (summary.total, summary.converged, summary.failed),
+            (3, 1, 1)
+        );
+        assert!(c.rollout_summary("missing").is_none());
+    }
+
+    #[test]
+    fn node_revision_follows_its_groups_and_apps() {
+        let c = cluster();
+        assert_eq!(c.node_revision(&c.nodes["n1"]), 5);
+        let d = c.desired_for(&c.nodes["n1"]);
+        assert_eq!(d.apps.len(), 1);
+        assert_eq!(d.apps[0].containers[0].name, "n1.a.1");
+        assert!(c.desired_for(&c.nodes["other"]).apps.is_empty());
     }
 }

@@ -50,13 +50,12 @@ fn main() -> ExitCode {
     // The runtime's shape is chosen once, here: the server wants every core; the agent and
     // the CLI are small and run on one thread.
     let multi = matches!(cli.command, Command::Server(_) | Command::Bench(_));
-    init_tracing(
-        if matches!(cli.command, Command::Server(_) | Command::Agent(_)) {
-            "info"
-        } else {
-            "warn"
-        },
-    );
+    init_tracing(match cli.command {
+        Command::Server(_) | Command::Agent(_) => "info",
+        // A hundred thousand simulated agents retrying would drown the terminal.
+        Command::Bench(_) => "error",
+        _ => "warn",
+    });
     let rt = if multi {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -54,6 +54,10 @@ pub struct Change {
     pub change: &'static str,
     pub seconds: f64,
     pub converged: usize,
+    /// CPU the server and the simulated agents used while the change spread, in seconds of
+    /// one core: which side limits convergence on a shared machine.
+    pub server_cpu_s: Option<f64>,
+    pub agents_cpu_s: f64,
 }
 
 /// A server the benchmark started itself, as a child process so its CPU and memory can be
@@ -146,6 +150,37 @@ fn loopback_bytes() -> u64 {
 /// Ticks per second of /proc/<pid>/stat: 100 on every Linux this runs on.
 const CLK_TCK: f64 = 100.0;
 
+/// CPU seconds used so far by a process (None when it cannot be read).
+fn cpu_s(pid: Option<u32>) -> Option<f64> {
+    pid.and_then(proc_sample)
+        .map(|(ticks, _, _)| ticks as f64 / CLK_TCK)
+}
+
+/// Applies a change and times it until every agent reports it, with the CPU each side used.
+async fn timed_change(
+    admin: &Client,
+    change: &'static str,
+    server_pid: Option<u32>,
+    agents: usize,
+    timeout: Duration,
+    apply: impl std::future::Future<Output = Result<(), gustavo_client::ClientError>>,
+) -> Result<Change> {
+    let me = Some(std::process::id());
+    let (s0, b0) = (cpu_s(server_pid), cpu_s(me).unwrap_or(0.0));
+    let t = Instant::now();
+    apply.await?;
+    let converged = wait_converged(admin, agents, t, timeout, change).await?;
+    let seconds = t.elapsed().as_secs_f64();
+    let (s1, b1) = (cpu_s(server_pid), cpu_s(me).unwrap_or(0.0));
+    Ok(Change {
+        change,
+        seconds,
+        converged,
+        server_cpu_s: s0.zip(s1).map(|(a, b)| b - a),
+        agents_cpu_s: b1 - b0,
+    })
+}
+
 async fn wait_converged(
     admin: &Client,
     agents: usize,
@@ -153,6 +188,8 @@ async fn wait_converged(
     timeout: Duration,
     what: &str,
 ) -> Result<usize> {
+    // Often enough to time the change well, rarely enough not to load the server.
+    let every = Duration::from_millis(if agents >= 10_000 { 100 } else { 50 });
     let mut last = usize::MAX;
     loop {
         let s = admin.rollout_summary(APP).await?;
@@ -176,7 +213,7 @@ async fn wait_converged(
                 s.failed
             );
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -280,41 +317,25 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
         (bytes1 - bytes0) as f64 / args.agents as f64 / (window / 60.0);
 
     // Changes: create, update, delete, each timed until every agent reports it.
-    let mut changes = Vec::new();
     let yaml =
         |image: &str| format!("{APP}:\n  docker_image: {image}\n  env_vars: {{MODE: bench}}\n");
-    let t = Instant::now();
-    admin
-        .create_app(
-            APP,
-            &spec::parse_one(&yaml(IMAGE_V1), APP)?,
-            &[GROUP.to_string()],
-        )
-        .await?;
-    let n = wait_converged(&admin, args.agents, t, timeout, "create").await?;
-    changes.push(Change {
-        change: "create",
-        seconds: t.elapsed().as_secs_f64(),
-        converged: n,
-    });
-    let t = Instant::now();
-    admin
-        .update_app(APP, &spec::parse_one(&yaml(IMAGE_V2), APP)?, None)
-        .await?;
-    let n = wait_converged(&admin, args.agents, t, timeout, "update").await?;
-    changes.push(Change {
-        change: "update",
-        seconds: t.elapsed().as_secs_f64(),
-        converged: n,
-    });
-    let t = Instant::now();
-    admin.delete_app(APP).await?;
-    let n = wait_converged(&admin, args.agents, t, timeout, "delete").await?;
-    changes.push(Change {
-        change: "delete",
-        seconds: t.elapsed().as_secs_f64(),
-        converged: n,
-    });
+    let v1 = spec::parse_one(&yaml(IMAGE_V1), APP)?;
+    let v2 = spec::parse_one(&yaml(IMAGE_V2), APP)?;
+    let (n, group) = (args.agents, [GROUP.to_string()]);
+    let changes = vec![
+        timed_change(&admin, "create", pid, n, timeout, async {
+            admin.create_app(APP, &v1, &group).await.map(|_| ())
+        })
+        .await?,
+        timed_change(&admin, "update", pid, n, timeout, async {
+            admin.update_app(APP, &v2, None).await.map(|_| ())
+        })
+        .await?,
+        timed_change(&admin, "delete", pid, n, timeout, async {
+            admin.delete_app(APP).await.map(|_| ())
+        })
+        .await?,
+    ];
 
     let peak = pid
         .and_then(proc_sample)
@@ -374,13 +395,23 @@ fn print(format: Format, r: &Report) {
                 c.change.to_string(),
                 format!("{:.2}s", c.seconds),
                 c.converged.to_string(),
+                c.server_cpu_s
+                    .map(|s| format!("{s:.2}s"))
+                    .unwrap_or_else(|| "-".into()),
+                format!("{:.2}s", c.agents_cpu_s),
             ]
         })
         .collect();
     show(
         format,
         &r.changes,
-        &["change", "every agent has it", "agents"],
+        &[
+            "change",
+            "every agent has it",
+            "agents",
+            "server cpu",
+            "simulator cpu",
+        ],
         rows,
     );
     let rows = r
