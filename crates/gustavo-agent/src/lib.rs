@@ -18,6 +18,7 @@ pub mod persist;
 pub mod reconcile;
 pub mod runtime;
 pub mod sim;
+pub mod trust;
 pub mod vitals;
 
 use std::collections::BTreeMap;
@@ -49,6 +50,14 @@ pub enum AgentError {
     NoToken,
     #[error("registration refused by {server}: {source}")]
     Refused { server: String, source: ClientError },
+    #[error("the join token is invalid: {0}")]
+    BadToken(String),
+    #[error(
+        "the server uses TLS but no CA is known: pass a join token that carries the CA fingerprint (G10…::…) or --ca-file"
+    )]
+    NoCa,
+    #[error("refusing the server: {0}")]
+    Untrusted(ClientError),
 }
 
 /// Validated agent settings.
@@ -61,6 +70,10 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     pub data_dir: PathBuf,
     pub heartbeat: Duration,
+    /// The CA to trust over TLS (`--ca-file`); otherwise pinned at join from the token.
+    pub ca_pem: Option<String>,
+    /// Replace the node's credential with a fresh one at start.
+    pub rotate: bool,
     /// How long one long-poll waits for a change.
     pub wait: Duration,
     pub reconcile: ReconcileConfig,
@@ -116,7 +129,7 @@ async fn identity(
         return Ok(id);
     }
     let token = cfg.join_token.clone().ok_or(AgentError::NoToken)?;
-    let client = Client::new(&cfg.server, &token);
+    let (client, ca) = trust::join_client(cfg, &token).await?;
     let mut backoff = Backoff::new();
     loop {
         match client.register(req).await {
@@ -125,6 +138,7 @@ async fn identity(
                     server: cfg.server.clone(),
                     node: resp.node,
                     token: resp.token,
+                    ca,
                 };
                 dir.save_identity(&id)
                     .map_err(|source| AgentError::DataDir {
@@ -182,8 +196,11 @@ pub async fn run<R: Runtime>(
     let work = async {
         // Registration may wait for the server; the cached desired state is already being
         // reconciled meanwhile.
-        let id = identity(&cfg, &dir, &req).await?;
-        let client = Client::new(&cfg.server, &id.token);
+        let mut id = identity(&cfg, &dir, &req).await?;
+        if cfg.rotate {
+            id = trust::rotate(&dir, &trust::node_client(&cfg, &id)?, id).await?;
+        }
+        let client = trust::node_client(&cfg, &id)?;
         let need_report = Arc::new(tokio::sync::Notify::new());
         tokio::join!(
             sync(&cfg, &client, &req, &dir, &desired_tx),

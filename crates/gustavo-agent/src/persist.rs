@@ -12,6 +12,9 @@ pub struct Identity {
     pub server: String,
     pub node: String,
     pub token: String,
+    /// The CA (PEM) the server is checked against over TLS; pinned at join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 pub struct DataDir(pub PathBuf);

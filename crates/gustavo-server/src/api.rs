@@ -406,10 +406,13 @@ pub async fn register(
     JsonBody(req): JsonBody<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
     validate_registration(&req)?;
-    let rotate = match &p {
-        Principal::Join | Principal::Admin => true,
-        Principal::Node(n) if *n == req.name => false,
+    // A join token bound to a group puts the node in exactly that group, whatever it asks.
+    let (rotate, join_group) = match &p {
+        Principal::Join { group, .. } => (true, group.clone()),
+        p if p.is_admin() => (true, None),
+        Principal::Node(n) if *n == req.name => (false, None),
         Principal::Node(_) => return Err(ApiError::Forbidden("register another node")),
+        _ => return Err(ApiError::Forbidden("register nodes")),
     };
     let token = rotate.then(|| new_token("node"));
     let token_hash = token.as_deref().map(hash_token);
@@ -417,7 +420,15 @@ pub async fn register(
     s.shared
         .mutate(move |c, rev| {
             let old = c.nodes.get(&req.name);
-            let mut groups = req.groups.clone();
+            let bound_group = if rotate {
+                join_group
+            } else {
+                old.and_then(|o| o.bound_group.clone())
+            };
+            let mut groups = match &bound_group {
+                Some(g) => vec![g.clone()],
+                None => req.groups.clone(),
+            };
             groups.dedup();
             let record = NodeRecord {
                 name: req.name.clone(),
@@ -431,6 +442,7 @@ pub async fn register(
                 agent_version: req.agent_version.clone(),
                 registered_at: old.map(|o| o.registered_at).unwrap_or_else(now),
                 revision: rev,
+                bound_group,
             };
             let unchanged = old.is_some_and(|o| {
                 NodeRecord {

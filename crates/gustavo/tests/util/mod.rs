@@ -120,6 +120,8 @@ fn spawn(args: &[&str], log: &Path) -> Child {
         .env("GUSTAVO_LOG", "info,gustavo=debug")
         .env_remove("GUSTAVO_SERVER")
         .env_remove("GUSTAVO_TOKEN")
+        .env_remove("GUSTAVO_CONFIG")
+        .env_remove("GUSTAVO_CA_FILE")
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("log file"))
         .stderr(out)
@@ -160,9 +162,28 @@ impl Server {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// The server's CA certificate (PEM file), which clients must trust.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir().join("ca.crt")
+    }
+
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.ca_file()).expect("the server wrote its CA")
+    }
+
+    /// The client config the server wrote for its admin.
+    pub fn config(&self) -> PathBuf {
+        self.data_dir().join("client.toml")
+    }
+
+    /// An API client trusting this server's CA, presenting `token`.
+    pub fn client(&self, token: &str) -> gustavo_client::Client {
+        gustavo_client::Client::with_ca(&self.url, token, Some(&self.ca_pem())).expect("client")
+    }
+
     fn launch(&mut self) {
         let data = self.data_dir();
-        let _ = std::fs::remove_file(data.join("server-url"));
+        let _ = std::fs::remove_file(data.join("client.toml"));
         let child = spawn(
             &[
                 "server",
@@ -176,28 +197,37 @@ impl Server {
         );
         self.child = Some(child);
         wait_for(
-            "the server to write server-url",
+            "the server to write client.toml",
             Duration::from_secs(20),
-            || data.join("server-url").exists(),
+            || data.join("client.toml").exists(),
         );
-        self.url = std::fs::read_to_string(data.join("server-url"))
-            .unwrap()
-            .trim()
-            .to_string();
+        let cfg = gustavo_client::config::ClientFile::load(&data.join("client.toml"))
+            .expect("the server writes a valid client.toml");
+        self.url = cfg.server.expect("client.toml names the server");
+        // TLS is on by default: the URL is https and the config carries the CA.
+        assert!(self.url.starts_with("https://"), "{}", self.url);
+        assert!(cfg.ca.is_some_and(|c| c.contains("BEGIN CERTIFICATE")));
         // Restarts keep the port, so agents find the server again.
-        self.listen = self.url.trim_start_matches("http://").to_string();
-        self.admin = std::fs::read_to_string(data.join("admin-token"))
-            .unwrap()
-            .trim()
-            .to_string();
+        self.listen = self.url.trim_start_matches("https://").to_string();
+        self.admin = cfg.token.expect("client.toml holds the admin token");
         self.join = std::fs::read_to_string(data.join("join-token"))
             .unwrap()
             .trim()
             .to_string();
         let url = self.url.clone();
+        let ca = self.ca_file();
         wait_for("the server to answer", Duration::from_secs(20), || {
             Command::new(BIN)
-                .args(["--server", &url, "--token", "x", "groups", "list"])
+                .args([
+                    "--server",
+                    &url,
+                    "--token",
+                    "x",
+                    "groups",
+                    "list",
+                    "--ca-file",
+                ])
+                .arg(&ca)
                 .output()
                 .is_ok_and(|o| String::from_utf8_lossy(&o.stderr).contains("401"))
         });
@@ -216,12 +246,15 @@ impl Server {
         self.launch();
     }
 
-    /// Runs a CLI command against this server as admin.
+    /// Runs a CLI command against this server as admin, with the client config the
+    /// server wrote (server, CA, admin token).
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
-            .env("GUSTAVO_SERVER", &self.url)
-            .env("GUSTAVO_TOKEN", &self.admin)
+            .env("GUSTAVO_CONFIG", self.config())
+            .env_remove("GUSTAVO_SERVER")
+            .env_remove("GUSTAVO_TOKEN")
+            .env_remove("GUSTAVO_CA_FILE")
             .stdin(Stdio::null())
             .output()
             .expect("gustavo runs")
