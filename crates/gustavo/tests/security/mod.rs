@@ -1,0 +1,577 @@
+//! Issue 3, security by default: TLS, CA-pinning join tokens, node identity, users, roles,
+//! grants, dangerous fields, the audit log and abuse limits — each against the real binary
+//! over real TLS handshakes.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use gustavo_client::Client;
+use gustavo_model::api::{Heartbeat, RegisterRequest, StatusReport};
+use reqwest::Method;
+
+use crate::util::*;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn reg(name: &str, groups: &[&str]) -> RegisterRequest {
+    RegisterRequest {
+        name: name.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        labels: Default::default(),
+        cpus: 1,
+        memory_mb: 512,
+        agent_version: "test".into(),
+    }
+}
+
+/// Registers a node through the API with the server's join token; returns its token.
+fn register(server: &Server, rt: &tokio::runtime::Runtime, name: &str, groups: &[&str]) -> String {
+    let secret = server.join.split("::").last().unwrap().to_string();
+    rt.block_on(server.client(&secret).register(&reg(name, groups)))
+        .expect("register")
+        .token
+}
+
+fn status(
+    rt: &tokio::runtime::Runtime,
+    c: &Client,
+    m: Method,
+    path: &str,
+    body: Option<&str>,
+) -> u16 {
+    rt.block_on(c.raw(m, path, body.map(|b| b.as_bytes().to_vec())))
+        .expect("the server answers")
+        .0
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// TLS is on by default: the CLI finds https and the CA in client.toml; plain HTTP to the
+/// port gets no answer; a client that does not trust the CA is refused; the CA served at
+/// /api/v1/ca is the one the join token pins.
+#[test]
+fn tls_is_on_by_default() {
+    let server = Server::start();
+    assert!(server.url.starts_with("https://127.0.0.1:"));
+    server.ok(&["groups", "list"]);
+
+    // Plain HTTP on the TLS port: no HTTP answer comes back.
+    let port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /api/v1/health HTTP/1.0\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("HTTP/1."),
+        "{buf:?}"
+    );
+
+    // A client that trusts no CA (or another one) cannot talk to it.
+    let rt = rt();
+    let err = rt
+        .block_on(Client::new(&server.url, &server.admin).list_apps())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("certificate") || err.contains("issuer"),
+        "{err}"
+    );
+    let other = Server::start();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "--server",
+            &server.url,
+            "--token",
+            &server.admin,
+            "apps",
+            "list",
+        ])
+        .arg("--ca-file")
+        .arg(other.ca_file())
+        .env_remove("GUSTAVO_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+
+    // The CA endpoint needs no token and matches the fingerprint in the join token.
+    let fp = gustavo_client::ca_fingerprint(&server.ca_pem()).unwrap();
+    assert!(
+        server.join.starts_with(&format!("G10{fp}::")),
+        "{}",
+        server.join
+    );
+    let pem = rt
+        .block_on(gustavo_client::fetch_pinned_ca(&server.url, &fp))
+        .unwrap();
+    assert_eq!(pem, server.ca_pem());
+    // The CA key is private to the server.
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["ca.key", "client.toml", "admin-token", "join-token"] {
+        let mode = std::fs::metadata(server.data_dir().join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{f} is readable by others");
+    }
+    // The CA survives a restart (agents keep trusting it).
+    let mut server = server;
+    server.restart();
+    assert_eq!(
+        gustavo_client::ca_fingerprint(&server.ca_pem()).unwrap(),
+        fp
+    );
+    server.ok(&["groups", "list"]);
+}
+
+/// Plain HTTP only with the explicit flag; then there is no CA to fetch.
+#[test]
+fn plain_http_only_when_asked() {
+    let server = Server::start_with(&["--insecure-http"]);
+    assert!(server.url.starts_with("http://"), "{}", server.url);
+    assert!(!server.join.starts_with("G10"));
+    server.ok(&["groups", "list"]);
+    let rt = rt();
+    let c = server.client("");
+    assert_eq!(status(&rt, &c, Method::GET, "/api/v1/ca", None), 404);
+    assert!(server.log().contains("WARNING: --insecure-http"));
+}
+
+/// An agent refuses a server whose CA does not match its join token, with a clear error,
+/// and never registers there.
+#[test]
+fn agent_refuses_a_server_with_the_wrong_ca() {
+    let a = Server::start();
+    let b = Server::start();
+    let name = unique("pinned");
+    // A's token (A's fingerprint) but B's address: B is an impostor for this token.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "agent", "--server", &b.url, "--token", &a.join, "--name", &name,
+        ])
+        .arg("--data-dir")
+        .arg(b.dir.path().join("agent"))
+        .env_remove("GUSTAVO_CONFIG")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("refusing the server"), "{err}");
+    assert!(err.contains("fingerprint"), "{err}");
+    let nodes = b.json(&["nodes", "list"]);
+    assert_eq!(nodes.as_array().unwrap().len(), 0);
+    // The same refusal with a CA file that does not match the token.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "agent", "--server", &a.url, "--token", &a.join, "--name", &name,
+        ])
+        .arg("--ca-file")
+        .arg(b.ca_file())
+        .arg("--data-dir")
+        .arg(a.dir.path().join("agent2"))
+        .env_remove("GUSTAVO_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("refusing the server"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A node can read only its own desired state and write only its own status and vitals;
+/// removing it cuts it off at its next request; rotating its credential kills the old one.
+#[test]
+fn node_identity_is_enforced() {
+    let server = Server::start();
+    let rt = rt();
+    let a_tok = register(&server, &rt, "node-a", &["g"]);
+    let b_tok = register(&server, &rt, "node-b", &["g"]);
+    let a = server.client(&a_tok);
+    let b = server.client(&b_tok);
+
+    assert!(rt.block_on(a.desired("node-a", 0, Duration::ZERO)).is_ok());
+    let e = rt
+        .block_on(a.desired("node-b", 0, Duration::ZERO))
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403), "{e}");
+    let e = rt
+        .block_on(a.report_status("node-b", &StatusReport::default()))
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403));
+    let e = rt
+        .block_on(a.heartbeat("node-b", &Heartbeat::default()))
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403));
+    let e = rt.block_on(a.register(&reg("node-b", &[]))).unwrap_err();
+    assert_eq!(e.status(), Some(403));
+    assert!(
+        rt.block_on(b.report_status("node-b", &StatusReport::default()))
+            .is_ok()
+    );
+
+    // Rotation: the node asks for a new credential; the old one is dead at once.
+    let r = rt.block_on(a.rotate("node-a")).unwrap();
+    let e = rt
+        .block_on(a.desired("node-a", 0, Duration::ZERO))
+        .unwrap_err();
+    assert_eq!(e.status(), Some(401));
+    let a2 = server.client(&r.token);
+    assert!(rt.block_on(a2.desired("node-a", 0, Duration::ZERO)).is_ok());
+    // Nobody else may rotate a node's credential, not even an admin.
+    let e = rt
+        .block_on(server.client(&server.admin).rotate("node-b"))
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403));
+
+    // Removal cuts the node off at its next request.
+    server.ok(&["nodes", "remove", "node-b"]);
+    let e = rt
+        .block_on(b.heartbeat("node-b", &Heartbeat::default()))
+        .unwrap_err();
+    assert_eq!(e.status(), Some(401));
+}
+
+/// The real agent rotates its credential with --rotate and keeps working with the new one.
+#[test]
+fn agent_rotates_its_credential() {
+    require_docker_and_registry();
+    let server = Server::start();
+    let name = unique("rot");
+    let mut agent = Agent::start(&server, &name, &["g"], &[]);
+    let node_json = agent.dir.path().join("data/node.json");
+    let before: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&node_json).unwrap()).unwrap();
+    assert!(
+        before["ca"]
+            .as_str()
+            .is_some_and(|c| c.contains("BEGIN CERTIFICATE"))
+    );
+    agent.kill();
+    agent.add_args(&["--rotate"]);
+    agent.restart();
+    wait_for("the agent to rotate", Duration::from_secs(20), || {
+        let now: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&node_json).unwrap()).unwrap();
+        now["token"] != before["token"]
+    });
+    let rt = rt();
+    let old = server.client(before["token"].as_str().unwrap());
+    let e = rt
+        .block_on(old.heartbeat(&name, &Heartbeat::default()))
+        .unwrap_err();
+    assert_eq!(e.status(), Some(401));
+    wait_for("the node to stay ready", Duration::from_secs(20), || {
+        server.json(&["nodes", "list"])[0]["status"] == "ready"
+    });
+    assert!(agent.log().contains("rotated the node credential"));
+}
+
+/// `tokens create|list|revoke`: a group-bound token forces the group; an expired or revoked
+/// token is refused with a clear message.
+#[test]
+fn join_tokens_have_groups_expiry_and_revocation() {
+    let server = Server::start();
+    let rt = rt();
+    let tok = server.ok(&["tokens", "create", "--group", "cameras", "--ttl", "1h"]);
+    let tok = tok.trim();
+    assert!(tok.starts_with("G10"), "{tok}");
+    let secret = tok.split("::").last().unwrap();
+    let c = server.client(secret);
+    // The node asks for "payments" but lands in "cameras" only, and stays there when it
+    // re-registers with its own token.
+    let node_tok = rt
+        .block_on(c.register(&reg("cam-1", &["payments"])))
+        .unwrap()
+        .token;
+    rt.block_on(
+        server
+            .client(&node_tok)
+            .register(&reg("cam-1", &["payments"])),
+    )
+    .unwrap();
+    let node = rt
+        .block_on(server.client(&server.admin).get_node("cam-1"))
+        .unwrap();
+    assert_eq!(node.groups, vec!["cameras"]);
+
+    let list = server.json(&["tokens", "list"]);
+    let rows = list.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{list}");
+    let row = rows.iter().find(|r| r["group"] == "cameras").unwrap();
+    assert_eq!(row["state"], "active");
+    assert!(row["expires_at"].as_u64().is_some());
+    // The list never shows a secret.
+    assert!(!list.to_string().contains(secret));
+
+    let id = row["id"].as_str().unwrap();
+    server.ok(&["tokens", "revoke", id]);
+    let e = rt.block_on(c.register(&reg("cam-2", &[]))).unwrap_err();
+    assert_eq!(e.status(), Some(401));
+    assert!(e.to_string().contains("revoked"), "{e}");
+    // Nodes that joined with it keep their own credential.
+    assert!(
+        rt.block_on(server.client(&node_tok).get_node("cam-1"))
+            .is_ok()
+    );
+
+    let short = server.ok(&["tokens", "create", "--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let e = rt
+        .block_on(
+            server
+                .client(short.trim().split("::").last().unwrap())
+                .register(&reg("late", &[])),
+        )
+        .unwrap_err();
+    assert_eq!(e.status(), Some(401));
+    assert!(e.to_string().contains("expired"), "{e}");
+    let bad = server.cli(&["tokens", "create", "--group", "no.dots"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", stderr(&bad));
+}
+
+/// Every route × every kind of caller, with the exact status. Objects a call would destroy
+/// are made per caller, so every cell sees the same world.
+#[test]
+fn auth_matrix() {
+    let server = Server::start();
+    let rt = rt();
+    let admin = server.client(&server.admin);
+    // Users: a viewer and an operator with grants on everything; an admin user.
+    server.ok(&["user-groups", "set", "all-ro", "-d", "*=ro"]);
+    server.ok(&["user-groups", "set", "all-rw", "-d", "*=rw"]);
+    let viewer = server.user("viewer", "viewer", &["all-ro"]);
+    let operator = server.user("oper", "operator", &["all-rw"]);
+    let admin_user = server.user("boss", "admin", &[]);
+    let node_a = register(&server, &rt, "node-a", &["g"]);
+    let node_b = register(&server, &rt, "node-b", &["g"]);
+    let expired = server.ok(&["tokens", "create", "--ttl", "1s"]);
+    let expired = expired.trim().split("::").last().unwrap().to_string();
+
+    let who: Vec<(&str, String)> = vec![
+        ("none", String::new()),
+        ("bad", "gus_user_nope".into()),
+        ("expired", expired),
+        ("viewer", viewer),
+        ("operator", operator),
+        ("admin", admin_user),
+        ("node-a", node_a),
+        ("node-b", node_b),
+    ];
+    // Per-caller objects for destructive calls.
+    let spec = r#"{"docker_image": "gustavo-test/busybox:latest"}"#;
+    for (i, _) in who.iter().enumerate() {
+        let body = format!(r#"{{"name": "m{i}", "spec": {spec}, "groups": ["g"]}}"#);
+        assert_eq!(
+            status(&rt, &admin, Method::POST, "/api/v1/apps", Some(&body)),
+            201
+        );
+        register(&server, &rt, &format!("victim{i}"), &["g"]);
+        server.cli_stdin(&["users", "create", &format!("doomed{i}")], "pass-word-1\n");
+        server.ok(&["user-groups", "set", &format!("ug{i}")]);
+        server.ok(&["policy", "set", &format!("pg{i}"), "--allow", "devices"]);
+    }
+    let token_ids: Vec<String> = (0..who.len())
+        .map(|_| {
+            let t: serde_json::Value =
+                serde_json::from_str(&server.ok(&["tokens", "create", "-o", "json"])).unwrap();
+            t["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1100));
+
+    const U: u16 = 401;
+    const F: u16 = 403;
+    // Expected: none, bad, expired, viewer, operator, admin, node-a, node-b.
+    let rows: Vec<(Method, String, Option<String>, [u16; 8])> = {
+        let r = |m: Method, p: &str, b: Option<&str>, e: [u16; 8]| {
+            (m, p.to_string(), b.map(String::from), e)
+        };
+        let person_read = [U, U, U, 200, 200, 200, F, F];
+        let admin_only = |ok: u16| [U, U, U, F, F, ok, F, F];
+        vec![
+            r(Method::GET, "/api/v1/health", None, [200; 8]),
+            r(Method::GET, "/api/v1/ca", None, [200; 8]),
+            r(
+                Method::GET,
+                "/api/v1/openapi.json",
+                None,
+                [U, U, U, 200, 200, 200, 200, 200],
+            ),
+            r(
+                Method::GET,
+                "/api/v1/whoami",
+                None,
+                [U, U, U, 200, 200, 200, 200, 200],
+            ),
+            r(
+                Method::POST,
+                "/api/v1/login",
+                Some(r#"{"user": "GHOST", "password": "wrong-password"}"#),
+                [U; 8],
+            ),
+            r(Method::GET, "/api/v1/apps", None, person_read),
+            r(Method::GET, "/api/v1/apps/m0", None, person_read),
+            r(
+                Method::POST,
+                "/api/v1/apps",
+                Some("NEWAPP"),
+                [U, U, U, F, 201, 201, F, F],
+            ),
+            r(
+                Method::PUT,
+                "/api/v1/apps/m0",
+                Some(&format!(r#"{{"spec": {spec}}}"#)),
+                [U, U, U, F, 200, 200, F, F],
+            ),
+            r(
+                Method::POST,
+                "/api/v1/apps/m0/restart",
+                None,
+                [U, U, U, F, 200, 200, F, F],
+            ),
+            r(
+                Method::DELETE,
+                "/api/v1/apps/MINE",
+                None,
+                [U, U, U, F, 200, 200, F, F],
+            ),
+            r(Method::GET, "/api/v1/rollouts/m0", None, person_read),
+            r(Method::GET, "/api/v1/groups", None, person_read),
+            r(Method::GET, "/api/v1/groups/g", None, person_read),
+            r(Method::GET, "/api/v1/nodes", None, person_read),
+            r(Method::GET, "/api/v1/containers", None, person_read),
+            r(Method::GET, "/api/v1/vitals", None, person_read),
+            r(
+                Method::GET,
+                "/api/v1/nodes/node-a",
+                None,
+                [U, U, U, 200, 200, 200, 200, F],
+            ),
+            r(
+                Method::DELETE,
+                "/api/v1/nodes/VICTIM",
+                None,
+                admin_only(204),
+            ),
+            r(
+                Method::POST,
+                "/api/v1/nodes/register",
+                Some(r#"{"name": "REG", "cpus": 1, "memory_mb": 1, "agent_version": "t"}"#),
+                [U, U, U, F, F, 200, F, F],
+            ),
+            r(
+                Method::GET,
+                "/api/v1/nodes/node-a/desired?wait=0",
+                None,
+                [U, U, U, F, F, 200, 200, F],
+            ),
+            r(
+                Method::POST,
+                "/api/v1/nodes/node-a/heartbeat",
+                Some(
+                    r#"{"vitals": {"cpu_percent": 0, "cpus": 1, "memory_used_mb": 0, "memory_total_mb": 0, "disk_used_mb": 0, "disk_total_mb": 0, "load1": 0, "load5": 0, "load15": 0, "net_rx_bps": 0, "net_tx_bps": 0, "uptime_s": 0, "at": 0}}"#,
+                ),
+                [U, U, U, F, F, 200, 200, F],
+            ),
+            r(
+                Method::PUT,
+                "/api/v1/nodes/node-a/status",
+                Some(r#"{"applied_revision": 0, "apps": [], "containers": []}"#),
+                [U, U, U, F, F, 204, 204, F],
+            ),
+            r(Method::GET, "/api/v1/tokens", None, admin_only(200)),
+            r(Method::POST, "/api/v1/tokens", Some("{}"), admin_only(201)),
+            r(
+                Method::DELETE,
+                "/api/v1/tokens/TOKEN",
+                None,
+                admin_only(204),
+            ),
+            r(Method::GET, "/api/v1/users", None, admin_only(200)),
+            r(
+                Method::POST,
+                "/api/v1/users",
+                Some(r#"{"name": "NEWUSER", "role": "viewer", "password": "pass-word-1"}"#),
+                admin_only(201),
+            ),
+            r(
+                Method::DELETE,
+                "/api/v1/users/DOOMED",
+                None,
+                admin_only(204),
+            ),
+            r(Method::GET, "/api/v1/user-groups", None, admin_only(200)),
+            r(
+                Method::PUT,
+                "/api/v1/user-groups/UG",
+                Some("{}"),
+                admin_only(200),
+            ),
+            r(
+                Method::DELETE,
+                "/api/v1/user-groups/UG",
+                None,
+                admin_only(204),
+            ),
+            r(Method::GET, "/api/v1/policies", None, admin_only(200)),
+            r(
+                Method::PUT,
+                "/api/v1/policies/PG",
+                Some(r#"{"allow": ["devices"]}"#),
+                admin_only(200),
+            ),
+            r(Method::DELETE, "/api/v1/policies/PG", None, admin_only(204)),
+            r(Method::GET, "/api/v1/audit", None, admin_only(200)),
+            // Last: it changes node-b's credential.
+            r(
+                Method::POST,
+                "/api/v1/nodes/node-b/rotate",
+                None,
+                [U, U, U, F, F, F, F, 200],
+            ),
+        ]
+    };
+    let mut failures = Vec::new();
+    for (m, path, body, expect) in &rows {
+        for (i, (name, token)) in who.iter().enumerate() {
+            let fill = |s: &str| {
+                s.replace(
+                    "NEWAPP",
+                    &format!(r#"{{"name": "new{i}", "spec": {spec}, "groups": ["g"]}}"#),
+                )
+                .replace("MINE", &format!("m{i}"))
+                .replace("VICTIM", &format!("victim{i}"))
+                .replace("REG", &format!("reg{i}"))
+                .replace("TOKEN", &token_ids[i])
+                .replace("NEWUSER", &format!("new{i}"))
+                .replace("DOOMED", &format!("doomed{i}"))
+                .replace("GHOST", &format!("ghost{i}"))
+                .replace("/UG", &format!("/ug{i}"))
+                .replace("/PG", &format!("/pg{i}"))
+            };
+            let c = server.client(token);
+            let got = status(
+                &rt,
+                &c,
+                m.clone(),
+                &fill(path),
+                body.as_deref().map(fill).as_deref(),
+            );
+            if got != expect[i] {
+                failures.push(format!(
+                    "{m} {path} as {name}: got {got}, want {}",
+                    expect[i]
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
