@@ -15,4 +15,4 @@ pub mod plan;
 pub mod spec;
 
 pub use desired::{ContainerSpec, NodeFacts};
-pub use spec::{AppSpec, SpecError};
+pub use spec::{AppSpec, EnvValue, SpecError};

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use gustavo_model::access::{Role, Subject, check_spec};
+use gustavo_model::spec::EnvValue;
 
 use crate::auth::{Principal, hash_token, new_token};
 use crate::error::ApiError;
@@ -82,6 +83,29 @@ pub async fn openapi(p: Principal) -> Result<Response, ApiError> {
 
 // ---- apps -------------------------------------------------------------------------------
 
+/// An app as people see it: secret env values replaced by `{hidden: true}`.
+fn shown(app: &App) -> App {
+    let mut out = app.clone();
+    for v in out.spec.env_vars.values_mut() {
+        *v = v.redacted();
+    }
+    out
+}
+
+/// Secrets come in as `{secret: VALUE}`; the sealed and hidden forms are the server's own
+/// and are refused as input (a hidden value sent back would replace the secret with nothing,
+/// a sealed one copied from elsewhere must not be accepted).
+fn check_env_input(spec: &gustavo_model::spec::AppSpec) -> Result<(), ApiError> {
+    for (k, v) in &spec.env_vars {
+        if matches!(v, EnvValue::Sealed(_) | EnvValue::Hidden) {
+            return Err(ApiError::BadRequest(format!(
+                "env var `{k}`: give the secret's value as {{secret: VALUE}}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Not found, to someone who may not see the object; forbidden to someone who may.
 fn hidden(kind: &str, name: &str) -> ApiError {
     ApiError::NotFound(format!("{kind} `{name}` does not exist"))
@@ -98,7 +122,7 @@ pub async fn list_apps(
             .apps
             .values()
             .filter(|a| who.can_read_app(&a.name, &a.groups))
-            .cloned()
+            .map(shown)
             .collect(),
     ))
 }
@@ -114,7 +138,7 @@ pub async fn get_app(
         .apps
         .get(&name)
         .filter(|a| who.can_read_app(&a.name, &a.groups))
-        .cloned()
+        .map(shown)
         .map(Json)
         .ok_or_else(|| hidden("app", &name))
 }
@@ -179,6 +203,7 @@ pub async fn create_app(
     if groups.is_empty() {
         groups.push(crate::DEFAULT_GROUP.to_string());
     }
+    check_env_input(&req.spec)?;
     let policies = s.sec.policies();
     may_change_app(&who, &req.name, &[], &groups, &req.spec, &policies)?;
     let app = s
@@ -206,7 +231,7 @@ pub async fn create_app(
         })
         .await?;
     tracing::info!(app = %app.name, revision = app.revision, groups = ?app.groups, "app created");
-    Ok((StatusCode::CREATED, Json(app)))
+    Ok((StatusCode::CREATED, Json(shown(&app))))
 }
 
 /// Commits a changed copy of an app at the next revision, bumping the groups it leaves and
@@ -244,6 +269,7 @@ pub async fn update_app(
 ) -> Result<Json<App>, ApiError> {
     let who = p.person()?;
     let groups = req.groups.as_deref().map(check_groups).transpose()?;
+    check_env_input(&req.spec)?;
     let policies = s.sec.policies();
     let app = change_app(&s, name, move |app| {
         if !who.can_read_app(&app.name, &app.groups) {
@@ -266,7 +292,7 @@ pub async fn update_app(
     })
     .await?;
     tracing::info!(app = %app.name, revision = app.revision, "app updated");
-    Ok(Json(app))
+    Ok(Json(shown(&app)))
 }
 
 pub async fn app_action(
@@ -302,7 +328,7 @@ pub async fn app_action(
         Ok(())
     })
     .await?;
-    Ok(Json(app))
+    Ok(Json(shown(&app)))
 }
 
 pub async fn delete_app(

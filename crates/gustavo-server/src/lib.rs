@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod limits;
 pub mod openapi;
+pub mod secrets;
 pub mod security;
 pub mod serve;
 pub mod state;
@@ -178,7 +179,14 @@ impl Server {
         let join_path = config.data_dir.join("join-token");
         let (admin, created) = auth::load_or_create(&admin_path, "admin").map_err(dir_err)?;
         let sqlite = Arc::new(SqliteStore::open(&config.data_dir.join("gustavo.db"))?);
-        let store: Arc<dyn Store> = sqlite.clone();
+        let secrets = Arc::new(
+            secrets::SecretBox::load_or_create(&config.data_dir.join("secret.key"))
+                .map_err(dir_err)?,
+        );
+        let store: Arc<dyn Store> = Arc::new(secrets::SealingStore {
+            inner: sqlite.clone(),
+            secrets,
+        });
         let auth_store: Arc<dyn AuthStore> = sqlite;
         let shared = Arc::new(Shared::new(store)?);
         let sec = Arc::new(Security::load(

@@ -31,6 +31,8 @@ pub enum StoreError {
         name: String,
         source: serde_json::Error,
     },
+    #[error("cannot seal or open the secret of {what}: {reason}")]
+    Sealed { what: String, reason: String },
     #[error("cannot open the database at {path}: {source}")]
     Open {
         path: String,
