@@ -88,11 +88,16 @@ async fn login_inner(
     req: LoginRequest,
 ) -> Result<LoginResponse, ApiError> {
     let address = addr.ip().to_string();
-    if let Some(wait) = s.sec.login.check(&req.user, &address, now()) {
+    // Throttling keys on the name only when it is a valid one, so a flood of long or
+    // random names costs one key per address, not one per name.
+    let valid = names::validate("user", &req.user).is_ok() && req.password.len() <= 1024;
+    let key = if valid { req.user.as_str() } else { "" };
+    if let Some(wait) = s.sec.login.check(key, &address, now()) {
         return Err(ApiError::TooManyRequests(wait));
     }
-    if req.password.len() > 1024 {
-        return Err(ApiError::BadRequest("the password is too long".into()));
+    if !valid {
+        s.sec.login.failed(key, &address, now());
+        return Err(ApiError::BadLogin);
     }
     let user = s.sec.user(&req.user);
     let hash = user
