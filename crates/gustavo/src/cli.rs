@@ -214,6 +214,12 @@ pub struct ServerArgs {
     /// An extra name or address for the generated certificate; repeat for several.
     #[arg(long = "tls-san")]
     pub tls_sans: Vec<String>,
+    /// How long a client may take to finish the TLS handshake.
+    #[arg(long, default_value = "10s")]
+    pub handshake_timeout: String,
+    /// How long a client may take to send a request's headers.
+    #[arg(long, default_value = "10s")]
+    pub header_timeout: String,
 }
 
 #[derive(Debug, Args)]

@@ -33,6 +33,15 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
         )
         .into());
     }
+    let handshake = crate::output::parse_duration("handshake-timeout", &args.handshake_timeout)?;
+    let header_read = crate::output::parse_duration("header-timeout", &args.header_timeout)?;
+    if handshake.is_zero() || header_read.is_zero() {
+        return Err(Exit(
+            EXIT_USAGE,
+            "--handshake-timeout and --header-timeout must be above zero".into(),
+        )
+        .into());
+    }
     for san in &args.tls_sans {
         gustavo_server::tls::validate_san(san).map_err(|e| Exit(EXIT_USAGE, e.to_string()))?;
     }
@@ -70,7 +79,11 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
         body_limit: args.body_limit,
         tls,
         host: host_name(),
-        timeouts: Timeouts::default(),
+        timeouts: Timeouts {
+            handshake,
+            header_read,
+            ..Timeouts::default()
+        },
     })
     .await?;
     let addr = server.addr;

@@ -1144,3 +1144,66 @@ fn abusive_requests_are_refused_without_harm() {
     assert!(start.elapsed() < Duration::from_secs(10));
     server.ok(&["apps", "list"]);
 }
+
+/// A client that never finishes its TLS handshake, or never finishes its headers, is
+/// disconnected after the deadline, and others are served meanwhile.
+#[test]
+fn slow_clients_are_cut_off() {
+    let server = Server::start_with(&["--handshake-timeout", "1s", "--header-timeout", "1s"]);
+    let port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
+    let closed_within = |mut s: std::net::TcpStream, limit: Duration| {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    };
+    // No handshake at all.
+    let silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    server.ok(&["apps", "list"]);
+    assert!(
+        closed_within(silent, Duration::from_secs(8)),
+        "a silent client was kept"
+    );
+
+    // A finished handshake, then half a request header, then nothing.
+    let rt = rt();
+    let ca = server.ca_pem();
+    let cut = rt.block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in gustavo_client::parse_pem_certs(&ca).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .expect("the handshake succeeds");
+        tls.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(8), tls.read_to_end(&mut buf))
+            .await
+            .is_ok()
+    });
+    assert!(cut, "a client stuck in its headers was kept");
+    server.ok(&["apps", "list"]);
+}
