@@ -61,6 +61,20 @@ fn tls_is_on_by_default() {
     let server = Server::start();
     assert!(server.url.starts_with("https://127.0.0.1:"));
     server.ok(&["groups", "list"]);
+    // On the server's machine the CLI needs no flags: it finds <data-dir>/client.toml.
+    let out = std::process::Command::new(BIN)
+        .args(["-o", "json", "whoami"])
+        .env("GUSTAVO_DATA_DIR", server.data_dir())
+        .env("HOME", server.dir.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("GUSTAVO_CONFIG")
+        .env_remove("GUSTAVO_SERVER")
+        .env_remove("GUSTAVO_TOKEN")
+        .env_remove("GUSTAVO_CA_FILE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"admin\""));
 
     // Plain HTTP on the TLS port: no HTTP answer comes back.
     let port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
@@ -530,12 +544,19 @@ fn auth_matrix() {
             ),
             r(Method::DELETE, "/api/v1/policies/PG", None, admin_only(204)),
             r(Method::GET, "/api/v1/audit", None, admin_only(200)),
-            // Last: it changes node-b's credential.
+            // Near the end: it changes node-b's credential.
             r(
                 Method::POST,
                 "/api/v1/nodes/node-b/rotate",
                 None,
                 [U, U, U, F, F, F, F, 200],
+            ),
+            // Last: it revokes the sessions. node-b's old token died in the row above.
+            r(
+                Method::POST,
+                "/api/v1/logout",
+                None,
+                [U, U, U, 204, 204, 204, F, U],
             ),
         ]
     };
