@@ -74,7 +74,7 @@ impl Security {
             inner.policies.insert(p.group.clone(), p);
         }
         let audit = AuditLog::start(store.clone());
-        Ok(Security {
+        let sec = Security {
             store,
             admin_hash,
             ca,
@@ -82,7 +82,29 @@ impl Security {
             hashing: tokio::sync::Semaphore::new(2),
             audit,
             inner: RwLock::new(inner),
-        })
+        };
+        sec.prune_sessions(crate::now());
+        Ok(sec)
+    }
+
+    /// Forgets sessions that ended (expired or revoked) more than a day ago, so they do not
+    /// pile up. Join tokens are kept, for `tokens list`.
+    fn prune_sessions(&self, now: u64) {
+        let dead: Vec<AuthChange> = self
+            .read()
+            .tokens
+            .values()
+            .filter(|t| {
+                t.kind == TokenKind::Session
+                    && (t.revoked || t.expires_at.is_some_and(|e| e + 86_400 < now))
+            })
+            .map(|t| AuthChange::DeleteToken(t.hash.clone()))
+            .collect();
+        if !dead.is_empty()
+            && let Err(e) = self.commit_blocking(dead)
+        {
+            tracing::warn!(error = %e, "cannot prune old sessions");
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -179,6 +201,9 @@ impl Security {
                 AuthChange::PutToken(t) => {
                     inner.tokens.insert(t.hash.clone(), t);
                 }
+                AuthChange::DeleteToken(h) => {
+                    inner.tokens.remove(&h);
+                }
                 AuthChange::PutUser(u) => {
                     inner.users.insert(u.name.clone(), u);
                 }
@@ -262,6 +287,69 @@ pub fn bootstrap_admin() -> Subject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn ended_sessions_are_pruned_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn AuthStore> =
+            Arc::new(gustavo_store::SqliteStore::open(&dir.path().join("db")).unwrap());
+        let now = crate::now();
+        let old = token_record(
+            "a",
+            TokenKind::Session,
+            Some("u".into()),
+            None,
+            now - 3 * 86_400,
+            Some(60),
+            String::new(),
+        );
+        let live = token_record(
+            "b",
+            TokenKind::Session,
+            Some("u".into()),
+            None,
+            now,
+            Some(600),
+            String::new(),
+        );
+        let mut revoked = token_record(
+            "c",
+            TokenKind::Session,
+            Some("u".into()),
+            None,
+            now,
+            Some(600),
+            String::new(),
+        );
+        revoked.revoked = true;
+        let mut join = token_record(
+            "d",
+            TokenKind::Join,
+            None,
+            None,
+            now - 3 * 86_400,
+            Some(60),
+            String::new(),
+        );
+        join.revoked = true;
+        store
+            .commit_auth(&[old, live.clone(), revoked, join.clone()].map(AuthChange::PutToken))
+            .unwrap();
+        let sec = Security::load(store.clone(), String::new(), None).unwrap();
+        let mut kept: Vec<String> = store
+            .load_auth()
+            .unwrap()
+            .tokens
+            .into_iter()
+            .map(|t| t.hash)
+            .collect();
+        kept.sort();
+        let mut want = vec![live.hash.clone(), join.hash.clone()];
+        want.sort();
+        assert_eq!(kept, want);
+        assert!(matches!(sec.lookup(&live.hash, now), Lookup::Token(_)));
+        assert!(matches!(sec.lookup(&join.hash, now), Lookup::Dead(_)));
+    }
 
     #[test]
     fn passwords_hash_and_verify() {

@@ -105,6 +105,8 @@ pub struct AuditQuery {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AuthChange {
     PutToken(TokenRecord),
+    /// Forgets a token by its hash (expired sessions are pruned at start).
+    DeleteToken(String),
     PutUser(UserRecord),
     DeleteUser(String),
     PutUserGroup(UserGroupRecord),

@@ -188,6 +188,7 @@ impl AuthStore for SqliteStore {
         for change in changes {
             match change {
                 AuthChange::PutToken(t) => put("token", &t.hash, json(t))?,
+                AuthChange::DeleteToken(h) => delete("token", h)?,
                 AuthChange::PutUser(u) => put("user", &u.name, json(u))?,
                 AuthChange::DeleteUser(n) => delete("user", n)?,
                 AuthChange::PutUserGroup(g) => put("user_group", &g.name, json(g))?,
