@@ -106,6 +106,22 @@ fn check_env_input(spec: &gustavo_model::spec::AppSpec) -> Result<(), ApiError> 
     Ok(())
 }
 
+/// Replaces the values of secret env vars in a desired state with `<hidden>`.
+fn hide_secrets(c: &crate::state::Cluster, d: &mut gustavo_model::api::DesiredState) {
+    for app in &mut d.apps {
+        let Some(spec) = c.apps.get(&app.name).map(|a| &a.spec) else {
+            continue;
+        };
+        for container in &mut app.containers {
+            for (k, _) in spec.env_vars.iter().filter(|(_, v)| v.is_secret()) {
+                if let Some(val) = container.spec.env.get_mut(k) {
+                    *val = "<hidden>".into();
+                }
+            }
+        }
+    }
+}
+
 /// Not found, to someone who may not see the object; forbidden to someone who may.
 fn hidden(kind: &str, name: &str) -> ApiError {
     ApiError::NotFound(format!("{kind} `{name}` does not exist"))
@@ -660,7 +676,12 @@ pub async fn desired(
                 .get(&name)
                 .ok_or_else(|| ApiError::NotFound(format!("node `{name}` does not exist")))?;
             if c.node_revision(node) > q.after {
-                return Ok(Json(c.desired_for(node)).into_response());
+                let mut d = c.desired_for(node);
+                // Secrets go to the node itself only; an admin looking sees them hidden.
+                if !matches!(p, Principal::Node(_)) {
+                    hide_secrets(&c, &mut d);
+                }
+                return Ok(Json(d).into_response());
             }
         }
         rx.borrow_and_update();

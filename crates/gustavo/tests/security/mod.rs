@@ -620,6 +620,16 @@ fn secrets_never_leak() {
         .unwrap()
         .unwrap();
     assert_eq!(d.apps[0].containers[0].spec.env["DB_PASS"], SECRET);
+    // An admin looking at that node's desired state sees it hidden.
+    let d = rt
+        .block_on(
+            server
+                .client(&server.admin)
+                .desired("in-g1", 0, Duration::ZERO),
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.apps[0].containers[0].spec.env["DB_PASS"], "<hidden>");
     // …and to no other node.
     let d = rt
         .block_on(server.client(&b_tok).desired("in-g2", 0, Duration::ZERO))
