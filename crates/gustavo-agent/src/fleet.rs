@@ -150,6 +150,8 @@ impl Fleet {
                     data_dir: std::path::PathBuf::new(),
                     heartbeat: cfg.heartbeat,
                     wait: Duration::from_secs(60),
+                    ca_pem: None,
+                    rotate: false,
                     reconcile: ReconcileConfig {
                         resync: Duration::from_secs(30),
                         ..ReconcileConfig::default()

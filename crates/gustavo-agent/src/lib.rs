@@ -19,6 +19,7 @@ pub mod persist;
 pub mod reconcile;
 pub mod runtime;
 pub mod sim;
+pub mod trust;
 pub mod vitals;
 
 use std::collections::BTreeMap;
@@ -51,6 +52,14 @@ pub enum AgentError {
     NoToken,
     #[error("registration refused by {server}: {source}")]
     Refused { server: String, source: ClientError },
+    #[error("the join token is invalid: {0}")]
+    BadToken(String),
+    #[error(
+        "the server uses TLS but no CA is known: pass a join token that carries the CA fingerprint (G10…::…) or --ca-file"
+    )]
+    NoCa,
+    #[error("refusing the server: {0}")]
+    Untrusted(ClientError),
 }
 
 /// Validated agent settings.
@@ -63,6 +72,10 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     pub data_dir: PathBuf,
     pub heartbeat: Duration,
+    /// The CA to trust over TLS (`--ca-file`); otherwise pinned at join from the token.
+    pub ca_pem: Option<String>,
+    /// Replace the node's credential with a fresh one at start.
+    pub rotate: bool,
     /// How long one long-poll waits for a change.
     pub wait: Duration,
     pub reconcile: ReconcileConfig,
@@ -133,7 +146,18 @@ async fn identity(
         return Ok((id, false));
     }
     let token = cfg.join_token.clone().ok_or(AgentError::NoToken)?;
-    let client = http.client(&cfg.server, &token);
+    let (client, ca) = match &http.pool {
+        // A simulated agent on a shared pool: plain HTTP/2 to a benchmark server.
+        Some(_) => {
+            let jt =
+                gustavo_model::access::JoinToken::parse(&token).map_err(AgentError::BadToken)?;
+            (http.pooled(&cfg.server, &jt.secret), None)
+        }
+        None => {
+            let (client, ca) = trust::join_client(cfg, &token).await?;
+            (http.observe(client), ca)
+        }
+    };
     let mut backoff = Backoff::new();
     loop {
         match client.register(req).await {
@@ -142,6 +166,7 @@ async fn identity(
                     server: cfg.server.clone(),
                     node: resp.node,
                     token: resp.token,
+                    ca,
                 };
                 dir.save_identity(&id)
                     .map_err(|source| AgentError::DataDir {
@@ -174,11 +199,13 @@ pub struct HttpParts {
 }
 
 impl HttpParts {
-    fn client(&self, server: &str, token: &str) -> Client {
-        let c = match &self.pool {
-            Some(pool) => Client::with_http(server, token, pool.clone()),
-            None => Client::new(server, token),
-        };
+    /// A client on the shared pool (callers check that there is one).
+    fn pooled(&self, server: &str, token: &str) -> Client {
+        let pool = self.pool.clone().unwrap_or_default();
+        self.observe(Client::with_http(server, token, pool))
+    }
+
+    fn observe(&self, c: Client) -> Client {
         match &self.observer {
             Some(o) => c.with_observer(o.clone()),
             None => c,
@@ -244,8 +271,17 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
         // Registration may wait for the server; the cached desired state is already being
         // reconciled meanwhile.
         // A fresh registration already carried this node's facts.
-        let (id, fresh) = identity(&cfg, persist.as_ref(), &http, &req).await?;
-        let client = http.client(&cfg.server, &id.token);
+        let (mut id, fresh) = identity(&cfg, persist.as_ref(), &http, &req).await?;
+        let client = match &http.pool {
+            Some(_) => http.pooled(&cfg.server, &id.token),
+            None => {
+                if cfg.rotate {
+                    let old = trust::node_client(&cfg, &id)?;
+                    id = trust::rotate(persist.as_ref(), &old, id).await?;
+                }
+                http.observe(trust::node_client(&cfg, &id)?)
+            }
+        };
         let need_report = Arc::new(tokio::sync::Notify::new());
         tokio::join!(
             sync(&cfg, &client, &req, fresh, persist.as_ref(), &desired_tx),

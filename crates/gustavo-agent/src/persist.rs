@@ -13,6 +13,9 @@ pub struct Identity {
     pub server: String,
     pub node: String,
     pub token: String,
+    /// The CA (PEM) the server is checked against over TLS; pinned at join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 /// Where an agent keeps its credential and desired-state cache.

@@ -1,5 +1,13 @@
 //! A typed client for `/api/v1`. Every error says which server and what went wrong, so the
 //! CLI can show it as is.
+//!
+//! Over `https` the client trusts exactly one CA — the cluster's, from `client.toml`, a CA
+//! file, or an agent's pinned copy — and never the system's public roots: a Gustavo server
+//! is vouched for by its own CA only. [`fetch_ca`] is the one call made without checking
+//! the server, and its answer must be checked against a fingerprint before use.
+
+pub mod config;
+pub mod security;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +35,16 @@ pub enum ClientError {
     },
     #[error("unexpected answer from {url}: {reason}")]
     Decode { url: String, reason: String },
+    #[error("the CA certificate is unusable: {0}")]
+    BadCa(String),
+    #[error(
+        "the server at {url} presented a CA with fingerprint {got}, but the join token expects {want}: refusing to trust it (wrong server, or someone in between)"
+    )]
+    CaMismatch {
+        url: String,
+        want: String,
+        got: String,
+    },
 }
 
 impl ClientError {
@@ -87,14 +105,162 @@ pub fn endpoint_label(path: &str) -> &'static str {
     }
 }
 
+/// Parses the certificates of a PEM bundle.
+pub fn parse_pem_certs(
+    pem: &str,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ClientError> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| ClientError::BadCa(format!("not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(ClientError::BadCa("no certificate in the PEM text".into()));
+    }
+    Ok(certs)
+}
+
+/// Hex SHA-256 of the DER encoding of the first (the CA) certificate in `pem`.
+pub fn ca_fingerprint(pem: &str) -> Result<String, ClientError> {
+    use sha2::{Digest, Sha256};
+    let certs = parse_pem_certs(pem)?;
+    Ok(hex::encode(Sha256::digest(&certs[0])))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A rustls client config that trusts only the certificates in `ca_pem`.
+fn tls_config(ca_pem: Option<&str>) -> Result<rustls::ClientConfig, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(pem) = ca_pem {
+        for cert in parse_pem_certs(pem)? {
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::BadCa(e.to_string()))?;
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::BadCa(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn http_client(tls: rustls::ClientConfig) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tls_backend_preconfigured(tls)
+        .build()
+        .expect("a client with a preconfigured rustls config always builds")
+}
+
+/// Accepts any server certificate. Used only to fetch the CA, whose hash is then checked
+/// against the join token before anything else is sent.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Fetches the server's CA (`GET /api/v1/ca`) without checking the server, and accepts it
+/// only if its SHA-256 fingerprint is `want` (from a join token). This is how an agent
+/// joins over an untrusted network with no setup beyond the token.
+pub async fn fetch_pinned_ca(base: &str, want: &str) -> Result<String, ClientError> {
+    let base = base.trim_end_matches('/');
+    let provider = provider();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::BadCa(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let http = http_client(config);
+    let url = format!("{base}/api/v1/ca");
+    let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+        url: base.to_string(),
+        reason: reason(&e),
+    };
+    let resp = http
+        .get(&url)
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .map_err(unreachable)?;
+    let status = resp.status();
+    // The CA is a few KB: refuse to read a large answer from a server not yet trusted.
+    if resp.content_length().is_some_and(|n| n > 64 * 1024) {
+        return Err(ClientError::BadCa("the answer is too large".into()));
+    }
+    let bytes = resp.bytes().await.map_err(unreachable)?;
+    if !status.is_success() || bytes.len() > 64 * 1024 {
+        return Err(ClientError::Api {
+            status: status.as_u16(),
+            code: "http".into(),
+            message: format!("cannot fetch the CA from {url}"),
+        });
+    }
+    let pem = String::from_utf8(bytes.to_vec())
+        .map_err(|_| ClientError::BadCa("the CA is not text".into()))?;
+    let got = ca_fingerprint(&pem)?;
+    if !got.eq_ignore_ascii_case(want) {
+        return Err(ClientError::CaMismatch {
+            url: base.to_string(),
+            want: want.to_ascii_lowercase(),
+            got,
+        });
+    }
+    Ok(pem)
+}
+
 impl Client {
-    /// `base` is the server's address, e.g. `http://127.0.0.1:7420`.
+    /// `base` is the server's address, e.g. `http://127.0.0.1:7420`. Over `https` this
+    /// client trusts no CA at all, so every call fails: use [`Client::with_ca`].
     pub fn new(base: &str, token: &str) -> Client {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .expect("a client with no TLS config always builds");
+        let http = http_client(tls_config(None).expect("a config without roots always builds"));
         Client::with_http(base, token, http)
     }
 
@@ -115,13 +281,25 @@ impl Client {
             .http2_prior_knowledge()
             .connect_timeout(Duration::from_secs(10))
             .http2_keep_alive_interval(Duration::from_secs(30))
+            .tls_backend_preconfigured(
+                tls_config(None).expect("a config without roots always builds"),
+            )
             .build()
-            .expect("a client with no TLS config always builds")
+            .expect("a client with a preconfigured rustls config always builds")
     }
 
     pub fn with_observer(mut self, observer: Observer) -> Client {
         self.observer = Some(observer);
         self
+    }
+
+    /// A client that trusts exactly the CA certificates in `ca_pem` (when given).
+    pub fn with_ca(base: &str, token: &str, ca_pem: Option<&str>) -> Result<Client, ClientError> {
+        Ok(Client::with_http(
+            base,
+            token,
+            http_client(tls_config(ca_pem)?),
+        ))
     }
 
     pub fn base(&self) -> &str {

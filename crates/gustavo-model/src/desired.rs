@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::spec::{AppSpec, HealthCheck, ImageRef, NetworkMode, PortMapping, RestartPolicy};
+use crate::spec::{
+    AppSpec, EnvValue, HealthCheck, ImageRef, NetworkMode, PortMapping, RestartPolicy,
+};
 
 /// What the server knows about a node that shapes its containers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +114,13 @@ pub fn expand(
             let mut env: BTreeMap<String, String> = spec
                 .env_vars
                 .iter()
-                .map(|(k, v)| (k.clone(), expand_env(v, node, app, replica)))
+                .filter_map(|(k, v)| match v {
+                    EnvValue::Plain(v) => Some((k.clone(), expand_env(v, node, app, replica))),
+                    // A secret is delivered exactly as given: no placeholders inside it.
+                    EnvValue::Secret(v) => Some((k.clone(), v.clone())),
+                    // The server unseals before expanding; these never reach a node.
+                    EnvValue::Sealed(_) | EnvValue::Hidden => None,
+                })
                 .collect();
             env.entry("GUSTAVO_NODE".into())
                 .or_insert_with(|| node.name.clone());

@@ -6,7 +6,9 @@
 //! - [`api`]: the wire types shared by server, agent and CLI.
 //! - [`names`]: the rules for app, group and node names.
 
+pub mod access;
 pub mod api;
+pub mod auth_api;
 pub mod desired;
 pub mod names;
 pub mod placement;
@@ -14,4 +16,4 @@ pub mod plan;
 pub mod spec;
 
 pub use desired::{ContainerSpec, NodeFacts};
-pub use spec::{AppSpec, SpecError};
+pub use spec::{AppSpec, EnvValue, SpecError};

@@ -34,8 +34,9 @@ pub struct AppSpec {
     /// `registry:port/name[:tag]`; no tag means `latest`.
     #[serde(deserialize_with = "image_ref")]
     pub docker_image: String,
+    /// Values are plain (`K: v`) or secret (`K: {secret: v}`): see [`EnvValue`].
     #[serde(default, deserialize_with = "env_map")]
-    pub env_vars: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, EnvValue>,
     #[serde(default)]
     pub volumes: Vec<Volume>,
     /// Replica `i` (0-based) binds every host port plus `i`.
@@ -81,11 +82,45 @@ fn default_networks() -> Vec<String> {
     vec!["nebula".to_string()]
 }
 
+/// The largest spec file accepted.
+pub const MAX_SPEC_BYTES: usize = 4 * 1024 * 1024;
+
+/// Limits for spec files: far above any real spec, far below what would hurt. An alias
+/// bomb ("billion laughs") or a deeply nested document is refused before it costs memory
+/// or stack, and errors carry line and column but no quoted source line, which could hold
+/// a secret.
+fn yaml_options() -> serde_saphyr::Options {
+    // The types are non-exhaustive: start from the defaults and tighten.
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = 32;
+    budget.max_aliases = 1_000;
+    budget.max_anchors = 1_000;
+    budget.max_nodes = 200_000;
+    budget.max_documents = 1;
+    budget.max_total_scalar_bytes = MAX_SPEC_BYTES;
+    let mut aliases = serde_saphyr::options::AliasLimits::default();
+    aliases.max_total_replayed_events = 100_000;
+    aliases.max_replay_stack_depth = 16;
+    aliases.max_alias_expansions_per_anchor = 1_000;
+    let mut o = serde_saphyr::Options::default();
+    o.with_snippet = false;
+    o.budget = Some(budget);
+    o.alias_limits = aliases;
+    o
+}
+
 /// Parses a spec file and returns its apps in file order.
 pub fn parse_file(yaml: &str) -> Result<Vec<(String, AppSpec)>, SpecError> {
-    let apps: Vec<(AppName, AppSpec)> = serde_saphyr::from_str::<OrderedApps>(yaml)
-        .map_err(|e| SpecError::Yaml(e.to_string()))?
-        .0;
+    if yaml.len() > MAX_SPEC_BYTES {
+        return Err(SpecError::Yaml(format!(
+            "the file is larger than {} KiB",
+            MAX_SPEC_BYTES / 1024
+        )));
+    }
+    let apps: Vec<(AppName, AppSpec)> =
+        serde_saphyr::from_str_with_options::<OrderedApps>(yaml, yaml_options())
+            .map_err(|e| SpecError::Yaml(e.to_string()))?
+            .0;
     if apps.is_empty() {
         return Err(SpecError::Empty);
     }
@@ -247,18 +282,162 @@ impl ImageRef {
 }
 
 /// Env values may be written as numbers or booleans; Docker wants strings.
-fn env_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    let m = BTreeMap::<String, Scalar>::deserialize(d)?;
-    let mut out = BTreeMap::new();
-    for (k, v) in m {
+fn env_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, EnvValue>, D::Error> {
+    let m = BTreeMap::<String, EnvValue>::deserialize(d)?;
+    for k in m.keys() {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(de::Error::custom(format!(
                 "env var name `{k}` is invalid (empty, or contains `=`)"
             )));
         }
-        out.insert(k, v.0);
     }
-    Ok(out)
+    Ok(m)
+}
+
+/// One env value. In YAML and JSON:
+///
+/// ```yaml
+/// env_vars:
+///   CACHE: "64"                 # plain: stored, shown and logged as is
+///   DB_PASS: {secret: hunter2}  # secret: encrypted at rest, never shown back
+/// ```
+///
+/// The server keeps a secret sealed in its store (`{sealed: …}`, written only by the
+/// server), plain in memory so it can deliver it to the nodes that run the app, and shows
+/// it to people only as `{hidden: true}`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum EnvValue {
+    Plain(String),
+    Secret(String),
+    /// Ciphertext, as the server stores it.
+    Sealed(String),
+    /// What the API shows in place of a secret.
+    Hidden,
+}
+
+impl EnvValue {
+    pub fn is_secret(&self) -> bool {
+        !matches!(self, EnvValue::Plain(_))
+    }
+
+    /// A copy safe to show: secrets become [`EnvValue::Hidden`].
+    pub fn redacted(&self) -> EnvValue {
+        match self {
+            EnvValue::Plain(v) => EnvValue::Plain(v.clone()),
+            _ => EnvValue::Hidden,
+        }
+    }
+}
+
+impl fmt::Debug for EnvValue {
+    // Never print a secret, even in a debug dump or a panic message.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EnvValue::Plain(v) => write!(f, "{v:?}"),
+            EnvValue::Secret(_) => f.write_str("Secret(***)"),
+            EnvValue::Sealed(_) => f.write_str("Sealed(…)"),
+            EnvValue::Hidden => f.write_str("Hidden"),
+        }
+    }
+}
+
+impl From<&str> for EnvValue {
+    fn from(v: &str) -> EnvValue {
+        EnvValue::Plain(v.to_string())
+    }
+}
+
+impl PartialEq<&str> for EnvValue {
+    fn eq(&self, other: &&str) -> bool {
+        matches!(self, EnvValue::Plain(v) if v == other)
+    }
+}
+
+impl Serialize for EnvValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            EnvValue::Plain(v) => s.serialize_str(v),
+            EnvValue::Secret(v) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("secret", v)?;
+                m.end()
+            }
+            EnvValue::Sealed(v) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("sealed", v)?;
+                m.end()
+            }
+            EnvValue::Hidden => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("hidden", &true)?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = EnvValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, number or boolean, or {secret: VALUE}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvValue, E> {
+                Ok(EnvValue::Plain(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<EnvValue, E> {
+                Ok(EnvValue::Plain(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<EnvValue, E> {
+                Ok(EnvValue::Plain(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<EnvValue, E> {
+                Ok(EnvValue::Plain(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<EnvValue, E> {
+                Ok(EnvValue::Plain(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<EnvValue, A::Error> {
+                // Errors here never quote the value: it may be a secret.
+                let Some(key) = m.next_key::<String>()? else {
+                    return Err(de::Error::custom(
+                        "an empty map is not an env value; write {secret: VALUE}",
+                    ));
+                };
+                let v = match key.as_str() {
+                    "secret" => EnvValue::Secret(
+                        m.next_value::<Scalar>()
+                            .map_err(|_| {
+                                de::Error::custom("`secret` takes a string, number or boolean")
+                            })?
+                            .0,
+                    ),
+                    "sealed" => EnvValue::Sealed(
+                        m.next_value::<String>()
+                            .map_err(|_| de::Error::custom("`sealed` takes a string"))?,
+                    ),
+                    "hidden" => {
+                        m.next_value::<bool>()?;
+                        EnvValue::Hidden
+                    }
+                    other => {
+                        return Err(de::Error::custom(format!(
+                            "unknown env value form `{other}`: write {{secret: VALUE}}"
+                        )));
+                    }
+                };
+                if m.next_key::<String>()?.is_some() {
+                    return Err(de::Error::custom(
+                        "an env value map takes exactly one key, `secret`",
+                    ));
+                }
+                Ok(v)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A YAML/JSON scalar taken as text.
@@ -986,7 +1165,7 @@ test_linreg:
     fn unknown_field_is_named_with_its_line() {
         let e = err("a:\n  docker_image: x\n  docker_imag: y\n");
         assert!(e.contains("unknown field `docker_imag`"), "{e}");
-        assert!(e.contains("line 3 column 3"), "{e}");
+        assert!(e.contains("line 3, column 3"), "{e}");
     }
 
     #[test]
@@ -1045,6 +1224,63 @@ test_linreg:
             .map(|p| (p.host, p.container))
             .collect();
         assert_eq!(hosts, vec![(80, 80), (81, 8080), (82, 8082)]);
+    }
+
+    #[test]
+    fn secret_env_values() {
+        let spec = parse_one(
+            "a:\n  docker_image: x\n  env_vars: {PLAIN: 1, PASS: {secret: hunter2}}\n",
+            "a",
+        )
+        .unwrap();
+        assert_eq!(spec.env_vars["PLAIN"], "1");
+        assert_eq!(spec.env_vars["PASS"], EnvValue::Secret("hunter2".into()));
+        // JSON keeps the form, so the CLI can send it and the server read it back.
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains(r#""PASS":{"secret":"hunter2"}"#), "{json}");
+        assert_eq!(parse_json(json.as_bytes()).unwrap(), spec);
+        // Shown redacted, and never in a debug dump.
+        let shown = serde_json::to_string(&spec.env_vars["PASS"].redacted()).unwrap();
+        assert_eq!(shown, r#"{"hidden":true}"#);
+        assert!(!format!("{spec:?}").contains("hunter2"));
+        // Bad forms are refused with their position, without quoting the value.
+        let e = err("a:\n  docker_image: x\n  env_vars: {P: {secrett: hunter2}}\n");
+        assert!(
+            e.contains("unknown env value form") && e.contains("line 3"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = err("a:\n  docker_image: x\n  env_vars: {P: {secret: [hunter2]}}\n");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn yaml_bombs_and_deep_nesting_are_refused() {
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 0..9 {
+            let prev = if i == 0 {
+                "a".to_string()
+            } else {
+                format!("l{}", i - 1)
+            };
+            bomb.push_str(&format!(
+                "l{i}: &l{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+            ));
+        }
+        let start = std::time::Instant::now();
+        assert!(parse_file(&bomb).is_err());
+        let deep = format!(
+            "a:\n  docker_image: x\n  labels: {}{}\n",
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        assert!(parse_file(&deep).is_err());
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        let big = format!(
+            "a:\n  docker_image: x\n  labels: {{k: \"{}\"}}\n",
+            "x".repeat(MAX_SPEC_BYTES)
+        );
+        assert!(err(&big).contains("larger than"));
     }
 
     #[test]

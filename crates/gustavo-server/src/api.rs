@@ -19,6 +19,9 @@ use gustavo_store::{Change, NodeRecord};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use gustavo_model::access::{Role, Subject, check_spec};
+use gustavo_model::spec::EnvValue;
+
 use crate::auth::{Principal, hash_token, new_token};
 use crate::error::ApiError;
 use crate::{AppState, now};
@@ -80,12 +83,64 @@ pub async fn openapi(p: Principal) -> Result<Response, ApiError> {
 
 // ---- apps -------------------------------------------------------------------------------
 
+/// An app as people see it: secret env values replaced by `{hidden: true}`.
+fn shown(app: &App) -> App {
+    let mut out = app.clone();
+    for v in out.spec.env_vars.values_mut() {
+        *v = v.redacted();
+    }
+    out
+}
+
+/// Secrets come in as `{secret: VALUE}`; the sealed and hidden forms are the server's own
+/// and are refused as input (a hidden value sent back would replace the secret with nothing,
+/// a sealed one copied from elsewhere must not be accepted).
+fn check_env_input(spec: &gustavo_model::spec::AppSpec) -> Result<(), ApiError> {
+    for (k, v) in &spec.env_vars {
+        if matches!(v, EnvValue::Sealed(_) | EnvValue::Hidden) {
+            return Err(ApiError::BadRequest(format!(
+                "env var `{k}`: give the secret's value as {{secret: VALUE}}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the values of secret env vars in a desired state with `<hidden>`.
+fn hide_secrets(c: &crate::state::Cluster, d: &mut gustavo_model::api::DesiredState) {
+    for app in &mut d.apps {
+        let Some(spec) = c.apps.get(&app.name).map(|a| &a.spec) else {
+            continue;
+        };
+        for container in &mut app.containers {
+            for (k, _) in spec.env_vars.iter().filter(|(_, v)| v.is_secret()) {
+                if let Some(val) = container.spec.env.get_mut(k) {
+                    *val = "<hidden>".into();
+                }
+            }
+        }
+    }
+}
+
+/// Not found, to someone who may not see the object; forbidden to someone who may.
+fn hidden(kind: &str, name: &str) -> ApiError {
+    ApiError::NotFound(format!("{kind} `{name}` does not exist"))
+}
+
 pub async fn list_apps(
     p: Principal,
     State(s): State<AppState>,
 ) -> Result<Json<Vec<App>>, ApiError> {
-    p.require_admin()?;
-    Ok(Json(s.shared.read().apps.values().cloned().collect()))
+    let who = p.person()?;
+    Ok(Json(
+        s.shared
+            .read()
+            .apps
+            .values()
+            .filter(|a| who.can_read_app(&a.name, &a.groups))
+            .map(shown)
+            .collect(),
+    ))
 }
 
 pub async fn get_app(
@@ -93,14 +148,53 @@ pub async fn get_app(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<App>, ApiError> {
-    p.require_admin()?;
+    let who = p.person()?;
     s.shared
         .read()
         .apps
         .get(&name)
-        .cloned()
+        .filter(|a| who.can_read_app(&a.name, &a.groups))
+        .map(shown)
         .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("app `{name}` does not exist")))
+        .ok_or_else(|| hidden("app", &name))
+}
+
+/// Whether `who` may change an app attached to `old` groups so it ends up on `new`: `rw`
+/// on the app, and `rw` on every device group it joins or leaves (moving work onto or off
+/// a group is a change to that group). Then the dangerous fields and image allowlists of
+/// the groups it ends up on.
+fn may_change_app(
+    who: &Subject,
+    name: &str,
+    old: &[String],
+    new: &[String],
+    spec: &gustavo_model::spec::AppSpec,
+    policies: &std::collections::BTreeMap<String, gustavo_model::access::GroupPolicy>,
+) -> Result<(), ApiError> {
+    if who.role == Role::Viewer {
+        return Err(ApiError::Forbidden(
+            "change apps (the viewer role only reads)",
+        ));
+    }
+    if !old.is_empty() && !who.can_write_app(name, old) {
+        return Err(ApiError::Denied(format!(
+            "user `{}` has no rw grant on app `{name}`",
+            who.name
+        )));
+    }
+    for g in old
+        .iter()
+        .filter(|g| !new.contains(g))
+        .chain(new.iter().filter(|g| !old.contains(g)))
+    {
+        if !who.can_write_group(g) {
+            return Err(ApiError::Denied(format!(
+                "user `{}` has no rw grant on device group `{g}`",
+                who.name
+            )));
+        }
+    }
+    check_spec(spec, new, policies, who.is_admin()).map_err(ApiError::Denied)
 }
 
 fn check_groups(groups: &[String]) -> Result<Vec<String>, ApiError> {
@@ -119,12 +213,15 @@ pub async fn create_app(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<CreateApp>,
 ) -> Result<(StatusCode, Json<App>), ApiError> {
-    p.require_admin()?;
+    let who = p.person()?;
     check_name("app", &req.name)?;
     let mut groups = check_groups(&req.groups)?;
     if groups.is_empty() {
         groups.push(crate::DEFAULT_GROUP.to_string());
     }
+    check_env_input(&req.spec)?;
+    let policies = s.sec.policies();
+    may_change_app(&who, &req.name, &[], &groups, &req.spec, &policies)?;
     let app = s
         .shared
         .mutate(move |c, rev| {
@@ -150,7 +247,7 @@ pub async fn create_app(
         })
         .await?;
     tracing::info!(app = %app.name, revision = app.revision, groups = ?app.groups, "app created");
-    Ok((StatusCode::CREATED, Json(app)))
+    Ok((StatusCode::CREATED, Json(shown(&app))))
 }
 
 /// Commits a changed copy of an app at the next revision, bumping the groups it leaves and
@@ -186,18 +283,32 @@ pub async fn update_app(
     Path(name): Path<String>,
     JsonBody(req): JsonBody<UpdateApp>,
 ) -> Result<Json<App>, ApiError> {
-    p.require_admin()?;
+    let who = p.person()?;
     let groups = req.groups.as_deref().map(check_groups).transpose()?;
+    check_env_input(&req.spec)?;
+    let policies = s.sec.policies();
     let app = change_app(&s, name, move |app| {
-        app.spec = req.spec;
-        if let Some(g) = groups.filter(|g| !g.is_empty()) {
-            app.groups = g;
+        if !who.can_read_app(&app.name, &app.groups) {
+            return Err(hidden("app", &app.name));
         }
+        let new_groups = groups
+            .filter(|g| !g.is_empty())
+            .unwrap_or_else(|| app.groups.clone());
+        may_change_app(
+            &who,
+            &app.name,
+            &app.groups,
+            &new_groups,
+            &req.spec,
+            &policies,
+        )?;
+        app.spec = req.spec;
+        app.groups = new_groups;
         Ok(())
     })
     .await?;
     tracing::info!(app = %app.name, revision = app.revision, "app updated");
-    Ok(Json(app))
+    Ok(Json(shown(&app)))
 }
 
 pub async fn app_action(
@@ -205,8 +316,17 @@ pub async fn app_action(
     State(s): State<AppState>,
     Path((name, action)): Path<(String, String)>,
 ) -> Result<Json<App>, ApiError> {
-    p.require_admin()?;
+    let who = p.person()?;
     let app = change_app(&s, name, move |app| {
+        if !who.can_read_app(&app.name, &app.groups) {
+            return Err(hidden("app", &app.name));
+        }
+        if who.role == Role::Viewer || !who.can_write_app(&app.name, &app.groups) {
+            return Err(ApiError::Denied(format!(
+                "user `{}` may not change app `{}`",
+                who.name, app.name
+            )));
+        }
         match action.as_str() {
             "start" => app.spec.running = true,
             "stop" => app.spec.running = false,
@@ -224,7 +344,7 @@ pub async fn app_action(
         Ok(())
     })
     .await?;
-    Ok(Json(app))
+    Ok(Json(shown(&app)))
 }
 
 pub async fn delete_app(
@@ -232,14 +352,21 @@ pub async fn delete_app(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    p.require_admin()?;
+    let who = p.person()?;
     let revision = s
         .shared
         .mutate(move |c, rev| {
             let app = c
                 .apps
                 .get(&name)
-                .ok_or_else(|| ApiError::NotFound(format!("app `{name}` does not exist")))?;
+                .filter(|a| who.can_read_app(&a.name, &a.groups))
+                .ok_or_else(|| hidden("app", &name))?;
+            if who.role == Role::Viewer || !who.can_write_app(&app.name, &app.groups) {
+                return Err(ApiError::Denied(format!(
+                    "user `{}` may not delete app `{name}`",
+                    who.name
+                )));
+            }
             // Bumping the app's groups is what makes every member drop its containers;
             // Nebula deleted the document only and left the containers running.
             let mut changes = c.touch_groups(&app.groups, rev);
@@ -264,13 +391,29 @@ pub async fn rollout(
     Path(name): Path<String>,
     QueryParams(q): QueryParams<RolloutQuery>,
 ) -> Result<Response, ApiError> {
-    p.require_admin()?;
-    let missing = || ApiError::NotFound(format!("app `{name}` does not exist"));
+    let who = p.person()?;
     let c = s.shared.read();
+    // A deleted app's groups are gone: only a grant on its name (or an admin) sees it.
+    let groups = c
+        .apps
+        .get(&name)
+        .map(|a| a.groups.clone())
+        .unwrap_or_default();
+    if !who.can_read_app(&name, &groups) {
+        return Err(hidden("app", &name));
+    }
     Ok(if q.summary {
-        Json(c.rollout_summary(&name).ok_or_else(missing)?).into_response()
+        Json(
+            c.rollout_summary(&name)
+                .ok_or_else(|| hidden("app", &name))?,
+        )
+        .into_response()
     } else {
-        Json(c.rollout(&name, now()).ok_or_else(missing)?).into_response()
+        Json(
+            c.rollout(&name, now())
+                .ok_or_else(|| hidden("app", &name))?,
+        )
+        .into_response()
     })
 }
 
@@ -294,8 +437,15 @@ pub async fn stats(p: Principal, State(s): State<AppState>) -> Result<Json<Stats
 // ---- groups, nodes, cache views -----------------------------------------------------------
 
 pub async fn list_groups(p: Principal, State(s): State<AppState>) -> Result<Response, ApiError> {
-    p.require_admin()?;
-    Ok(Json(s.shared.read().group_views()).into_response())
+    let who = p.person()?;
+    let groups: Vec<_> = s
+        .shared
+        .read()
+        .group_views()
+        .into_iter()
+        .filter(|g| who.can_read_group(&g.name))
+        .collect();
+    Ok(Json(groups).into_response())
 }
 
 pub async fn get_group(
@@ -303,9 +453,9 @@ pub async fn get_group(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    p.require_admin()?;
+    let who = p.person()?;
     let c = s.shared.read();
-    if !c.group_exists(&name) {
+    if !c.group_exists(&name) || !who.can_read_group(&name) {
         return Err(ApiError::NotFound(format!("group `{name}` does not exist")));
     }
     Ok(Json(c.group_view(&name)).into_response())
@@ -323,11 +473,12 @@ pub async fn list_nodes(
     State(s): State<AppState>,
     QueryParams(f): QueryParams<Filter>,
 ) -> Result<Response, ApiError> {
-    p.require_admin()?;
+    let who = p.person()?;
     let c = s.shared.read();
     let t = now();
     let nodes: Vec<_> = c
         .filtered_nodes(f.group.as_deref(), f.host.as_deref())
+        .filter(|n| who.can_read_node(&n.groups))
         .map(|n| c.node_view(n, t))
         .collect();
     Ok(Json(nodes).into_response())
@@ -338,12 +489,22 @@ pub async fn get_node(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    p.require_node(&name)?;
+    // The node itself, or a person who may see one of its groups.
+    let person = match &p {
+        Principal::Node(me) if *me == name => None,
+        Principal::Node(_) => return Err(ApiError::Forbidden("act for this node")),
+        p => Some(p.person()?),
+    };
     let c = s.shared.read();
     let n = c
         .nodes
         .get(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("node `{name}` does not exist")))?;
+        .filter(|n| {
+            person
+                .as_ref()
+                .is_none_or(|who| who.can_read_node(&n.groups))
+        })
+        .ok_or_else(|| hidden("node", &name))?;
     Ok(Json(c.node_view(n, now())).into_response())
 }
 
@@ -372,12 +533,17 @@ pub async fn containers(
     State(s): State<AppState>,
     QueryParams(f): QueryParams<Filter>,
 ) -> Result<Json<Vec<NodeContainer>>, ApiError> {
-    p.require_admin()?;
-    let rows = s
-        .shared
-        .read()
+    let who = p.person()?;
+    let c = s.shared.read();
+    let visible = |node: &str| {
+        c.nodes
+            .get(node)
+            .is_some_and(|n| who.can_read_node(&n.groups))
+    };
+    let rows = c
         .containers(f.group.as_deref(), f.host.as_deref())
         .into_iter()
+        .filter(|(node, _, _)| visible(node))
         .map(|(node, container, error)| NodeContainer {
             node,
             container,
@@ -392,11 +558,12 @@ pub async fn vitals(
     State(s): State<AppState>,
     QueryParams(f): QueryParams<Filter>,
 ) -> Result<Json<Vec<NodeVitals>>, ApiError> {
-    p.require_admin()?;
+    let who = p.person()?;
     let c = s.shared.read();
     let t = now();
     let rows = c
         .filtered_nodes(f.group.as_deref(), f.host.as_deref())
+        .filter(|n| who.can_read_node(&n.groups))
         .map(|n| NodeVitals {
             node: n.name.clone(),
             status: c.node_status(&n.name, t),
@@ -434,10 +601,13 @@ pub async fn register(
     JsonBody(req): JsonBody<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
     validate_registration(&req)?;
-    let rotate = match &p {
-        Principal::Join | Principal::Admin => true,
-        Principal::Node(n) if *n == req.name => false,
+    // A join token bound to a group puts the node in exactly that group, whatever it asks.
+    let (rotate, join_group) = match &p {
+        Principal::Join { group, .. } => (true, group.clone()),
+        p if p.is_admin() => (true, None),
+        Principal::Node(n) if *n == req.name => (false, None),
         Principal::Node(_) => return Err(ApiError::Forbidden("register another node")),
+        _ => return Err(ApiError::Forbidden("register nodes")),
     };
     let token = rotate.then(|| new_token("node"));
     let token_hash = token.as_deref().map(hash_token);
@@ -445,7 +615,15 @@ pub async fn register(
     s.shared
         .mutate(move |c, rev| {
             let old = c.nodes.get(&req.name);
-            let mut groups = req.groups.clone();
+            let bound_group = if rotate {
+                join_group
+            } else {
+                old.and_then(|o| o.bound_group.clone())
+            };
+            let mut groups = match &bound_group {
+                Some(g) => vec![g.clone()],
+                None => req.groups.clone(),
+            };
             groups.dedup();
             let record = NodeRecord {
                 name: req.name.clone(),
@@ -460,6 +638,7 @@ pub async fn register(
                 registered_at: old.map(|o| o.registered_at).unwrap_or_else(now),
                 revision: rev,
                 heartbeat_s: req.heartbeat_s.clamp(1, 3600),
+                bound_group,
             };
             let unchanged = old.is_some_and(|o| {
                 NodeRecord {
@@ -536,7 +715,12 @@ pub async fn desired(
                 .get(&name)
                 .ok_or_else(|| ApiError::NotFound(format!("node `{name}` does not exist")))?;
             if c.node_revision(node) > q.after {
-                return Ok(Json(c.desired_for(node)).into_response());
+                let mut d = c.desired_for(node);
+                // Secrets go to the node itself only; an admin looking sees them hidden.
+                if !matches!(p, Principal::Node(_)) {
+                    hide_secrets(&c, &mut d);
+                }
+                return Ok(Json(d).into_response());
             }
         }
         rx.borrow_and_update();

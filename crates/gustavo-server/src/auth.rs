@@ -1,5 +1,6 @@
-//! Bearer tokens. Three kinds: the admin token (people and scripts), the join token (agents
-//! registering), and one token per node (issued at registration). Only SHA-256 hashes are
+//! Bearer tokens. Four kinds: the bootstrap admin token (`<data-dir>/admin-token`), users'
+//! session tokens (from `login`), join tokens (agents registering), and one token per node
+//! (issued at registration, rotated by the node). Only SHA-256 hashes are
 //! kept in memory and in the store, and a token is found by its hash in O(1) — never by
 //! scanning users with a slow hash per request (Nebula's mistake). Authentication runs
 //! before any handler or cache (Nebula served cached answers unauthenticated).
@@ -10,14 +11,25 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 
-use crate::AppState;
+use gustavo_model::access::{JoinToken, Role, Subject};
+use gustavo_store::TokenKind;
+
 use crate::error::ApiError;
+use crate::security::{Lookup, bootstrap_admin};
+use crate::{AppState, now};
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
+    /// The bootstrap admin token from the data dir.
     Admin,
-    Join,
+    /// A person, by a session token from `login` or `users create`.
+    User(Subject),
+    /// A join token; nodes registering with it are put in `group` when it is set.
+    Join {
+        id: String,
+        group: Option<String>,
+    },
     Node(String),
 }
 
@@ -62,47 +74,113 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Finds who presents `token`. Expired or revoked tokens are told apart from unknown
+/// ones, so a person knows to log in again.
+pub fn authenticate(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    // A join token's secret follows the CA fingerprint; agents send the secret alone, but
+    // accept the whole token too.
+    let secret = JoinToken::parse(token)
+        .map(|t| t.secret)
+        .unwrap_or_else(|_| token.to_string());
+    let h = hash_token(&secret);
+    if h == state.sec.admin_hash {
+        return Ok(Principal::Admin);
+    }
+    match state.sec.lookup(&h, now()) {
+        Lookup::Token(t) => match t.kind {
+            TokenKind::Join => {
+                return Ok(Principal::Join {
+                    id: t.id,
+                    group: t.group,
+                });
+            }
+            TokenKind::Session => {
+                let user = t.user.unwrap_or_default();
+                return state
+                    .sec
+                    .subject(&user)
+                    .map(Principal::User)
+                    .ok_or(ApiError::Unauthenticated);
+            }
+        },
+        Lookup::Dead(t) if t.revoked => return Err(ApiError::TokenDead("was revoked")),
+        Lookup::Dead(_) => return Err(ApiError::TokenDead("has expired")),
+        Lookup::Unknown => {}
+    }
+    match state.shared.read().node_by_token_hash(&h) {
+        Some(node) => Ok(Principal::Node(node.to_string())),
+        None => Err(ApiError::Unauthenticated),
+    }
+}
+
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Who the audit log names for a request: the principal, or `anonymous`.
+pub fn actor_of(state: &AppState, headers: &axum::http::HeaderMap) -> String {
+    match bearer(headers).map(|t| authenticate(state, t)) {
+        Some(Ok(p)) => p.actor(),
+        Some(Err(_)) => "invalid-token".into(),
+        None => "anonymous".into(),
+    }
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthenticated)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Unauthenticated)?;
-        let h = hash_token(token);
-        if h == state.admin_hash {
-            return Ok(Principal::Admin);
-        }
-        if h == state.join_hash {
-            return Ok(Principal::Join);
-        }
-        match state.shared.read().node_by_token_hash(&h) {
-            Some(node) => Ok(Principal::Node(node.to_string())),
-            None => Err(ApiError::Unauthenticated),
-        }
+        let token = bearer(&parts.headers).ok_or(ApiError::Unauthenticated)?;
+        authenticate(state, token)
     }
 }
 
 impl Principal {
-    pub fn require_admin(&self) -> Result<(), ApiError> {
+    /// How the audit log names this principal.
+    pub fn actor(&self) -> String {
         match self {
-            Principal::Admin => Ok(()),
-            _ => Err(ApiError::Forbidden("manage the cluster")),
+            Principal::Admin => "admin".into(),
+            Principal::User(s) => format!("user:{}", s.name),
+            Principal::Join { id, .. } => format!("join:{id}"),
+            Principal::Node(n) => format!("node:{n}"),
         }
     }
 
-    /// A node may act only on itself.
+    /// The person behind a request, as role plus grants; agents and join tokens are none.
+    pub fn person(&self) -> Result<Subject, ApiError> {
+        match self {
+            Principal::Admin => Ok(bootstrap_admin()),
+            Principal::User(s) => Ok(s.clone()),
+            _ => Err(ApiError::Forbidden("act for a person")),
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Principal::Admin => true,
+            Principal::User(s) => s.role == Role::Admin,
+            _ => false,
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("manage the cluster"))
+        }
+    }
+
+    /// A node may act only on itself; an admin may act for any node.
     pub fn require_node(&self, name: &str) -> Result<(), ApiError> {
         match self {
             Principal::Node(n) if n == name => Ok(()),
-            Principal::Admin => Ok(()),
+            p if p.is_admin() => Ok(()),
             _ => Err(ApiError::Forbidden("act for this node")),
         }
     }

@@ -14,8 +14,17 @@ pub enum ApiError {
     InvalidSpec(String),
     #[error("missing or malformed bearer token")]
     Unauthenticated,
+    #[error("the token {0}; log in again or ask for a new one")]
+    TokenDead(&'static str),
+    #[error("unknown user or wrong password")]
+    BadLogin,
+    #[error("too many failed attempts; try again in {0} s")]
+    TooManyRequests(u64),
     #[error("this token may not {0}")]
     Forbidden(&'static str),
+    /// A refusal whose reason names the object (grants, policies).
+    #[error("{0}")]
+    Denied(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -33,8 +42,11 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidSpec(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unauthenticated | ApiError::TokenDead(_) | ApiError::BadLogin => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Forbidden(_) | ApiError::Denied(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -47,8 +59,11 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::InvalidSpec(_) => "invalid_spec",
-            ApiError::Unauthenticated => "unauthenticated",
-            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Unauthenticated | ApiError::TokenDead(_) | ApiError::BadLogin => {
+                "unauthenticated"
+            }
+            ApiError::TooManyRequests(_) => "rate_limited",
+            ApiError::Forbidden(_) | ApiError::Denied(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::TooLarge(_) => "too_large",
@@ -66,8 +81,16 @@ impl IntoResponse for ApiError {
                 message: self.to_string(),
             },
         };
+        let note = crate::audit::ErrorNote(format!("{}: {}", body.error.code, body.error.message));
         let mut resp = (self.status(), axum::Json(body)).into_response();
-        if matches!(self, ApiError::Unauthenticated) {
+        resp.extensions_mut().insert(note);
+        if let ApiError::TooManyRequests(s) = self {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(s),
+            );
+        }
+        if matches!(self, ApiError::Unauthenticated | ApiError::TokenDead(_)) {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),

@@ -2,11 +2,18 @@
 //! node's desired state from the apps of its groups, and serves the REST API under `/api/v1`
 //! to people, scripts and agents. Agents pull: every connection is opened by the agent.
 
+pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod limits;
 pub mod openapi;
+pub mod secrets;
+pub mod security;
+pub mod serve;
 pub mod state;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,11 +21,15 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
-use gustavo_store::{SqliteStore, Store};
+use axum::routing::{delete, get, post, put};
+use gustavo_model::access::JoinToken;
+use gustavo_store::{AuthChange, AuthStore, SqliteStore, Store, TokenKind};
 use thiserror::Error;
 
+pub use security::{CaInfo, Security};
+pub use serve::Timeouts;
 pub use state::Shared;
+pub use tls::TlsMode;
 
 /// The group apps attach to when none is named, and that the server's own agent joins.
 pub const DEFAULT_GROUP: &str = "default";
@@ -44,6 +55,8 @@ pub enum ServerError {
     Serve(std::io::Error),
     #[error("cannot start the writer thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Validated server settings.
@@ -52,14 +65,17 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub body_limit: usize,
+    pub tls: TlsMode,
+    /// This machine's host name, for the serving certificate.
+    pub host: String,
+    pub timeouts: Timeouts,
 }
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub shared: Arc<Shared>,
-    pub admin_hash: String,
-    pub join_hash: String,
+    pub sec: Arc<Security>,
     pub body_limit: usize,
 }
 
@@ -67,6 +83,7 @@ pub struct AppState {
 #[derive(Debug, Clone)]
 pub struct Tokens {
     pub admin: String,
+    /// The initial join token, in full (`G10<CA fingerprint>::<secret>` over TLS).
     pub join: String,
     pub admin_path: PathBuf,
     pub join_path: PathBuf,
@@ -86,9 +103,59 @@ pub fn now() -> u64 {
 pub struct Server {
     pub tokens: Tokens,
     pub addr: SocketAddr,
+    /// The CA clients must trust; `None` with `--insecure-http`.
+    pub ca: Option<CaInfo>,
+    /// The names the generated serving certificate covers.
+    pub sans: Vec<String>,
     shared: Arc<Shared>,
+    sec: Arc<Security>,
     listener: tokio::net::TcpListener,
     router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    timeouts: Timeouts,
+}
+
+/// Reads the initial join token, or creates it on first start (and records its hash, so it
+/// can be listed and revoked like any other). The file is rewritten when the CA it pins
+/// changed, keeping the secret.
+fn initial_join_token(
+    path: &std::path::Path,
+    sec: &Security,
+    fingerprint: Option<&str>,
+) -> std::io::Result<(String, bool)> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => JoinToken::parse(&s).ok(),
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let created = existing.is_none();
+    let secret = existing
+        .as_ref()
+        .map(|t| t.secret.clone())
+        .unwrap_or_else(|| auth::new_token("join"));
+    // First start, or a data dir from before join tokens were stored: record this one.
+    if created || !sec.has_any_token() {
+        let rec = security::token_record(
+            &secret,
+            TokenKind::Join,
+            None,
+            None,
+            now(),
+            None,
+            "initial join token".into(),
+        );
+        sec.commit_blocking(vec![AuthChange::PutToken(rec)])
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    }
+    let token = JoinToken {
+        ca_fingerprint: fingerprint.map(String::from),
+        secret,
+    };
+    if existing.as_ref() != Some(&token) {
+        auth::write_private(path, &format!("{token}\n"))?;
+    }
+    Ok((token.to_string(), created))
 }
 
 impl Server {
@@ -99,17 +166,45 @@ impl Server {
             source,
         };
         std::fs::create_dir_all(&config.data_dir).map_err(dir_err)?;
+        // The data dir holds keys and tokens: only its owner may look inside.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(dir_err)?;
+        }
+        let material = tls::load(&config.tls, &config.data_dir, &config.host, config.listen)?;
+        let ca = material.as_ref().map(|m| CaInfo {
+            pem: m.ca_pem.clone(),
+            fingerprint: m.ca_fingerprint.clone(),
+        });
         let admin_path = config.data_dir.join("admin-token");
         let join_path = config.data_dir.join("join-token");
         let (admin, created) = auth::load_or_create(&admin_path, "admin").map_err(dir_err)?;
-        let (join, _) = auth::load_or_create(&join_path, "join").map_err(dir_err)?;
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&config.data_dir.join("gustavo.db"))?);
+        let sqlite = Arc::new(SqliteStore::open(&config.data_dir.join("gustavo.db"))?);
+        let secrets = Arc::new(
+            secrets::SecretBox::load_or_create(&config.data_dir.join("secret.key"))
+                .map_err(dir_err)?,
+        );
+        let store: Arc<dyn Store> = Arc::new(secrets::SealingStore {
+            inner: sqlite.clone(),
+            secrets,
+        });
+        let auth_store: Arc<dyn AuthStore> = sqlite;
         let shared = Shared::new(store)?;
+        let sec = Arc::new(Security::load(
+            auth_store,
+            auth::hash_token(&admin),
+            ca.clone(),
+        )?);
+        let (join, _) = initial_join_token(
+            &join_path,
+            &sec,
+            ca.as_ref().map(|c| c.fingerprint.as_str()),
+        )
+        .map_err(dir_err)?;
         let state = AppState {
             shared: shared.clone(),
-            admin_hash: auth::hash_token(&admin),
-            join_hash: auth::hash_token(&join),
+            sec: sec.clone(),
             body_limit: config.body_limit,
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -128,10 +223,23 @@ impl Server {
                 created,
             },
             addr,
+            sans: material
+                .as_ref()
+                .map(|m| m.sans.clone())
+                .unwrap_or_default(),
+            tls: material.map(|m| m.config),
+            ca,
             shared,
+            sec,
             listener,
             router: router(state),
+            timeouts: config.timeouts,
         })
+    }
+
+    /// `https` unless the server runs with `--insecure-http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// Serves until `shutdown` resolves.
@@ -144,14 +252,17 @@ impl Server {
             shutdown.await;
             closing.send_replace(true);
         };
-        axum::serve(
+        serve::serve(
             self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
+            self.router,
+            self.tls,
+            self.timeouts,
+            shutdown,
         )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServerError::Serve)
+        .await;
+        // What the last requests did belongs in the audit log before the process ends.
+        self.sec.audit.flush().await;
+        Ok(())
     }
 }
 
@@ -179,7 +290,37 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/containers", get(containers))
         .route("/api/v1/vitals", get(vitals))
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/ca", get(admin::ca))
+        .route("/api/v1/whoami", get(admin::whoami))
+        .route("/api/v1/login", post(admin::login))
+        .route("/api/v1/logout", post(admin::logout))
+        .route(
+            "/api/v1/tokens",
+            get(admin::list_tokens).post(admin::create_token),
+        )
+        .route("/api/v1/tokens/{id}", delete(admin::revoke_token))
+        .route("/api/v1/nodes/{name}/rotate", post(admin::rotate))
+        .route(
+            "/api/v1/users",
+            get(admin::list_users).post(admin::create_user),
+        )
+        .route("/api/v1/users/{name}", delete(admin::delete_user))
+        .route("/api/v1/user-groups", get(admin::list_user_groups))
+        .route(
+            "/api/v1/user-groups/{name}",
+            put(admin::put_user_group).delete(admin::delete_user_group),
+        )
+        .route("/api/v1/policies", get(admin::list_policies))
+        .route(
+            "/api/v1/policies/{group}",
+            put(admin::put_policy).delete(admin::delete_policy),
+        )
+        .route("/api/v1/audit", get(admin::audit))
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

@@ -9,7 +9,7 @@ pub const DOCUMENT: &str = r##"{
     "schemas": {
       "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
       "AppSpec": {"type": "object", "required": ["docker_image"], "additionalProperties": false, "properties": {
-        "docker_image": {"type": "string"}, "env_vars": {"type": "object", "additionalProperties": {"type": "string"}},
+        "docker_image": {"type": "string"}, "env_vars": {"type": "object", "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "object", "required": ["secret"], "properties": {"secret": {"type": "string"}}, "description": "a secret: sealed at rest, shown as {hidden: true}"}]}},
         "volumes": {"type": "array", "items": {"type": "string"}}, "starting_ports": {"type": "array", "items": {"oneOf": [{"type": "integer"}, {"type": "object"}]}},
         "running": {"type": "boolean"}, "networks": {"type": "array", "items": {"type": "string"}}, "rolling_restart": {"type": "boolean"},
         "containers_per": {"type": "object"}, "privileged": {"type": "boolean"}, "devices": {"type": "array", "items": {"type": "string"}},
@@ -49,7 +49,33 @@ pub const DOCUMENT: &str = r##"{
     "/api/v1/nodes/{name}/heartbeat": {"post": {"summary": "Vitals from the node; the answer {need_status} asks for the status report again", "responses": {"200": {"description": "{need_status: bool}"}}}},
     "/api/v1/nodes/{name}/status": {"put": {"summary": "Observed containers and per-app status from the node", "responses": {"204": {"description": "recorded"}}}},
     "/api/v1/containers": {"get": {"summary": "Containers reported by nodes (?group=&host=)", "responses": {"200": {"description": "rows"}}}},
-    "/api/v1/vitals": {"get": {"summary": "Latest vitals per node (?group=&host=)", "responses": {"200": {"description": "rows"}}}}
+    "/api/v1/vitals": {"get": {"summary": "Latest vitals per node (?group=&host=)", "responses": {"200": {"description": "rows"}}}},
+    "/api/v1/ca": {"get": {"summary": "The cluster CA (PEM); no authentication. Agents check its SHA-256 against their join token", "security": [], "responses": {"200": {"description": "PEM"}, "404": {"description": "plain-HTTP server"}}}},
+    "/api/v1/whoami": {"get": {"summary": "Who the token belongs to", "responses": {"200": {"description": "{actor, role}"}}}},
+    "/api/v1/login": {"post": {"summary": "Password to session token; no authentication; throttled per user and address", "security": [], "responses": {"200": {"description": "{user, role, token, expires_at}"}, "401": {"description": "unknown user or wrong password"}, "429": {"description": "too many failures; Retry-After"}}}},
+    "/api/v1/logout": {"post": {"summary": "Revoke the session token presented", "responses": {"204": {"description": "revoked"}}}},
+    "/api/v1/tokens": {
+      "get": {"summary": "List join tokens (admin)", "responses": {"200": {"description": "tokens, without secrets"}}},
+      "post": {"summary": "Create a join token {group?, ttl_s?, description?} (admin); the secret is returned once", "responses": {"201": {"description": "{id, token, …}"}}}
+    },
+    "/api/v1/tokens/{id}": {"delete": {"summary": "Revoke a join token (admin)", "responses": {"204": {"description": "revoked"}, "404": {"description": "no such token"}}}},
+    "/api/v1/nodes/{name}/rotate": {"post": {"summary": "A new credential for the calling node; the old one stops working", "responses": {"200": {"description": "{node, token}"}, "403": {"description": "not this node"}}}},
+    "/api/v1/users": {
+      "get": {"summary": "List users (admin)", "responses": {"200": {"description": "users"}}},
+      "post": {"summary": "Create a user {name, role, password, groups} (admin)", "responses": {"201": {"description": "user"}, "409": {"description": "exists"}}}
+    },
+    "/api/v1/users/{name}": {"delete": {"summary": "Delete a user and revoke their sessions (admin)", "responses": {"204": {"description": "deleted"}}}},
+    "/api/v1/user-groups": {"get": {"summary": "List user groups with grants and members (admin)", "responses": {"200": {"description": "user groups"}}}},
+    "/api/v1/user-groups/{name}": {
+      "put": {"summary": "Set a user group's grants {apps: {NAME: ro|rw}, device_groups: {NAME: ro|rw}} (admin)", "responses": {"200": {"description": "user group"}}},
+      "delete": {"summary": "Delete a user group (admin)", "responses": {"204": {"description": "deleted"}}}
+    },
+    "/api/v1/policies": {"get": {"summary": "List device-group policies (admin)", "responses": {"200": {"description": "policies"}}}},
+    "/api/v1/policies/{group}": {
+      "put": {"summary": "Set a device group's policy {allow: [privileged|devices|host-network|host-volumes], images: [...]} (admin)", "responses": {"200": {"description": "policy"}}},
+      "delete": {"summary": "Remove a device group's policy (admin)", "responses": {"204": {"description": "removed"}}}
+    },
+    "/api/v1/audit": {"get": {"summary": "The audit log (?since=&user=&object=&limit=) (admin)", "responses": {"200": {"description": "entries, oldest first"}}}}
   }
 }"##;
 
@@ -59,7 +85,12 @@ mod tests {
     fn document_is_json_and_lists_every_route() {
         let doc: serde_json::Value = serde_json::from_str(super::DOCUMENT).unwrap();
         let routes = include_str!("lib.rs");
-        for line in routes.lines().filter(|l| l.contains(".route(\"")) {
+        // Route paths, whether rustfmt kept `.route("…"` on one line or not.
+        for line in routes
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with(".route(\"/api") || l.starts_with("\"/api/v1/"))
+        {
             let path = line.split('"').nth(1).unwrap();
             assert!(
                 doc["paths"].get(path).is_some(),

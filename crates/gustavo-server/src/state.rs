@@ -641,6 +641,7 @@ mod tests {
             registered_at: 1,
             revision: 1,
             heartbeat_s: 5,
+            bound_group: None,
         };
         let app = App {
             name: "a".into(),

@@ -6,6 +6,7 @@
 //! the store is what survives a crash: [`Store::commit`] returns only once the batch is on
 //! disk, and the API answers only after that.
 
+pub mod auth;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,10 @@ use gustavo_model::api::App;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use auth::{
+    AuditQuery, AuditRecord, AuthChange, AuthSnapshot, AuthStore, TokenKind, TokenRecord,
+    UserGroupRecord, UserRecord,
+};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, Error)]
@@ -26,6 +31,8 @@ pub enum StoreError {
         name: String,
         source: serde_json::Error,
     },
+    #[error("cannot seal or open the secret of {what}: {reason}")]
+    Sealed { what: String, reason: String },
     #[error("cannot open the database at {path}: {source}")]
     Open {
         path: String,
@@ -57,6 +64,10 @@ pub struct NodeRecord {
     /// The agent's heartbeat period in seconds, as it declared it.
     #[serde(default = "default_heartbeat_s")]
     pub heartbeat_s: u32,
+    /// Set when the node joined with a token bound to a device group: the node stays in
+    /// exactly that group, whatever it declares later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_group: Option<String>,
 }
 
 fn default_heartbeat_s() -> u32 {
@@ -119,6 +130,7 @@ pub(crate) mod suite {
             registered_at: 5,
             revision: 1,
             heartbeat_s: 5,
+            bound_group: None,
         }
     }
 
@@ -157,6 +169,96 @@ pub(crate) mod suite {
         assert_eq!(snap.apps, vec![app("b", 2)]);
         assert_eq!(snap.groups.len(), 1);
         assert_eq!(snap.nodes, vec![node("n1")]);
+    }
+
+    pub fn auth_round_trip(s: &dyn AuthStore) {
+        use gustavo_model::access::{GroupPolicy, Privilege, Role};
+        assert_eq!(s.load_auth().unwrap(), AuthSnapshot::default());
+        let token = TokenRecord {
+            id: "abc".into(),
+            hash: "abcdef".into(),
+            kind: TokenKind::Join,
+            user: None,
+            group: Some("g".into()),
+            created_at: 1,
+            expires_at: Some(10),
+            revoked: false,
+            description: String::new(),
+        };
+        let user = UserRecord {
+            name: "ann".into(),
+            role: Role::Operator,
+            password_hash: "$argon2id$x".into(),
+            groups: vec!["team".into()],
+            created_at: 1,
+        };
+        let policy = GroupPolicy {
+            group: "g".into(),
+            allow: vec![Privilege::Devices],
+            images: vec![],
+        };
+        s.commit_auth(&[
+            AuthChange::PutToken(token.clone()),
+            AuthChange::PutUser(user.clone()),
+            AuthChange::PutUserGroup(UserGroupRecord {
+                name: "team".into(),
+                grants: Default::default(),
+            }),
+            AuthChange::PutPolicy(policy.clone()),
+        ])
+        .unwrap();
+        let mut revoked = token.clone();
+        revoked.revoked = true;
+        s.commit_auth(&[
+            AuthChange::PutToken(revoked.clone()),
+            AuthChange::DeleteUserGroup("team".into()),
+        ])
+        .unwrap();
+        let snap = s.load_auth().unwrap();
+        assert_eq!(snap.tokens, vec![revoked]);
+        assert_eq!(snap.users, vec![user]);
+        assert!(snap.user_groups.is_empty());
+        assert_eq!(snap.policies, vec![policy]);
+        assert!(token.usable_at(9) && !token.usable_at(10));
+    }
+
+    pub fn audit_filters(s: &dyn AuthStore) {
+        let e = |at: u64, actor: &str, object: &str| AuditRecord {
+            id: 0,
+            at,
+            actor: actor.into(),
+            address: "127.0.0.1".into(),
+            action: "POST /x".into(),
+            object: object.into(),
+            allowed: true,
+            status: 200,
+            detail: String::new(),
+        };
+        s.append_audit(&[
+            e(1, "user:ann", "apps/web"),
+            e(2, "admin", "apps/web_1"),
+            e(3, "user:bob", "nodes/n1"),
+        ])
+        .unwrap();
+        let q = |since, actor: Option<&str>, object: Option<&str>| {
+            s.read_audit(&AuditQuery {
+                since,
+                actor: actor.map(String::from),
+                object: object.map(String::from),
+                limit: 100,
+            })
+            .unwrap()
+            .into_iter()
+            .map(|r| r.at)
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(q(None, None, None), vec![1, 2, 3]);
+        assert_eq!(q(Some(2), None, None), vec![2, 3]);
+        assert_eq!(q(None, Some("ann"), None), vec![1]);
+        assert_eq!(q(None, Some("admin"), None), vec![2]);
+        // `_` is literal in the object prefix, not a wildcard.
+        assert_eq!(q(None, None, Some("apps/web_")), vec![2]);
+        assert_eq!(q(None, None, Some("apps/")), vec![1, 2]);
     }
 
     pub fn upsert_replaces(s: &dyn Store) {

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::auth::{AuditQuery, AuditRecord, AuthChange, AuthSnapshot, AuthStore};
 use crate::{Change, GroupRecord, NodeRecord, Snapshot, Store, StoreError};
 
 const SCHEMA: &str = "
@@ -13,6 +14,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS apps (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, revision INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS auth (kind TEXT NOT NULL, name TEXT NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (kind, name));
+CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,
+    actor TEXT NOT NULL, address TEXT NOT NULL, action TEXT NOT NULL, object TEXT NOT NULL,
+    allowed INTEGER NOT NULL, status INTEGER NOT NULL, detail TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 ";
 
 /// SQLite storage. One connection behind a mutex: the server serialises writes anyway, and
@@ -134,6 +141,139 @@ impl Store for SqliteStore {
     }
 }
 
+impl AuthStore for SqliteStore {
+    fn load_auth(&self) -> Result<AuthSnapshot, StoreError> {
+        let conn = self.conn();
+        let mut snap = AuthSnapshot::default();
+        let mut stmt = conn.prepare("SELECT kind, name, doc FROM auth ORDER BY kind, name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (kind, name, doc) = row?;
+            match kind.as_str() {
+                "token" => snap.tokens.push(decode("token", name, &doc)?),
+                "user" => snap.users.push(decode("user", name, &doc)?),
+                "user_group" => snap.user_groups.push(decode("user group", name, &doc)?),
+                "policy" => snap.policies.push(decode("policy", name, &doc)?),
+                _ => {}
+            }
+        }
+        Ok(snap)
+    }
+
+    fn commit_auth(&self, changes: &[AuthChange]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let put = |kind: &str, name: &str, doc: String| {
+            tx.execute(
+                "INSERT INTO auth (kind, name, doc) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (kind, name) DO UPDATE SET doc = excluded.doc",
+                params![kind, name, doc],
+            )
+        };
+        let delete = |kind: &str, name: &str| {
+            tx.execute(
+                "DELETE FROM auth WHERE kind = ?1 AND name = ?2",
+                params![kind, name],
+            )
+        };
+        fn json<T: serde::Serialize>(v: &T) -> String {
+            serde_json::to_string(v).expect("auth records always serialize")
+        }
+        for change in changes {
+            match change {
+                AuthChange::PutToken(t) => put("token", &t.hash, json(t))?,
+                AuthChange::DeleteToken(h) => delete("token", h)?,
+                AuthChange::PutUser(u) => put("user", &u.name, json(u))?,
+                AuthChange::DeleteUser(n) => delete("user", n)?,
+                AuthChange::PutUserGroup(g) => put("user_group", &g.name, json(g))?,
+                AuthChange::DeleteUserGroup(n) => delete("user_group", n)?,
+                AuthChange::PutPolicy(p) => put("policy", &p.group, json(p))?,
+                AuthChange::DeletePolicy(n) => delete("policy", n)?,
+            };
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for e in entries {
+            tx.execute(
+                "INSERT INTO audit (at, actor, address, action, object, allowed, status, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    e.at as i64,
+                    e.actor,
+                    e.address,
+                    e.action,
+                    e.object,
+                    e.allowed,
+                    e.status,
+                    e.detail
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn read_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let conn = self.conn();
+        let actor = q.actor.as_ref().map(|a| {
+            if a.contains(':') || a == "admin" || a == "anonymous" {
+                a.clone()
+            } else {
+                format!("user:{a}")
+            }
+        });
+        // LIKE with the object as a literal prefix: escape its wildcards.
+        let object = q.object.as_ref().map(|o| {
+            let esc = o
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("{esc}%")
+        });
+        let mut stmt = conn.prepare(
+            "SELECT id, at, actor, address, action, object, allowed, status, detail FROM audit
+             WHERE at >= ?1 AND (?2 IS NULL OR actor = ?2)
+               AND (?3 IS NULL OR object LIKE ?3 ESCAPE '\\')
+             ORDER BY id DESC LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                q.since.unwrap_or(0) as i64,
+                actor,
+                object,
+                q.limit.clamp(1, 10_000) as i64
+            ],
+            |r| {
+                Ok(AuditRecord {
+                    id: r.get::<_, i64>(0)? as u64,
+                    at: r.get::<_, i64>(1)? as u64,
+                    actor: r.get(2)?,
+                    address: r.get(3)?,
+                    action: r.get(4)?,
+                    object: r.get(5)?,
+                    allowed: r.get(6)?,
+                    status: r.get(7)?,
+                    detail: r.get(8)?,
+                })
+            },
+        )?;
+        let mut out = rows.collect::<Result<Vec<_>, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +295,18 @@ mod tests {
     fn upsert_replaces() {
         let (_d, s) = fresh();
         suite::upsert_replaces(&s);
+    }
+
+    #[test]
+    fn auth_round_trip() {
+        let (_d, s) = fresh();
+        suite::auth_round_trip(&s);
+    }
+
+    #[test]
+    fn audit_filters() {
+        let (_d, s) = fresh();
+        suite::audit_filters(&s);
     }
 
     #[test]

@@ -13,12 +13,19 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Run containerised apps across a fleet of edge devices"
 )]
 pub struct Cli {
+    /// A client config file (server, CA, token), as the server writes to
+    /// <data-dir>/client.toml and `gustavo login` to ~/.config/gustavo/client.toml.
+    #[arg(long, global = true, env = "GUSTAVO_CONFIG")]
+    pub config: Option<PathBuf>,
     /// The server's address. On the server's own machine it is found by itself.
     #[arg(long, global = true, env = "GUSTAVO_SERVER")]
     pub server: Option<String>,
-    /// A bearer token: the admin token for the CLI, the join token for `agent`.
+    /// A bearer token: a user's or the admin's for the CLI, the join token for `agent`.
     #[arg(long, global = true, env = "GUSTAVO_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The CA certificate (PEM) that vouches for the server, instead of the config's.
+    #[arg(long, global = true, env = "GUSTAVO_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// How to print results.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -53,6 +60,129 @@ pub enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Join tokens for agents.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// People who may use the API.
+    #[command(subcommand)]
+    Users(UsersCmd),
+    /// User groups and their grants on apps and device groups.
+    #[command(subcommand, name = "user-groups")]
+    UserGroups(UserGroupsCmd),
+    /// What non-admins may run on a device group (dangerous fields, image allowlist).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Log in with a password; the token is kept in ~/.config/gustavo/client.toml.
+    Login(LoginArgs),
+    /// Forget this machine's login (and revoke its token).
+    Logout,
+    /// Who the server thinks you are.
+    Whoami,
+    /// Read the audit log: every change, who made it, from where, allowed or refused.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCmd {
+    /// Make a join token; it is printed once.
+    Create {
+        /// Put nodes joining with it in exactly this device group.
+        #[arg(long)]
+        group: Option<String>,
+        /// How long it stays valid, e.g. 24h (default: no expiry).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// A note shown by `tokens list`.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List join tokens (never their secrets).
+    List,
+    /// Revoke a join token by its id; nodes that joined with it keep their own credential.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCmd {
+    /// Create a user. The password is read from stdin (one line), or prompted for.
+    Create {
+        name: String,
+        /// admin, operator or viewer.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// A user group whose grants apply; repeat for several.
+        #[arg(long = "group", short = 'g')]
+        groups: Vec<String>,
+    },
+    /// List users.
+    List,
+    /// Delete a user; their tokens stop working at once.
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserGroupsCmd {
+    /// Create or replace a user group's grants.
+    Set {
+        name: String,
+        /// `APP=ro|rw` (`*` for every app); repeat for several.
+        #[arg(long = "app")]
+        apps: Vec<String>,
+        /// `GROUP=ro|rw` (`*` for every device group); repeat for several.
+        #[arg(long = "device-group", short = 'd')]
+        device_groups: Vec<String>,
+    },
+    /// List user groups with their grants and members.
+    List,
+    /// Delete a user group.
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Set a device group's policy (replacing the old one).
+    Set {
+        group: String,
+        /// privileged, devices, host-network or host-volumes; repeat or comma-separate.
+        #[arg(long, value_delimiter = ',')]
+        allow: Vec<String>,
+        /// An allowed image: a repository (any tag) or a reference with @digest; repeat.
+        #[arg(long = "image")]
+        images: Vec<String>,
+    },
+    /// List policies.
+    List,
+    /// Remove a device group's policy (back to: admins only, any image).
+    Delete { group: String },
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The user name.
+    #[arg(long, short = 'u')]
+    pub user: String,
+    /// Read the password from stdin instead of prompting.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// How long the session lasts, e.g. 12h (at most 30 days).
+    #[arg(long)]
+    pub ttl: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only entries newer than this, e.g. 1h, 30m, or Unix seconds.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only this actor: a user name, `admin`, `node:NAME`…
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only objects starting with this, e.g. apps/web.
+    #[arg(long)]
+    pub object: Option<String>,
+    /// At most this many entries (the newest).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +243,24 @@ pub struct ServerArgs {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub body_limit: usize,
+    /// Serve plain HTTP instead of TLS. Tokens then cross the network in clear.
+    #[arg(long, env = "GUSTAVO_INSECURE_HTTP")]
+    pub insecure_http: bool,
+    /// Serve this certificate chain (PEM) instead of one signed by the server's own CA.
+    #[arg(long, requires = "tls_key", conflicts_with = "insecure_http")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// An extra name or address for the generated certificate; repeat for several.
+    #[arg(long = "tls-san")]
+    pub tls_sans: Vec<String>,
+    /// How long a client may take to finish the TLS handshake.
+    #[arg(long, default_value = "10s")]
+    pub handshake_timeout: String,
+    /// How long a client may take to send a request's headers.
+    #[arg(long, default_value = "10s")]
+    pub header_timeout: String,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +288,9 @@ pub struct AgentArgs {
     /// How often containers are relisted even when nothing signals a change, e.g. 10s.
     #[arg(long, default_value = "10s")]
     pub resync: String,
+    /// Replace this node's credential with a new one at start (the old one stops working).
+    #[arg(long)]
+    pub rotate: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,15 +1,17 @@
-//! Where the server is and which token to use: flags, then `GUSTAVO_SERVER` /
-//! `GUSTAVO_TOKEN`, then — on the server's own machine — the admin token the server wrote
-//! into its data dir.
+//! Where the server is, which CA vouches for it and which token to use: flags and
+//! environment (`--server`, `--token`, `--ca-file`) first, then a client config file —
+//! `--config`/`GUSTAVO_CONFIG`, the user's own from `gustavo login`, or, on the server's
+//! own machine, the `client.toml` the server wrote into its data dir.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use gustavo_client::Client;
+use gustavo_client::config::{ClientFile, ConfigError};
 
 use crate::cli::Cli;
 
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7420";
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:7420";
 
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -33,45 +35,80 @@ pub fn default_data_dir() -> PathBuf {
     base.join("gustavo")
 }
 
-/// Adds `http://` to a bare `host:port`.
+/// Adds `https://` to a bare `host:port`.
 pub fn normalize_server(s: &str) -> String {
     if s.starts_with("http://") || s.starts_with("https://") {
         s.trim_end_matches('/').to_string()
     } else {
-        format!("http://{}", s.trim_end_matches('/'))
+        format!("https://{}", s.trim_end_matches('/'))
     }
 }
 
-/// The server: `--server`/`GUSTAVO_SERVER`, else the one whose data dir is on this machine,
-/// else the default local address.
-pub fn server_url(cli: &Cli) -> String {
-    if let Some(s) = &cli.server {
-        return normalize_server(s);
-    }
-    std::fs::read_to_string(default_data_dir().join("server-url"))
-        .map(|s| normalize_server(s.trim()))
-        .unwrap_or_else(|_| DEFAULT_SERVER.to_string())
+/// `$XDG_CONFIG_HOME/gustavo/client.toml`, else `~/.config/gustavo/client.toml`: where
+/// `gustavo login` keeps a person's session.
+pub fn user_config_path() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .map(|d| d.join("gustavo").join("client.toml"))
 }
 
-/// A client for people's commands, authenticated as admin.
-pub fn client(cli: &Cli) -> Result<Client> {
-    let server = server_url(cli);
-    let token = match &cli.token {
-        Some(t) => t.clone(),
-        None => {
-            let path = default_data_dir().join("admin-token");
-            std::fs::read_to_string(&path)
-                .map(|s| s.trim().to_string())
-                .with_context(|| {
-                    format!(
-                        "no token given and none found at {} — pass --token or set GUSTAVO_TOKEN \
-                         (the server writes its admin token to <data-dir>/admin-token)",
-                        path.display()
-                    )
-                })?
+/// The client config in use: `--config`/`GUSTAVO_CONFIG`, else the user's (from `login`),
+/// else the one the server on this machine wrote into its data dir.
+pub fn config_file(cli: &Cli) -> Result<Option<(PathBuf, ClientFile)>> {
+    if let Some(p) = &cli.config {
+        return Ok(Some((p.clone(), ClientFile::load(p)?)));
+    }
+    let candidates = [
+        user_config_path(),
+        Some(default_data_dir().join("client.toml")),
+    ];
+    for p in candidates.into_iter().flatten() {
+        match ClientFile::load(&p) {
+            Ok(f) => return Ok(Some((p, f))),
+            // Missing, or not ours to read (another user's server): try the next one.
+            Err(ConfigError::Read { .. }) => continue,
+            Err(e) => return Err(e.into()),
         }
+    }
+    Ok(None)
+}
+
+/// Server, token and CA, from flags and environment first, then the config file.
+pub struct Target {
+    pub server: String,
+    pub token: Option<String>,
+    pub ca: Option<String>,
+}
+
+pub fn target(cli: &Cli) -> Result<Target> {
+    let file = config_file(cli)?.map(|(_, f)| f).unwrap_or_default();
+    let server = cli
+        .server
+        .as_deref()
+        .map(normalize_server)
+        .or_else(|| file.server.as_deref().map(normalize_server))
+        .unwrap_or_else(|| DEFAULT_SERVER.to_string());
+    let token = cli.token.clone().or(file.token.clone());
+    let ca = match &cli.ca_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the CA file {}", p.display()))?,
+        ),
+        None => file.ca_pem()?,
     };
-    Ok(Client::new(&server, &token))
+    Ok(Target { server, token, ca })
+}
+
+/// A client for people's commands.
+pub fn client(cli: &Cli) -> Result<Client> {
+    let t = target(cli)?;
+    let token = t.token.with_context(|| {
+        "no token: run `gustavo login`, pass --config FILE (the server writes \
+         <data-dir>/client.toml), or pass --token"
+            .to_string()
+    })?;
+    Ok(Client::with_ca(&t.server, &token, t.ca.as_deref())?)
 }
 
 /// This machine's host name, made into a valid node name.

@@ -39,6 +39,8 @@ fn init_tracing(default: &str) {
 }
 
 fn main() -> ExitCode {
+    // One TLS crypto provider for the whole process, chosen before anything can use TLS.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

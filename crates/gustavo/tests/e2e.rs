@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `gustavo` binary, the real Docker engine, the real registry.
 //! Each test reads as the user story it checks.
 
+mod security;
 mod util;
 
 use std::time::Duration;
@@ -874,7 +875,7 @@ fn bad_input_is_refused_without_harm() {
         .enable_all()
         .build()
         .unwrap();
-    let client = gustavo_client::Client::new(&server.url, &server.admin);
+    let client = server.client(&server.admin);
     let (status, body) = rt
         .block_on(client.raw(
             reqwest::Method::POST,
@@ -914,7 +915,7 @@ fn bad_input_is_refused_without_harm() {
         .unwrap();
     assert_eq!(status, 404);
     // Health needs no token; everything else does.
-    let anon = gustavo_client::Client::new(&server.url, "");
+    let anon = server.client("");
     assert_eq!(
         rt.block_on(anon.raw(reqwest::Method::GET, "/api/v1/health", None))
             .unwrap()
@@ -944,8 +945,10 @@ fn bad_input_is_refused_without_harm() {
             "wrong",
             "--name",
             &unique("badjoin"),
-            "--data-dir",
+            "--ca-file",
         ])
+        .arg(server.ca_file())
+        .arg("--data-dir")
         .arg(server.dir.path().join("badjoin"))
         .output()
         .unwrap();
@@ -962,7 +965,7 @@ fn bad_input_is_refused_without_harm() {
         .unwrap();
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("cannot reach the server at http://127.0.0.1:1")
+            .contains("cannot reach the server at https://127.0.0.1:1")
     );
 
     // Nothing stored was lost.

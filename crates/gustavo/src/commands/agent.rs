@@ -11,7 +11,7 @@ use gustavo_agent::reconcile::ReconcileConfig;
 use gustavo_model::names;
 
 use crate::cli::{AgentArgs, Cli};
-use crate::connect::{host_name, server_url};
+use crate::connect::{host_name, normalize_server};
 use crate::output::parse_duration;
 use crate::{EXIT_USAGE, Exit};
 
@@ -43,9 +43,26 @@ pub fn config(cli: &Cli, args: &AgentArgs) -> Result<AgentConfig> {
     if heartbeat.is_zero() || resync.is_zero() {
         return Err(usage("--heartbeat and --resync must be above zero".into()));
     }
+    let ca_pem = match &cli.ca_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| usage(format!("--ca-file: cannot read {}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    let server = cli
+        .server
+        .as_deref()
+        .map(normalize_server)
+        .unwrap_or_else(|| crate::connect::DEFAULT_SERVER.to_string());
+    if let Some(t) = &cli.token {
+        gustavo_model::access::JoinToken::parse(t).map_err(|e| usage(format!("--token: {e}")))?;
+    }
     Ok(AgentConfig {
-        server: server_url(cli),
+        server,
         join_token: cli.token.clone(),
+        ca_pem,
+        rotate: args.rotate,
         name,
         groups: args.groups.clone(),
         labels,

@@ -2,11 +2,15 @@
 
 mod agent;
 mod apps;
+mod audit;
 mod bench;
 mod cache;
 mod groups;
+mod login;
 mod nodes;
 mod server;
+mod tokens;
+mod users;
 
 use anyhow::Result;
 
@@ -21,6 +25,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Nodes(cmd) => nodes::run(&cli, cmd).await,
         Command::Cache(cmd) => cache::run(&cli, cmd).await,
         Command::Bench(cmd) => bench::run(&cli, cmd).await,
+        Command::Tokens(cmd) => tokens::run(&cli, cmd).await,
+        Command::Users(cmd) => users::users(&cli, cmd).await,
+        Command::UserGroups(cmd) => users::user_groups(&cli, cmd).await,
+        Command::Policy(cmd) => users::policy(&cli, cmd).await,
+        Command::Login(args) => login::login(&cli, args).await,
+        Command::Logout => login::logout(&cli).await,
+        Command::Whoami => login::whoami(&cli).await,
+        Command::Audit(args) => audit::run(&cli, args).await,
     }
 }
 

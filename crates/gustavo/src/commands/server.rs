@@ -7,8 +7,9 @@ use anyhow::{Context, Result};
 use gustavo_agent::AgentConfig;
 use gustavo_agent::docker::DockerRuntime;
 use gustavo_agent::reconcile::ReconcileConfig;
+use gustavo_client::config::ClientFile;
 use gustavo_model::names;
-use gustavo_server::{Server, ServerConfig};
+use gustavo_server::{Server, ServerConfig, Timeouts, TlsMode};
 
 use crate::cli::{Cli, ServerArgs};
 use crate::connect::{default_data_dir, host_name};
@@ -32,6 +33,37 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
         )
         .into());
     }
+    let handshake = crate::output::parse_duration("handshake-timeout", &args.handshake_timeout)?;
+    let header_read = crate::output::parse_duration("header-timeout", &args.header_timeout)?;
+    if handshake.is_zero() || header_read.is_zero() {
+        return Err(Exit(
+            EXIT_USAGE,
+            "--handshake-timeout and --header-timeout must be above zero".into(),
+        )
+        .into());
+    }
+    for san in &args.tls_sans {
+        gustavo_server::tls::validate_san(san).map_err(|e| Exit(EXIT_USAGE, e.to_string()))?;
+    }
+    let tls = if args.insecure_http {
+        if !args.tls_sans.is_empty() {
+            return Err(Exit(
+                EXIT_USAGE,
+                "--tls-san makes no sense with --insecure-http".into(),
+            )
+            .into());
+        }
+        TlsMode::Insecure
+    } else if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        TlsMode::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        }
+    } else {
+        TlsMode::Generated {
+            extra_sans: args.tls_sans.clone(),
+        }
+    };
     // The local agent needs the engine; find out before binding anything.
     let runtime = if args.no_agent {
         None
@@ -45,40 +77,69 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
         data_dir: data_dir.clone(),
         listen: args.listen,
         body_limit: args.body_limit,
+        tls,
+        host: host_name(),
+        timeouts: Timeouts {
+            handshake,
+            header_read,
+            ..Timeouts::default()
+        },
     })
     .await?;
     let addr = server.addr;
     let tokens = server.tokens.clone();
+    let scheme = server.scheme();
+    let ca_pem = server.ca.as_ref().map(|c| c.pem.clone());
     if tokens.created {
         eprintln!(
             "gustavo: created admin token at {}",
             tokens.admin_path.display()
         );
-        eprintln!(
-            "gustavo: created join token at {}",
-            tokens.join_path.display()
-        );
     }
-    tracing::info!(%addr, data_dir = %data_dir.display(), "server listening");
-    eprintln!(
-        "gustavo: server listening on {addr}; admin token: {}, join token: {}",
-        tokens.admin_path.display(),
-        tokens.join_path.display()
-    );
+    match &server.ca {
+        Some(ca) => eprintln!(
+            "gustavo: TLS on; CA fingerprint (SHA-256) {}{}",
+            ca.fingerprint,
+            if server.sans.is_empty() {
+                String::new()
+            } else {
+                format!("; certificate names: {}", server.sans.join(", "))
+            }
+        ),
+        None => eprintln!(
+            "gustavo: WARNING: --insecure-http: plain HTTP, tokens and secrets cross the network in clear"
+        ),
+    }
+    tracing::info!(%addr, %scheme, data_dir = %data_dir.display(), "server listening");
 
     let local = if addr.ip().is_unspecified() {
-        format!("http://127.0.0.1:{}", addr.port())
+        format!("{scheme}://127.0.0.1:{}", addr.port())
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     };
-    // The CLI on this machine reads this to find the server without flags.
-    std::fs::write(data_dir.join("server-url"), format!("{local}\n"))
-        .with_context(|| format!("cannot write {}", data_dir.join("server-url").display()))?;
+    // The CLI on this machine reads this to find the server, its CA and the admin token
+    // without flags (as kubectl reads k3s's kubeconfig).
+    let client_toml = data_dir.join("client.toml");
+    ClientFile {
+        server: Some(local.clone()),
+        token: Some(tokens.admin.clone()),
+        ca: ca_pem.clone(),
+        ca_file: None,
+        user: None,
+    }
+    .save(&client_toml)?;
+    eprintln!(
+        "gustavo: server listening on {addr}; client config: {}; join token: {}",
+        client_toml.display(),
+        tokens.join_path.display()
+    );
     let serve = tokio::spawn(server.serve(super::shutdown_signal()));
     if let Some(runtime) = runtime {
         let cfg = AgentConfig {
             server: local,
             join_token: Some(tokens.join.clone()),
+            ca_pem,
+            rotate: false,
             name: agent_name,
             groups: args.agent_groups.clone(),
             labels: Default::default(),

@@ -120,6 +120,8 @@ fn spawn(args: &[&str], log: &Path) -> Child {
         .env("GUSTAVO_LOG", "info,gustavo=debug")
         .env_remove("GUSTAVO_SERVER")
         .env_remove("GUSTAVO_TOKEN")
+        .env_remove("GUSTAVO_CONFIG")
+        .env_remove("GUSTAVO_CA_FILE")
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("log file"))
         .stderr(out)
@@ -135,10 +137,16 @@ pub struct Server {
     pub join: String,
     child: Option<Child>,
     listen: String,
+    extra: Vec<String>,
 }
 
 impl Server {
     pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// A server with extra flags, e.g. `--insecure-http`.
+    pub fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut s = Server {
             dir,
@@ -147,9 +155,14 @@ impl Server {
             join: String::new(),
             child: None,
             listen: "127.0.0.1:0".into(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         s.launch();
         s
+    }
+
+    pub fn tls(&self) -> bool {
+        self.url.starts_with("https://")
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -160,47 +173,137 @@ impl Server {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// The server's CA certificate (PEM file), which clients must trust.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir().join("ca.crt")
+    }
+
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.ca_file()).expect("the server wrote its CA")
+    }
+
+    /// The client config the server wrote for its admin.
+    pub fn config(&self) -> PathBuf {
+        self.data_dir().join("client.toml")
+    }
+
+    /// An API client trusting this server's CA, presenting `token`.
+    pub fn client(&self, token: &str) -> gustavo_client::Client {
+        let ca = self.tls().then(|| self.ca_pem());
+        gustavo_client::Client::with_ca(&self.url, token, ca.as_deref()).expect("client")
+    }
+
+    /// Runs a CLI command with `input` on stdin (passwords).
+    pub fn cli_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("GUSTAVO_CONFIG", self.config())
+            .env_remove("GUSTAVO_SERVER")
+            .env_remove("GUSTAVO_TOKEN")
+            .env_remove("GUSTAVO_CA_FILE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gustavo runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().expect("gustavo runs")
+    }
+
+    /// Creates a user with the CLI and logs them in; returns their session token.
+    pub fn user(&self, name: &str, role: &str, groups: &[&str]) -> String {
+        let mut args = vec!["users", "create", name, "--role", role];
+        for g in groups {
+            args.extend(["--group", g]);
+        }
+        let out = self.cli_stdin(&args, "pass-word-1\n");
+        assert!(
+            out.status.success(),
+            "users create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(self.client("").login(name, "pass-word-1", None))
+            .expect("login")
+            .token
+    }
+
     fn launch(&mut self) {
         let data = self.data_dir();
-        let _ = std::fs::remove_file(data.join("server-url"));
-        let child = spawn(
-            &[
-                "server",
-                "--no-agent",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen",
-                &self.listen,
-            ],
-            &self.dir.path().join("server.log"),
-        );
+        let _ = std::fs::remove_file(data.join("client.toml"));
+        let mut args = vec![
+            "server",
+            "--no-agent",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &self.listen,
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
+        let child = spawn(&args, &self.dir.path().join("server.log"));
         self.child = Some(child);
         wait_for(
-            "the server to write server-url",
+            "the server to write client.toml",
             Duration::from_secs(20),
-            || data.join("server-url").exists(),
+            || data.join("client.toml").exists(),
         );
-        self.url = std::fs::read_to_string(data.join("server-url"))
-            .unwrap()
-            .trim()
-            .to_string();
+        let cfg = gustavo_client::config::ClientFile::load(&data.join("client.toml"))
+            .expect("the server writes a valid client.toml");
+        self.url = cfg.server.expect("client.toml names the server");
+        let insecure = self.extra.iter().any(|a| a == "--insecure-http");
+        // TLS is on by default: the URL is https and the config carries the CA.
+        if !insecure {
+            assert!(self.url.starts_with("https://"), "{}", self.url);
+            assert!(cfg.ca.is_some_and(|c| c.contains("BEGIN CERTIFICATE")));
+        }
         // Restarts keep the port, so agents find the server again.
-        self.listen = self.url.trim_start_matches("http://").to_string();
-        self.admin = std::fs::read_to_string(data.join("admin-token"))
-            .unwrap()
-            .trim()
+        self.listen = self
+            .url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
             .to_string();
+        self.admin = cfg.token.expect("client.toml holds the admin token");
         self.join = std::fs::read_to_string(data.join("join-token"))
             .unwrap()
             .trim()
             .to_string();
         let url = self.url.clone();
-        wait_for("the server to answer", Duration::from_secs(20), || {
-            Command::new(BIN)
+        let ca = if insecure {
+            Vec::new()
+        } else {
+            vec![
+                "--ca-file".to_string(),
+                self.ca_file().display().to_string(),
+            ]
+        };
+        let mut last;
+        let start = Instant::now();
+        loop {
+            let out = Command::new(BIN)
                 .args(["--server", &url, "--token", "x", "groups", "list"])
+                .args(&ca)
+                .env_remove("GUSTAVO_CONFIG")
                 .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stderr).contains("401"))
-        });
+                .expect("gustavo runs");
+            last = String::from_utf8_lossy(&out.stderr).to_string();
+            if last.contains("401") {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the server did not answer within 20s: {last}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// `kill -9`: nothing is flushed, nothing is said.
@@ -216,12 +319,15 @@ impl Server {
         self.launch();
     }
 
-    /// Runs a CLI command against this server as admin.
+    /// Runs a CLI command against this server as admin, with the client config the
+    /// server wrote (server, CA, admin token).
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
-            .env("GUSTAVO_SERVER", &self.url)
-            .env("GUSTAVO_TOKEN", &self.admin)
+            .env("GUSTAVO_CONFIG", self.config())
+            .env_remove("GUSTAVO_SERVER")
+            .env_remove("GUSTAVO_TOKEN")
+            .env_remove("GUSTAVO_CA_FILE")
             .stdin(Stdio::null())
             .output()
             .expect("gustavo runs")
@@ -340,6 +446,11 @@ impl Agent {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Adds flags for the next (re)start.
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.args.extend(args.iter().map(|a| a.to_string()));
     }
 
     /// `kill -9` the agent; its containers stay.

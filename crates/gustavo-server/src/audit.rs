@@ -1,0 +1,152 @@
+//! The audit log: every request that may change something — who, what, when, from where,
+//! and whether it was allowed — is stored. Reads (`GET`) and the agents' high-volume
+//! heartbeats and status reports are not changes and are left out.
+//!
+//! Entries carry the method, path, status and, for a refusal, the error message — never a
+//! request body, so a secret in a spec cannot reach the log. They are written by one
+//! background task in batches (one transaction each), so a burst of requests costs one
+//! fsync, not one per request; reading the log first waits for what is queued.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use gustavo_store::{AuditRecord, AuthStore};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{AppState, now};
+
+/// The longest detail kept per entry.
+const MAX_DETAIL: usize = 300;
+/// Entries queued before new ones are dropped (and the drop logged).
+const QUEUE: usize = 10_000;
+
+/// Set on a response by a handler or by [`crate::error::ApiError`] so the audit entry can
+/// say why a request was refused.
+#[derive(Debug, Clone)]
+pub struct ErrorNote(pub String);
+
+/// Set on a response by a handler that knows better who acted (login: the user named in
+/// the body, since no token was presented).
+#[derive(Debug, Clone)]
+pub struct ActorNote(pub String);
+
+enum Msg {
+    Entry(AuditRecord),
+    Flush(oneshot::Sender<()>),
+}
+
+pub struct AuditLog {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl AuditLog {
+    /// Starts the writer task (needs a tokio runtime).
+    pub fn start(store: Arc<dyn AuthStore>) -> AuditLog {
+        let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            while rx.recv_many(&mut buf, 512).await > 0 {
+                let mut entries = Vec::new();
+                let mut waiters = Vec::new();
+                for m in buf.drain(..) {
+                    match m {
+                        Msg::Entry(e) => entries.push(e),
+                        Msg::Flush(w) => waiters.push(w),
+                    }
+                }
+                if !entries.is_empty() {
+                    let store = store.clone();
+                    let n = entries.len();
+                    let r = tokio::task::spawn_blocking(move || store.append_audit(&entries)).await;
+                    match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, lost = n, "cannot write the audit log")
+                        }
+                        Err(e) => tracing::error!(error = %e, lost = n, "audit writer failed"),
+                    }
+                }
+                for w in waiters {
+                    let _ = w.send(());
+                }
+            }
+        });
+        AuditLog { tx }
+    }
+
+    pub fn push(&self, entry: AuditRecord) {
+        if self.tx.try_send(Msg::Entry(entry)).is_err() {
+            tracing::error!("audit queue full; an entry was dropped");
+        }
+    }
+
+    /// Waits until everything queued so far is on disk.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Whether a request is a change worth an audit entry.
+fn audited(method: &Method, path: &str) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+        && !path.ends_with("/heartbeat")
+        && !path.ends_with("/status")
+}
+
+/// Middleware: runs the request, then records it.
+pub async fn record(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    if !audited(&method, &path) {
+        return next.run(req).await;
+    }
+    let address = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    let actor = crate::auth::actor_of(&s, req.headers());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let actor = resp
+        .extensions()
+        .get::<ActorNote>()
+        .map(|a| a.0.clone())
+        .unwrap_or(actor);
+    let mut detail = resp
+        .extensions()
+        .get::<ErrorNote>()
+        .map(|n| n.0.clone())
+        .unwrap_or_default();
+    if detail.len() > MAX_DETAIL {
+        let mut cut = MAX_DETAIL;
+        while !detail.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        detail.truncate(cut);
+    }
+    let object = path
+        .strip_prefix("/api/v1/")
+        .unwrap_or(&path)
+        .trim_end_matches('/')
+        .to_string();
+    s.sec.audit.push(AuditRecord {
+        id: 0,
+        at: now(),
+        actor,
+        address,
+        action: format!("{method} {path}"),
+        object,
+        allowed: status < 400,
+        status,
+        detail,
+    });
+    resp
+}
