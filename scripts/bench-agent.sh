@@ -125,25 +125,26 @@ free_port() {
 }
 PORT="$(free_port)"
 DATA="$TMP/data"
-export GUSTAVO_SERVER="http://127.0.0.1:$PORT"
+export GUSTAVO_SERVER="https://127.0.0.1:$PORT"
+# TLS by default: the CLI takes server, CA and admin token from the client.toml the server writes.
+export GUSTAVO_CONFIG="$DATA/client.toml"
 log "starting gustavo server --no-agent on 127.0.0.1:$PORT"
 "$BIN" server --data-dir "$DATA" --listen "127.0.0.1:$PORT" --no-agent >"$TMP/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 200); do
-    [[ -s "$DATA/join-token" ]] && curl -sf "$GUSTAVO_SERVER/api/v1/health" >/dev/null && break
+    [[ -s "$DATA/join-token" ]] && curl -sf --cacert "$DATA/ca.crt" "$GUSTAVO_SERVER/api/v1/health" >/dev/null && break
     kill -0 "$SERVER_PID" 2>/dev/null || die "the server exited at start"
     sleep 0.1
 done
-GUSTAVO_TOKEN="$(cat "$DATA/admin-token")" || die "the server did not come up"
-export GUSTAVO_TOKEN
+[[ -s "$DATA/client.toml" ]] || die "the server did not come up"
+unset GUSTAVO_SERVER GUSTAVO_TOKEN
 
 log "starting gustavo agent --name $NODE --heartbeat $HEARTBEAT"
 # The agent gets the join token by flag, not by the exported admin token.
-env -u GUSTAVO_TOKEN "$BIN" agent --server "$GUSTAVO_SERVER" --token "$(cat "$DATA/join-token")" \
+env -u GUSTAVO_TOKEN "$BIN" agent --server "https://127.0.0.1:$PORT" --token "$(cat "$DATA/join-token")" \
     --name "$NODE" --group default --heartbeat "$HEARTBEAT" --data-dir "$TMP/agent" >"$TMP/agent.log" 2>&1 &
 AGENT_PID=$!
-# registered NODE: is NODE in `nodes list`? (Read the whole output: the CLI aborts on a closed
-# pipe, so no `| grep -q`.)
+# registered NODE: is NODE in `nodes list`?
 registered() { local out; out="$("$BIN" nodes list -o json 2>/dev/null)" && [[ "$out" == *"\"$1\""* ]]; }
 for _ in $(seq 200); do
     registered "$NODE" && break

@@ -130,16 +130,17 @@ log "starting gustavo server on 127.0.0.1:$PORT (data dir $DATA, agent $AGENT)"
 GUSTAVO_LOG=warn "$BIN" server --data-dir "$DATA" --listen "127.0.0.1:$PORT" --agent-name "$AGENT" \
     >"$TMP/server.log" 2>&1 &
 SERVER_PID=$!
-export GUSTAVO_SERVER="http://127.0.0.1:$PORT"
+export GUSTAVO_SERVER="https://127.0.0.1:$PORT"
+# TLS by default: the CLI takes server, CA and admin token from the client.toml the server writes.
+export GUSTAVO_CONFIG="$DATA/client.toml"
 for _ in $(seq 200); do
-    [[ -s "$DATA/admin-token" ]] && curl -sf "$GUSTAVO_SERVER/api/v1/health" >/dev/null && break
+    [[ -s "$DATA/admin-token" ]] && curl -sf --cacert "$DATA/ca.crt" "$GUSTAVO_SERVER/api/v1/health" >/dev/null && break
     kill -0 "$SERVER_PID" 2>/dev/null || die "the server exited at start"
     sleep 0.1
 done
-GUSTAVO_TOKEN="$(cat "$DATA/admin-token")" || die "the server did not come up"
-export GUSTAVO_TOKEN
-# registered NODE: is NODE in `nodes list`? (Read the whole output: the CLI aborts on a closed
-# pipe, so no `| grep -q`.)
+[[ -s "$DATA/client.toml" ]] || die "the server did not come up"
+unset GUSTAVO_SERVER GUSTAVO_TOKEN
+# registered NODE: is NODE in `nodes list`?
 registered() { local out; out="$("$BIN" nodes list -o json 2>/dev/null)" && [[ "$out" == *"\"$1\""* ]]; }
 for _ in $(seq 200); do
     registered "$AGENT" && break

@@ -90,8 +90,8 @@ fn jitter() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// How long a sent status report may wait for the next one, so a burst of changes (a
-/// container created, then running) goes out as one report.
+/// The least time between two status reports, so a burst of changes (a container created,
+/// then running) goes out as one report while a lone change is sent at once.
 const REPORT_COALESCE: Duration = Duration::from_millis(100);
 
 /// Exponential backoff between failed calls to the server.
@@ -367,12 +367,15 @@ async fn report(
         match client.report_status(node, &r).await {
             Ok(()) => {
                 backoff.reset();
+                let sent = tokio::time::Instant::now();
                 tokio::select! {
                     c = rx.changed() => {
                         if c.is_err() {
                             return;
                         }
-                        tokio::time::sleep(REPORT_COALESCE).await;
+                        // At most one report per REPORT_COALESCE: the first change after a
+                        // quiet spell goes at once, a burst right behind it is folded.
+                        tokio::time::sleep_until(sent + REPORT_COALESCE).await;
                     }
                     _ = need.notified() => {}
                 }

@@ -273,7 +273,8 @@ pub struct AgentArgs {
         long = "group",
         short = 'g',
         env = "GUSTAVO_GROUPS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        default_value = "default"
     )]
     pub groups: Vec<String>,
     /// A label `key=value`; repeat for several.

@@ -1,10 +1,11 @@
 //! The `gustavo` binary: glue only. Each subcommand lives in its own file under
 //! `commands/`; the work itself is in the library crates.
 
+#[macro_use]
+mod output;
 mod cli;
 mod commands;
 mod connect;
-mod output;
 mod registry;
 mod rollout;
 

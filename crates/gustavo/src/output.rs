@@ -1,4 +1,26 @@
 //! Printing: tables for people, JSON for scripts.
+//!
+//! Everything goes through [`outln!`], which ends the program quietly when stdout is closed
+//! early (`gustavo nodes list | head -1`) instead of panicking on a broken pipe.
+
+/// `println!` for command output: a closed stdout ends the program with success.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::output::stdout_failed(e);
+        }
+    }};
+}
+
+/// What to do when stdout cannot be written: a reader that went away is not an error.
+pub fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write the output: {e}");
+    std::process::exit(1);
+}
 
 use comfy_table::presets::NOTHING;
 use comfy_table::{ContentArrangement, Table};
@@ -7,7 +29,7 @@ use serde::Serialize;
 use crate::cli::Format;
 
 pub fn json<T: Serialize + ?Sized>(value: &T) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).expect("API types always serialize")
     );
@@ -30,7 +52,7 @@ pub fn show<T: Serialize + ?Sized>(
             for r in rows {
                 t.add_row(r);
             }
-            println!("{}", t.trim_fmt());
+            outln!("{}", t.trim_fmt());
         }
     }
 }

@@ -54,15 +54,16 @@ pub async fn check(image: &str) {
         return;
     };
     let tags = list.tags.unwrap_or_default();
-    println!(
+    outln!(
         "registry {registry}: {} tags [{}]",
         list.name,
         tags.join(", ")
     );
     if tags.contains(&r.tag) {
-        println!(
+        outln!(
             "{}:{} has been found in registry {registry}",
-            r.repository, r.tag
+            r.repository,
+            r.tag
         );
     } else {
         eprintln!(

@@ -89,6 +89,6 @@ pub async fn wait(client: &Client, app: &str, verb: &str, timeout: Duration) -> 
             )
             .into());
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -1064,3 +1064,41 @@ fn simulated_fleet_of_1000_smoke() {
         assert_eq!(l["errors"], 0, "{l}");
     }
 }
+
+/// An agent started without `--group` joins `default`, where apps go when created without
+/// `-d` — so the quick start reaches every device. (A README promise once untested.)
+#[test]
+fn agent_without_group_joins_default() {
+    require_docker_and_registry();
+    let server = Server::start();
+    let node = unique("nogroup");
+    let _a = Agent::start(&server, &node, &[], &[]);
+    let nodes = server.json(&["nodes", "list"]);
+    let me = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == node.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(me["groups"], serde_json::json!(["default"]));
+    let file = server.spec(
+        "a.yml",
+        "app:\n  docker_image: gustavo-test/busybox:latest\n",
+    );
+    server.ok(&[
+        "apps",
+        "create",
+        "-n",
+        "app",
+        "-f",
+        &file,
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(
+        containers_of(&node, Some("running")),
+        vec![format!("{node}.app.1")]
+    );
+}

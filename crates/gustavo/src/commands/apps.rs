@@ -38,17 +38,17 @@ fn print_app(format: Format, app: &App) {
     match format {
         Format::Json => crate::output::json(app),
         Format::Table => {
-            println!("name:      {}", app.name);
-            println!("groups:    {}", app.groups.join(", "));
-            println!("revision:  {}", app.revision);
-            println!("updated:   {}", ago(app.updated_at));
-            println!("spec:");
+            outln!("name:      {}", app.name);
+            outln!("groups:    {}", app.groups.join(", "));
+            outln!("revision:  {}", app.revision);
+            outln!("updated:   {}", ago(app.updated_at));
+            outln!("spec:");
             let yaml = serde_json::to_value(&app.spec).expect("specs serialize");
             for line in serde_json::to_string_pretty(&yaml)
                 .expect("values serialize")
                 .lines()
             {
-                println!("  {line}");
+                outln!("  {line}");
             }
         }
     }
@@ -65,7 +65,7 @@ pub async fn run(cli: &Cli, cmd: &AppsCmd) -> Result<()> {
         } => {
             let spec = read_spec(file, name)?;
             if cli.output == Format::Table {
-                println!(
+                outln!(
                     "gustavo@{}",
                     client
                         .base()
@@ -76,9 +76,9 @@ pub async fn run(cli: &Cli, cmd: &AppsCmd) -> Result<()> {
             }
             let app = client.create_app(name, &spec, groups).await?;
             if cli.output == Format::Table {
-                println!("created app : {} (revision {})", app.name, app.revision);
+                outln!("created app : {} (revision {})", app.name, app.revision);
                 for g in &app.groups {
-                    println!("attached to device group : {g}");
+                    outln!("attached to device group : {g}");
                 }
             } else {
                 crate::output::json(&app);
@@ -98,9 +98,9 @@ pub async fn run(cli: &Cli, cmd: &AppsCmd) -> Result<()> {
             if cli.output == Format::Json {
                 crate::output::json(&app);
             } else if app.revision == before.revision {
-                println!("app {} unchanged (revision {})", app.name, app.revision);
+                outln!("app {} unchanged (revision {})", app.name, app.revision);
             } else {
-                println!("updated app : {} (revision {})", app.name, app.revision);
+                outln!("updated app : {} (revision {})", app.name, app.revision);
             }
             maybe_wait(&client, name, "running", wait).await
         }
@@ -118,7 +118,7 @@ pub async fn run(cli: &Cli, cmd: &AppsCmd) -> Result<()> {
                 Format::Json => {
                     crate::output::json(&serde_json::json!({"deleted": name, "revision": revision}))
                 }
-                Format::Table => println!("deleted app : {name} (revision {revision})"),
+                Format::Table => outln!("deleted app : {name} (revision {revision})"),
             }
             maybe_wait(&client, name, "clear", wait).await
         }
@@ -160,7 +160,7 @@ pub async fn run(cli: &Cli, cmd: &AppsCmd) -> Result<()> {
             let app = client.app_action(name, action).await?;
             match cli.output {
                 Format::Json => crate::output::json(&app),
-                Format::Table => println!("{action}: app {} (revision {})", app.name, app.revision),
+                Format::Table => outln!("{action}: app {} (revision {})", app.name, app.revision),
             }
             maybe_wait(&client, name, verb, wait).await
         }

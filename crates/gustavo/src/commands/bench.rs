@@ -376,24 +376,29 @@ fn print(format: Format, r: &Report) {
         crate::output::json(r);
         return;
     }
-    println!(
+    outln!(
         "agents {} · heartbeat {}s · {} HTTP/2 connections",
-        r.agents, r.heartbeat_s, r.connections
+        r.agents,
+        r.heartbeat_s,
+        r.connections
     );
-    println!(
+    outln!(
         "registration: {:.1}s ({:.0}/s)",
-        r.registration_s, r.registrations_per_s
+        r.registration_s,
+        r.registrations_per_s
     );
-    println!(
+    outln!(
         "idle ({:.0}s window): {:.0} bytes per agent per minute on loopback ({:.1} bit/s per agent)",
         r.idle_window_s,
         r.idle_bytes_per_agent_per_min,
         r.idle_bytes_per_agent_per_min * 8.0 / 60.0
     );
     if let Some(s) = &r.server {
-        println!(
+        outln!(
             "server: {:.1}% CPU idle, {:.0} MB RSS idle, {:.0} MB peak",
-            s.idle_cpu_percent, s.rss_mb_idle, s.peak_rss_mb
+            s.idle_cpu_percent,
+            s.rss_mb_idle,
+            s.peak_rss_mb
         );
     }
     let rows = r

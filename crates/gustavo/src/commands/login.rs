@@ -67,7 +67,7 @@ pub async fn login(cli: &Cli, args: &LoginArgs) -> Result<()> {
             "user": resp.user, "role": resp.role, "expires_at": resp.expires_at,
             "config": path,
         })),
-        Format::Table => println!(
+        Format::Table => outln!(
             "logged in to {} as {} ({}); session kept in {}",
             t.server,
             resp.user,
@@ -94,7 +94,7 @@ pub async fn logout(cli: &Cli) -> Result<()> {
             f.user = None;
             f.save(&p)?;
         }
-        println!("logged out ({})", p.display());
+        outln!("logged out ({})", p.display());
     }
     Ok(())
 }
@@ -104,8 +104,8 @@ pub async fn whoami(cli: &Cli) -> Result<()> {
     match cli.output {
         Format::Json => crate::output::json(&w),
         Format::Table => match w.role {
-            Some(r) => println!("{} ({r})", w.actor),
-            None => println!("{}", w.actor),
+            Some(r) => outln!("{} ({r})", w.actor),
+            None => outln!("{}", w.actor),
         },
     }
     Ok(())

@@ -44,7 +44,7 @@ pub async fn run(cli: &Cli, cmd: &NodesCmd) -> Result<()> {
         }
         NodesCmd::Remove { name } => {
             client.delete_node(name).await?;
-            println!("removed node {name}");
+            outln!("removed node {name}");
         }
     }
     Ok(())

@@ -40,7 +40,7 @@ pub async fn run(cli: &Cli, cmd: &TokensCmd) -> Result<()> {
             match cli.output {
                 Format::Json => crate::output::json(&t),
                 Format::Table => {
-                    println!("{}", t.token);
+                    outln!("{}", t.token);
                     eprintln!(
                         "join token {} (group: {}, expires: {}); it is shown only now",
                         t.info.id,
@@ -74,7 +74,7 @@ pub async fn run(cli: &Cli, cmd: &TokensCmd) -> Result<()> {
         }
         TokensCmd::Revoke { id } => {
             client.revoke_join_token(id).await?;
-            println!("revoked join token {id}");
+            outln!("revoked join token {id}");
         }
     }
     Ok(())

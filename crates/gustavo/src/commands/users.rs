@@ -18,7 +18,7 @@ pub async fn users(cli: &Cli, cmd: &UsersCmd) -> Result<()> {
             let role = Role::parse(role).map_err(|e| usage(format!("--role: {e}")))?;
             let password = super::login::read_password("password for the new user: ", false)?;
             let u = client.create_user(name, role, &password, groups).await?;
-            println!("created user {} ({})", u.name, u.role);
+            outln!("created user {} ({})", u.name, u.role);
         }
         UsersCmd::List => {
             let list = client.list_users().await?;
@@ -42,7 +42,7 @@ pub async fn users(cli: &Cli, cmd: &UsersCmd) -> Result<()> {
         }
         UsersCmd::Delete { name } => {
             client.delete_user(name).await?;
-            println!("deleted user {name}");
+            outln!("deleted user {name}");
         }
     }
     Ok(())
@@ -83,7 +83,7 @@ pub async fn user_groups(cli: &Cli, cmd: &UserGroupsCmd) -> Result<()> {
                 device_groups: grants_of("--device-group", device_groups)?,
             };
             let g = client.put_user_group(name, &grants).await?;
-            println!("user group {} set", g.name);
+            outln!("user group {} set", g.name);
         }
         UserGroupsCmd::List => {
             let list = client.list_user_groups().await?;
@@ -103,7 +103,7 @@ pub async fn user_groups(cli: &Cli, cmd: &UserGroupsCmd) -> Result<()> {
         }
         UserGroupsCmd::Delete { name } => {
             client.delete_user_group(name).await?;
-            println!("deleted user group {name}");
+            outln!("deleted user group {name}");
         }
     }
     Ok(())
@@ -122,7 +122,7 @@ pub async fn policy(cli: &Cli, cmd: &PolicyCmd) -> Result<()> {
                 .map(|a| Privilege::parse(a).map_err(|e| usage(format!("--allow: {e}"))))
                 .collect::<Result<Vec<_>>>()?;
             let p = client.put_policy(group, &allow, images).await?;
-            println!("policy of device group {} set", p.group);
+            outln!("policy of device group {} set", p.group);
         }
         PolicyCmd::List => {
             let list: Vec<GroupPolicy> = client.list_policies().await?;
@@ -148,7 +148,7 @@ pub async fn policy(cli: &Cli, cmd: &PolicyCmd) -> Result<()> {
         }
         PolicyCmd::Delete { group } => {
             client.delete_policy(group).await?;
-            println!("removed the policy of device group {group}");
+            outln!("removed the policy of device group {group}");
         }
     }
     Ok(())
