@@ -460,6 +460,32 @@ impl Client {
             .await
     }
 
+    /// Waits up to `wait` for the rollout to move past `seen` converged devices (or fail,
+    /// or finish), then returns it: a long-poll for `--wait`.
+    pub async fn rollout_wait(
+        &self,
+        name: &str,
+        seen: Option<usize>,
+        wait: Duration,
+    ) -> Result<Rollout, ClientError> {
+        let mut path = format!("/api/v1/rollouts/{name}?wait={}", wait.as_secs().max(1));
+        if let Some(n) = seen {
+            path.push_str(&format!("&seen={n}"));
+        }
+        let (_, bytes) = self
+            .send(
+                Method::GET,
+                &path,
+                Self::NONE,
+                wait + Duration::from_secs(10),
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: format!("{}{}", self.base, path),
+            reason: e.to_string(),
+        })
+    }
+
     pub async fn rollout_summary(&self, name: &str) -> Result<RolloutSummary, ClientError> {
         self.call(
             Method::GET,

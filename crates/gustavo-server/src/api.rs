@@ -383,7 +383,19 @@ pub struct RolloutQuery {
     /// Counts only, without the per-node rows.
     #[serde(default)]
     summary: bool,
+    /// Wait up to this many seconds (at most 60) for the rollout to move: answer as soon as
+    /// the number of converged devices differs from `seen`, a device fails, or every device
+    /// has converged. `--wait` uses it instead of polling.
+    #[serde(default)]
+    wait: u64,
+    /// The converged count the caller already has.
+    #[serde(default)]
+    seen: Option<usize>,
 }
+
+/// How often a waiting rollout is recomputed at most: a fleet's status reports arrive by
+/// the thousand, and each recomputation walks every member node.
+const ROLLOUT_RECHECK: Duration = Duration::from_millis(50);
 
 pub async fn rollout(
     p: Principal,
@@ -392,16 +404,53 @@ pub async fn rollout(
     QueryParams(q): QueryParams<RolloutQuery>,
 ) -> Result<Response, ApiError> {
     let who = p.person()?;
-    let c = s.shared.read();
-    // A deleted app's groups are gone: only a grant on its name (or an admin) sees it.
-    let groups = c
-        .apps
-        .get(&name)
-        .map(|a| a.groups.clone())
-        .unwrap_or_default();
-    if !who.can_read_app(&name, &groups) {
-        return Err(hidden("app", &name));
+    {
+        let c = s.shared.read();
+        // A deleted app's groups are gone: only a grant on its name (or an admin) sees it.
+        let groups = c
+            .apps
+            .get(&name)
+            .map(|a| a.groups.clone())
+            .unwrap_or_default();
+        if !who.can_read_app(&name, &groups) {
+            return Err(hidden("app", &name));
+        }
     }
+    if q.wait > 0 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(60));
+        let mut reports = s.shared.reports.subscribe();
+        let mut revisions = s.shared.revision_tx.subscribe();
+        loop {
+            let checked = tokio::time::Instant::now();
+            let moved = {
+                let sum = s.shared.read().rollout_summary(&name);
+                match sum {
+                    None => true,
+                    Some(r) => {
+                        q.seen != Some(r.converged) || r.failed > 0 || r.converged >= r.total
+                    }
+                }
+            };
+            if moved || *s.shared.closing.borrow() {
+                break;
+            }
+            reports.borrow_and_update();
+            revisions.borrow_and_update();
+            let woke = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    _ = reports.changed() => {}
+                    _ = revisions.changed() => {}
+                }
+            })
+            .await;
+            if woke.is_err() {
+                break;
+            }
+            // Fold a burst of reports into one recomputation.
+            tokio::time::sleep_until(checked + ROLLOUT_RECHECK).await;
+        }
+    }
+    let c = s.shared.read();
     Ok(if q.summary {
         Json(
             c.rollout_summary(&name)
@@ -765,5 +814,6 @@ pub async fn status(
         l.report = report;
         l.has_report = true;
     });
+    s.shared.reports.send_modify(|n| *n = n.wrapping_add(1));
     Ok(StatusCode::NO_CONTENT)
 }

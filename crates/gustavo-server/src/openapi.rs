@@ -36,7 +36,7 @@ pub const DOCUMENT: &str = r##"{
     },
     "/api/v1/apps/{name}/{action}": {"post": {"summary": "start, stop or restart an app", "responses": {"200": {"description": "app"}, "404": {"description": "no such app or action"}, "409": {"description": "restart of a stopped app"}}}},
     "/api/v1/stats": {"get": {"summary": "Counts: revision, nodes, ready nodes, apps, groups", "responses": {"200": {"description": "stats"}}}},
-    "/api/v1/rollouts/{name}": {"get": {"summary": "How far the app's current revision (or its deletion) has reached each device; ?summary=true gives counts only", "responses": {"200": {"description": "rollout"}, "404": {"description": "unknown app"}}}},
+    "/api/v1/rollouts/{name}": {"get": {"summary": "How far the app's current revision (or its deletion) has reached each device; ?summary=true gives counts only; ?wait=S&seen=N waits up to S seconds for the converged count to move from N, a failure, or completion", "responses": {"200": {"description": "rollout"}, "404": {"description": "unknown app"}}}},
     "/api/v1/groups": {"get": {"summary": "List device groups", "responses": {"200": {"description": "groups"}}}},
     "/api/v1/groups/{name}": {"get": {"summary": "Get a device group", "responses": {"200": {"description": "group"}, "404": {"description": "no such group"}}}},
     "/api/v1/nodes": {"get": {"summary": "List nodes (?group=&host=)", "responses": {"200": {"description": "nodes"}}}},

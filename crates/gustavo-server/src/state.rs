@@ -449,6 +449,8 @@ pub struct Shared {
     /// Set when the server shuts down, so long-polls answer at once instead of holding the
     /// graceful shutdown for their whole wait.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// Bumped on every status report, for rollout waiters (`--wait`) to wake on.
+    pub reports: tokio::sync::watch::Sender<u64>,
     jobs: std::sync::mpsc::Sender<Box<dyn Job>>,
 }
 
@@ -512,12 +514,14 @@ impl Shared {
         let cluster = Cluster::from_snapshot(store.load()?);
         let (revision_tx, _) = tokio::sync::watch::channel(cluster.revision);
         let (closing, _) = tokio::sync::watch::channel(false);
+        let (reports, _) = tokio::sync::watch::channel(0);
         let (jobs, rx) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared {
             cluster: std::sync::RwLock::new(cluster),
             store,
             revision_tx,
             closing,
+            reports,
             jobs,
         });
         let weak = Arc::downgrade(&shared);

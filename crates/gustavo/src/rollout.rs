@@ -45,8 +45,15 @@ pub async fn wait(client: &Client, app: &str, verb: &str, timeout: Duration) -> 
         None
     };
     let mut last_printed = None;
+    // The server answers as soon as the rollout moves (a long-poll), so a change is seen the
+    // moment the last device reports it, with no polling delay.
+    let mut seen = None;
     loop {
-        let r = client.rollout(app).await?;
+        let left = timeout.saturating_sub(start.elapsed());
+        let r = client
+            .rollout_wait(app, seen, left.min(Duration::from_secs(30)))
+            .await?;
+        seen = Some(r.converged_count());
         let (done, total) = (r.converged_count(), r.nodes.len());
         if let Some(b) = &bar {
             b.set_length(total as u64);
@@ -89,6 +96,5 @@ pub async fn wait(client: &Client, app: &str, verb: &str, timeout: Duration) -> 
             )
             .into());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
