@@ -180,14 +180,18 @@ impl<R: Runtime> Reconciler<R> {
                     None => std::future::pending().await,
                 }
             };
+            // Finished workers first: an engine event for a container a worker just started
+            // usually arrives before the worker's own answer, and must not make the next
+            // pass report the app as still busy.
             tokio::select! {
+                biased;
+                Some((app, fp, result)) = self.done_rx.recv() => self.finished(app, fp, result),
                 r = self.desired.changed() => if r.is_err() { return },
                 Some(()) = events.recv() => {
-                    // Events come in bursts (die, stop, destroy…): let the burst settle.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // Events come in bursts (create, start…); the one-slot channel already
+                    // folds them, so a pass runs at once, and at most once more per burst.
                     while events.try_recv().is_ok() {}
                 }
-                Some((app, fp, result)) = self.done_rx.recv() => self.finished(app, fp, result),
                 _ = resync => {}
                 _ = retry => {}
             }
