@@ -99,31 +99,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- binary and server ---------------------------------------------------------------------
-BIN="${GUSTAVO_BIN:-$BIN}"
-if [[ $BUILD == 1 && -z "${GUSTAVO_BIN:-}" ]]; then
-    log "building the release binary (cargo build --release -p gustavo)"
-    (cd "$ROOT" && cargo build --release -q -p gustavo) || die "cargo build failed"
-fi
-[[ -x "$BIN" ]] || die "$BIN not found; run cargo build --release -p gustavo"
-if [[ -n "${GUSTAVO_BIN:-}" ]]; then
-    SRC="binary $GUSTAVO_BIN"
-else
-    SRC="commit $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
-fi
-LOAD0="$(cut -d" " -f1-3 /proc/loadavg)"
-# Run a private copy, so a concurrent cargo build cannot swap the binary mid-run.
-cp "$BIN" "$TMP/gustavo"
-log "binary: $BIN ($("$BIN" --version), $SRC), run as $TMP/gustavo"
-BIN="$TMP/gustavo"
-
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 40000))
-        [[ -z "$(ss -Htln "sport = :$p")" ]] && { echo "$p"; return; }
-    done
-    die "no free port found"
-}
+prepare_binary
 PORT="$(free_port)"
 DATA="$TMP/data"
 log "starting gustavo server on 127.0.0.1:$PORT (data dir $DATA, agent $AGENT)"

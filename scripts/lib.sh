@@ -61,3 +61,35 @@ require_docker() {
 }
 
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+
+# prepare_binary — for the benchmarks: picks $GUSTAVO_BIN or the release build (building it
+# when $BUILD is 1), records where it came from in $SRC and the load in $LOAD0, and runs a
+# private copy in $TMP so a concurrent cargo build cannot swap it mid-run. Uses $ROOT, $TMP.
+prepare_binary() {
+    BIN="${GUSTAVO_BIN:-$BIN}"
+    if [[ $BUILD == 1 && -z "${GUSTAVO_BIN:-}" ]]; then
+        log "building the release binary (cargo build --release -p gustavo)"
+        (cd "$ROOT" && cargo build --release -q -p gustavo) || die "cargo build failed"
+    fi
+    [[ -x "$BIN" ]] || die "$BIN not found; run cargo build --release -p gustavo"
+    if [[ -n "${GUSTAVO_BIN:-}" ]]; then
+        SRC="binary $GUSTAVO_BIN"
+    else
+        SRC="commit $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+    fi
+    LOAD0="$(cut -d" " -f1-3 /proc/loadavg)"
+    # Run a private copy, so a concurrent cargo build cannot swap the binary mid-run.
+    cp "$BIN" "$TMP/gustavo"
+    log "binary: $BIN ($("$BIN" --version), $SRC), run as $TMP/gustavo"
+    BIN="$TMP/gustavo"
+}
+
+# free_port — a TCP port on loopback that nothing listens on.
+free_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 40000))
+        [[ -z "$(ss -Htln "sport = :$p")" ]] && { echo "$p"; return; }
+    done
+    die "no free port found"
+}

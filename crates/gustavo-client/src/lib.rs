@@ -374,9 +374,18 @@ impl Client {
         path: &str,
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<T, ClientError> {
-        let (_, bytes) = self
-            .send(method, path, body, Duration::from_secs(30))
-            .await?;
+        self.call_timeout(method, path, body, Duration::from_secs(30))
+            .await
+    }
+
+    async fn call_timeout<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let (_, bytes) = self.send(method, path, body, timeout).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
             url: format!("{}{}", self.base, path),
             reason: e.to_string(),
@@ -472,18 +481,13 @@ impl Client {
         if let Some(n) = seen {
             path.push_str(&format!("&seen={n}"));
         }
-        let (_, bytes) = self
-            .send(
-                Method::GET,
-                &path,
-                Self::NONE,
-                wait + Duration::from_secs(10),
-            )
-            .await?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            url: format!("{}{}", self.base, path),
-            reason: e.to_string(),
-        })
+        self.call_timeout(
+            Method::GET,
+            &path,
+            Self::NONE,
+            wait + Duration::from_secs(10),
+        )
+        .await
     }
 
     pub async fn rollout_summary(&self, name: &str) -> Result<RolloutSummary, ClientError> {
