@@ -306,13 +306,6 @@ impl Client {
         &self.base
     }
 
-    pub fn with_token(&self, token: &str) -> Client {
-        Client {
-            token: token.to_string(),
-            ..self.clone()
-        }
-    }
-
     async fn send(
         &self,
         method: Method,

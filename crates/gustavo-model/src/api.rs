@@ -323,10 +323,3 @@ pub struct NodeVitals {
     pub status: NodeStatus,
     pub vitals: Option<Vitals>,
 }
-
-/// `GET /api/v1/registry/tags?image=`: what the image's registry holds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ImageTags {
-    pub name: String,
-    pub tags: Vec<String>,
-}
