@@ -723,9 +723,7 @@ fn seen(s: &AppState, node: &str, addr: SocketAddr, f: impl FnOnce(&mut crate::s
     }
     let mut live = c.live.entry(node.to_string()).or_default();
     live.last_seen = now();
-    if live.address.is_empty() {
-        live.address = addr.ip().to_string();
-    }
+    live.address = Some(addr.ip());
     f(&mut live);
 }
 

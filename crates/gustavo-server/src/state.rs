@@ -28,7 +28,8 @@ pub const OFFLINE_AFTER_S: u64 = 15;
 #[derive(Debug, Clone, Default)]
 pub struct Live {
     pub last_seen: u64,
-    pub address: String,
+    /// Where the node's last request came from (it may move).
+    pub address: Option<std::net::IpAddr>,
     pub vitals: Option<Vitals>,
     pub report: StatusReport,
     /// False until the node's first status report since this server started.
@@ -207,7 +208,10 @@ impl Cluster {
             name: n.name.clone(),
             groups: n.groups.clone(),
             labels: n.labels.clone(),
-            address: live.map(|l| l.address.clone()).unwrap_or_default(),
+            address: live
+                .and_then(|l| l.address)
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             agent_version: n.agent_version.clone(),
             cpus: n.cpus,
             memory_mb: n.memory_mb,
