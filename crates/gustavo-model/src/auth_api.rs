@@ -113,17 +113,25 @@ pub struct UserGroupInfo {
 /// `PUT /api/v1/policies/{group}`.
 pub type PolicyInfo = GroupPolicy;
 
-/// One audit entry.
+/// One entry of the audit log, as stored and as served by `GET /api/v1/audit`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
+    /// Assigned by the store, increasing.
+    #[serde(default)]
     pub id: u64,
+    /// Unix seconds.
     pub at: u64,
+    /// Who: `user:NAME`, `admin`, `node:NAME`, `join:ID`, or `anonymous`.
     pub actor: String,
+    /// From where: the peer's IP address.
     pub address: String,
+    /// What: `METHOD /path`.
     pub action: String,
+    /// The object touched, e.g. `apps/web`.
     pub object: String,
     pub allowed: bool,
     pub status: u16,
+    /// Why it was refused, when it was; never a request body.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
 }

@@ -542,19 +542,5 @@ pub async fn audit(
         .await
         .map_err(|e| ApiError::Internal(format!("audit read failed: {e}")))?
         .map_err(|e| ApiError::Internal(format!("cannot read the audit log: {e}")))?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|r| AuditEntry {
-                id: r.id,
-                at: r.at,
-                actor: r.actor,
-                address: r.address,
-                action: r.action,
-                object: r.object,
-                allowed: r.allowed,
-                status: r.status,
-                detail: r.detail,
-            })
-            .collect(),
-    ))
+    Ok(Json(rows))
 }

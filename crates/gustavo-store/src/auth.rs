@@ -68,28 +68,8 @@ pub struct UserGroupRecord {
     pub grants: Grants,
 }
 
-/// One entry of the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditRecord {
-    /// Assigned by the store, increasing.
-    #[serde(default)]
-    pub id: u64,
-    /// Unix seconds.
-    pub at: u64,
-    /// Who: `user:NAME`, `admin`, `node:NAME`, `join:ID`, or `anonymous`.
-    pub actor: String,
-    /// From where: the peer's IP address.
-    pub address: String,
-    /// What: `METHOD /path`.
-    pub action: String,
-    /// The object touched, e.g. `apps/web`.
-    pub object: String,
-    pub allowed: bool,
-    pub status: u16,
-    /// Why it was refused, when it was; never a request body.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub detail: String,
-}
+/// One entry of the audit log: the API's own type, stored as it is served.
+pub use gustavo_model::auth_api::AuditEntry as AuditRecord;
 
 /// Filters for reading the audit log; every field narrows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
