@@ -1,13 +1,14 @@
 //! The Docker Engine runtime, over the engine's API on its unix socket (bollard).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::{
     ContainerCreateBody, ContainerSummaryStateEnum, DeviceMapping, EndpointSettings, HealthConfig,
-    HostConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig, PortBinding,
-    RestartPolicy, RestartPolicyNameEnum,
+    HostConfig, NetworkConnectRequest, NetworkingConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
@@ -25,17 +26,19 @@ const STOP_TIMEOUT_S: i32 = 10;
 
 #[derive(Clone)]
 pub struct DockerRuntime {
-    docker: Docker,
+    pub(crate) docker: Docker,
+    /// Serialises network creation in this process (see `networks.rs`).
+    pub(crate) net_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
-fn status_code(e: &bollard::errors::Error) -> Option<u16> {
+pub(crate) fn status_code(e: &bollard::errors::Error) -> Option<u16> {
     match e {
         bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
     }
 }
 
-fn message(e: &bollard::errors::Error) -> String {
+pub(crate) fn message(e: &bollard::errors::Error) -> String {
     match e {
         bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
         other => other.to_string(),
@@ -55,7 +58,10 @@ impl DockerRuntime {
             api = v.api_version.as_deref().unwrap_or("?"),
             "connected to the Docker engine"
         );
-        Ok(DockerRuntime { docker })
+        Ok(DockerRuntime {
+            docker,
+            net_lock: Arc::default(),
+        })
     }
 
     async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
@@ -87,41 +93,9 @@ impl DockerRuntime {
             })
     }
 
-    async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
-        match self.docker.inspect_network(name, None).await {
-            Ok(_) => return Ok(()),
-            Err(e) if status_code(&e) == Some(404) => {}
-            Err(e) => {
-                return Err(RuntimeError::Network {
-                    name: name.into(),
-                    reason: message(&e),
-                });
-            }
-        }
-        let req = NetworkCreateRequest {
-            name: name.to_string(),
-            driver: Some("bridge".into()),
-            labels: Some(HashMap::from([(
-                "gustavo.managed".to_string(),
-                "true".to_string(),
-            )])),
-            ..Default::default()
-        };
-        match self.docker.create_network(req).await {
-            Ok(_) => {
-                tracing::info!(network = name, "created network");
-                Ok(())
-            }
-            // Another agent on this engine created it between our two calls.
-            Err(e) if status_code(&e) == Some(409) => Ok(()),
-            Err(e) => Err(RuntimeError::Network {
-                name: name.into(),
-                reason: message(&e),
-            }),
-        }
-    }
-
-    fn body(node: &str, c: &DesiredContainer) -> ContainerCreateBody {
+    /// The engine's create body. `networks` holds the IDs of the spec's bridge networks, in
+    /// the spec's order (names can be ambiguous on an engine; IDs never are).
+    fn body(node: &str, c: &DesiredContainer, networks: &[String]) -> ContainerCreateBody {
         let s = &c.spec;
         let mut labels: HashMap<String, String> = s.labels.clone().into_iter().collect();
         labels.insert(labels::NODE.into(), node.into());
@@ -145,9 +119,17 @@ impl DockerRuntime {
         let (network_mode, endpoints) = match &s.network {
             NetworkMode::Host => ("host".to_string(), None),
             NetworkMode::None => ("none".to_string(), None),
-            NetworkMode::Bridges(list) => {
-                let first = list.first().cloned().unwrap_or_else(|| "bridge".into());
-                let ep = HashMap::from([(first.clone(), EndpointSettings::default())]);
+            NetworkMode::Bridges(_) => {
+                let first = networks.first().cloned().unwrap_or_else(|| "bridge".into());
+                // The engine resolves an endpoint by its NetworkID when set, and by name
+                // otherwise — which is ambiguous while duplicates exist.
+                let ep = HashMap::from([(
+                    first.clone(),
+                    EndpointSettings {
+                        network_id: networks.first().cloned(),
+                        ..Default::default()
+                    },
+                )]);
                 (first, Some(ep))
             }
         };
@@ -204,6 +186,100 @@ impl DockerRuntime {
             }),
             ..Default::default()
         }
+    }
+}
+
+/// Why one attempt at creating a container failed.
+enum CreateError {
+    /// A network we resolved to an ID no longer exists.
+    NetworkGone(String),
+    Runtime(RuntimeError),
+}
+
+impl CreateError {
+    fn into_runtime(self, container: &str) -> RuntimeError {
+        match self {
+            CreateError::NetworkGone(n) => RuntimeError::Container {
+                name: container.into(),
+                reason: format!("network `{n}` was removed while the container was created"),
+            },
+            CreateError::Runtime(e) => e,
+        }
+    }
+}
+
+impl From<RuntimeError> for CreateError {
+    fn from(e: RuntimeError) -> Self {
+        CreateError::Runtime(e)
+    }
+}
+
+/// Whether the engine refused because a network (given by ID) does not exist.
+fn network_missing(e: &bollard::errors::Error) -> bool {
+    status_code(e) == Some(404) && message(e).contains("network")
+}
+
+impl DockerRuntime {
+    async fn create_once(&self, node: &str, c: &DesiredContainer) -> Result<String, CreateError> {
+        let err = |reason: String| {
+            CreateError::Runtime(RuntimeError::Container {
+                name: c.name.clone(),
+                reason,
+            })
+        };
+        let mut networks = Vec::new();
+        if let NetworkMode::Bridges(list) = &c.spec.network {
+            for n in list {
+                networks.push((n.clone(), self.resolve_network(n).await?));
+            }
+        }
+        let ids: Vec<String> = networks.iter().map(|(_, id)| id.clone()).collect();
+        let created = match self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(c.name.clone()),
+                    ..Default::default()
+                }),
+                Self::body(node, c, &ids),
+            )
+            .await
+        {
+            Ok(created) => created,
+            Err(e) if network_missing(&e) && !networks.is_empty() => {
+                return Err(CreateError::NetworkGone(networks[0].0.clone()));
+            }
+            Err(e) => return Err(err(message(&e))),
+        };
+        let id = created.id;
+        for (name, net) in networks.iter().skip(1) {
+            let req = NetworkConnectRequest {
+                container: id.clone(),
+                endpoint_config: Some(EndpointSettings {
+                    network_id: Some(net.clone()),
+                    ..Default::default()
+                }),
+            };
+            if let Err(e) = self.docker.connect_network(net, req).await {
+                let _ = self.remove(&id).await;
+                if network_missing(&e) {
+                    return Err(CreateError::NetworkGone(name.clone()));
+                }
+                return Err(err(format!(
+                    "cannot join network `{name}`: {}",
+                    message(&e)
+                )));
+            }
+        }
+        if let Err(e) = self.docker.start_container(&id, None).await {
+            // Leave nothing half-made behind: the next pass would only trip over it.
+            let _ = self.remove(&id).await;
+            if network_missing(&e) && !networks.is_empty() {
+                return Err(CreateError::NetworkGone(networks[0].0.clone()));
+            }
+            return Err(err(message(&e)));
+        }
+        Ok(id)
     }
 }
 
@@ -287,47 +363,17 @@ impl Runtime for DockerRuntime {
     }
 
     async fn create(&self, node: &str, c: &DesiredContainer) -> Result<String, RuntimeError> {
-        let err = |reason: String| RuntimeError::Container {
-            name: c.name.clone(),
-            reason,
-        };
-        let extra_networks: Vec<String> = match &c.spec.network {
-            NetworkMode::Bridges(list) => {
-                for n in list {
-                    self.ensure_network(n).await?;
-                }
-                list.iter().skip(1).cloned().collect()
+        // A network resolved a moment ago can vanish (another agent on this engine pruned
+        // it as unused): resolve again once and retry.
+        match self.create_once(node, c).await {
+            Err(CreateError::NetworkGone(n)) => {
+                tracing::info!(network = %n, container = %c.name, "network vanished; resolving again");
+                self.create_once(node, c)
+                    .await
+                    .map_err(|e| e.into_runtime(&c.name))
             }
-            _ => Vec::new(),
-        };
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(c.name.clone()),
-                    ..Default::default()
-                }),
-                Self::body(node, c),
-            )
-            .await
-            .map_err(|e| err(message(&e)))?;
-        let id = created.id;
-        for n in extra_networks {
-            let req = NetworkConnectRequest {
-                container: id.clone(),
-                endpoint_config: None,
-            };
-            if let Err(e) = self.docker.connect_network(&n, req).await {
-                let _ = self.remove(&id).await;
-                return Err(err(format!("cannot join network `{n}`: {}", message(&e))));
-            }
+            other => other.map_err(|e| e.into_runtime(&c.name)),
         }
-        if let Err(e) = self.docker.start_container(&id, None).await {
-            // Leave nothing half-made behind: the next pass would only trip over it.
-            let _ = self.remove(&id).await;
-            return Err(err(message(&e)));
-        }
-        Ok(id)
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
@@ -373,6 +419,10 @@ impl Runtime for DockerRuntime {
                 reason: message(&e),
             }),
         }
+    }
+
+    async fn prune_networks(&self, unused: &std::collections::BTreeSet<String>) {
+        DockerRuntime::prune_networks(self, unused).await
     }
 
     fn watch(&self, node: &str) -> tokio::sync::mpsc::Receiver<()> {

@@ -15,6 +15,7 @@
 
 pub mod docker;
 pub mod fleet;
+mod networks;
 pub mod persist;
 pub mod reconcile;
 pub mod runtime;

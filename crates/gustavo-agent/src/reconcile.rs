@@ -15,7 +15,7 @@ use gustavo_model::api::{
     AppState, AppStatus, ContainerStatus, DesiredApp, DesiredState, StatusReport,
 };
 use gustavo_model::plan::{AppPlan, Observed, RunState, Step, plan_app};
-use gustavo_model::spec::ImageRef;
+use gustavo_model::spec::{ImageRef, NetworkMode};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -140,6 +140,8 @@ pub struct Reconciler<R: Runtime> {
     busy: BTreeSet<String>,
     done_tx: mpsc::Sender<(String, Vec<String>, Result<(), RuntimeError>)>,
     done_rx: mpsc::Receiver<(String, Vec<String>, Result<(), RuntimeError>)>,
+    /// The network names the desired state named when every app last converged.
+    networks_named: Option<BTreeSet<String>>,
 }
 
 impl<R: Runtime> Reconciler<R> {
@@ -161,6 +163,7 @@ impl<R: Runtime> Reconciler<R> {
             busy: BTreeSet::new(),
             done_tx,
             done_rx,
+            networks_named: None,
         }
     }
 
@@ -246,6 +249,7 @@ impl<R: Runtime> Reconciler<R> {
             desired.apps.iter().map(|a| (a.name.as_str(), a)).collect();
         let names: BTreeSet<&str> = wanted.keys().chain(by_app.keys()).copied().collect();
         let now = Instant::now();
+        let mut idle = self.busy.is_empty();
         for name in names {
             if self.busy.contains(name) {
                 continue;
@@ -258,6 +262,7 @@ impl<R: Runtime> Reconciler<R> {
                 self.failures.remove(name);
                 continue;
             }
+            idle = false;
             if let Some(f) = self.failures.get(name)
                 && f.fingerprint == fp
                 && f.retry_at > now
@@ -282,6 +287,33 @@ impl<R: Runtime> Reconciler<R> {
             );
         }
         self.publish(&desired, &observed);
+        if idle {
+            self.prune_networks(&desired).await;
+        }
+    }
+
+    /// Once every app has converged, removes the networks the desired state stopped naming
+    /// since the last time (a steady node makes no extra engine calls). The first converged
+    /// state after a start is usually the one cached on disk, so an app deleted while the
+    /// agent was down still has its network cleaned up.
+    async fn prune_networks(&mut self, desired: &DesiredState) {
+        let keep: BTreeSet<String> = desired
+            .apps
+            .iter()
+            .flat_map(|a| &a.containers)
+            .filter_map(|c| match &c.spec.network {
+                NetworkMode::Bridges(list) => Some(list.iter().cloned()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        if let Some(before) = &self.networks_named {
+            let unused: BTreeSet<String> = before.difference(&keep).cloned().collect();
+            if !unused.is_empty() {
+                self.runtime.prune_networks(&unused).await;
+            }
+        }
+        self.networks_named = Some(keep);
     }
 
     /// Builds the status report from what was observed and sends it if it changed.

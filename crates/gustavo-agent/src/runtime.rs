@@ -2,6 +2,7 @@
 //! device and an in-memory double in unit tests (and, later, thousands of simulated devices
 //! in one process).
 
+use std::collections::BTreeSet;
 use std::future::Future;
 
 use gustavo_model::api::DesiredContainer;
@@ -52,6 +53,14 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Stops (gracefully, then by force) and removes a container; a missing one is fine.
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Removes the networks named in `unused` (the node's desired state named them before
+    /// and no longer does) if the runtime created them and no container uses them. Best
+    /// effort: failures are logged, never returned. Runtimes without networks do nothing.
+    fn prune_networks(&self, unused: &BTreeSet<String>) -> impl Future<Output = ()> + Send {
+        let _ = unused;
+        async {}
+    }
 
     /// A channel that receives a message whenever something may have changed for this
     /// node's containers (an exit, a removal by hand…). Only a trigger: messages may be
