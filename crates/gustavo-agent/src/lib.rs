@@ -129,6 +129,7 @@ fn registration(cfg: &AgentConfig, sampler: &dyn HostProbe) -> RegisterRequest {
         memory_mb,
         agent_version: VERSION.to_string(),
         heartbeat_s: cfg.heartbeat.as_secs().clamp(1, 3600) as u32,
+        replace: false,
     }
 }
 

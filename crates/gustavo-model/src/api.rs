@@ -117,6 +117,10 @@ pub struct RegisterRequest {
     /// after three missed heartbeats (and never sooner than 15 s).
     #[serde(default = "default_heartbeat_s")]
     pub heartbeat_s: u32,
+    /// Take over an existing node of this name (a replaced device): only an admin may, and
+    /// the old credential dies. A join token alone can only create a node that does not exist.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace: bool,
 }
 
 fn default_heartbeat_s() -> u32 {

@@ -127,10 +127,14 @@ pub struct AuditEntry {
     pub address: String,
     /// What: `METHOD /path`.
     pub action: String,
-    /// The object touched, e.g. `apps/web`.
+    /// The object touched, as `KIND:NAME` (`app:web`, `node:cam-1`, `token:ID`, `user:ana`,
+    /// `group:g`, `user-group:ops`, `policy:g`), or the kind alone when no name is known.
     pub object: String,
     pub allowed: bool,
     pub status: u16,
+    /// The revision a change to the desired state made, when it made one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
     /// Why it was refused, when it was; never a request body.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,

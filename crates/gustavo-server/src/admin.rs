@@ -208,6 +208,20 @@ pub async fn create_token(
     p: Principal,
     State(s): State<AppState>,
     JsonBody(req): JsonBody<CreateJoinToken>,
+) -> Response {
+    match create_token_inner(p, s, req).await {
+        Ok(r) => {
+            let object = format!("token:{}", r.1.info.id);
+            crate::audit::noted(r, Some(object), None)
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn create_token_inner(
+    p: Principal,
+    s: AppState,
+    req: CreateJoinToken,
 ) -> Result<(StatusCode, Json<NewJoinToken>), ApiError> {
     p.require_admin()?;
     if let Some(g) = &req.group {
@@ -314,6 +328,18 @@ pub async fn create_user(
     p: Principal,
     State(s): State<AppState>,
     JsonBody(req): JsonBody<CreateUser>,
+) -> Response {
+    let object = names::validate("user", &req.name)
+        .is_ok()
+        .then(|| format!("user:{}", req.name));
+    let r = create_user_inner(p, s, req).await;
+    crate::audit::noted(r, object, None)
+}
+
+async fn create_user_inner(
+    p: Principal,
+    s: AppState,
+    req: CreateUser,
 ) -> Result<(StatusCode, Json<UserInfo>), ApiError> {
     p.require_admin()?;
     check_name("user", &req.name)?;

@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use gustavo_model::access::{Role, Subject, check_spec};
 use gustavo_model::spec::EnvValue;
 
+use crate::audit::noted;
 use crate::auth::{Principal, hash_token, new_token};
 use crate::error::ApiError;
 use crate::{AppState, now};
@@ -212,6 +213,17 @@ pub async fn create_app(
     p: Principal,
     State(s): State<AppState>,
     JsonBody(req): JsonBody<CreateApp>,
+) -> Response {
+    let object = format!("app:{}", req.name);
+    let r = create_app_inner(p, s, req).await;
+    let revision = r.as_ref().ok().map(|(_, a)| a.revision);
+    noted(r, Some(object), revision)
+}
+
+async fn create_app_inner(
+    p: Principal,
+    s: AppState,
+    req: CreateApp,
 ) -> Result<(StatusCode, Json<App>), ApiError> {
     let who = p.person()?;
     check_name("app", &req.name)?;
@@ -282,6 +294,17 @@ pub async fn update_app(
     State(s): State<AppState>,
     Path(name): Path<String>,
     JsonBody(req): JsonBody<UpdateApp>,
+) -> Response {
+    let r = update_app_inner(p, s, name, req).await;
+    let revision = r.as_ref().ok().map(|a| a.revision);
+    noted(r, None, revision)
+}
+
+async fn update_app_inner(
+    p: Principal,
+    s: AppState,
+    name: String,
+    req: UpdateApp,
 ) -> Result<Json<App>, ApiError> {
     let who = p.person()?;
     let groups = req.groups.as_deref().map(check_groups).transpose()?;
@@ -315,6 +338,17 @@ pub async fn app_action(
     p: Principal,
     State(s): State<AppState>,
     Path((name, action)): Path<(String, String)>,
+) -> Response {
+    let r = app_action_inner(p, s, name, action).await;
+    let revision = r.as_ref().ok().map(|a| a.revision);
+    noted(r, None, revision)
+}
+
+async fn app_action_inner(
+    p: Principal,
+    s: AppState,
+    name: String,
+    action: String,
 ) -> Result<Json<App>, ApiError> {
     let who = p.person()?;
     let app = change_app(&s, name, move |app| {
@@ -351,6 +385,16 @@ pub async fn delete_app(
     p: Principal,
     State(s): State<AppState>,
     Path(name): Path<String>,
+) -> Response {
+    let r = delete_app_inner(p, s, name).await;
+    let revision = r.as_ref().ok().and_then(|j| j["revision"].as_u64());
+    noted(r, None, revision)
+}
+
+async fn delete_app_inner(
+    p: Principal,
+    s: AppState,
+    name: String,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let who = p.person()?;
     let revision = s
@@ -561,20 +605,26 @@ pub async fn delete_node(
     p: Principal,
     State(s): State<AppState>,
     Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    p.require_admin()?;
-    s.shared
-        .mutate(move |c, rev| {
-            let node = c
-                .nodes
-                .get(&name)
-                .ok_or_else(|| ApiError::NotFound(format!("node `{name}` does not exist")))?;
-            let mut changes = c.touch_groups(&node.groups, rev);
-            changes.push(Change::DeleteNode(name));
-            Ok((changes, ()))
-        })
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> Response {
+    let r = async {
+        p.require_admin()?;
+        s.shared
+            .mutate(move |c, rev| {
+                let node = c
+                    .nodes
+                    .get(&name)
+                    .ok_or_else(|| ApiError::NotFound(format!("node `{name}` does not exist")))?;
+                let mut changes = c.touch_groups(&node.groups, rev);
+                changes.push(Change::DeleteNode(name));
+                Ok((changes, rev))
+            })
+            .await
+    }
+    .await;
+    match r {
+        Ok(rev) => noted(StatusCode::NO_CONTENT, None, Some(rev)),
+        Err(e) => e.into_response(),
+    }
 }
 
 pub async fn containers(
@@ -640,15 +690,33 @@ fn validate_registration(req: &RegisterRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `POST /api/v1/nodes/register` with the join token: creates the node (or re-registers
-/// one that lost its credential) and returns its own token. With the node's own token it
-/// updates the node's declared facts and keeps the token.
+/// `POST /api/v1/nodes/register` with the join token: creates a node that does not exist
+/// yet and returns its own token. With the node's own token it updates the node's declared
+/// facts and keeps the token. A join token can never take over an existing node (two
+/// devices with one hostname would evict each other, and any join token would be a key to
+/// every node): that is a 409 naming the node. Replacing a node's credential takes an admin
+/// and `replace: true`, or removing the node first.
 pub async fn register(
     p: Principal,
     State(s): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     JsonBody(req): JsonBody<RegisterRequest>,
-) -> Result<Json<RegisterResponse>, ApiError> {
+) -> Response {
+    let object = names::validate("node", &req.name)
+        .is_ok()
+        .then(|| format!("node:{}", req.name));
+    match register_inner(p, s, addr, req).await {
+        Ok((resp, revision)) => noted(resp, object, revision),
+        Err(e) => noted(e, object, None),
+    }
+}
+
+async fn register_inner(
+    p: Principal,
+    s: AppState,
+    addr: SocketAddr,
+    req: RegisterRequest,
+) -> Result<(Json<RegisterResponse>, Option<u64>), ApiError> {
     validate_registration(&req)?;
     // A join token bound to a group puts the node in exactly that group, whatever it asks.
     let (rotate, join_group) = match &p {
@@ -658,12 +726,29 @@ pub async fn register(
         Principal::Node(_) => return Err(ApiError::Forbidden("register another node")),
         _ => return Err(ApiError::Forbidden("register nodes")),
     };
+    if req.replace && !p.is_admin() {
+        return Err(ApiError::Denied(format!(
+            "only an admin may replace node `{}`",
+            req.name
+        )));
+    }
+    let replace = req.replace;
     let token = rotate.then(|| new_token("node"));
     let token_hash = token.as_deref().map(hash_token);
     let name = req.name.clone();
-    s.shared
+    let revision = s
+        .shared
         .mutate(move |c, rev| {
             let old = c.nodes.get(&req.name);
+            // Checked here, inside the writer, so two racing joins cannot both create it.
+            if rotate && old.is_some() && !replace {
+                return Err(ApiError::Conflict(format!(
+                    "node `{n}` already exists; if this device replaces it, remove the old one \
+                     with `gustavo nodes remove {n}` and join again, or give this device \
+                     another name with `gustavo agent --name`",
+                    n = req.name
+                )));
+            }
             let bound_group = if rotate {
                 join_group
             } else {
@@ -696,7 +781,7 @@ pub async fn register(
                 } == *o
             });
             if unchanged {
-                return Ok((Vec::new(), ()));
+                return Ok((Vec::new(), None));
             }
             let mut changes = c.touch_groups(
                 old.map(|o| o.groups.iter())
@@ -706,13 +791,13 @@ pub async fn register(
                 rev,
             );
             changes.push(Change::PutNode(record));
-            Ok((changes, ()))
+            Ok((changes, Some(rev)))
         })
         .await?;
     seen(&s, &name, addr, |_| {});
     tracing::info!(node = %name, rotated = rotate, "node registered");
     let token = token.unwrap_or_default();
-    Ok(Json(RegisterResponse { node: name, token }))
+    Ok((Json(RegisterResponse { node: name, token }), revision))
 }
 
 /// Records that a node called, from where, and lets `f` update what it reported.

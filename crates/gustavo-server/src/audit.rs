@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use gustavo_store::{AuditRecord, AuthStore};
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,6 +28,47 @@ const QUEUE: usize = 10_000;
 /// say why a request was refused.
 #[derive(Debug, Clone)]
 pub struct ErrorNote(pub String);
+
+/// Set on a response by a handler: the object a request touched (`app:web`) when the path
+/// does not name it (a create names it in the body), and the revision a change made.
+#[derive(Debug, Clone)]
+pub struct ObjectNote {
+    pub object: Option<String>,
+    pub revision: Option<u64>,
+}
+
+/// Marks a handler's answer, success or refusal, with what it touched for the audit log.
+pub fn noted(resp: impl IntoResponse, object: Option<String>, revision: Option<u64>) -> Response {
+    let mut resp = resp.into_response();
+    resp.extensions_mut()
+        .insert(ObjectNote { object, revision });
+    resp
+}
+
+/// The object a request path names: `/api/v1/apps/web/stop` → `app:web`; a collection
+/// alone (`POST /api/v1/apps`) gives its kind.
+pub fn object_of(path: &str) -> String {
+    let rest = path
+        .strip_prefix("/api/v1/")
+        .unwrap_or(path)
+        .trim_end_matches('/');
+    let mut parts = rest.split('/');
+    let kind = match parts.next().unwrap_or_default() {
+        "apps" => "app",
+        "nodes" => "node",
+        "groups" => "group",
+        "tokens" => "token",
+        "users" => "user",
+        "user-groups" => "user-group",
+        "policies" => "policy",
+        "login" | "logout" => "session",
+        other => return other.to_string(),
+    };
+    match parts.next() {
+        Some(name) if !name.is_empty() && name != "register" => format!("{kind}:{name}"),
+        _ => kind.to_string(),
+    }
+}
 
 /// Set on a response by a handler that knows better who acted (login: the user named in
 /// the body, since no token was presented).
@@ -132,11 +173,11 @@ pub async fn record(State(s): State<AppState>, req: Request, next: Next) -> Resp
         }
         detail.truncate(cut);
     }
-    let object = path
-        .strip_prefix("/api/v1/")
-        .unwrap_or(&path)
-        .trim_end_matches('/')
-        .to_string();
+    let note = resp.extensions().get::<ObjectNote>();
+    let object = note
+        .and_then(|n| n.object.clone())
+        .unwrap_or_else(|| object_of(&path));
+    let revision = note.and_then(|n| n.revision);
     s.sec.audit.push(AuditRecord {
         id: 0,
         at: now(),
@@ -147,6 +188,24 @@ pub async fn record(State(s): State<AppState>, req: Request, next: Next) -> Resp
         allowed: status < 400,
         status,
         detail,
+        revision,
     });
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::object_of;
+
+    #[test]
+    fn objects_from_paths() {
+        assert_eq!(object_of("/api/v1/apps/web/stop"), "app:web");
+        assert_eq!(object_of("/api/v1/apps"), "app");
+        assert_eq!(object_of("/api/v1/nodes/register"), "node");
+        assert_eq!(object_of("/api/v1/nodes/cam-1/rotate"), "node:cam-1");
+        assert_eq!(object_of("/api/v1/tokens/ab12"), "token:ab12");
+        assert_eq!(object_of("/api/v1/user-groups/ops"), "user-group:ops");
+        assert_eq!(object_of("/api/v1/login"), "session");
+        assert_eq!(object_of("/api/v1/elsewhere"), "elsewhere");
+    }
 }

@@ -77,7 +77,7 @@ pub struct AuditQuery {
     pub since: Option<u64>,
     /// Matches the actor exactly, or `user:NAME` when given a bare name.
     pub actor: Option<String>,
-    /// Matches objects that start with it (`apps/web` or `apps/`).
+    /// Matches objects that start with it (`app:web` or `app:`).
     pub object: Option<String>,
     pub limit: usize,
 }

@@ -233,11 +233,12 @@ pub(crate) mod suite {
             allowed: true,
             status: 200,
             detail: String::new(),
+            revision: Some(at),
         };
         s.append_audit(&[
-            e(1, "user:ann", "apps/web"),
-            e(2, "admin", "apps/web_1"),
-            e(3, "user:bob", "nodes/n1"),
+            e(1, "user:ann", "app:web"),
+            e(2, "admin", "app:web_1"),
+            e(3, "user:bob", "node:n1"),
         ])
         .unwrap();
         let q = |since, actor: Option<&str>, object: Option<&str>| {
@@ -257,8 +258,15 @@ pub(crate) mod suite {
         assert_eq!(q(None, Some("ann"), None), vec![1]);
         assert_eq!(q(None, Some("admin"), None), vec![2]);
         // `_` is literal in the object prefix, not a wildcard.
-        assert_eq!(q(None, None, Some("apps/web_")), vec![2]);
-        assert_eq!(q(None, None, Some("apps/")), vec![1, 2]);
+        assert_eq!(q(None, None, Some("app:web_")), vec![2]);
+        assert_eq!(q(None, None, Some("app:")), vec![1, 2]);
+        let all = s
+            .read_audit(&AuditQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(all.iter().all(|r| r.revision == Some(r.at)), "{all:?}");
     }
 
     pub fn upsert_replaces(s: &dyn Store) {

@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS auth (kind TEXT NOT NULL, name TEXT NOT NULL, doc TEX
     PRIMARY KEY (kind, name));
 CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,
     actor TEXT NOT NULL, address TEXT NOT NULL, action TEXT NOT NULL, object TEXT NOT NULL,
-    allowed INTEGER NOT NULL, status INTEGER NOT NULL, detail TEXT NOT NULL);
+    allowed INTEGER NOT NULL, status INTEGER NOT NULL, detail TEXT NOT NULL, revision INTEGER);
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 ";
 
@@ -38,6 +38,13 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // Data dirs made before audit entries carried a revision.
+        let has_revision: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('audit') WHERE name = 'revision'")?
+            .exists([])?;
+        if !has_revision {
+            conn.execute_batch("ALTER TABLE audit ADD COLUMN revision INTEGER")?;
+        }
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -206,8 +213,9 @@ impl AuthStore for SqliteStore {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for e in entries {
             tx.execute(
-                "INSERT INTO audit (at, actor, address, action, object, allowed, status, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO audit (at, actor, address, action, object, allowed, status, detail,
+                     revision)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     e.at as i64,
                     e.actor,
@@ -216,7 +224,8 @@ impl AuthStore for SqliteStore {
                     e.object,
                     e.allowed,
                     e.status,
-                    e.detail
+                    e.detail,
+                    e.revision.map(|r| r as i64)
                 ],
             )?;
         }
@@ -242,7 +251,8 @@ impl AuthStore for SqliteStore {
             format!("{esc}%")
         });
         let mut stmt = conn.prepare(
-            "SELECT id, at, actor, address, action, object, allowed, status, detail FROM audit
+            "SELECT id, at, actor, address, action, object, allowed, status, detail, revision
+             FROM audit
              WHERE at >= ?1 AND (?2 IS NULL OR actor = ?2)
                AND (?3 IS NULL OR object LIKE ?3 ESCAPE '\\')
              ORDER BY id DESC LIMIT ?4",
@@ -265,6 +275,7 @@ impl AuthStore for SqliteStore {
                     allowed: r.get(6)?,
                     status: r.get(7)?,
                     detail: r.get(8)?,
+                    revision: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
                 })
             },
         )?;

@@ -177,7 +177,7 @@ pub struct AuditArgs {
     /// Only this actor: a user name, `admin`, `node:NAME`…
     #[arg(long)]
     pub user: Option<String>,
-    /// Only objects starting with this, e.g. apps/web.
+    /// Only objects starting with this: `app:web` (one app), `app:` (every app), `node:cam-1`.
     #[arg(long)]
     pub object: Option<String>,
     /// At most this many entries (the newest).

@@ -33,6 +33,8 @@ pub async fn run(cli: &Cli, args: &AuditArgs) -> Result<()> {
                 e.actor.clone(),
                 e.address.clone(),
                 e.action.clone(),
+                e.object.clone(),
+                e.revision.map(|r| r.to_string()).unwrap_or_default(),
                 if e.allowed { "allowed" } else { "refused" }.to_string(),
                 e.status.to_string(),
                 e.detail.clone(),
@@ -42,7 +44,9 @@ pub async fn run(cli: &Cli, args: &AuditArgs) -> Result<()> {
     show(
         cli.output,
         &entries,
-        &["when", "who", "from", "what", "result", "status", "detail"],
+        &[
+            "when", "who", "from", "what", "object", "revision", "result", "status", "detail",
+        ],
         rows,
     );
     Ok(())

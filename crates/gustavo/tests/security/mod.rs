@@ -27,6 +27,7 @@ fn reg(name: &str, groups: &[&str]) -> RegisterRequest {
         memory_mb: 512,
         agent_version: "test".into(),
         heartbeat_s: 5,
+        replace: false,
     }
 }
 
@@ -1061,7 +1062,7 @@ fn audit_log_records_changes() {
     let rows = all.as_array().unwrap();
     let otto: Vec<&serde_json::Value> = rows
         .iter()
-        .filter(|e| e["actor"] == "user:otto" && e["object"] != "login")
+        .filter(|e| e["actor"] == "user:otto" && e["object"] != "session")
         .collect();
     // Reads are not changes; the two creates are there, one allowed, one refused.
     assert_eq!(otto.len(), 2, "{all}");
@@ -1072,6 +1073,23 @@ fn audit_log_records_changes() {
     assert!(otto[1]["detail"].as_str().unwrap().contains("privileged"));
     assert_eq!(otto[0]["address"], "127.0.0.1");
     assert!(otto[0]["at"].as_u64().unwrap() > 1_700_000_000);
+    // Issue 7, defect 3: every entry names the object it touched and, for a change, the
+    // revision it made; a refusal names the object too.
+    assert_eq!(otto[0]["object"], "app:web", "{all}");
+    let created_rev = otto[0]["revision"]
+        .as_u64()
+        .expect("a create has a revision");
+    assert_eq!(otto[1]["object"], "app:root");
+    assert!(
+        otto[1].get("revision").is_none(),
+        "a refusal made no revision"
+    );
+    let stop = rows
+        .iter()
+        .find(|e| e["action"] == "POST /api/v1/apps/web/stop")
+        .expect("the stop is logged");
+    assert_eq!(stop["object"], "app:web");
+    assert!(stop["revision"].as_u64().unwrap() > created_rev, "{stop}");
     // Filters.
     let by_user = server.json(&["audit", "--user", "otto"]);
     assert_eq!(
@@ -1079,13 +1097,13 @@ fn audit_log_records_changes() {
         3,
         "login and two creates"
     );
-    let by_object = server.json(&["audit", "--object", "apps/web"]);
+    let by_object = server.json(&["audit", "--object", "app:web"]);
     assert!(
         by_object
             .as_array()
             .unwrap()
             .iter()
-            .all(|e| e["object"].as_str().unwrap().starts_with("apps/web"))
+            .all(|e| e["object"].as_str().unwrap().starts_with("app:web"))
     );
     assert!(
         by_object
@@ -1107,8 +1125,26 @@ fn audit_log_records_changes() {
     // A table for people.
     let table = server.ok(&["audit", "--user", "otto"]);
     assert!(
-        table.contains("refused") && table.contains("allowed"),
+        table.contains("refused") && table.contains("allowed") && table.contains("app:web"),
         "{table}"
+    );
+
+    // Tokens, users and nodes are named too.
+    server.ok(&["tokens", "create"]);
+    server.user("ursula", "viewer", &[]);
+    let entries = server.json(&["audit"]);
+    let objects: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["object"].as_str().unwrap())
+        .collect();
+    assert!(objects.contains(&"user:ursula"), "{objects:?}");
+    assert!(
+        objects
+            .iter()
+            .any(|o| o.starts_with("token:") && o.len() > 6),
+        "{objects:?}"
     );
 }
 
