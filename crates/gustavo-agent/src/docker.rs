@@ -11,7 +11,7 @@ use bollard::models::{
     RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, LogsOptions,
     RemoveContainerOptions, StopContainerOptions,
 };
 use futures::StreamExt;
@@ -303,6 +303,97 @@ fn parse_status(status: &str) -> (Option<Health>, i64) {
     (health, exit)
 }
 
+/// What `inspect` adds to a listed container.
+struct Details {
+    restarts: u32,
+    started_ms: u64,
+    exit_code: Option<i64>,
+    detail: Option<String>,
+}
+
+/// The most of a container's log or health output kept in a status report.
+const DETAIL_MAX: usize = 400;
+/// Log lines kept for a container in trouble.
+const LOG_LINES: &str = "5";
+
+/// Keeps the end of `s`, on a character boundary, trimmed.
+fn tail_of(s: &str) -> String {
+    let s = s.trim();
+    let mut cut = s.len().saturating_sub(DETAIL_MAX);
+    while !s.is_char_boundary(cut) {
+        cut += 1;
+    }
+    s[cut..].trim().to_string()
+}
+
+impl DockerRuntime {
+    /// Restart count, start time and exit code from `inspect`; for a container in trouble
+    /// also its healthcheck's last output or its last log lines. `None` if it vanished.
+    async fn details(&self, o: &Observed) -> Option<Details> {
+        let c = self.docker.inspect_container(&o.id, None).await.ok()?;
+        let st = c.state.unwrap_or_default();
+        let started_ms = st
+            .started_at
+            .as_deref()
+            .and_then(crate::networks::parse_rfc3339)
+            .filter(|(s, _)| *s > 0)
+            .map(|(s, n)| s as u64 * 1000 + u64::from(n / 1_000_000))
+            .unwrap_or(0);
+        let mut d = Details {
+            restarts: c.restart_count.unwrap_or(0).max(0) as u32,
+            started_ms,
+            exit_code: st.exit_code,
+            detail: None,
+        };
+        let mut probe = o.clone();
+        probe.restarts = d.restarts;
+        probe.started_ms = d.started_ms;
+        probe.exit_code = d.exit_code.unwrap_or(o.exit_code);
+        if probe.trouble(now_ms()).is_none() {
+            return Some(d);
+        }
+        d.detail = if o.health == Some(Health::Unhealthy) {
+            st.health
+                .and_then(|h| h.log)
+                .and_then(|l| l.into_iter().last())
+                .and_then(|r| r.output)
+                .map(|out| tail_of(&out))
+        } else {
+            self.last_log_lines(&o.id).await
+        };
+        Some(d)
+    }
+
+    async fn last_log_lines(&self, id: &str) -> Option<String> {
+        let mut stream = self.docker.logs(
+            id,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: LOG_LINES.into(),
+                ..Default::default()
+            }),
+        );
+        let mut out = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            out.push_str(&chunk.to_string());
+            if out.len() > 16 * DETAIL_MAX {
+                break;
+            }
+        }
+        let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+        (!lines.is_empty()).then(|| tail_of(&lines.join(" | ")))
+    }
+}
+
+/// Unix milliseconds now.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 impl Runtime for DockerRuntime {
     async fn list(&self, node: &str) -> Result<Vec<Observed>, RuntimeError> {
         let filters = HashMap::from([(
@@ -318,7 +409,7 @@ impl Runtime for DockerRuntime {
             }))
             .await
             .map_err(|e| RuntimeError::Unavailable(message(&e)))?;
-        Ok(list
+        let list = list
             .into_iter()
             .filter_map(|c| {
                 let l = c.labels.unwrap_or_default();
@@ -333,6 +424,9 @@ impl Runtime for DockerRuntime {
                 };
                 let (health, exit_code) = parse_status(c.status.as_deref().unwrap_or(""));
                 Some(Observed {
+                    restarts: 0,
+                    started_ms: 0,
+                    detail: None,
                     id: c.id?,
                     name: c.names?.first()?.trim_start_matches('/').to_string(),
                     app: l.get(labels::APP)?.clone(),
@@ -344,6 +438,24 @@ impl Runtime for DockerRuntime {
                     exit_code,
                     created: c.created.unwrap_or(0).max(0) as u64,
                 })
+            })
+            .collect::<Vec<_>>();
+        // The list has no restart count, start time or health output: ask each container.
+        // A device runs a handful, so this is a few local calls per pass.
+        let details = futures::future::join_all(list.iter().map(|o| self.details(o))).await;
+        Ok(list
+            .into_iter()
+            .zip(details)
+            .map(|(mut o, d)| {
+                if let Some(d) = d {
+                    o.restarts = d.restarts;
+                    o.started_ms = d.started_ms;
+                    if let Some(code) = d.exit_code {
+                        o.exit_code = code;
+                    }
+                    o.detail = d.detail;
+                }
+                o
             })
             .collect())
     }

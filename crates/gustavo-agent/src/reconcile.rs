@@ -103,8 +103,15 @@ async fn wait_ready<R: Runtime>(
     let deadline = Instant::now() + timeout;
     loop {
         let list = rt.list(node).await?;
+        let now = now_ms();
         match list.iter().find(|o| o.name == name) {
-            Some(o) if o.is_ready() => return Ok(()),
+            Some(o) if o.is_ready_at(now) => return Ok(()),
+            Some(o) if o.trouble(now).is_some() && o.state != RunState::Exited => {
+                return Err(RuntimeError::Container {
+                    name: name.into(),
+                    reason: o.trouble(now).unwrap_or_default(),
+                });
+            }
             Some(o) if matches!(o.state, RunState::Exited | RunState::Dead) => {
                 return Err(RuntimeError::Container {
                     name: name.into(),
@@ -129,6 +136,19 @@ async fn wait_ready<R: Runtime>(
     }
 }
 
+/// Unix milliseconds now (container start times are wall-clock).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// After an engine event, look once more this much later: a `docker kill` sends `kill`
+/// and `die` a moment apart, both fold into one trigger, and the pass they cause can list
+/// the container before the engine shows it exited.
+const SETTLE: Duration = Duration::from_millis(500);
+
 /// The reconcile loop of one node.
 pub struct Reconciler<R: Runtime> {
     runtime: Arc<R>,
@@ -142,6 +162,9 @@ pub struct Reconciler<R: Runtime> {
     done_rx: mpsc::Receiver<(String, Vec<String>, Result<(), RuntimeError>)>,
     /// The network names the desired state named when every app last converged.
     networks_named: Option<BTreeSet<String>>,
+    /// When a pass must look again without any trigger: a container about to count as
+    /// ready or stable, or the settle look after an engine event.
+    recheck: Option<Instant>,
 }
 
 impl<R: Runtime> Reconciler<R> {
@@ -164,6 +187,7 @@ impl<R: Runtime> Reconciler<R> {
             done_tx,
             done_rx,
             networks_named: None,
+            recheck: None,
         }
     }
 
@@ -173,6 +197,7 @@ impl<R: Runtime> Reconciler<R> {
         loop {
             let next_retry = self.failures.values().map(|f| f.retry_at).min();
             self.pass().await;
+            let recheck = self.recheck.take();
             let resync = tokio::time::sleep(self.config.resync);
             let retry = async {
                 match next_retry {
@@ -194,11 +219,22 @@ impl<R: Runtime> Reconciler<R> {
                     // Events come in bursts (create, start…); the one-slot channel already
                     // folds them, so a pass runs at once, and at most once more per burst.
                     while events.try_recv().is_ok() {}
+                    self.recheck_no_later(Instant::now() + SETTLE);
                 }
                 _ = resync => {}
                 _ = retry => {}
+                _ = async {
+                    match recheck {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
             }
         }
+    }
+
+    fn recheck_no_later(&mut self, at: Instant) {
+        self.recheck = Some(self.recheck.map_or(at, |r| r.min(at)));
     }
 
     fn finished(&mut self, app: String, fp: Vec<String>, result: Result<(), RuntimeError>) {
@@ -286,6 +322,10 @@ impl<R: Runtime> Reconciler<R> {
                 .instrument(span),
             );
         }
+        let now = now_ms();
+        if let Some(ms) = observed.iter().filter_map(|o| o.recheck_at_ms(now)).min() {
+            self.recheck_no_later(Instant::now() + Duration::from_millis(ms.saturating_sub(now)));
+        }
         self.publish(&desired, &observed);
         if idle {
             self.prune_networks(&desired).await;
@@ -318,6 +358,7 @@ impl<R: Runtime> Reconciler<R> {
 
     /// Builds the status report from what was observed and sends it if it changed.
     fn publish(&self, desired: &DesiredState, observed: &[Observed]) {
+        let now = now_ms();
         let apps = desired
             .apps
             .iter()
@@ -328,14 +369,29 @@ impl<R: Runtime> Reconciler<R> {
                     .iter()
                     .filter(|c| {
                         mine.iter()
-                            .any(|o| o.name == c.name && o.hash == c.hash && o.is_ready())
+                            .any(|o| o.name == c.name && o.hash == c.hash && o.is_ready_at(now))
                     })
                     .count() as u32;
                 let desired_n = a.containers.len() as u32;
                 let failure = self
                     .failures
                     .get(&a.name)
-                    .filter(|f| f.fingerprint == fingerprint(Some(a)));
+                    .filter(|f| f.fingerprint == fingerprint(Some(a)))
+                    .map(|f| f.error.clone());
+                // A container of the current spec in trouble (crash loop, failing
+                // healthcheck, an exit that stays down) fails the app — unless a worker is
+                // at it right now (starting an exited container, replacing it).
+                let trouble = (!self.busy.contains(&a.name))
+                    .then(|| {
+                        a.containers.iter().find_map(|c| {
+                            mine.iter()
+                                .find(|o| o.name == c.name && o.hash == c.hash)
+                                .and_then(|o| o.trouble(now))
+                                .map(|t| format!("container `{}`: {t}", c.name))
+                        })
+                    })
+                    .flatten();
+                let failure = failure.or(trouble);
                 let state = if failure.is_some() {
                     AppState::Failed
                 } else if ready == desired_n
@@ -356,7 +412,7 @@ impl<R: Runtime> Reconciler<R> {
                     state,
                     ready,
                     desired: desired_n,
-                    error: failure.map(|f| f.error.clone()),
+                    error: failure,
                 }
             })
             .collect();
@@ -370,6 +426,13 @@ impl<R: Runtime> Reconciler<R> {
                 state: o.state.as_str().to_string(),
                 health: o.health.map(|h| format!("{h:?}").to_lowercase()),
                 since: o.created,
+                exit_code: matches!(
+                    o.state,
+                    RunState::Exited | RunState::Dead | RunState::Restarting
+                )
+                .then_some(o.exit_code),
+                restarts: o.restarts,
+                error: o.trouble(now),
             })
             .collect();
         let report = StatusReport {

@@ -131,6 +131,9 @@ impl Runtime for SimRuntime {
                 health: None,
                 exit_code: 0,
                 created: seq,
+                restarts: 0,
+                started_ms: 0,
+                detail: None,
             },
         );
         g.log.push(format!("create {}", c.name));

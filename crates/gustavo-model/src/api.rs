@@ -217,6 +217,20 @@ pub struct ContainerStatus {
     pub health: Option<String>,
     /// Unix seconds the container was created.
     pub since: u64,
+    /// Its last exit code, when it has exited or is between engine restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// Engine restarts since it was created.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+    /// What is wrong with it (crash loop, exit code, failing healthcheck), with its last
+    /// log lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `PUT /api/v1/nodes/{name}/status`: what the node runs, at which revision.
@@ -314,10 +328,9 @@ pub struct Stats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeContainer {
     pub node: String,
+    /// Its `error` is the container's own trouble or, failing that, its app's error.
     #[serde(flatten)]
     pub container: ContainerStatus,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 /// A row of `gustavo cache vitals`.

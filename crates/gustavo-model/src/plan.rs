@@ -31,6 +31,15 @@ pub struct Observed {
     pub exit_code: i64,
     /// Unix seconds the container was created.
     pub created: u64,
+    /// How often the engine restarted it (its restart policy) since it was created.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Unix milliseconds it last started; 0 when the runtime does not say.
+    #[serde(default)]
+    pub started_ms: u64,
+    /// For a container in trouble: its last log lines, or the healthcheck's last output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,10 +87,81 @@ pub enum Health {
     Unhealthy,
 }
 
+/// How long a container without a healthcheck must have run before it counts as ready: a
+/// process that dies at once (a bad command, a missing config) is caught before anyone is
+/// told it runs.
+pub const MIN_READY_MS: u64 = 1_000;
+/// Engine restarts that make a crash loop.
+pub const CRASH_LOOP_RESTARTS: u32 = 3;
+/// Up this long after its last restart, a container has left its crash loop: `restarts`
+/// never goes down, so time running is what clears it.
+pub const STABLE_MS: u64 = 30_000;
+
 impl Observed {
     /// Running, and healthy when a healthcheck exists.
     pub fn is_ready(&self) -> bool {
         self.state == RunState::Running && matches!(self.health, None | Some(Health::Healthy))
+    }
+
+    fn up_ms(&self, now_ms: u64) -> Option<u64> {
+        (self.state == RunState::Running && self.started_ms > 0)
+            .then(|| now_ms.saturating_sub(self.started_ms))
+    }
+
+    /// Ready as a person means it: running (healthy, if it has a healthcheck), not in
+    /// trouble, and — without a healthcheck — up for [`MIN_READY_MS`].
+    pub fn is_ready_at(&self, now_ms: u64) -> bool {
+        self.is_ready()
+            && self.trouble(now_ms).is_none()
+            && (self.health.is_some() || self.up_ms(now_ms).is_none_or(|up| up >= MIN_READY_MS))
+    }
+
+    /// What is wrong with the container, if anything, in words for a person:
+    /// - a failing healthcheck (`unhealthy`), with its last output;
+    /// - a crash loop: [`CRASH_LOOP_RESTARTS`] engine restarts and not yet up for
+    ///   [`STABLE_MS`], with the last exit code when the engine shows one;
+    /// - an exit with a non-zero code (a restart policy that keeps it down, or between
+    ///   the exit and the agent's restart).
+    ///
+    /// The last log lines follow when the runtime gave them.
+    pub fn trouble(&self, now_ms: u64) -> Option<String> {
+        let what = if self.health == Some(Health::Unhealthy) {
+            "unhealthy: the healthcheck fails".to_string()
+        } else if self.restarts >= CRASH_LOOP_RESTARTS
+            && (self.state == RunState::Restarting
+                || self.up_ms(now_ms).is_some_and(|up| up < STABLE_MS))
+        {
+            if self.state == RunState::Restarting || self.exit_code != 0 {
+                format!(
+                    "crash loop: exited with code {}, restarted {} times",
+                    self.exit_code, self.restarts
+                )
+            } else {
+                format!("crash loop: restarted {} times", self.restarts)
+            }
+        } else if matches!(self.state, RunState::Exited | RunState::Dead) && self.exit_code != 0 {
+            format!("exited with code {}", self.exit_code)
+        } else {
+            return None;
+        };
+        Some(match self.detail.as_deref().filter(|d| !d.is_empty()) {
+            Some(d) if self.health == Some(Health::Unhealthy) => format!("{what}: {d}"),
+            Some(d) => format!("{what}; last log: {d}"),
+            None => what,
+        })
+    }
+
+    /// When a pass should look at this container again to see it settle: when it will have
+    /// run for [`MIN_READY_MS`], or for [`STABLE_MS`] after a crash loop.
+    pub fn recheck_at_ms(&self, now_ms: u64) -> Option<u64> {
+        let up = self.up_ms(now_ms)?;
+        if self.health.is_none() && up < MIN_READY_MS {
+            Some(self.started_ms + MIN_READY_MS)
+        } else if self.restarts >= CRASH_LOOP_RESTARTS && up < STABLE_MS {
+            Some(self.started_ms + STABLE_MS)
+        } else {
+            None
+        }
     }
 }
 
@@ -263,7 +343,73 @@ mod tests {
             health: None,
             exit_code: 0,
             created: 0,
+            restarts: 0,
+            started_ms: 0,
+            detail: None,
         }
+    }
+
+    #[test]
+    fn a_container_that_dies_at_once_is_never_ready() {
+        let d = desired(THREE);
+        let mut o = running(&d.containers[0], "1");
+        o.started_ms = 10_000;
+        // Just started: running, but not ready until it has stayed up a moment.
+        assert!(o.is_ready() && !o.is_ready_at(10_200));
+        assert_eq!(o.recheck_at_ms(10_200), Some(10_000 + MIN_READY_MS));
+        assert!(o.is_ready_at(10_000 + MIN_READY_MS));
+        // Unknown start time (a runtime that does not say): ready when running.
+        o.started_ms = 0;
+        assert!(o.is_ready_at(1));
+    }
+
+    #[test]
+    fn crash_loops_are_named_with_exit_code_and_log_and_clear_when_stable() {
+        let d = desired(THREE);
+        let mut o = running(&d.containers[0], "1");
+        o.state = RunState::Restarting;
+        o.exit_code = 3;
+        o.restarts = 1;
+        assert_eq!(o.trouble(0), None, "one restart is not a loop yet");
+        o.restarts = 5;
+        o.detail = Some("config missing".into());
+        assert_eq!(
+            o.trouble(0).unwrap(),
+            "crash loop: exited with code 3, restarted 5 times; last log: config missing"
+        );
+        // Briefly up between two crashes: still a loop, and not ready.
+        o.state = RunState::Running;
+        o.exit_code = 0;
+        o.started_ms = 100_000;
+        assert!(
+            o.trouble(101_500)
+                .unwrap()
+                .starts_with("crash loop: restarted 5 times")
+        );
+        assert!(!o.is_ready_at(101_500));
+        assert_eq!(o.recheck_at_ms(101_500), Some(100_000 + STABLE_MS));
+        // Up for STABLE_MS: the loop is over, whatever the restart count says.
+        assert_eq!(o.trouble(100_000 + STABLE_MS), None);
+        assert!(o.is_ready_at(100_000 + STABLE_MS));
+    }
+
+    #[test]
+    fn exits_and_failing_healthchecks_are_trouble() {
+        let d = desired(THREE);
+        let mut o = running(&d.containers[0], "1");
+        o.state = RunState::Exited;
+        o.exit_code = 0;
+        assert_eq!(o.trouble(0), None, "a clean exit is not an error");
+        o.exit_code = 137;
+        assert_eq!(o.trouble(0).unwrap(), "exited with code 137");
+        let mut h = running(&d.containers[0], "2");
+        h.health = Some(Health::Unhealthy);
+        h.detail = Some("curl: connection refused".into());
+        assert_eq!(
+            h.trouble(0).unwrap(),
+            "unhealthy: the healthcheck fails: curl: connection refused"
+        );
+        assert!(!h.is_ready_at(0));
     }
 
     const THREE: &str = "a:\n  docker_image: x\n  containers_per: {server: 3}\n";

@@ -643,10 +643,9 @@ pub async fn containers(
         .containers(f.group.as_deref(), f.host.as_deref())
         .into_iter()
         .filter(|(node, _, _)| visible(node))
-        .map(|(node, container, error)| NodeContainer {
-            node,
-            container,
-            error,
+        .map(|(node, mut container, app_error)| {
+            container.error = container.error.or(app_error);
+            NodeContainer { node, container }
         })
         .collect();
     Ok(Json(rows))

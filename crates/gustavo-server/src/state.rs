@@ -423,6 +423,9 @@ impl Cluster {
                             state: "failed".into(),
                             health: None,
                             since: 0,
+                            exit_code: None,
+                            restarts: 0,
+                            error: None,
                         },
                         a.error.clone(),
                     ));

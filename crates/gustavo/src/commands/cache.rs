@@ -81,10 +81,16 @@ pub async fn run(cli: &Cli, cmd: &CacheCmd) -> Result<()> {
                 .iter()
                 .map(|r| {
                     let c = &r.container;
-                    let state = match &c.health {
+                    let mut state = match &c.health {
                         Some(h) => format!("{} ({h})", c.state),
                         None => c.state.clone(),
                     };
+                    if let Some(code) = c.exit_code {
+                        state.push_str(&format!(", exit {code}"));
+                    }
+                    if c.restarts > 0 {
+                        state.push_str(&format!(", {} restarts", c.restarts));
+                    }
                     vec![
                         r.node.clone(),
                         c.app.clone(),
@@ -96,7 +102,7 @@ pub async fn run(cli: &Cli, cmd: &CacheCmd) -> Result<()> {
                         } else {
                             ago(c.since)
                         },
-                        r.error.clone().unwrap_or_default(),
+                        c.error.clone().unwrap_or_default(),
                     ]
                 })
                 .collect();

@@ -1028,7 +1028,7 @@ fn login_works_and_flooding_is_throttled() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let audit = server.json(&["audit", "--object", "login"]);
+    let audit = server.json(&["audit", "--object", "session"]);
     let refused = audit
         .as_array()
         .unwrap()
