@@ -418,21 +418,29 @@ impl<R: Runtime> Reconciler<R> {
             .collect();
         let containers = observed
             .iter()
-            .map(|o| ContainerStatus {
-                app: o.app.clone(),
-                name: o.name.clone(),
-                id: o.id.chars().take(12).collect(),
-                image: o.image.clone(),
-                state: o.state.as_str().to_string(),
-                health: o.health.map(|h| format!("{h:?}").to_lowercase()),
-                since: o.created,
-                exit_code: matches!(
-                    o.state,
-                    RunState::Exited | RunState::Dead | RunState::Restarting
-                )
-                .then_some(o.exit_code),
-                restarts: o.restarts,
-                error: o.trouble(now),
+            .map(|o| {
+                let looping = o.crash_looping(now);
+                ContainerStatus {
+                    app: o.app.clone(),
+                    name: o.name.clone(),
+                    id: o.id.chars().take(12).collect(),
+                    image: o.image.clone(),
+                    state: if looping {
+                        "crashlooping".to_string()
+                    } else {
+                        o.state.as_str().to_string()
+                    },
+                    health: o.health.map(|h| format!("{h:?}").to_lowercase()),
+                    since: o.created,
+                    exit_code: (looping
+                        || matches!(
+                            o.state,
+                            RunState::Exited | RunState::Dead | RunState::Restarting
+                        ))
+                    .then_some(o.exit_code),
+                    restarts: o.restarts,
+                    error: o.trouble(now),
+                }
             })
             .collect();
         let report = StatusReport {

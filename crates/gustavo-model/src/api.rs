@@ -211,7 +211,8 @@ pub struct ContainerStatus {
     pub name: String,
     pub id: String,
     pub image: String,
-    /// Docker's state: running, exited, created, restarting…
+    /// Docker's state (running, exited, created, restarting…), or `crashlooping` while the
+    /// engine keeps restarting it.
     pub state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,

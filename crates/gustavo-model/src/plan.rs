@@ -116,6 +116,14 @@ impl Observed {
             && (self.health.is_some() || self.up_ms(now_ms).is_none_or(|up| up >= MIN_READY_MS))
     }
 
+    /// In a crash loop: [`CRASH_LOOP_RESTARTS`] engine restarts and not yet up for
+    /// [`STABLE_MS`] since the last one.
+    pub fn crash_looping(&self, now_ms: u64) -> bool {
+        self.restarts >= CRASH_LOOP_RESTARTS
+            && (self.state == RunState::Restarting
+                || self.up_ms(now_ms).is_some_and(|up| up < STABLE_MS))
+    }
+
     /// What is wrong with the container, if anything, in words for a person:
     /// - a failing healthcheck (`unhealthy`), with its last output;
     /// - a crash loop: [`CRASH_LOOP_RESTARTS`] engine restarts and not yet up for
@@ -127,10 +135,7 @@ impl Observed {
     pub fn trouble(&self, now_ms: u64) -> Option<String> {
         let what = if self.health == Some(Health::Unhealthy) {
             "unhealthy: the healthcheck fails".to_string()
-        } else if self.restarts >= CRASH_LOOP_RESTARTS
-            && (self.state == RunState::Restarting
-                || self.up_ms(now_ms).is_some_and(|up| up < STABLE_MS))
-        {
+        } else if self.crash_looping(now_ms) {
             if self.state == RunState::Restarting || self.exit_code != 0 {
                 format!(
                     "crash loop: exited with code {}, restarted {} times",

@@ -7,6 +7,10 @@ use gustavo_model::api::RegisterRequest;
 
 use crate::util::*;
 
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 const WAIT: Duration = Duration::from_secs(60);
 
 fn rt() -> tokio::runtime::Runtime {
@@ -136,4 +140,131 @@ fn issue7_a_join_token_cannot_take_over_a_node() {
         .expect("an admin replaces the node");
     assert_eq!(resp.node, node);
     assert!(!resp.token.is_empty());
+}
+
+/// Defect C: an app whose command exits 3 is a failure, not "running": `--wait` exits
+/// non-zero naming the exit code and the last log line, and `cache containers` shows both.
+#[test]
+fn issue7_c_crash_loops_fail_with_exit_code_and_log() {
+    require_docker_and_registry();
+    let server = Server::start();
+    let node = unique("crash");
+    let group = unique("crashg");
+    let _a = Agent::start(&server, &node, &[&group], &[]);
+    let f = server.spec(
+        "crash.yml",
+        "crash:\n  docker_image: gustavo-test/busybox:latest\n  command: \"sh -c 'echo boom-from-app; exit 3'\"\n",
+    );
+    let out = server.cli(&[
+        "apps",
+        "create",
+        "-n",
+        "crash",
+        "-f",
+        &f,
+        "-d",
+        &group,
+        "--wait",
+        "--timeout",
+        "90s",
+    ]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "--wait must fail: {err}");
+    assert!(err.contains("exited with code 3"), "{err}");
+    assert!(err.contains("boom-from-app"), "{err}");
+    assert!(
+        !err.contains("timed out"),
+        "it fails before the timeout: {err}"
+    );
+
+    let table = server.ok(&["cache", "containers", "-d", &group]);
+    assert!(table.contains("crashlooping"), "{table}");
+    assert!(table.contains("exit 3"), "{table}");
+    assert!(table.contains("exited with code 3"), "{table}");
+    let json = server.json(&["cache", "containers", "-d", &group]);
+    let c = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["app"] == "crash")
+        .unwrap_or_else(|| panic!("no crash container in {json}"));
+    assert_eq!(c["exit_code"], 3, "{c}");
+    assert_eq!(c["state"], "crashlooping", "{c}");
+    server.ok(&["apps", "delete", "-n", "crash"]);
+}
+
+/// Defect C: a healthcheck that always fails makes the app fail with the check's output,
+/// well before `--wait`'s timeout.
+#[test]
+fn issue7_c_failing_healthcheck_fails_the_wait() {
+    require_docker_and_registry();
+    let server = Server::start();
+    let node = unique("sick");
+    let group = unique("sickg");
+    let _a = Agent::start(&server, &node, &[&group], &[]);
+    let f = server.spec(
+        "sick.yml",
+        "sick:\n  docker_image: gustavo-test/busybox:latest\n  healthcheck: {test: \"echo not-today; exit 1\", interval: 1s, timeout: 1s, retries: 2, start_period: 0s}\n",
+    );
+    let started = std::time::Instant::now();
+    let out = server.cli(&[
+        "apps",
+        "create",
+        "-n",
+        "sick",
+        "-f",
+        &f,
+        "-d",
+        &group,
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "--wait must fail: {err}");
+    assert!(err.contains("unhealthy"), "{err}");
+    assert!(err.contains("not-today"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(110),
+        "it fails before the timeout: {err}"
+    );
+    server.ok(&["apps", "delete", "-n", "sick"]);
+}
+
+/// Defect 8: a container stopped with `docker kill` comes back at once, not at the next
+/// periodic resync (set to a minute here so only the engine's events can bring it back).
+#[test]
+fn issue7_8_docker_kill_comes_back_without_a_resync() {
+    require_docker_and_registry();
+    let server = Server::start();
+    let node = unique("killed");
+    let group = unique("killedg");
+    let a = Agent::start_with(&server, &node, &[&group], &[], &["--resync", "120s"]);
+    let f = server.spec("k.yml", "k:\n  docker_image: gustavo-test/busybox:latest\n");
+    server.ok(&[
+        "apps",
+        "create",
+        "-n",
+        "k",
+        "-f",
+        &f,
+        "-d",
+        &group,
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    let c = format!("{node}.k.1");
+    let before = inspect(&c, "{{.State.StartedAt}}").expect("container exists");
+    docker(&["kill", &c]);
+    // Well under the 120 s resync; generous for a loaded machine.
+    wait_for(
+        "the killed container to run again",
+        Duration::from_secs(45),
+        || {
+            inspect(&c, "{{.State.Running}} {{.State.StartedAt}}")
+                .is_some_and(|s| s.starts_with("true") && !s.ends_with(&before))
+        },
+    );
+    drop(a);
 }

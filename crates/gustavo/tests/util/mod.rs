@@ -382,6 +382,18 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(server: &Server, name: &str, groups: &[&str], labels: &[&str]) -> Agent {
+        Agent::start_with(server, name, groups, labels, &[])
+    }
+
+    /// Like `start`, with extra flags; an extra `--heartbeat` or `--resync` replaces the
+    /// test default.
+    pub fn start_with(
+        server: &Server,
+        name: &str,
+        groups: &[&str],
+        labels: &[&str],
+        extra: &[&str],
+    ) -> Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut args: Vec<String> = vec![
             "agent".into(),
@@ -393,11 +405,13 @@ impl Agent {
             name.into(),
             "--data-dir".into(),
             dir.path().join("data").to_str().unwrap().into(),
-            "--heartbeat".into(),
-            "1s".into(),
-            "--resync".into(),
-            "2s".into(),
         ];
+        for (flag, value) in [("--heartbeat", "1s"), ("--resync", "2s")] {
+            if !extra.contains(&flag) {
+                args.extend([flag.into(), value.into()]);
+            }
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
         for g in groups {
             args.extend(["--group".into(), g.to_string()]);
         }
