@@ -25,6 +25,23 @@ fn describe_failures(r: &Rollout) -> String {
     lines.join("\n")
 }
 
+/// Whether following can go on after this error: the server is unreachable (restarting)
+/// or says it is briefly unavailable.
+fn reconnectable(e: &gustavo_client::ClientError) -> bool {
+    match e {
+        gustavo_client::ClientError::Unreachable { .. } => true,
+        gustavo_client::ClientError::Api { status, .. } => matches!(status, 502..=504),
+        _ => false,
+    }
+}
+
+fn say(bar: &Option<ProgressBar>, line: &str) {
+    match bar {
+        Some(b) => b.println(line),
+        None => eprintln!("{line}"),
+    }
+}
+
 /// Waits for `app` to converge. `verb` says what is awaited ("running", "deleted").
 pub async fn wait(client: &Client, app: &str, verb: &str, timeout: Duration) -> Result<()> {
     let start = Instant::now();
@@ -48,17 +65,39 @@ pub async fn wait(client: &Client, app: &str, verb: &str, timeout: Duration) -> 
     // The server answers as soon as the rollout moves (a long-poll), so a change is seen the
     // moment the last device reports it, with no polling delay.
     let mut seen = None;
+    // Set while the server cannot be reached: the next retry's delay.
+    let mut lost: Option<Duration> = None;
     loop {
         let left = timeout.saturating_sub(start.elapsed());
-        let r = client
+        let r = match client
             .rollout_wait(app, seen, left.min(Duration::from_secs(30)))
-            .await?;
+            .await
+        {
+            Ok(r) => {
+                if lost.take().is_some() {
+                    say(&bar, &format!("{app}: reconnected to the server"));
+                }
+                r
+            }
+            // The server restarting mid-rollout does not stop the rollout: the devices
+            // carry on, so keep following until the timeout.
+            Err(e) if reconnectable(&e) && start.elapsed() < timeout => {
+                let delay = *lost.get_or_insert(Duration::from_millis(250));
+                if delay == Duration::from_millis(250) {
+                    say(&bar, &format!("{app}: {e}; retrying until the timeout"));
+                }
+                tokio::time::sleep(delay.min(left)).await;
+                lost = Some((delay * 2).min(Duration::from_secs(5)));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         seen = Some(r.converged_count());
         let (done, total) = (r.converged_count(), r.nodes.len());
         if let Some(b) = &bar {
             b.set_length(total as u64);
             b.set_position(done as u64);
-        } else if last_printed != Some(done) {
+        } else if last_printed != Some(done) && done != total {
             eprintln!("{app}: {done}/{total} devices {verb}");
             last_printed = Some(done);
         }

@@ -268,3 +268,65 @@ fn issue7_8_docker_kill_comes_back_without_a_resync() {
     );
     drop(a);
 }
+
+/// Defect 8: `--wait` keeps following when the server restarts mid-rollout, and prints
+/// its final line once.
+#[test]
+fn issue7_8_wait_survives_a_server_restart() {
+    require_docker_and_registry();
+    let mut server = Server::start();
+    let node = unique("patient");
+    let group = unique("patientg");
+    let _a = Agent::start(&server, &node, &[&group], &[]);
+    // Healthy only after a few seconds, so the rollout is still going when the server dies.
+    let f = server.spec(
+        "slow.yml",
+        "slow:\n  docker_image: gustavo-test/busybox:latest\n  command: \"sh -c 'sleep 6; touch /tmp/ok; sleep 3600'\"\n  healthcheck: {test: \"test -f /tmp/ok\", interval: 1s, timeout: 1s, retries: 30, start_period: 0s}\n",
+    );
+    let waiting = std::process::Command::new(BIN)
+        .args([
+            "apps",
+            "create",
+            "-n",
+            "slow",
+            "-f",
+            &f,
+            "-d",
+            &group,
+            "--wait",
+            "--timeout",
+            "90s",
+        ])
+        .env("GUSTAVO_CONFIG", server.config())
+        .env_remove("GUSTAVO_SERVER")
+        .env_remove("GUSTAVO_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the app to be created", WAIT, || {
+        server
+            .json(&["apps", "list"])
+            .to_string()
+            .contains("\"slow\"")
+    });
+    server.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    server.restart();
+    let out = waiting.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(
+        out.status.success(),
+        "--wait follows through the restart: {err}"
+    );
+    assert!(err.contains("reconnected"), "{err}");
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.contains("1/1 devices running"))
+            .count(),
+        1,
+        "the final line comes once: {err}"
+    );
+    server.ok(&["apps", "delete", "-n", "slow"]);
+}
