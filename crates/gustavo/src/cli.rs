@@ -13,8 +13,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Run containerised apps across a fleet of edge devices"
 )]
 pub struct Cli {
-    /// A client config file (server, CA, token), as the server writes to
-    /// <data-dir>/client.toml and `gustavo login` to ~/.config/gustavo/client.toml.
+    /// A config file. For the CLI: the client config (server, CA, token), as the server
+    /// writes to <data-dir>/client.toml and `gustavo login` to ~/.config/gustavo/client.toml.
+    /// For `server` and `agent`: their TOML settings, keys named like their flags
+    /// (GUSTAVO_SERVER_CONFIG / GUSTAVO_AGENT_CONFIG; GUSTAVO_CONFIG is the CLI's only).
     #[arg(long, global = true, env = "GUSTAVO_CONFIG")]
     pub config: Option<PathBuf>,
     /// The server's address. On the server's own machine it is found by itself.
@@ -225,6 +227,10 @@ pub struct FleetArgs {
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
+    /// Print the settings this server would run with (defaults < --config file <
+    /// GUSTAVO_* environment < flags), secrets hidden, and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Where the database and tokens live.
     #[arg(long, env = "GUSTAVO_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -265,6 +271,10 @@ pub struct ServerArgs {
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
+    /// Print the settings this agent would run with (defaults < --config file <
+    /// GUSTAVO_* environment < flags), secrets hidden, and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// This device's name (default: the host name).
     #[arg(long, env = "GUSTAVO_NODE_NAME")]
     pub name: Option<String>,

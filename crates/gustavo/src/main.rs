@@ -5,6 +5,7 @@
 mod output;
 mod cli;
 mod commands;
+mod config_file;
 mod connect;
 mod registry;
 mod rollout;
@@ -42,7 +43,14 @@ fn init_tracing(default: &str) {
 fn main() -> ExitCode {
     // One TLS crypto provider for the whole process, chosen before anything can use TLS.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = match Cli::try_parse() {
+    let argv = match config_file::fold_in(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(Exit(code, msg)) => {
+            eprintln!("error: {msg}");
+            return ExitCode::from(code);
+        }
+    };
+    let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { 0 };

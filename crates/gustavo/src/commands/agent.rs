@@ -78,6 +78,10 @@ pub fn config(cli: &Cli, args: &AgentArgs) -> Result<AgentConfig> {
 
 pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
     let cfg = config(cli, args)?;
+    if args.print_config {
+        println!("{}", crate::config_file::print("agent"));
+        return Ok(());
+    }
     let runtime = Arc::new(DockerRuntime::connect().await?);
     tracing::info!(node = %cfg.name, server = %cfg.server, groups = ?cfg.groups, "agent starting");
     gustavo_agent::run(cfg, runtime, super::shutdown_signal()).await?;

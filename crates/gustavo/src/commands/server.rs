@@ -64,6 +64,10 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
             extra_sans: args.tls_sans.clone(),
         }
     };
+    if args.print_config {
+        println!("{}", crate::config_file::print("server"));
+        return Ok(());
+    }
     // The local agent needs the engine; find out before binding anything.
     let runtime = if args.no_agent {
         None
