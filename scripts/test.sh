@@ -27,7 +27,8 @@ while [[ $# -gt 0 ]]; do
 done
 
 # Debian packages the test environment needs.
-PACKAGES=(busybox-static docker-registry curl jq)
+# prometheus: for promtool, which checks the /metrics output (the daemon is not used).
+PACKAGES=(busybox-static docker-registry curl jq prometheus)
 # Crates that must never be linked into Gustavo (no OpenSSL, no aws-lc).
 FORBIDDEN_CRATES=(aws-lc-rs aws-lc-sys openssl-sys)
 
@@ -78,6 +79,7 @@ check_crate_absent() {
 phase "Prerequisites"
 ensure_packages "${PACKAGES[@]}"
 require_docker
+command -v promtool >/dev/null 2>&1 || die "promtool is missing although the prometheus package is installed"
 log "docker engine $(docker info --format '{{.ServerVersion}}')"
 command -v cargo >/dev/null 2>&1 \
     || die "cargo not found: install rustup (https://rustup.rs); the toolchain is pinned in rust-toolchain.toml"

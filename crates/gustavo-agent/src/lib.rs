@@ -15,6 +15,8 @@
 
 pub mod docker;
 pub mod fleet;
+pub mod http;
+pub mod metrics;
 mod networks;
 pub mod persist;
 pub mod reconcile;
@@ -316,6 +318,7 @@ async fn sync(
             match client.register(req).await {
                 Ok(_) => facts_sent = true,
                 Err(e) => {
+                    metrics::METRICS.error("server");
                     tracing::warn!(error = %e, "server unreachable; running from the last desired state");
                     backoff.wait().await;
                     continue;
@@ -343,6 +346,7 @@ async fn sync(
             }
             Ok(None) => backoff.reset(),
             Err(e) => {
+                metrics::METRICS.error("server");
                 if e.is_unauthorized() {
                     tracing::error!(
                         "the server refused this node's credential (was the node removed?); retrying"

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::metrics::METRICS;
 use crate::runtime::{Runtime, RuntimeError};
 
 /// Tunables of the loop.
@@ -71,7 +72,9 @@ async fn execute<R: Runtime>(
         // Kubernetes applies); a pinned tag or digest is pulled only when missing.
         let r = ImageRef::parse(image);
         let refresh = r.digest.is_none() && r.tag == "latest";
-        rt.ensure_image(image, refresh).await?;
+        let pulled = rt.ensure_image(image, refresh).await;
+        METRICS.pull(pulled.is_ok());
+        pulled?;
     }
     for step in plan.steps {
         match step {
@@ -244,6 +247,7 @@ impl<R: Runtime> Reconciler<R> {
                 self.failures.remove(&app);
             }
             Err(e) => {
+                METRICS.runtime_error(&e);
                 let attempts = self.failures.get(&app).map(|f| f.attempts + 1).unwrap_or(1);
                 let delay = self
                     .config
@@ -270,9 +274,11 @@ impl<R: Runtime> Reconciler<R> {
             // Never had a desired state (first start, server unreachable): touch nothing.
             return;
         };
+        METRICS.passes.inc();
         let observed = match self.runtime.list(&self.node).await {
             Ok(o) => o,
             Err(e) => {
+                METRICS.error("list");
                 tracing::warn!(error = %e, "cannot list containers");
                 return;
             }
@@ -416,7 +422,7 @@ impl<R: Runtime> Reconciler<R> {
                 }
             })
             .collect();
-        let containers = observed
+        let containers: Vec<ContainerStatus> = observed
             .iter()
             .map(|o| {
                 let looping = o.crash_looping(now);
@@ -443,6 +449,8 @@ impl<R: Runtime> Reconciler<R> {
                 }
             })
             .collect();
+        METRICS.containers(containers.iter().map(|c| c.state.as_str()));
+        METRICS.applied_revision.set(desired.revision);
         let report = StatusReport {
             applied_revision: desired.revision,
             apps,

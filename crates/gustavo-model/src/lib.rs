@@ -5,11 +5,13 @@
 //! - [`plan`]: the reconcile diff — what to create, start and remove to make observed match desired.
 //! - [`api`]: the wire types shared by server, agent and CLI.
 //! - [`names`]: the rules for app, group and node names.
+//! - [`exposition`]: metrics text formats (OpenMetrics, and Prometheus text for older scrapers).
 
 pub mod access;
 pub mod api;
 pub mod auth_api;
 pub mod desired;
+pub mod exposition;
 pub mod names;
 pub mod placement;
 pub mod plan;

@@ -837,6 +837,7 @@ pub async fn desired(
     let mut rx = s.shared.revision_tx.subscribe();
     let mut closing = s.shared.closing.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(60));
+    let _waiting = crate::metrics::Waiting::new(&s.shared.metrics.long_polls);
     loop {
         seen(&s, &name, addr, |_| {});
         {
@@ -847,6 +848,7 @@ pub async fn desired(
                 .ok_or_else(|| ApiError::NotFound(format!("node `{name}` does not exist")))?;
             if c.node_revision(node) > q.after {
                 let mut d = c.desired_for(node);
+                s.shared.metrics.desired_computed.inc();
                 // Secrets go to the node itself only; an admin looking sees them hidden.
                 if !matches!(p, Principal::Node(_)) {
                     hide_secrets(&c, &mut d);

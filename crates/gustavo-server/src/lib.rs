@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod limits;
+pub mod metrics;
 pub mod openapi;
 pub mod secrets;
 pub mod security;
@@ -316,10 +317,15 @@ pub fn router(state: AppState) -> Router {
             put(admin::put_policy).delete(admin::delete_policy),
         )
         .route("/api/v1/audit", get(admin::audit))
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit::record,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
         ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

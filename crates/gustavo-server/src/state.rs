@@ -458,6 +458,8 @@ pub struct Shared {
     pub closing: tokio::sync::watch::Sender<bool>,
     /// Bumped on every status report, for rollout waiters (`--wait`) to wake on.
     pub reports: tokio::sync::watch::Sender<u64>,
+    /// What `/metrics` shows.
+    pub metrics: crate::metrics::Metrics,
     jobs: std::sync::mpsc::Sender<Box<dyn Job>>,
 }
 
@@ -529,6 +531,7 @@ impl Shared {
             revision_tx,
             closing,
             reports,
+            metrics: crate::metrics::Metrics::new(),
             jobs,
         });
         let weak = Arc::downgrade(&shared);
@@ -570,6 +573,8 @@ impl Shared {
     /// wakes waiting agents. Readers are locked out until the batch is durable, so nothing
     /// uncommitted is ever visible.
     fn commit_batch(&self, mut batch: Vec<Box<dyn Job>>) {
+        let started = std::time::Instant::now();
+        self.metrics.commit_jobs.observe(batch.len() as f64);
         let mut c = self.write();
         let start = c.revision;
         let mut all = Vec::new();
@@ -593,6 +598,7 @@ impl Shared {
                 .map_err(|e| e.to_string())
         };
         if let Err(e) = &outcome {
+            self.metrics.commits_failed.inc();
             tracing::error!(error = %e, "commit failed; nothing changed");
             // Memory holds what the store refused: go back to what the store has.
             match self.store.load() {
@@ -608,6 +614,9 @@ impl Shared {
         }
         let revision = c.revision;
         drop(c);
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         for job in batch {
             job.finish(outcome.clone());
         }

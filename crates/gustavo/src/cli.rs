@@ -302,6 +302,10 @@ pub struct AgentArgs {
     /// Replace this node's credential with a new one at start (the old one stops working).
     #[arg(long)]
     pub rotate: bool,
+    /// The local listener (/health, /metrics): IP:PORT, or `off`. Default 127.0.0.1:7421,
+    /// skipped with a warning if that port is taken.
+    #[arg(long, env = "GUSTAVO_AGENT_LISTEN")]
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 
 mod config_files;
 mod foundation;
+mod metrics;
 mod networks;
 mod security;
 mod util;

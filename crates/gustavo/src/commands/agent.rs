@@ -78,14 +78,72 @@ pub fn config(cli: &Cli, args: &AgentArgs) -> Result<AgentConfig> {
 
 pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
     let cfg = config(cli, args)?;
+    listen_addr(args)?;
     if args.print_config {
         println!("{}", crate::config_file::print("agent"));
         return Ok(());
     }
+    let listen = listen_addr(args)?;
     let runtime = Arc::new(DockerRuntime::connect().await?);
+    let listener = match listen {
+        Listen::Off => None,
+        Listen::At(addr, explicit) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) if explicit => {
+                return Err(Exit(EXIT_USAGE, format!("--listen {addr}: {e}")).into());
+            }
+            // The default port may be taken (a second agent on one machine): the agent's
+            // real work goes on without its local listener.
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "local listener not started (set --listen to another address, or off)");
+                None
+            }
+        },
+    };
     tracing::info!(node = %cfg.name, server = %cfg.server, groups = ?cfg.groups, "agent starting");
-    gustavo_agent::run(cfg, runtime, super::shutdown_signal()).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(l) = listener {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!("local listener on http://{a} (/health, /metrics)");
+        }
+        let router = gustavo_agent::http::router(gustavo_agent::http::Local {
+            node: cfg.name.clone(),
+        });
+        let mut stop = stop_rx.clone();
+        tokio::spawn(gustavo_server::serve::serve(
+            l,
+            router,
+            None,
+            gustavo_server::Timeouts::default(),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+    }
+    let result = gustavo_agent::run(cfg, runtime, super::shutdown_signal()).await;
+    stop_tx.send_replace(true);
+    result?;
     Ok(())
+}
+
+enum Listen {
+    Off,
+    /// The address, and whether it was asked for (not the default).
+    At(std::net::SocketAddr, bool),
+}
+
+fn listen_addr(args: &AgentArgs) -> Result<Listen> {
+    let (text, explicit) = match &args.listen {
+        Some(t) => (t.as_str(), true),
+        None => (gustavo_agent::http::DEFAULT_LISTEN, false),
+    };
+    if text == "off" {
+        return Ok(Listen::Off);
+    }
+    let addr = text
+        .parse()
+        .map_err(|e| usage(format!("--listen `{text}`: {e} (expected IP:PORT or off)")))?;
+    Ok(Listen::At(addr, explicit))
 }
 
 /// The data dir of the agent the server runs for its own machine.

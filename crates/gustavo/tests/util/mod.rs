@@ -406,7 +406,12 @@ impl Agent {
             "--data-dir".into(),
             dir.path().join("data").to_str().unwrap().into(),
         ];
-        for (flag, value) in [("--heartbeat", "1s"), ("--resync", "2s")] {
+        // Every agent gets its own local listener port; `listen_url` finds it in the log.
+        for (flag, value) in [
+            ("--heartbeat", "1s"),
+            ("--resync", "2s"),
+            ("--listen", "127.0.0.1:0"),
+        ] {
             if !extra.contains(&flag) {
                 args.extend([flag.into(), value.into()]);
             }
@@ -460,6 +465,30 @@ impl Agent {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// The URL of the agent's local listener, from its log (waits for it).
+    pub fn listen_url(&self) -> String {
+        let mut url = String::new();
+        wait_for(
+            "the agent's local listener",
+            Duration::from_secs(20),
+            || {
+                let log = self.log();
+                let Some(line) = log.lines().rev().find(|l| l.contains("local listener on "))
+                else {
+                    return false;
+                };
+                let rest = &line[line.find("http://").unwrap_or(0)..];
+                url = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                !url.is_empty()
+            },
+        );
+        url
     }
 
     /// Adds flags for the next (re)start.
