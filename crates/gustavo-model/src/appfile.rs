@@ -25,7 +25,12 @@ pub fn app_file(name: &str, spec: &AppSpec) -> Result<String, SpecError> {
         return Ok(format!("{}: {}\n", key(name), scalar(&v)));
     };
     // The seed's field order first, as people write the file; anything newer after it.
-    let rank = |k: &str| SEED_ORDER.iter().position(|f| *f == k).unwrap_or(usize::MAX);
+    let rank = |k: &str| {
+        SEED_ORDER
+            .iter()
+            .position(|f| *f == k)
+            .unwrap_or(usize::MAX)
+    };
     let mut entries: Vec<_> = m.iter().collect();
     entries.sort_by_key(|(k, _)| rank(k));
     let mut out = String::new();
