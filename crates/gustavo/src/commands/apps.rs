@@ -107,16 +107,19 @@ fn print_app(format: Format, app: &App) -> Result<()> {
     Ok(())
 }
 
-/// The seed's lines before a create or update: the server, then what the registry holds.
-async fn preamble(cli: &Cli, client: &Client, spec: &spec::AppSpec) {
+/// The seed's lines before a create: the server, then what the registry holds (update
+/// runs the same registry check, without the server line).
+async fn preamble(cli: &Cli, client: &Client, spec: &spec::AppSpec, create: bool) {
     if cli.output == Format::Table {
-        outln!(
-            "gustavo@{}",
-            client
-                .base()
-                .trim_start_matches("http://")
-                .trim_start_matches("https://")
-        );
+        if create {
+            outln!(
+                "gustavo@{}",
+                client
+                    .base()
+                    .trim_start_matches("http://")
+                    .trim_start_matches("https://")
+            );
+        }
         registry::check(&spec.docker_image).await;
     }
 }
@@ -136,7 +139,7 @@ pub async fn run(cli: &Cli, cmd: &AppsCmd) -> Result<()> {
         } => {
             let name = name.get();
             let spec = spec.expect("read above for create");
-            preamble(cli, &client, &spec).await;
+            preamble(cli, &client, &spec, true).await;
             let app = client.create_app(name, &spec, groups).await?;
             match cli.output {
                 Format::Table => changed(
@@ -155,7 +158,7 @@ pub async fn run(cli: &Cli, cmd: &AppsCmd) -> Result<()> {
             let name = name.get();
             let spec = spec.expect("read above for update");
             let before = client.get_app(name).await?;
-            preamble(cli, &client, &spec).await;
+            preamble(cli, &client, &spec, false).await;
             let new_groups = (!groups.is_empty()).then(|| groups.clone());
             let app = client.update_app(name, &spec, new_groups).await?;
             match cli.output {

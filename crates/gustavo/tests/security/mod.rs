@@ -978,9 +978,15 @@ fn login_works_and_flooding_is_throttled() {
         .env("GUSTAVO_DATA_DIR", server.dir.path().join("nowhere"))
         .output()
         .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&who.stdout).trim(),
-        "user:lena (viewer)"
+    let who = String::from_utf8_lossy(&who.stdout).to_string();
+    assert_eq!(who.lines().next(), Some("user:lena (viewer)"), "{who}");
+    // …and says where the credentials come from.
+    assert!(
+        who.contains(&format!(
+            "credentials: user lena's session in {}",
+            cfg.display()
+        )),
+        "{who}"
     );
 
     // Flooding: 5 failures for lena, then 429 even with the right password.

@@ -382,13 +382,24 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(server: &Server, name: &str, groups: &[&str], labels: &[&str]) -> Agent {
+        let mut args: Vec<String> = vec!["--token".into(), server.join.clone()];
+        for g in groups {
+            args.extend(["--group".into(), g.to_string()]);
+        }
+        for l in labels {
+            args.extend(["--label".into(), l.to_string()]);
+        }
+        Agent::start_args(server, name, &args)
+    }
+
+    /// An agent with the usual server, name, data dir and timings, plus `extra` flags
+    /// (which must say how it joins: `--token …` or `--token-file …`).
+    pub fn start_args(server: &Server, name: &str, extra: &[String]) -> Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut args: Vec<String> = vec![
             "agent".into(),
             "--server".into(),
             server.url.clone(),
-            "--token".into(),
-            server.join.clone(),
             "--name".into(),
             name.into(),
             "--data-dir".into(),
@@ -398,12 +409,7 @@ impl Agent {
             "--resync".into(),
             "2s".into(),
         ];
-        for g in groups {
-            args.extend(["--group".into(), g.to_string()]);
-        }
-        for l in labels {
-            args.extend(["--label".into(), l.to_string()]);
-        }
+        args.extend(extra.iter().cloned());
         let mut a = Agent {
             name: name.into(),
             dir,
