@@ -390,6 +390,15 @@ fn auth_matrix() {
             201
         );
         register(&server, &rt, &format!("victim{i}"), &["g"]);
+        // A device group left empty: its app moved on.
+        let body = format!(r#"{{"name": "e{i}", "spec": {spec}, "groups": ["eg{i}"]}}"#);
+        assert_eq!(
+            status(&rt, &admin, Method::POST, "/api/v1/apps", Some(&body)),
+            201
+        );
+        let body = format!(r#"{{"spec": {spec}, "groups": ["g"]}}"#);
+        let path = format!("/api/v1/apps/e{i}");
+        assert_eq!(status(&rt, &admin, Method::PUT, &path, Some(&body)), 200);
         server.cli_stdin(&["users", "create", &format!("doomed{i}")], "pass-word-1\n");
         server.ok(&["user-groups", "set", &format!("ug{i}")]);
         server.ok(&["policy", "set", &format!("pg{i}"), "--allow", "devices"]);
@@ -475,7 +484,13 @@ fn auth_matrix() {
                 Method::DELETE,
                 "/api/v1/nodes/VICTIM",
                 None,
-                admin_only(204),
+                admin_only(200),
+            ),
+            r(
+                Method::DELETE,
+                "/api/v1/groups/EMPTYG",
+                None,
+                [U, U, U, F, 200, 200, F, F],
             ),
             r(
                 Method::POST,
@@ -577,6 +592,7 @@ fn auth_matrix() {
                 .replace("NEWUSER", &format!("new{i}"))
                 .replace("DOOMED", &format!("doomed{i}"))
                 .replace("GHOST", &format!("ghost{i}"))
+                .replace("EMPTYG", &format!("eg{i}"))
                 .replace("/UG", &format!("/ug{i}"))
                 .replace("/PG", &format!("/pg{i}"))
             };
