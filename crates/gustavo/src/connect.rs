@@ -216,19 +216,27 @@ pub fn client(cli: &Cli) -> Result<Client> {
 }
 
 /// Adds to a refusal (401, 403) whose credentials were used and what else is on this
-/// machine, so nobody acts as someone else without knowing it.
+/// machine, so nobody acts as someone else without knowing it. A 404 to a logged-in user
+/// gets the same note: objects outside their grants answer 404, not 403.
 pub fn explain(cli: &Cli, e: anyhow::Error) -> anyhow::Error {
     let Some(status) = e
         .downcast_ref::<gustavo_client::ClientError>()
         .and_then(|c| c.status())
-        .filter(|s| *s == 401 || *s == 403)
+        .filter(|s| matches!(s, 401 | 403 | 404))
     else {
         return e;
     };
     let Ok(t) = target(cli) else {
         return e;
     };
+    let session = matches!(&t.source, Source::File { user: Some(_), .. });
+    if status == 404 && !session {
+        return e;
+    }
     let mut msg = format!("{e}\n  credentials: {}", t.source);
+    if status == 404 {
+        msg.push_str(" (what a user has no grant on looks absent)");
+    }
     // Another config on this machine that would be used without this one.
     if let Source::File {
         path,

@@ -138,6 +138,13 @@ fn issue7_logout_does_not_lock_the_admin_out() {
         ),
         "login again",
     );
+    // What lena may not see answers 404; the note says whose eyes looked.
+    let out = person(&server, &home, &["apps", "get", "a"], "");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("404") && err.contains("credentials: user lena's session"),
+        "{err}"
+    );
 
     // A config holding nothing but a session (as a hand-made one might) is removed.
     let bare = server.dir.path().join("bare.toml");
