@@ -10,16 +10,21 @@
 # The registry keeps running in the background after this script exits (PID in
 # /tmp/gustavo-registry/registry.pid, log in /tmp/gustavo-registry/registry.log).
 # Docker trusts registries on 127.0.0.0/8 without TLS, so no daemon configuration is needed.
+#
+# usage: scripts/test-registry.sh [--stop]
+#   --stop   stop the registry this script started (its data stays in /tmp/gustavo-registry)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=scripts/lib.sh
 source "$HERE/lib.sh"
 
+STOP=0
 for arg in "$@"; do
     case "$arg" in
-        -h|--help) echo "usage: $0"; exit 0 ;;
-        *) die "unknown argument: $arg (usage: $0)" ;;
+        -h|--help) echo "usage: $0 [--stop]"; exit 0 ;;
+        --stop) STOP=1 ;;
+        *) die "unknown argument: $arg (usage: $0 [--stop])" ;;
     esac
 done
 
@@ -114,6 +119,30 @@ start_registry() {
     fi
     die "the registry exited before answering on http://$REGISTRY/v2/ (is port ${REGISTRY##*:} taken?)"
 }
+
+# Stops the registry named by the PID file (only a live docker-registry process: a recycled
+# PID is left alone), waiting for it to exit.
+stop_registry() {
+    if ! pid_alive; then
+        rm -f "$REG_PID"
+        log "no registry started by this script is running"
+        return 0
+    fi
+    local pid i
+    pid=$(cat "$REG_PID")
+    log "stopping the registry (pid $pid)"
+    kill "$pid"
+    for ((i = 0; i < 40; i++)); do
+        kill -0 "$pid" 2>/dev/null || { rm -f "$REG_PID"; log "registry stopped"; return 0; }
+        sleep 0.25
+    done
+    die "the registry (pid $pid) did not exit within 10s"
+}
+
+if [[ $STOP -eq 1 ]]; then
+    stop_registry
+    exit 0
+fi
 
 run_quiet() {  # run a command, showing its output only when it fails
     local out

@@ -52,8 +52,12 @@ finish_phase() {
 on_exit() {
     local rc=$?
     if [[ $rc -ne 0 ]]; then
+        local failed=${CURRENT_PHASE:-setup}
+        finish_phase
         printf '\n' >&2
-        warn "FAILED in phase: ${CURRENT_PHASE:-setup} (exit $rc) after $((SECONDS - START))s"
+        warn "FAILED in phase: $failed (exit $rc) after $((SECONDS - START))s"
+        # The phases' timings, the failed one last, as on success.
+        [[ ${#TIMINGS[@]} -gt 0 ]] && printf '%s\n' "${TIMINGS[@]}" >&2
     fi
 }
 trap on_exit EXIT

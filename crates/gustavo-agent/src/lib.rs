@@ -135,6 +135,26 @@ fn registration(cfg: &AgentConfig, sampler: &dyn HostProbe) -> RegisterRequest {
     }
 }
 
+/// Logs the groups the server put this node in, which a group-bound join token may have
+/// chosen instead of `--group`.
+fn joined(cfg: &AgentConfig, groups: &[String]) {
+    if groups.is_empty() {
+        // A server from before the answer carried them.
+        return;
+    }
+    let set = |g: &[String]| g.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+    if set(groups) != set(&cfg.groups) {
+        tracing::warn!(
+            node = %cfg.name,
+            groups = ?groups,
+            requested = ?cfg.groups,
+            "joined other device groups than requested (the join token binds this node)"
+        );
+    } else {
+        tracing::info!(node = %cfg.name, groups = ?groups, "joined device groups");
+    }
+}
+
 /// Finds this node's credential on disk, or registers with the join token (retrying while
 /// the server is unreachable; a refusal is final).
 async fn identity(
@@ -166,6 +186,7 @@ async fn identity(
     loop {
         match client.register(req).await {
             Ok(resp) => {
+                joined(cfg, &resp.groups);
                 let id = Identity {
                     server: cfg.server.clone(),
                     node: resp.node,
@@ -316,7 +337,10 @@ async fn sync(
     loop {
         if !facts_sent {
             match client.register(req).await {
-                Ok(_) => facts_sent = true,
+                Ok(resp) => {
+                    joined(cfg, &resp.groups);
+                    facts_sent = true;
+                }
                 Err(e) => {
                     metrics::METRICS.error("server");
                     tracing::warn!(error = %e, "server unreachable; running from the last desired state");

@@ -505,6 +505,18 @@ impl Client {
             .await
     }
 
+    /// Deletes a device group that no app or node uses; returns the revision.
+    pub async fn delete_group(&self, name: &str) -> Result<u64, ClientError> {
+        let v: serde_json::Value = self
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/groups/{name}"),
+                Self::NONE,
+            )
+            .await?;
+        Ok(v["revision"].as_u64().unwrap_or(0))
+    }
+
     fn filter(group: Option<&str>, host: Option<&str>) -> String {
         let mut q = Vec::new();
         if let Some(g) = group {
@@ -538,9 +550,20 @@ impl Client {
             .await
     }
 
-    pub async fn delete_node(&self, name: &str) -> Result<(), ClientError> {
-        self.call_empty(Method::DELETE, &format!("/api/v1/nodes/{name}"), Self::NONE)
-            .await
+    /// Removes a node; returns the revision of the removal (`None` from a server that
+    /// answers 204 without it).
+    pub async fn delete_node(&self, name: &str) -> Result<Option<u64>, ClientError> {
+        let (_, bytes) = self
+            .send(
+                Method::DELETE,
+                &format!("/api/v1/nodes/{name}"),
+                Self::NONE,
+                Duration::from_secs(30),
+            )
+            .await?;
+        Ok(serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["revision"].as_u64()))
     }
 
     pub async fn containers(

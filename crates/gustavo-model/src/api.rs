@@ -132,6 +132,10 @@ fn default_heartbeat_s() -> u32 {
 pub struct RegisterResponse {
     pub node: String,
     pub token: String,
+    /// The device groups the node is in now: those it asked for, or the one its join
+    /// token binds it to. (Empty from servers older than this field.)
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// A node's desired state at one revision.

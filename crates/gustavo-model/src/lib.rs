@@ -4,11 +4,13 @@
 //! - [`desired`]: how an app becomes concrete container specs on one node, with content hashes.
 //! - [`plan`]: the reconcile diff — what to create, start and remove to make observed match desired.
 //! - [`api`]: the wire types shared by server, agent and CLI.
+//! - [`appfile`]: an app written back as the YAML app file (`apps get -o yaml`).
 //! - [`names`]: the rules for app, group and node names.
 //! - [`exposition`]: metrics text formats (OpenMetrics, and Prometheus text for older scrapers).
 
 pub mod access;
 pub mod api;
+pub mod appfile;
 pub mod auth_api;
 pub mod desired;
 pub mod exposition;

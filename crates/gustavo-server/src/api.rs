@@ -622,7 +622,68 @@ pub async fn delete_node(
     }
     .await;
     match r {
-        Ok(rev) => noted(StatusCode::NO_CONTENT, None, Some(rev)),
+        Ok(rev) => noted(
+            Json(serde_json::json!({ "revision": rev })),
+            None,
+            Some(rev),
+        ),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `DELETE /api/v1/groups/{name}`: forgets a device group that nothing uses. A group still
+/// named by an app or a node is a 409 that lists them: deleting it would silently move
+/// work (detach apps, orphan devices), which `apps update -d` and `nodes remove` do
+/// explicitly. Policies and grants that name the group are kept: they are the admin's
+/// rules for that name, and apply again if it comes back.
+pub async fn delete_group(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Response {
+    let r = async {
+        let who = p.person()?;
+        check_name("group", &name)?;
+        s.shared
+            .mutate(move |c, rev| {
+                let view = c.group_view(&name);
+                let known =
+                    c.groups.contains_key(&name) || !view.apps.is_empty() || !view.nodes.is_empty();
+                if !known || !who.can_read_group(&name) {
+                    return Err(ApiError::NotFound(format!("group `{name}` does not exist")));
+                }
+                if who.role == Role::Viewer || !who.can_write_group(&name) {
+                    return Err(ApiError::Denied(format!(
+                        "user `{}` may not delete device group `{name}`",
+                        who.name
+                    )));
+                }
+                if !view.apps.is_empty() || !view.nodes.is_empty() {
+                    let mut uses = Vec::new();
+                    if !view.apps.is_empty() {
+                        uses.push(format!("apps {}", view.apps.join(", ")));
+                    }
+                    if !view.nodes.is_empty() {
+                        uses.push(format!("devices {}", view.nodes.join(", ")));
+                    }
+                    return Err(ApiError::Conflict(format!(
+                        "device group `{name}` is still used by {}: move the apps with \
+                         `gustavo apps update NAME -f FILE -d OTHER`, remove or regroup the \
+                         devices, then delete it",
+                        uses.join(" and ")
+                    )));
+                }
+                Ok((vec![Change::DeleteGroup(name)], rev))
+            })
+            .await
+    }
+    .await;
+    match r {
+        Ok(rev) => noted(
+            Json(serde_json::json!({ "revision": rev })),
+            None,
+            Some(rev),
+        ),
         Err(e) => e.into_response(),
     }
 }
@@ -780,7 +841,7 @@ async fn register_inner(
                 } == *o
             });
             if unchanged {
-                return Ok((Vec::new(), None));
+                return Ok((Vec::new(), (None, record.groups)));
             }
             let mut changes = c.touch_groups(
                 old.map(|o| o.groups.iter())
@@ -789,14 +850,23 @@ async fn register_inner(
                     .chain(&record.groups),
                 rev,
             );
+            let groups = record.groups.clone();
             changes.push(Change::PutNode(record));
-            Ok((changes, Some(rev)))
+            Ok((changes, (Some(rev), groups)))
         })
         .await?;
+    let (revision, groups) = revision;
     seen(&s, &name, addr, |_| {});
     tracing::info!(node = %name, rotated = rotate, "node registered");
     let token = token.unwrap_or_default();
-    Ok((Json(RegisterResponse { node: name, token }), revision))
+    Ok((
+        Json(RegisterResponse {
+            node: name,
+            token,
+            groups,
+        }),
+        revision,
+    ))
 }
 
 /// Records that a node called, from where, and lets `f` update what it reported.

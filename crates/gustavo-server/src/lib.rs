@@ -281,7 +281,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/apps/{name}/{action}", post(app_action))
         .route("/api/v1/rollouts/{name}", get(rollout))
         .route("/api/v1/groups", get(list_groups))
-        .route("/api/v1/groups/{name}", get(get_group))
+        .route("/api/v1/groups/{name}", get(get_group).delete(delete_group))
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/register", post(register))
         .route("/api/v1/nodes/{name}", get(get_node).delete(delete_node))

@@ -38,12 +38,15 @@ pub const DOCUMENT: &str = r##"{
     "/api/v1/stats": {"get": {"summary": "Counts: revision, nodes, ready nodes, apps, groups", "responses": {"200": {"description": "stats"}}}},
     "/api/v1/rollouts/{name}": {"get": {"summary": "How far the app's current revision (or its deletion) has reached each device; ?summary=true gives counts only; ?wait=S&seen=N waits up to S seconds for the converged count to move from N, a failure, or completion", "responses": {"200": {"description": "rollout"}, "404": {"description": "unknown app"}}}},
     "/api/v1/groups": {"get": {"summary": "List device groups", "responses": {"200": {"description": "groups"}}}},
-    "/api/v1/groups/{name}": {"get": {"summary": "Get a device group", "responses": {"200": {"description": "group"}, "404": {"description": "no such group"}}}},
+    "/api/v1/groups/{name}": {
+      "get": {"summary": "Get a device group", "responses": {"200": {"description": "group"}, "404": {"description": "no such group"}}},
+      "delete": {"summary": "Delete a device group that no app or node uses (rw on the group); its policy and grants are kept", "responses": {"200": {"description": "{revision}"}, "404": {"description": "no such group"}, "409": {"description": "apps or nodes still use it; the message names them"}}}
+    },
     "/api/v1/nodes": {"get": {"summary": "List nodes (?group=&host=)", "responses": {"200": {"description": "nodes"}}}},
-    "/api/v1/nodes/register": {"post": {"summary": "Register a node with the join token; returns the node's own token", "responses": {"200": {"description": "credential"}, "401": {"description": "bad token"}}}},
+    "/api/v1/nodes/register": {"post": {"summary": "Register a node with the join token; returns the node's own token", "responses": {"200": {"description": "{node, token, groups}: the credential and the groups the node is in"}, "401": {"description": "bad token"}}}},
     "/api/v1/nodes/{name}": {
       "get": {"summary": "Get a node", "responses": {"200": {"description": "node"}}},
-      "delete": {"summary": "Remove a node; its token stops working at once", "responses": {"204": {"description": "removed"}}}
+      "delete": {"summary": "Remove a node; its token stops working at once", "responses": {"200": {"description": "{revision}"}}}
     },
     "/api/v1/nodes/{name}/desired": {"get": {"summary": "The node's desired state; long-polls with ?after=REVISION&wait=SECONDS", "responses": {"200": {"description": "desired state"}, "304": {"description": "no newer revision within the wait"}}}},
     "/api/v1/nodes/{name}/heartbeat": {"post": {"summary": "Vitals from the node; the answer {need_status} asks for the status report again", "responses": {"200": {"description": "{need_status: bool}"}}}},

@@ -91,6 +91,9 @@ impl Cluster {
             Change::PutGroup(g) => {
                 self.groups.insert(g.name.clone(), g);
             }
+            Change::DeleteGroup(name) => {
+                self.groups.remove(&name);
+            }
             Change::PutNode(n) => {
                 if let Some(old) = self.nodes.get(&n.name) {
                     self.token_index.remove(&old.token_hash);

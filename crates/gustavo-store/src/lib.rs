@@ -89,6 +89,8 @@ pub enum Change {
     PutApp(Box<App>),
     DeleteApp(String),
     PutGroup(GroupRecord),
+    /// Only for a group that no app or node names any more.
+    DeleteGroup(String),
     PutNode(NodeRecord),
     DeleteNode(String),
 }
@@ -161,14 +163,23 @@ pub(crate) mod suite {
             &[
                 Change::DeleteApp("a".into()),
                 Change::DeleteNode("n2".into()),
+                Change::PutGroup(GroupRecord {
+                    name: "empty".into(),
+                    revision: 3,
+                }),
             ],
         )
         .unwrap();
         let snap = s.load().unwrap();
         assert_eq!(snap.revision, 3);
         assert_eq!(snap.apps, vec![app("b", 2)]);
-        assert_eq!(snap.groups.len(), 1);
+        assert_eq!(snap.groups.len(), 2);
         assert_eq!(snap.nodes, vec![node("n1")]);
+        s.commit(4, &[Change::DeleteGroup("empty".into())]).unwrap();
+        let snap = s.load().unwrap();
+        assert_eq!(snap.revision, 4);
+        let names: Vec<_> = snap.groups.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, vec!["g"]);
     }
 
     pub fn auth_round_trip(s: &dyn AuthStore) {

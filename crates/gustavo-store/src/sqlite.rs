@@ -130,6 +130,9 @@ impl Store for SqliteStore {
                         params![g.name, g.revision as i64],
                     )?;
                 }
+                Change::DeleteGroup(name) => {
+                    tx.execute("DELETE FROM groups WHERE name = ?1", params![name])?;
+                }
                 Change::PutNode(node) => {
                     let doc = serde_json::to_string(node).expect("nodes always serialize");
                     tx.execute(

@@ -28,7 +28,8 @@ pub struct Cli {
     /// The CA certificate (PEM) that vouches for the server, instead of the config's.
     #[arg(long, global = true, env = "GUSTAVO_CA_FILE")]
     pub ca_file: Option<PathBuf>,
-    /// How to print results.
+    /// How to print results: a table for people, or JSON or YAML for scripts. For
+    /// `apps get`, `yaml` is the app file, ready for `apps update -f`.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
     #[command(subcommand)]
@@ -39,6 +40,7 @@ pub struct Cli {
 pub enum Format {
     Table,
     Json,
+    Yaml,
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +84,12 @@ pub enum Command {
     Whoami,
     /// Read the audit log: every change, who made it, from where, allowed or refused.
     Audit(AuditArgs),
+    /// Print a shell completion script: `gustavo completion bash > /etc/bash_completion.d/gustavo`.
+    Completion {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,13 +109,17 @@ pub enum TokensCmd {
     /// List join tokens (never their secrets).
     List,
     /// Revoke a join token by its id; nodes that joined with it keep their own credential.
-    Revoke { id: String },
+    Revoke {
+        /// The token's id, as `tokens list` shows it.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum UsersCmd {
     /// Create a user. The password is read from stdin (one line), or prompted for.
     Create {
+        /// The user's name.
         name: String,
         /// admin, operator or viewer.
         #[arg(long, default_value = "viewer")]
@@ -119,13 +131,17 @@ pub enum UsersCmd {
     /// List users.
     List,
     /// Delete a user; their tokens stop working at once.
-    Delete { name: String },
+    Delete {
+        /// The user's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum UserGroupsCmd {
     /// Create or replace a user group's grants.
     Set {
+        /// The user group's name.
         name: String,
         /// `APP=ro|rw` (`*` for every app); repeat for several.
         #[arg(long = "app")]
@@ -137,13 +153,17 @@ pub enum UserGroupsCmd {
     /// List user groups with their grants and members.
     List,
     /// Delete a user group.
-    Delete { name: String },
+    Delete {
+        /// The user group's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCmd {
     /// Set a device group's policy (replacing the old one).
     Set {
+        /// The device group the policy is for.
         group: String,
         /// privileged, devices, host-network or host-volumes; repeat or comma-separate.
         #[arg(long, value_delimiter = ',')]
@@ -155,7 +175,10 @@ pub enum PolicyCmd {
     /// List policies.
     List,
     /// Remove a device group's policy (back to: admins only, any image).
-    Delete { group: String },
+    Delete {
+        /// The device group whose policy goes.
+        group: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -306,6 +329,10 @@ pub struct AgentArgs {
     /// skipped with a warning if that port is taken.
     #[arg(long, env = "GUSTAVO_AGENT_LISTEN")]
     pub listen: Option<String>,
+    /// Read the join token from this file (mode 0600 or stricter), so it is not on the
+    /// command line for `ps` to show. `GUSTAVO_TOKEN` works too.
+    #[arg(long, env = "GUSTAVO_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -318,36 +345,66 @@ pub struct WaitArgs {
     pub timeout: String,
 }
 
+/// An app's name: positional (`apps get web`) or, as the seed's CLI took it, `-n web`.
+#[derive(Debug, Args)]
+pub struct AppName {
+    /// The app's name.
+    #[arg(
+        value_name = "NAME",
+        required_unless_present = "name",
+        conflicts_with = "name"
+    )]
+    pub app: Option<String>,
+    /// The app's name, as the seed's CLI took it (the same as NAME).
+    #[arg(short = 'n', long = "name", value_name = "NAME")]
+    pub name: Option<String>,
+}
+
+impl AppName {
+    pub fn get(&self) -> &str {
+        // clap requires exactly one of the two.
+        self.app
+            .as_deref()
+            .or(self.name.as_deref())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AppsCmd {
     /// Register an app from a YAML file and attach it to device groups.
     Create {
-        #[arg(short = 'n', long)]
-        name: String,
-        #[arg(short = 'f', long)]
+        #[command(flatten)]
+        name: AppName,
+        /// The app file (YAML; `-` for stdin). It may define several apps: the one called
+        /// NAME is taken. At most 4 MiB.
+        #[arg(short = 'f', long, value_name = "FILE")]
         file: PathBuf,
-        /// Device group to attach to (created on demand); repeat for several.
-        #[arg(short = 'd', long = "device-group")]
+        /// A device group to attach the app to (created on demand); repeat for several.
+        /// Default: `default`.
+        #[arg(short = 'd', long = "device-group", value_name = "GROUP")]
         groups: Vec<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Replace an app's spec from a YAML file.
+    /// Replace an app's spec from a YAML file (`apps get NAME -o yaml` writes one).
     Update {
-        #[arg(short = 'n', long)]
-        name: String,
-        #[arg(short = 'f', long)]
+        #[command(flatten)]
+        name: AppName,
+        /// The app file (YAML; `-` for stdin); the app called NAME is taken. At most 4 MiB.
+        #[arg(short = 'f', long, value_name = "FILE")]
         file: PathBuf,
-        /// Replace the app's device groups with these.
-        #[arg(short = 'd', long = "device-group")]
+        /// Replace the app's device groups with these; repeat for several. Default: keep
+        /// them.
+        #[arg(short = 'd', long = "device-group", value_name = "GROUP")]
         groups: Vec<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },
     /// Delete an app: its containers leave every device.
     Delete {
-        #[arg(short = 'n', long)]
-        name: String,
+        #[command(flatten)]
+        name: AppName,
         /// Do not ask for confirmation.
         #[arg(short = 'y', long)]
         yes: bool,
@@ -356,32 +413,57 @@ pub enum AppsCmd {
     },
     /// List apps.
     List,
-    /// Show one app.
+    /// Show one app; `-o yaml` prints its app file, ready for `apps update -f`.
     Get {
-        #[arg(short = 'n', long)]
-        name: String,
+        #[command(flatten)]
+        name: AppName,
     },
     /// Start a stopped app.
     Start {
-        #[arg(short = 'n', long)]
-        name: String,
+        #[command(flatten)]
+        name: AppName,
         #[command(flatten)]
         wait: WaitArgs,
     },
     /// Stop an app: its containers are removed, the app is kept.
     Stop {
-        #[arg(short = 'n', long)]
-        name: String,
+        #[command(flatten)]
+        name: AppName,
         #[command(flatten)]
         wait: WaitArgs,
     },
     /// Recreate every container of an app.
     Restart {
-        #[arg(short = 'n', long)]
-        name: String,
+        #[command(flatten)]
+        name: AppName,
         #[command(flatten)]
         wait: WaitArgs,
     },
+}
+
+/// A device group's name: positional, or `-n NAME`.
+#[derive(Debug, Args)]
+pub struct GroupName {
+    /// The device group's name.
+    #[arg(
+        value_name = "NAME",
+        required_unless_present = "name",
+        conflicts_with = "name"
+    )]
+    pub group: Option<String>,
+    /// The device group's name (the same as NAME).
+    #[arg(short = 'n', long = "name", value_name = "NAME")]
+    pub name: Option<String>,
+}
+
+impl GroupName {
+    pub fn get(&self) -> &str {
+        // clap requires exactly one of the two.
+        self.group
+            .as_deref()
+            .or(self.name.as_deref())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -390,8 +472,13 @@ pub enum GroupsCmd {
     List,
     /// Show one device group.
     Get {
-        #[arg(short = 'n', long)]
-        name: String,
+        #[command(flatten)]
+        name: GroupName,
+    },
+    /// Delete a device group that no app and no device uses any more.
+    Delete {
+        #[command(flatten)]
+        name: GroupName,
     },
 }
 
@@ -400,7 +487,10 @@ pub enum NodesCmd {
     /// List registered devices.
     List,
     /// Remove a device: its credential stops working at once.
-    Remove { name: String },
+    Remove {
+        /// The device's name.
+        name: String,
+    },
 }
 
 /// `-d GROUP -h HOST`, as the seed's CLI has them (so `-h` is not help here).
@@ -428,4 +518,62 @@ pub enum CacheCmd {
     /// Check container images on host and device_groups.
     #[command(disable_help_flag = true)]
     Containers(CacheFilter),
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Issue 7: every flag and argument of every command says what it is for in `--help`.
+    #[test]
+    fn issue_7_every_argument_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (the command)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "gustavo", &mut missing);
+        assert!(missing.is_empty(), "undescribed: {missing:#?}");
+    }
+
+    #[test]
+    fn names_are_positional_or_dash_n() {
+        for args in [
+            &["gustavo", "apps", "get", "web"][..],
+            &["gustavo", "apps", "get", "-n", "web"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let Command::Apps(AppsCmd::Get { name }) = cli.command else {
+                panic!("{args:?}")
+            };
+            assert_eq!(name.get(), "web");
+        }
+        assert!(Cli::try_parse_from(["gustavo", "apps", "get"]).is_err());
+        assert!(Cli::try_parse_from(["gustavo", "apps", "get", "a", "-n", "b"]).is_err());
+        let cli = Cli::try_parse_from(["gustavo", "groups", "delete", "g"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Groups(GroupsCmd::Delete { .. })
+        ));
+    }
 }

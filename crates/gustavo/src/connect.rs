@@ -53,25 +53,90 @@ pub fn user_config_path() -> Option<PathBuf> {
         .map(|d| d.join("gustavo").join("client.toml"))
 }
 
-/// The client config in use: `--config`/`GUSTAVO_CONFIG`, else the user's (from `login`),
-/// else the one the server on this machine wrote into its data dir.
-pub fn config_file(cli: &Cli) -> Result<Option<(PathBuf, ClientFile)>> {
-    if let Some(p) = &cli.config {
-        return Ok(Some((p.clone(), ClientFile::load(p)?)));
+/// Where a command's token comes from, so `whoami` and errors can say whose it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `--token` or `GUSTAVO_TOKEN`.
+    Flag,
+    /// A client config; `user` is set in the ones `gustavo login` writes.
+    File { path: PathBuf, user: Option<String> },
+    /// No token anywhere.
+    Nothing,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Flag => f.write_str("the token given by --token or GUSTAVO_TOKEN"),
+            Source::File {
+                path,
+                user: Some(u),
+            } => write!(f, "user {u}'s session in {}", path.display()),
+            Source::File { path, user: None } => write!(f, "the token in {}", path.display()),
+            Source::Nothing => f.write_str("no token"),
+        }
     }
-    let candidates = [
+}
+
+/// The client configs looked at when `--config` is not given, in order: the person's own
+/// (from `gustavo login`), then the one the server on this machine wrote for its admin.
+pub fn candidates() -> Vec<PathBuf> {
+    [
         user_config_path(),
         Some(default_data_dir().join("client.toml")),
-    ];
-    for p in candidates.into_iter().flatten() {
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The client config in use: `--config`/`GUSTAVO_CONFIG`, else the first candidate that
+/// holds a token — a config left without one (after `gustavo logout`) never shadows the
+/// next — else, for the server's address and CA alone, the first that exists. `looked`
+/// says what was skipped and why, for the "no token" error.
+pub fn config_file(cli: &Cli, need_token: bool) -> Result<Resolved> {
+    if let Some(p) = &cli.config {
+        return Ok(Resolved {
+            file: Some((p.clone(), ClientFile::load(p)?)),
+            looked: Vec::new(),
+        });
+    }
+    let mut looked = Vec::new();
+    let mut fallback = None;
+    for p in candidates() {
         match ClientFile::load(&p) {
-            Ok(f) => return Ok(Some((p, f))),
+            Ok(f) if f.token.is_some() || !need_token => {
+                return Ok(Resolved {
+                    file: Some((p, f)),
+                    looked,
+                });
+            }
+            Ok(f) => {
+                looked.push(format!("{} (no token)", p.display()));
+                fallback.get_or_insert((p, f));
+            }
             // Missing, or not ours to read (another user's server): try the next one.
-            Err(ConfigError::Read { .. }) => continue,
+            Err(ConfigError::Read { source, .. }) => {
+                let why = if source.kind() == std::io::ErrorKind::NotFound {
+                    "not found".to_string()
+                } else {
+                    source.to_string()
+                };
+                looked.push(format!("{} ({why})", p.display()));
+            }
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(None)
+    Ok(Resolved {
+        file: fallback,
+        looked,
+    })
+}
+
+/// The config chosen, and the candidates passed over on the way.
+pub struct Resolved {
+    pub file: Option<(PathBuf, ClientFile)>,
+    pub looked: Vec<String>,
 }
 
 /// Server, token and CA, from flags and environment first, then the config file.
@@ -79,17 +144,35 @@ pub struct Target {
     pub server: String,
     pub token: Option<String>,
     pub ca: Option<String>,
+    pub source: Source,
+    /// Configs passed over, for the "no token" error.
+    pub looked: Vec<String>,
 }
 
-pub fn target(cli: &Cli) -> Result<Target> {
-    let file = config_file(cli)?.map(|(_, f)| f).unwrap_or_default();
+/// Where to connect. With `need_token`, a config without a token is passed over.
+pub fn target_for(cli: &Cli, need_token: bool) -> Result<Target> {
+    let resolved = config_file(cli, need_token && cli.token.is_none())?;
+    let (path, file) = match resolved.file {
+        Some((p, f)) => (Some(p), f),
+        None => (None, ClientFile::default()),
+    };
     let server = cli
         .server
         .as_deref()
         .map(normalize_server)
         .or_else(|| file.server.as_deref().map(normalize_server))
         .unwrap_or_else(|| DEFAULT_SERVER.to_string());
-    let token = cli.token.clone().or(file.token.clone());
+    let (token, source) = match (&cli.token, &file.token, path) {
+        (Some(t), _, _) => (Some(t.clone()), Source::Flag),
+        (None, Some(t), Some(path)) => (
+            Some(t.clone()),
+            Source::File {
+                path,
+                user: file.user.clone(),
+            },
+        ),
+        _ => (None, Source::Nothing),
+    };
     let ca = match &cli.ca_file {
         Some(p) => Some(
             std::fs::read_to_string(p)
@@ -97,18 +180,89 @@ pub fn target(cli: &Cli) -> Result<Target> {
         ),
         None => file.ca_pem()?,
     };
-    Ok(Target { server, token, ca })
+    Ok(Target {
+        server,
+        token,
+        ca,
+        source,
+        looked: resolved.looked,
+    })
+}
+
+/// Where to connect for a command that presents a token.
+pub fn target(cli: &Cli) -> Result<Target> {
+    target_for(cli, true)
 }
 
 /// A client for people's commands.
 pub fn client(cli: &Cli) -> Result<Client> {
     let t = target(cli)?;
-    let token = t.token.with_context(|| {
-        "no token: run `gustavo login`, pass --config FILE (the server writes \
-         <data-dir>/client.toml), or pass --token"
-            .to_string()
-    })?;
+    let Some(token) = t.token else {
+        let looked = if t.looked.is_empty() {
+            String::new()
+        } else {
+            format!(" (looked in {})", t.looked.join(", "))
+        };
+        return Err(crate::Exit(
+            1,
+            format!(
+                "no token{looked}: run `gustavo login`, pass --config FILE (the server writes \
+                 <data-dir>/client.toml), or pass --token"
+            ),
+        )
+        .into());
+    };
     Ok(Client::with_ca(&t.server, &token, t.ca.as_deref())?)
+}
+
+/// Adds to a refusal (401, 403) whose credentials were used and what else is on this
+/// machine, so nobody acts as someone else without knowing it. A 404 to a logged-in user
+/// gets the same note: objects outside their grants answer 404, not 403.
+pub fn explain(cli: &Cli, e: anyhow::Error) -> anyhow::Error {
+    let Some(status) = e
+        .downcast_ref::<gustavo_client::ClientError>()
+        .and_then(|c| c.status())
+        .filter(|s| matches!(s, 401 | 403 | 404))
+    else {
+        return e;
+    };
+    let Ok(t) = target(cli) else {
+        return e;
+    };
+    let session = matches!(&t.source, Source::File { user: Some(_), .. });
+    if status == 404 && !session {
+        return e;
+    }
+    let mut msg = format!("{e}\n  credentials: {}", t.source);
+    if status == 404 {
+        msg.push_str(" (what a user has no grant on looks absent)");
+    }
+    // Another config on this machine that would be used without this one.
+    if let Source::File {
+        path,
+        user: Some(user),
+    } = &t.source
+        && cli.config.is_none()
+    {
+        let next = candidates()
+            .into_iter()
+            .filter(|p| p != path)
+            .find(|p| ClientFile::load(p).is_ok_and(|f| f.token.is_some()));
+        match (status, next) {
+            (401, _) => msg.push_str(&format!(
+                "\n  log in again with `gustavo login -u {user}`, or forget the session with \
+                 `gustavo logout`"
+            )),
+            (_, Some(next)) => msg.push_str(&format!(
+                "\n  {} is also on this machine: pass `--config {}` to use it, or \
+                 `gustavo logout` to stop acting as {user}",
+                next.display(),
+                next.display()
+            )),
+            _ => {}
+        }
+    }
+    crate::Exit(1, msg).into()
 }
 
 /// This machine's host name, made into a valid node name.

@@ -31,12 +31,17 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
+/// Logs go to stderr, coloured only for a person at a terminal: a file, a pipe or journald
+/// gets plain text (and `NO_COLOR` turns colour off everywhere).
 fn init_tracing(default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("GUSTAVO_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 

@@ -1,4 +1,5 @@
-//! Printing: tables for people, JSON for scripts.
+//! Printing: tables for people, JSON or YAML for scripts, and one line per change:
+//! `<kind> <name> <what> (revision N)`, e.g. `app web created (revision 3)`.
 //!
 //! Everything goes through [`outln!`], which ends the program quietly when stdout is closed
 //! early (`gustavo nodes list | head -1`) instead of panicking on a broken pipe.
@@ -35,7 +36,27 @@ pub fn json<T: Serialize + ?Sized>(value: &T) {
     );
 }
 
-/// Prints `rows` as a table, or `value` as JSON.
+/// Prints `value` as JSON or YAML (`-o json`, `-o yaml`); with `-o table`, as JSON too.
+pub fn data<T: Serialize + ?Sized>(format: Format, value: &T) {
+    match format {
+        Format::Yaml => {
+            let v = serde_json::to_value(value).expect("API types always serialize");
+            let text = gustavo_model::appfile::to_yaml(&v);
+            outln!("{}", text.trim_end());
+        }
+        _ => json(value),
+    }
+}
+
+/// The one line a change prints: `app web created (revision 3)`. Scripts use `-o json`.
+pub fn changed(kind: &str, name: &str, what: &str, revision: Option<u64>) {
+    match revision {
+        Some(r) => outln!("{kind} {name} {what} (revision {r})"),
+        None => outln!("{kind} {name} {what}"),
+    }
+}
+
+/// Prints `rows` as a table, or `value` as JSON or YAML.
 pub fn show<T: Serialize + ?Sized>(
     format: Format,
     value: &T,
@@ -43,7 +64,7 @@ pub fn show<T: Serialize + ?Sized>(
     rows: Vec<Vec<String>>,
 ) {
     match format {
-        Format::Json => json(value),
+        Format::Json | Format::Yaml => data(format, value),
         Format::Table => {
             let mut t = Table::new();
             t.load_preset(NOTHING)

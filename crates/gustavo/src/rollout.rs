@@ -98,6 +98,7 @@ pub async fn wait(client: &Client, app: &str, verb: &str, timeout: Duration) -> 
             b.set_length(total as u64);
             b.set_position(done as u64);
         } else if last_printed != Some(done) && done != total {
+            // Progress only: the final count is printed once, below, with the revision.
             eprintln!("{app}: {done}/{total} devices {verb}");
             last_printed = Some(done);
         }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `gustavo` binary, the real Docker engine, the real registry.
 //! Each test reads as the user story it checks.
 
+mod cli_habits;
 mod config_files;
 mod foundation;
 mod metrics;
@@ -73,9 +74,10 @@ fn seed_walkthrough() {
         out.contains("test_linreg:latest has been found in registry"),
         "{out}"
     );
-    assert!(out.contains("created app : test_linreg"), "{out}");
     assert!(
-        out.contains(&format!("attached to device group : {group}")),
+        out.contains(&format!(
+            "app test_linreg created on device group {group} (revision "
+        )),
         "{out}"
     );
     {

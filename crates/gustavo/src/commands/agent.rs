@@ -1,7 +1,7 @@
 //! `gustavo agent`: join a server and keep this device's containers as it wants them.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -55,12 +55,25 @@ pub fn config(cli: &Cli, args: &AgentArgs) -> Result<AgentConfig> {
         .as_deref()
         .map(normalize_server)
         .unwrap_or_else(|| crate::connect::DEFAULT_SERVER.to_string());
-    if let Some(t) = &cli.token {
-        gustavo_model::access::JoinToken::parse(t).map_err(|e| usage(format!("--token: {e}")))?;
-    }
+    let join_token = match (&cli.token, &args.token_file) {
+        (Some(_), Some(_)) => {
+            return Err(usage(
+                "give the join token once: --token (GUSTAVO_TOKEN) or --token-file \
+                 (GUSTAVO_TOKEN_FILE), not both"
+                    .into(),
+            ));
+        }
+        (Some(t), None) => {
+            gustavo_model::access::JoinToken::parse(t)
+                .map_err(|e| usage(format!("--token: {e}")))?;
+            Some(t.clone())
+        }
+        (None, Some(p)) => Some(read_token_file(p)?),
+        (None, None) => None,
+    };
     Ok(AgentConfig {
         server,
-        join_token: cli.token.clone(),
+        join_token,
         ca_pem,
         rotate: args.rotate,
         name,
@@ -74,6 +87,43 @@ pub fn config(cli: &Cli, args: &AgentArgs) -> Result<AgentConfig> {
             ..ReconcileConfig::default()
         },
     })
+}
+
+/// Why a secret file may not be used: readable or writable by anyone but its owner.
+fn too_open(mode: u32) -> Option<String> {
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "it is readable or writable by group or others (mode {:04o}); run chmod 600 on it",
+            mode & 0o7777
+        )
+    })
+}
+
+/// Reads the join token from a file only its owner may read (a token in a world-readable
+/// file is as public as one on the command line).
+fn read_token_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let bad = |why: String| usage(format!("--token-file {}: {why}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if let Some(why) = too_open(meta.permissions().mode()) {
+        return Err(bad(why));
+    }
+    // A token is under 200 bytes; read a little more to notice a wrong file.
+    let mut text = String::new();
+    file.take(4096)
+        .read_to_string(&mut text)
+        .map_err(|e| bad(e.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(bad("the file is empty".into()));
+    }
+    gustavo_model::access::JoinToken::parse(token).map_err(|e| bad(e.to_string()))?;
+    Ok(token.to_string())
 }
 
 pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
@@ -100,7 +150,8 @@ pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
             }
         },
     };
-    tracing::info!(node = %cfg.name, server = %cfg.server, groups = ?cfg.groups, "agent starting");
+    // The groups joined are logged once the server has answered (a join token may bind them).
+    tracing::info!(node = %cfg.name, server = %cfg.server, requested_groups = ?cfg.groups, "agent starting");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(l) = listener {
         if let Ok(a) = l.local_addr() {
@@ -149,4 +200,19 @@ fn listen_addr(args: &AgentArgs) -> Result<Listen> {
 /// The data dir of the agent the server runs for its own machine.
 pub fn local_data_dir(server_data_dir: &std::path::Path) -> PathBuf {
     server_data_dir.join("agent")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::too_open;
+
+    #[test]
+    fn a_token_file_must_be_private() {
+        assert_eq!(too_open(0o100600), None);
+        assert_eq!(too_open(0o100400), None);
+        let e = too_open(0o100644).unwrap();
+        assert!(e.contains("0644") && e.contains("chmod 600"), "{e}");
+        assert!(too_open(0o100660).is_some());
+        assert!(too_open(0o100602).is_some());
+    }
 }

@@ -1,20 +1,54 @@
 //! `gustavo apps …`: the seed's app commands.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use gustavo_client::Client;
 use gustavo_model::api::App;
 use gustavo_model::spec;
 
 use crate::cli::{AppsCmd, Cli, Format, WaitArgs};
-use crate::output::{ago, parse_duration, show};
+use crate::output::{ago, changed, data, parse_duration, show};
 use crate::{EXIT_USAGE, Exit, connect, registry, rollout};
 
+/// Reads an app file (`-` is stdin), at most [`spec::MAX_SPEC_BYTES`]: the server would
+/// refuse more, and `-f /dev/zero` must not fill the memory.
+fn read_app_file(file: &Path) -> Result<String> {
+    let limit = spec::MAX_SPEC_BYTES;
+    let what = if file == Path::new("-") {
+        "stdin".to_string()
+    } else {
+        file.display().to_string()
+    };
+    let mut buf = Vec::new();
+    let read = if file == Path::new("-") {
+        std::io::stdin()
+            .lock()
+            .take(limit as u64 + 1)
+            .read_to_end(&mut buf)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(limit as u64 + 1).read_to_end(&mut buf))
+    };
+    read.map_err(|e| Exit(EXIT_USAGE, format!("-f: cannot read {what}: {e}")))?;
+    if buf.len() > limit {
+        return Err(Exit(
+            EXIT_USAGE,
+            format!(
+                "-f: {what} is larger than the limit for app files ({} MiB); an app file \
+                 is a few KB",
+                limit / (1024 * 1024)
+            ),
+        )
+        .into());
+    }
+    String::from_utf8(buf)
+        .map_err(|_| Exit(EXIT_USAGE, format!("-f: {what} is not UTF-8 text")).into())
+}
+
 /// Reads and validates a spec file, picking the app called `name`.
-fn read_spec(file: &std::path::Path, name: &str) -> Result<spec::AppSpec> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+fn read_spec(file: &Path, name: &str) -> Result<spec::AppSpec> {
+    let text = read_app_file(file)?;
     spec::parse_one(&text, name)
         .map_err(|e| Exit(EXIT_USAGE, format!("{}: {e}", file.display())).into())
 }
@@ -34,77 +68,116 @@ fn confirm(question: &str) -> bool {
     std::io::stdin().lock().read_line(&mut line).is_ok() && matches!(line.trim(), "y" | "Y" | "yes")
 }
 
-fn print_app(format: Format, app: &App) {
+/// `device group a` or `device groups a, b`.
+fn on_groups(groups: &[String]) -> String {
+    match groups {
+        [one] => format!("device group {one}"),
+        many => format!("device groups {}", many.join(", ")),
+    }
+}
+
+/// The app file of one app, with what the file cannot hold in a comment.
+fn app_file(app: &App) -> Result<String> {
+    Ok(format!(
+        "# app {} at revision {}, on {} (give groups to `apps update` with -d)\n{}",
+        app.name,
+        app.revision,
+        on_groups(&app.groups),
+        gustavo_model::appfile::app_file(&app.name, &app.spec)?
+    ))
+}
+
+fn print_app(format: Format, app: &App) -> Result<()> {
     match format {
         Format::Json => crate::output::json(app),
+        Format::Yaml => outln!("{}", app_file(app)?.trim_end()),
         Format::Table => {
             outln!("name:      {}", app.name);
             outln!("groups:    {}", app.groups.join(", "));
             outln!("revision:  {}", app.revision);
             outln!("updated:   {}", ago(app.updated_at));
             outln!("spec:");
-            let yaml = serde_json::to_value(&app.spec).expect("specs serialize");
-            for line in serde_json::to_string_pretty(&yaml)
-                .expect("values serialize")
-                .lines()
-            {
-                outln!("  {line}");
+            let text = gustavo_model::appfile::app_file(&app.name, &app.spec)?;
+            // The spec's lines, without the `name:` line above them.
+            for line in text.lines().skip(1) {
+                outln!("{line}");
             }
         }
+    }
+    Ok(())
+}
+
+/// The seed's lines before a create: the server, then what the registry holds (update
+/// runs the same registry check, without the server line).
+async fn preamble(cli: &Cli, client: &Client, spec: &spec::AppSpec, create: bool) {
+    if cli.output == Format::Table {
+        if create {
+            outln!(
+                "gustavo@{}",
+                client
+                    .base()
+                    .trim_start_matches("http://")
+                    .trim_start_matches("https://")
+            );
+        }
+        registry::check(&spec.docker_image).await;
     }
 }
 
 pub async fn run(cli: &Cli, cmd: &AppsCmd) -> Result<()> {
+    // Files are read (and refused) before anything is asked of the server.
+    let spec = match cmd {
+        AppsCmd::Create { name, file, .. } | AppsCmd::Update { name, file, .. } => {
+            Some(read_spec(file, name.get())?)
+        }
+        _ => None,
+    };
     let client = connect::client(cli)?;
     match cmd {
         AppsCmd::Create {
-            name,
-            file,
-            groups,
-            wait,
+            name, groups, wait, ..
         } => {
-            let spec = read_spec(file, name)?;
-            if cli.output == Format::Table {
-                outln!(
-                    "gustavo@{}",
-                    client
-                        .base()
-                        .trim_start_matches("http://")
-                        .trim_start_matches("https://")
-                );
-                registry::check(&spec.docker_image).await;
-            }
+            let name = name.get();
+            let spec = spec.expect("read above for create");
+            preamble(cli, &client, &spec, true).await;
             let app = client.create_app(name, &spec, groups).await?;
-            if cli.output == Format::Table {
-                outln!("created app : {} (revision {})", app.name, app.revision);
-                for g in &app.groups {
-                    outln!("attached to device group : {g}");
-                }
-            } else {
-                crate::output::json(&app);
+            match cli.output {
+                Format::Table => changed(
+                    "app",
+                    &app.name,
+                    &format!("created on {}", on_groups(&app.groups)),
+                    Some(app.revision),
+                ),
+                f => data(f, &app),
             }
             maybe_wait(&client, name, "running", wait).await
         }
         AppsCmd::Update {
-            name,
-            file,
-            groups,
-            wait,
+            name, groups, wait, ..
         } => {
-            let spec = read_spec(file, name)?;
+            let name = name.get();
+            let spec = spec.expect("read above for update");
             let before = client.get_app(name).await?;
-            let groups = (!groups.is_empty()).then(|| groups.clone());
-            let app = client.update_app(name, &spec, groups).await?;
-            if cli.output == Format::Json {
-                crate::output::json(&app);
-            } else if app.revision == before.revision {
-                outln!("app {} unchanged (revision {})", app.name, app.revision);
-            } else {
-                outln!("updated app : {} (revision {})", app.name, app.revision);
+            preamble(cli, &client, &spec, false).await;
+            let new_groups = (!groups.is_empty()).then(|| groups.clone());
+            let app = client.update_app(name, &spec, new_groups).await?;
+            match cli.output {
+                Format::Table if app.revision == before.revision => {
+                    changed("app", &app.name, "unchanged", Some(app.revision))
+                }
+                Format::Table if app.groups != before.groups => changed(
+                    "app",
+                    &app.name,
+                    &format!("updated, now on {}", on_groups(&app.groups)),
+                    Some(app.revision),
+                ),
+                Format::Table => changed("app", &app.name, "updated", Some(app.revision)),
+                f => data(f, &app),
             }
             maybe_wait(&client, name, "running", wait).await
         }
         AppsCmd::Delete { name, yes, wait } => {
+            let name = name.get();
             if !yes
                 && std::io::stdin().is_terminal()
                 && !confirm(&format!(
@@ -115,10 +188,11 @@ pub async fn run(cli: &Cli, cmd: &AppsCmd) -> Result<()> {
             }
             let revision = client.delete_app(name).await?;
             match cli.output {
-                Format::Json => {
-                    crate::output::json(&serde_json::json!({"deleted": name, "revision": revision}))
-                }
-                Format::Table => outln!("deleted app : {name} (revision {revision})"),
+                Format::Table => changed("app", name, "deleted", Some(revision)),
+                f => data(
+                    f,
+                    &serde_json::json!({"deleted": name, "revision": revision}),
+                ),
             }
             maybe_wait(&client, name, "clear", wait).await
         }
@@ -145,22 +219,27 @@ pub async fn run(cli: &Cli, cmd: &AppsCmd) -> Result<()> {
             );
             Ok(())
         }
-        AppsCmd::Get { name } => {
-            print_app(cli.output, &client.get_app(name).await?);
-            Ok(())
-        }
+        AppsCmd::Get { name } => print_app(cli.output, &client.get_app(name.get()).await?),
         AppsCmd::Start { name, wait }
         | AppsCmd::Stop { name, wait }
         | AppsCmd::Restart { name, wait } => {
-            let (action, verb) = match cmd {
-                AppsCmd::Start { .. } => ("start", "running"),
-                AppsCmd::Stop { .. } => ("stop", "stopped"),
-                _ => ("restart", "running"),
+            let name = name.get();
+            let (action, done, verb) = match cmd {
+                AppsCmd::Start { .. } => ("start", "started", "running"),
+                AppsCmd::Stop { .. } => ("stop", "stopped", "stopped"),
+                _ => ("restart", "restarted", "running"),
             };
+            let before = client.get_app(name).await?;
             let app = client.app_action(name, action).await?;
             match cli.output {
-                Format::Json => crate::output::json(&app),
-                Format::Table => outln!("{action}: app {} (revision {})", app.name, app.revision),
+                Format::Table if app.revision == before.revision => changed(
+                    "app",
+                    &app.name,
+                    &format!("already {done}"),
+                    Some(app.revision),
+                ),
+                Format::Table => changed("app", &app.name, done, Some(app.revision)),
+                f => data(f, &app),
             }
             maybe_wait(&client, name, verb, wait).await
         }

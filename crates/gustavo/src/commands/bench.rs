@@ -372,8 +372,8 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
 }
 
 fn print(format: Format, r: &Report) {
-    if format == Format::Json {
-        crate::output::json(r);
+    if format != Format::Table {
+        crate::output::data(format, r);
         return;
     }
     outln!(

@@ -5,6 +5,7 @@ mod apps;
 mod audit;
 mod bench;
 mod cache;
+mod completion;
 mod groups;
 mod login;
 mod nodes;
@@ -17,22 +18,45 @@ use anyhow::Result;
 use crate::cli::{Cli, Command};
 
 pub async fn run(cli: Cli) -> Result<()> {
+    let people = !matches!(
+        cli.command,
+        Command::Server(_)
+            | Command::Agent(_)
+            | Command::Bench(_)
+            | Command::Completion { .. }
+            | Command::Login(_)
+            | Command::Logout
+    );
+    let r = dispatch(&cli).await;
+    // A refusal names the credentials it was made with.
+    if people {
+        r.map_err(|e| crate::connect::explain(&cli, e))
+    } else {
+        r
+    }
+}
+
+async fn dispatch(cli: &Cli) -> Result<()> {
     match &cli.command {
-        Command::Server(args) => server::run(&cli, args).await,
-        Command::Agent(args) => agent::run(&cli, args).await,
-        Command::Apps(cmd) => apps::run(&cli, cmd).await,
-        Command::Groups(cmd) => groups::run(&cli, cmd).await,
-        Command::Nodes(cmd) => nodes::run(&cli, cmd).await,
-        Command::Cache(cmd) => cache::run(&cli, cmd).await,
-        Command::Bench(cmd) => bench::run(&cli, cmd).await,
-        Command::Tokens(cmd) => tokens::run(&cli, cmd).await,
-        Command::Users(cmd) => users::users(&cli, cmd).await,
-        Command::UserGroups(cmd) => users::user_groups(&cli, cmd).await,
-        Command::Policy(cmd) => users::policy(&cli, cmd).await,
-        Command::Login(args) => login::login(&cli, args).await,
-        Command::Logout => login::logout(&cli).await,
-        Command::Whoami => login::whoami(&cli).await,
-        Command::Audit(args) => audit::run(&cli, args).await,
+        Command::Server(args) => server::run(cli, args).await,
+        Command::Agent(args) => agent::run(cli, args).await,
+        Command::Apps(cmd) => apps::run(cli, cmd).await,
+        Command::Groups(cmd) => groups::run(cli, cmd).await,
+        Command::Nodes(cmd) => nodes::run(cli, cmd).await,
+        Command::Cache(cmd) => cache::run(cli, cmd).await,
+        Command::Bench(cmd) => bench::run(cli, cmd).await,
+        Command::Tokens(cmd) => tokens::run(cli, cmd).await,
+        Command::Users(cmd) => users::users(cli, cmd).await,
+        Command::UserGroups(cmd) => users::user_groups(cli, cmd).await,
+        Command::Policy(cmd) => users::policy(cli, cmd).await,
+        Command::Login(args) => login::login(cli, args).await,
+        Command::Logout => login::logout(cli).await,
+        Command::Whoami => login::whoami(cli).await,
+        Command::Audit(args) => audit::run(cli, args).await,
+        Command::Completion { shell } => {
+            completion::run(*shell);
+            Ok(())
+        }
     }
 }
 

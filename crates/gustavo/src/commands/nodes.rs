@@ -2,9 +2,9 @@
 
 use anyhow::Result;
 
-use crate::cli::{Cli, NodesCmd};
+use crate::cli::{Cli, Format, NodesCmd};
 use crate::connect;
-use crate::output::{ago, show};
+use crate::output::{ago, changed, data, show};
 
 pub async fn run(cli: &Cli, cmd: &NodesCmd) -> Result<()> {
     let client = connect::client(cli)?;
@@ -43,8 +43,14 @@ pub async fn run(cli: &Cli, cmd: &NodesCmd) -> Result<()> {
             );
         }
         NodesCmd::Remove { name } => {
-            client.delete_node(name).await?;
-            outln!("removed node {name}");
+            let revision = client.delete_node(name).await?;
+            match cli.output {
+                Format::Table => changed("node", name, "removed", revision),
+                f => data(
+                    f,
+                    &serde_json::json!({"removed": name, "revision": revision}),
+                ),
+            }
         }
     }
     Ok(())

@@ -5,7 +5,7 @@ use gustavo_model::auth_api::CreateJoinToken;
 
 use crate::cli::{Cli, Format, TokensCmd};
 use crate::connect;
-use crate::output::{ago, parse_duration, show};
+use crate::output::{ago, changed, parse_duration, show};
 
 /// `in 3h`, `expired 2m ago`, or `never`.
 pub fn expiry(t: Option<u64>) -> String {
@@ -38,16 +38,16 @@ pub async fn run(cli: &Cli, cmd: &TokensCmd) -> Result<()> {
                 })
                 .await?;
             match cli.output {
-                Format::Json => crate::output::json(&t),
                 Format::Table => {
                     outln!("{}", t.token);
                     eprintln!(
-                        "join token {} (group: {}, expires: {}); it is shown only now",
+                        "join token {} created (group: {}, expires: {}); it is shown only now",
                         t.info.id,
                         t.info.group.as_deref().unwrap_or("any"),
                         expiry(t.info.expires_at)
                     );
                 }
+                f => crate::output::data(f, &t),
             }
         }
         TokensCmd::List => {
@@ -74,7 +74,10 @@ pub async fn run(cli: &Cli, cmd: &TokensCmd) -> Result<()> {
         }
         TokensCmd::Revoke { id } => {
             client.revoke_join_token(id).await?;
-            outln!("revoked join token {id}");
+            match cli.output {
+                Format::Table => changed("join token", id, "revoked", None),
+                f => crate::output::data(f, &serde_json::json!({"revoked": id})),
+            }
         }
     }
     Ok(())

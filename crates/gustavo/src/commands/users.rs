@@ -3,12 +3,24 @@
 use anyhow::Result;
 use gustavo_model::access::{Access, Grants, GroupPolicy, Privilege, Role};
 
-use crate::cli::{Cli, PolicyCmd, UserGroupsCmd, UsersCmd};
-use crate::output::{ago, show};
+use crate::cli::{Cli, Format, PolicyCmd, UserGroupsCmd, UsersCmd};
+use crate::output::{ago, changed, data, show};
 use crate::{EXIT_USAGE, Exit, connect};
 
 fn usage(msg: String) -> anyhow::Error {
     Exit(EXIT_USAGE, msg).into()
+}
+
+/// The line (or JSON object) for a change that has no revision (users, grants, policies
+/// live outside the desired state).
+fn done(cli: &Cli, kind: &str, name: &str, what: &str) {
+    match cli.output {
+        Format::Table => changed(kind, name, what, None),
+        f => data(
+            f,
+            &serde_json::json!({"kind": kind, "name": name, what: true}),
+        ),
+    }
 }
 
 pub async fn users(cli: &Cli, cmd: &UsersCmd) -> Result<()> {
@@ -18,7 +30,10 @@ pub async fn users(cli: &Cli, cmd: &UsersCmd) -> Result<()> {
             let role = Role::parse(role).map_err(|e| usage(format!("--role: {e}")))?;
             let password = super::login::read_password("password for the new user: ", false)?;
             let u = client.create_user(name, role, &password, groups).await?;
-            outln!("created user {} ({})", u.name, u.role);
+            match cli.output {
+                Format::Table => changed("user", &u.name, &format!("created ({})", u.role), None),
+                f => data(f, &u),
+            }
         }
         UsersCmd::List => {
             let list = client.list_users().await?;
@@ -42,7 +57,7 @@ pub async fn users(cli: &Cli, cmd: &UsersCmd) -> Result<()> {
         }
         UsersCmd::Delete { name } => {
             client.delete_user(name).await?;
-            outln!("deleted user {name}");
+            done(cli, "user", name, "deleted");
         }
     }
     Ok(())
@@ -83,7 +98,10 @@ pub async fn user_groups(cli: &Cli, cmd: &UserGroupsCmd) -> Result<()> {
                 device_groups: grants_of("--device-group", device_groups)?,
             };
             let g = client.put_user_group(name, &grants).await?;
-            outln!("user group {} set", g.name);
+            match cli.output {
+                Format::Table => changed("user group", &g.name, "set", None),
+                f => data(f, &g),
+            }
         }
         UserGroupsCmd::List => {
             let list = client.list_user_groups().await?;
@@ -103,7 +121,7 @@ pub async fn user_groups(cli: &Cli, cmd: &UserGroupsCmd) -> Result<()> {
         }
         UserGroupsCmd::Delete { name } => {
             client.delete_user_group(name).await?;
-            outln!("deleted user group {name}");
+            done(cli, "user group", name, "deleted");
         }
     }
     Ok(())
@@ -122,7 +140,10 @@ pub async fn policy(cli: &Cli, cmd: &PolicyCmd) -> Result<()> {
                 .map(|a| Privilege::parse(a).map_err(|e| usage(format!("--allow: {e}"))))
                 .collect::<Result<Vec<_>>>()?;
             let p = client.put_policy(group, &allow, images).await?;
-            outln!("policy of device group {} set", p.group);
+            match cli.output {
+                Format::Table => changed("policy", &p.group, "set", None),
+                f => data(f, &p),
+            }
         }
         PolicyCmd::List => {
             let list: Vec<GroupPolicy> = client.list_policies().await?;
@@ -148,7 +169,7 @@ pub async fn policy(cli: &Cli, cmd: &PolicyCmd) -> Result<()> {
         }
         PolicyCmd::Delete { group } => {
             client.delete_policy(group).await?;
-            outln!("removed the policy of device group {group}");
+            done(cli, "policy", group, "deleted");
         }
     }
     Ok(())

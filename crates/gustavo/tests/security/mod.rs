@@ -390,6 +390,15 @@ fn auth_matrix() {
             201
         );
         register(&server, &rt, &format!("victim{i}"), &["g"]);
+        // A device group left empty: its app moved on.
+        let body = format!(r#"{{"name": "e{i}", "spec": {spec}, "groups": ["eg{i}"]}}"#);
+        assert_eq!(
+            status(&rt, &admin, Method::POST, "/api/v1/apps", Some(&body)),
+            201
+        );
+        let body = format!(r#"{{"spec": {spec}, "groups": ["g"]}}"#);
+        let path = format!("/api/v1/apps/e{i}");
+        assert_eq!(status(&rt, &admin, Method::PUT, &path, Some(&body)), 200);
         server.cli_stdin(&["users", "create", &format!("doomed{i}")], "pass-word-1\n");
         server.ok(&["user-groups", "set", &format!("ug{i}")]);
         server.ok(&["policy", "set", &format!("pg{i}"), "--allow", "devices"]);
@@ -475,7 +484,13 @@ fn auth_matrix() {
                 Method::DELETE,
                 "/api/v1/nodes/VICTIM",
                 None,
-                admin_only(204),
+                admin_only(200),
+            ),
+            r(
+                Method::DELETE,
+                "/api/v1/groups/EMPTYG",
+                None,
+                [U, U, U, F, 200, 200, F, F],
             ),
             r(
                 Method::POST,
@@ -577,6 +592,7 @@ fn auth_matrix() {
                 .replace("NEWUSER", &format!("new{i}"))
                 .replace("DOOMED", &format!("doomed{i}"))
                 .replace("GHOST", &format!("ghost{i}"))
+                .replace("EMPTYG", &format!("eg{i}"))
                 .replace("/UG", &format!("/ug{i}"))
                 .replace("/PG", &format!("/pg{i}"))
             };
@@ -978,9 +994,15 @@ fn login_works_and_flooding_is_throttled() {
         .env("GUSTAVO_DATA_DIR", server.dir.path().join("nowhere"))
         .output()
         .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&who.stdout).trim(),
-        "user:lena (viewer)"
+    let who = String::from_utf8_lossy(&who.stdout).to_string();
+    assert_eq!(who.lines().next(), Some("user:lena (viewer)"), "{who}");
+    // …and says where the credentials come from.
+    assert!(
+        who.contains(&format!(
+            "credentials: user lena's session in {}",
+            cfg.display()
+        )),
+        "{who}"
     );
 
     // Flooding: 5 failures for lena, then 429 even with the right password.

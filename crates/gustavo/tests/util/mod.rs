@@ -385,8 +385,8 @@ impl Agent {
         Agent::start_with(server, name, groups, labels, &[])
     }
 
-    /// Like `start`, with extra flags; an extra `--heartbeat` or `--resync` replaces the
-    /// test default.
+    /// Like `start`, with extra flags; an extra `--heartbeat`, `--resync` or `--listen`
+    /// replaces the test default.
     pub fn start_with(
         server: &Server,
         name: &str,
@@ -394,13 +394,25 @@ impl Agent {
         labels: &[&str],
         extra: &[&str],
     ) -> Agent {
+        let mut args: Vec<String> = vec!["--token".into(), server.join.clone()];
+        for g in groups {
+            args.extend(["--group".into(), g.to_string()]);
+        }
+        for l in labels {
+            args.extend(["--label".into(), l.to_string()]);
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Agent::start_args(server, name, &args)
+    }
+
+    /// An agent with the usual server, name, data dir and timings, plus `extra` flags
+    /// (which must say how it joins: `--token …` or `--token-file …`).
+    pub fn start_args(server: &Server, name: &str, extra: &[String]) -> Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut args: Vec<String> = vec![
             "agent".into(),
             "--server".into(),
             server.url.clone(),
-            "--token".into(),
-            server.join.clone(),
             "--name".into(),
             name.into(),
             "--data-dir".into(),
@@ -412,17 +424,11 @@ impl Agent {
             ("--resync", "2s"),
             ("--listen", "127.0.0.1:0"),
         ] {
-            if !extra.contains(&flag) {
+            if !extra.iter().any(|e| e == flag) {
                 args.extend([flag.into(), value.into()]);
             }
         }
-        args.extend(extra.iter().map(|a| a.to_string()));
-        for g in groups {
-            args.extend(["--group".into(), g.to_string()]);
-        }
-        for l in labels {
-            args.extend(["--label".into(), l.to_string()]);
-        }
+        args.extend(extra.iter().cloned());
         let mut a = Agent {
             name: name.into(),
             dir,
