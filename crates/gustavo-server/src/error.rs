@@ -1,41 +1,15 @@
-//! API errors: a real status code and `{"error": {"code", "message"}}`, never a 200 with a
-//! message in it (Samsung's mistake).
+//! The v1 API's error shape: a real status code and `{"error": {"code", "message"}}`, never
+//! a 200 with a message in it (Samsung's mistake). The errors themselves are the operations
+//! layer's [`OpError`]; this module is how the v1 surface shows them.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use gustavo_model::api::{ErrorBody, ErrorDetail};
-use thiserror::Error;
 
-#[derive(Debug, Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    InvalidSpec(String),
-    #[error("missing or malformed bearer token")]
-    Unauthenticated,
-    #[error("the token {0}; log in again or ask for a new one")]
-    TokenDead(&'static str),
-    #[error("unknown user or wrong password")]
-    BadLogin,
-    #[error("too many failed attempts; try again in {0} s")]
-    TooManyRequests(u64),
-    #[error("this token may not {0}")]
-    Forbidden(&'static str),
-    /// A refusal whose reason names the object (grants, policies).
-    #[error("{0}")]
-    Denied(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("request body is larger than the limit of {0} bytes")]
-    TooLarge(usize),
-    #[error("{0}")]
-    Unavailable(&'static str),
-    #[error("{0}")]
-    Internal(String),
-}
+pub use crate::ops::OpError;
+
+/// The v1 handlers' name for the operations layer's error.
+pub type ApiError = OpError;
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {

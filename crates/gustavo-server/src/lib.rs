@@ -10,6 +10,7 @@ pub mod error;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod ops;
 pub mod secrets;
 pub mod security;
 pub mod serve;
@@ -77,6 +78,8 @@ pub struct ServerConfig {
 pub struct AppState {
     pub shared: Arc<Shared>,
     pub sec: Arc<Security>,
+    /// The operations every surface calls.
+    pub ops: ops::Ops,
     pub body_limit: usize,
 }
 
@@ -206,6 +209,10 @@ impl Server {
         let state = AppState {
             shared: shared.clone(),
             sec: sec.clone(),
+            ops: ops::Ops {
+                shared: shared.clone(),
+                sec: sec.clone(),
+            },
             body_limit: config.body_limit,
         };
         let listener = tokio::net::TcpListener::bind(config.listen)

@@ -1,0 +1,309 @@
+//! Apps: list, get, create, update, start/stop/restart, delete.
+
+use std::collections::BTreeMap;
+
+use gustavo_model::access::{GroupPolicy, Role, Subject, check_spec};
+use gustavo_model::api::{App, CreateApp, UpdateApp};
+use gustavo_model::spec::{AppSpec, EnvValue};
+use gustavo_store::Change;
+
+use super::{OpError, Ops, check_name, hidden};
+use crate::now;
+
+/// What an app action does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl std::str::FromStr for Action {
+    type Err = OpError;
+    fn from_str(s: &str) -> Result<Action, OpError> {
+        match s {
+            "start" => Ok(Action::Start),
+            "stop" => Ok(Action::Stop),
+            "restart" => Ok(Action::Restart),
+            other => Err(OpError::NotFound(format!("no app action `{other}`"))),
+        }
+    }
+}
+
+/// An app as people see it: secret env values replaced by `{hidden: true}`.
+pub fn shown(app: &App) -> App {
+    let mut out = app.clone();
+    for v in out.spec.env_vars.values_mut() {
+        *v = v.redacted();
+    }
+    out
+}
+
+/// Secrets come in as `{secret: VALUE}`; the sealed and hidden forms are the server's own
+/// and are refused as input (a hidden value sent back would replace the secret with nothing,
+/// a sealed one copied from elsewhere must not be accepted).
+fn check_env_input(spec: &AppSpec) -> Result<(), OpError> {
+    for (k, v) in &spec.env_vars {
+        if matches!(v, EnvValue::Sealed(_) | EnvValue::Hidden) {
+            return Err(OpError::BadRequest(format!(
+                "env var `{k}`: give the secret's value as {{secret: VALUE}}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Names checked, duplicates dropped, order kept.
+pub(crate) fn check_groups(groups: &[String]) -> Result<Vec<String>, OpError> {
+    let mut out: Vec<String> = Vec::new();
+    for g in groups {
+        check_name("group", g)?;
+        if !out.contains(g) {
+            out.push(g.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `who` may change an app attached to `old` groups so it ends up on `new`: `rw`
+/// on the app, and `rw` on every device group it joins or leaves (moving work onto or off
+/// a group is a change to that group). Then the dangerous fields and image allowlists of
+/// the groups it ends up on.
+fn may_change_app(
+    who: &Subject,
+    name: &str,
+    old: &[String],
+    new: &[String],
+    spec: &AppSpec,
+    policies: &BTreeMap<String, GroupPolicy>,
+) -> Result<(), OpError> {
+    if who.role == Role::Viewer {
+        return Err(OpError::Forbidden(
+            "change apps (the viewer role only reads)",
+        ));
+    }
+    if !old.is_empty() && !who.can_write_app(name, old) {
+        return Err(OpError::Denied(format!(
+            "user `{}` has no rw grant on app `{name}`",
+            who.name
+        )));
+    }
+    for g in old
+        .iter()
+        .filter(|g| !new.contains(g))
+        .chain(new.iter().filter(|g| !old.contains(g)))
+    {
+        if !who.can_write_group(g) {
+            return Err(OpError::Denied(format!(
+                "user `{}` has no rw grant on device group `{g}`",
+                who.name
+            )));
+        }
+    }
+    check_spec(spec, new, policies, who.is_admin()).map_err(OpError::Denied)
+}
+
+impl Ops {
+    /// The apps `who` may see, secrets hidden.
+    pub fn list_apps(&self, who: &Subject) -> Vec<App> {
+        self.shared
+            .read()
+            .apps
+            .values()
+            .filter(|a| who.can_read_app(&a.name, &a.groups))
+            .map(shown)
+            .collect()
+    }
+
+    pub fn get_app(&self, who: &Subject, name: &str) -> Result<App, OpError> {
+        self.shared
+            .read()
+            .apps
+            .get(name)
+            .filter(|a| who.can_read_app(&a.name, &a.groups))
+            .map(shown)
+            .ok_or_else(|| hidden("app", name))
+    }
+
+    /// Creates an app on its groups (the default group when none is given), at a new
+    /// revision that also bumps those groups so their members pick it up.
+    pub async fn create_app(&self, who: &Subject, req: CreateApp) -> Result<App, OpError> {
+        check_name("app", &req.name)?;
+        let mut groups = check_groups(&req.groups)?;
+        if groups.is_empty() {
+            groups.push(crate::DEFAULT_GROUP.to_string());
+        }
+        check_env_input(&req.spec)?;
+        let policies = self.sec.policies();
+        may_change_app(who, &req.name, &[], &groups, &req.spec, &policies)?;
+        let app = self
+            .shared
+            .mutate(move |c, rev| {
+                if c.apps.contains_key(&req.name) {
+                    return Err(OpError::Conflict(format!(
+                        "app `{}` already exists; use update to change it",
+                        req.name
+                    )));
+                }
+                let t = now();
+                let app = App {
+                    name: req.name,
+                    spec: req.spec,
+                    groups,
+                    revision: rev,
+                    restart_nonce: 0,
+                    created_at: t,
+                    updated_at: t,
+                };
+                let mut changes = c.touch_groups(&app.groups, rev);
+                changes.push(Change::PutApp(Box::new(app.clone())));
+                Ok((changes, app))
+            })
+            .await?;
+        tracing::info!(app = %app.name, revision = app.revision, groups = ?app.groups, "app created");
+        Ok(shown(&app))
+    }
+
+    /// Replaces an app's spec (and groups, when given). An identical update commits
+    /// nothing and keeps the revision.
+    pub async fn update_app(
+        &self,
+        who: &Subject,
+        name: String,
+        req: UpdateApp,
+    ) -> Result<App, OpError> {
+        let groups = req.groups.as_deref().map(check_groups).transpose()?;
+        check_env_input(&req.spec)?;
+        let policies = self.sec.policies();
+        let who = who.clone();
+        let app = self
+            .change_app(name, move |app| {
+                if !who.can_read_app(&app.name, &app.groups) {
+                    return Err(hidden("app", &app.name));
+                }
+                let new_groups = groups
+                    .filter(|g| !g.is_empty())
+                    .unwrap_or_else(|| app.groups.clone());
+                may_change_app(
+                    &who,
+                    &app.name,
+                    &app.groups,
+                    &new_groups,
+                    &req.spec,
+                    &policies,
+                )?;
+                app.spec = req.spec;
+                app.groups = new_groups;
+                Ok(())
+            })
+            .await?;
+        tracing::info!(app = %app.name, revision = app.revision, "app updated");
+        Ok(shown(&app))
+    }
+
+    /// Start, stop or restart (a new nonce, so every container is replaced).
+    pub async fn app_action(
+        &self,
+        who: &Subject,
+        name: String,
+        action: Action,
+    ) -> Result<App, OpError> {
+        let who = who.clone();
+        let app = self
+            .change_app(name, move |app| {
+                if !who.can_read_app(&app.name, &app.groups) {
+                    return Err(hidden("app", &app.name));
+                }
+                if who.role == Role::Viewer || !who.can_write_app(&app.name, &app.groups) {
+                    return Err(OpError::Denied(format!(
+                        "user `{}` may not change app `{}`",
+                        who.name, app.name
+                    )));
+                }
+                match action {
+                    Action::Start => app.spec.running = true,
+                    Action::Stop => app.spec.running = false,
+                    Action::Restart => {
+                        if !app.spec.running {
+                            return Err(OpError::Conflict(format!(
+                                "app `{}` is stopped; start it instead",
+                                app.name
+                            )));
+                        }
+                        app.restart_nonce += 1;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(shown(&app))
+    }
+
+    /// Deletes an app; returns the revision that removes its containers everywhere.
+    pub async fn delete_app(&self, who: &Subject, name: String) -> Result<u64, OpError> {
+        let who = who.clone();
+        self.shared
+            .mutate(move |c, rev| {
+                let app = c
+                    .apps
+                    .get(&name)
+                    .filter(|a| who.can_read_app(&a.name, &a.groups))
+                    .ok_or_else(|| hidden("app", &name))?;
+                if who.role == Role::Viewer || !who.can_write_app(&app.name, &app.groups) {
+                    return Err(OpError::Denied(format!(
+                        "user `{}` may not delete app `{name}`",
+                        who.name
+                    )));
+                }
+                // Bumping the app's groups is what makes every member drop its containers;
+                // Nebula deleted the document only and left the containers running.
+                let mut changes = c.touch_groups(&app.groups, rev);
+                changes.push(Change::DeleteApp(name));
+                Ok((changes, rev))
+            })
+            .await
+    }
+
+    /// Whether `who` may follow the rollout of `name` (a deleted app's groups are gone:
+    /// then only a grant on its name, or an admin, sees it).
+    pub fn may_read_rollout(&self, who: &Subject, name: &str) -> Result<(), OpError> {
+        let c = self.shared.read();
+        let groups = c
+            .apps
+            .get(name)
+            .map(|a| a.groups.clone())
+            .unwrap_or_default();
+        if who.can_read_app(name, &groups) {
+            Ok(())
+        } else {
+            Err(hidden("app", name))
+        }
+    }
+
+    /// Commits a changed copy of an app at the next revision, bumping the groups it leaves
+    /// and joins; an unchanged app commits nothing.
+    async fn change_app(
+        &self,
+        name: String,
+        edit: impl FnOnce(&mut App) -> Result<(), OpError> + Send + 'static,
+    ) -> Result<App, OpError> {
+        self.shared
+            .mutate(move |c, rev| {
+                let old = c
+                    .apps
+                    .get(&name)
+                    .ok_or_else(|| OpError::NotFound(format!("app `{name}` does not exist")))?;
+                let mut app = old.clone();
+                edit(&mut app)?;
+                if app == *old {
+                    return Ok((Vec::new(), app));
+                }
+                app.revision = rev;
+                app.updated_at = now();
+                let mut changes = c.touch_groups(old.groups.iter().chain(&app.groups), rev);
+                changes.push(Change::PutApp(Box::new(app.clone())));
+                Ok((changes, app))
+            })
+            .await
+    }
+}

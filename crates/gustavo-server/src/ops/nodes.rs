@@ -1,0 +1,104 @@
+//! Nodes as people see them: list, get, remove, their containers and vitals, and the
+//! cluster's counts.
+
+use gustavo_model::access::Subject;
+use gustavo_model::api::{Node, NodeContainer, NodeStatus, NodeVitals, Stats};
+use gustavo_store::Change;
+
+use super::{OpError, Ops, hidden};
+use crate::now;
+
+/// Which nodes a listing covers: members of a group, one host, or all.
+#[derive(Debug, Clone, Default)]
+pub struct NodeFilter {
+    pub group: Option<String>,
+    pub host: Option<String>,
+}
+
+impl Ops {
+    pub fn list_nodes(&self, who: &Subject, f: &NodeFilter) -> Vec<Node> {
+        let c = self.shared.read();
+        let t = now();
+        c.filtered_nodes(f.group.as_deref(), f.host.as_deref())
+            .filter(|n| who.can_read_node(&n.groups))
+            .map(|n| c.node_view(n, t))
+            .collect()
+    }
+
+    /// A node, to a person who may see one of its groups (`who` set) or to the node
+    /// itself (`who` unset).
+    pub fn get_node(&self, who: Option<&Subject>, name: &str) -> Result<Node, OpError> {
+        let c = self.shared.read();
+        let n = c
+            .nodes
+            .get(name)
+            .filter(|n| who.is_none_or(|who| who.can_read_node(&n.groups)))
+            .ok_or_else(|| hidden("node", name))?;
+        Ok(c.node_view(n, now()))
+    }
+
+    /// Removes a node (admins only: the caller checks the role); its token dies with it.
+    /// Returns the revision.
+    pub async fn delete_node(&self, name: String) -> Result<u64, OpError> {
+        self.shared
+            .mutate(move |c, rev| {
+                let node = c
+                    .nodes
+                    .get(&name)
+                    .ok_or_else(|| OpError::NotFound(format!("node `{name}` does not exist")))?;
+                let mut changes = c.touch_groups(&node.groups, rev);
+                changes.push(Change::DeleteNode(name));
+                Ok((changes, rev))
+            })
+            .await
+    }
+
+    /// Every container the visible nodes reported, with the app's error when the container
+    /// has none of its own.
+    pub fn containers(&self, who: &Subject, f: &NodeFilter) -> Vec<NodeContainer> {
+        let c = self.shared.read();
+        let visible = |node: &str| {
+            c.nodes
+                .get(node)
+                .is_some_and(|n| who.can_read_node(&n.groups))
+        };
+        c.containers(f.group.as_deref(), f.host.as_deref())
+            .into_iter()
+            .filter(|(node, _, _)| visible(node))
+            .map(|(node, mut container, app_error)| {
+                container.error = container.error.or(app_error);
+                NodeContainer { node, container }
+            })
+            .collect()
+    }
+
+    pub fn vitals(&self, who: &Subject, f: &NodeFilter) -> Vec<NodeVitals> {
+        let c = self.shared.read();
+        let t = now();
+        c.filtered_nodes(f.group.as_deref(), f.host.as_deref())
+            .filter(|n| who.can_read_node(&n.groups))
+            .map(|n| NodeVitals {
+                node: n.name.clone(),
+                status: c.node_status(&n.name, t),
+                vitals: c.live.get(&n.name).and_then(|l| l.vitals.clone()),
+            })
+            .collect()
+    }
+
+    /// The cluster's counts (admins only: the caller checks the role).
+    pub fn stats(&self) -> Stats {
+        let c = self.shared.read();
+        let t = now();
+        Stats {
+            revision: c.revision,
+            nodes: c.nodes.len(),
+            ready: c
+                .nodes
+                .keys()
+                .filter(|n| c.node_status(n, t) == NodeStatus::Ready)
+                .count(),
+            apps: c.apps.len(),
+            groups: c.group_views().len(),
+        }
+    }
+}
