@@ -43,7 +43,9 @@ pub struct BodyLimits {
 enum Read {
     Done(Bytes),
     /// Over the limit; `drained` when the client's body was read to its end.
-    TooLarge { drained: bool },
+    TooLarge {
+        drained: bool,
+    },
     TimedOut,
     Failed(String),
 }

@@ -63,6 +63,8 @@ pub struct Conn {
     idle_since_ms: AtomicU64,
     /// Let in past the cap: only an admin may use it.
     admin_only: bool,
+    /// Told to close to make room; it still holds its descriptor until its task ends.
+    shedding: AtomicBool,
     shed: Notify,
     epoch: Instant,
 }
@@ -201,7 +203,7 @@ pub struct Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.table.remove(self.conn.id);
+        self.table.remove(&self.conn);
     }
 }
 
@@ -212,10 +214,18 @@ pub struct ConnTable {
     max: usize,
     next_id: AtomicU64,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    /// Connections told to close whose task has not ended yet: they still hold a
+    /// descriptor, so the accept loop waits for them when there are many.
+    shedding: AtomicUsize,
+    /// Signalled whenever a connection leaves the table.
+    freed: Notify,
     /// Rate-limits the warning about refused connections.
     warned_ms: AtomicU64,
     warned_once: AtomicBool,
 }
+
+/// How many shed connections may still be closing before the accept loop waits for them.
+pub const SHEDDING_MAX: usize = 16;
 
 impl ConnTable {
     pub fn new(max: usize) -> Arc<ConnTable> {
@@ -224,6 +234,8 @@ impl ConnTable {
             max: max.max(1),
             next_id: AtomicU64::new(1),
             conns: Mutex::new(HashMap::new()),
+            shedding: AtomicUsize::new(0),
+            freed: Notify::new(),
             warned_ms: AtomicU64::new(0),
             warned_once: AtomicBool::new(false),
         })
@@ -233,56 +245,85 @@ impl ConnTable {
         self.max
     }
 
-    pub fn len(&self) -> usize {
+    /// Connections holding a descriptor, those being shed included.
+    pub fn open(&self) -> usize {
         self.lock().len()
     }
 
+    /// Connections that count against the cap: open ones not being shed.
+    pub fn live(&self) -> usize {
+        self.lock().len() - self.shedding.load(Ordering::Acquire)
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.open() == 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn remove(&self, id: u64) {
-        self.lock().remove(&id);
+    fn remove(&self, conn: &Conn) {
+        let mut conns = self.lock();
+        conns.remove(&conn.id);
+        if conn.shedding.load(Ordering::Acquire) {
+            self.shedding.fetch_sub(1, Ordering::AcqRel);
+        }
+        drop(conns);
+        self.freed.notify_waiters();
     }
 
-    /// Picks a connection to close and tells it to go; true if one was found.
-    pub fn shed_one(&self) -> bool {
-        let mut conns = self.lock();
-        let victim = pick_victim(conns.values().map(|c| c.snapshot()));
-        match victim.and_then(|id| conns.remove(&id)) {
-            Some(c) => {
-                tracing::debug!(
-                    conn = c.id,
-                    credential = c.credential_level(),
-                    active = c.active(),
-                    "shedding a connection to make room"
-                );
-                c.shed.notify_one();
-                true
+    /// Waits (at most `max_wait`) while many shed connections are still closing, so
+    /// accepting new ones cannot run the process out of descriptors.
+    pub async fn wait_for_room(&self, max_wait: Duration) {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            // Registered before the check, so a removal in between is not missed.
+            let freed = self.freed.notified();
+            if self.shedding.load(Ordering::Acquire) < SHEDDING_MAX
+                || tokio::time::timeout_at(deadline, freed).await.is_err()
+            {
+                return;
             }
-            None => false,
         }
+    }
+
+    /// Picks a victim among `conns`, tells it to go; false if none may be shed.
+    fn shed_locked(&self, conns: &HashMap<u64, Arc<Conn>>, why: &'static str) -> bool {
+        let victim = pick_victim(
+            conns
+                .values()
+                .filter(|c| !c.shedding.load(Ordering::Acquire))
+                .map(|c| c.snapshot()),
+        );
+        let Some(c) = victim.and_then(|id| conns.get(&id)) else {
+            return false;
+        };
+        c.shedding.store(true, Ordering::Release);
+        self.shedding.fetch_add(1, Ordering::AcqRel);
+        tracing::debug!(
+            conn = c.id,
+            credential = c.credential_level(),
+            active = c.active(),
+            "{why}; shedding a connection"
+        );
+        c.shed.notify_one();
+        true
+    }
+
+    /// Tells one connection to close to make room; true if one could be.
+    pub fn shed_one(&self) -> bool {
+        let conns = self.lock();
+        self.shed_locked(&conns, "out of descriptors")
     }
 
     /// Admits a connection just accepted, shedding another one if the table is full.
     pub fn admit(self: &Arc<Self>) -> Admission {
         let mut conns = self.lock();
+        let live = conns.len() - self.shedding.load(Ordering::Acquire);
         let mut admin_only = false;
-        if conns.len() >= self.max {
-            let victim = pick_victim(conns.values().map(|c| c.snapshot()));
-            if let Some(c) = victim.and_then(|id| conns.remove(&id)) {
-                tracing::debug!(
-                    conn = c.id,
-                    credential = c.credential_level(),
-                    active = c.active(),
-                    "connection cap reached; shedding one"
-                );
-                c.shed.notify_one();
-            } else if conns.len() < self.max + ADMIN_SLOTS {
+        if live >= self.max && !self.shed_locked(&conns, "connection cap reached") {
+            if live < self.max + ADMIN_SLOTS {
                 admin_only = true;
             } else {
                 drop(conns);
@@ -300,6 +341,7 @@ impl ConnTable {
             requests: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(now_ms),
             admin_only,
+            shedding: AtomicBool::new(false),
             shed: Notify::new(),
             epoch: self.epoch,
         });
@@ -429,8 +471,9 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), a.conn.shed())
             .await
             .expect("a was told to go");
+        assert_eq!((t.open(), t.live()), (3, 2));
         drop(a);
-        assert_eq!(t.len(), 2);
+        assert_eq!((t.open(), t.live()), (2, 2));
         c.conn.credential(Credential::Admin);
         let _rc = c.conn.begin();
         // Nothing to shed: admin-only slots, then refusal.
@@ -447,7 +490,7 @@ mod tests {
         }
         assert!(matches!(t.admit(), Admission::Refuse));
         drop(extra);
-        assert_eq!(t.len(), 2);
+        assert_eq!(t.open(), 2);
     }
 
     #[test]

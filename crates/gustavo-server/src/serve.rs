@@ -83,7 +83,12 @@ pub async fn serve(
     let acceptor = tls.map(TlsAcceptor::from);
     let (closing_tx, closing) = watch::channel(false);
     tokio::pin!(shutdown);
+    // Rate-limits the warning about failed accepts (a flood would repeat it).
+    let mut warned_at: Option<tokio::time::Instant> = None;
     loop {
+        // Connections told to close still hold descriptors: let them go before taking
+        // more from the kernel's queue.
+        table.wait_for_room(Duration::from_millis(200)).await;
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -91,7 +96,10 @@ pub async fn serve(
                     // Out of file descriptors and the like: make room by closing a
                     // connection that proved nothing, and back off instead of spinning.
                     let shed = table.shed_one();
-                    tracing::warn!(error = %e, shed, open = table.len(), "accept failed");
+                    if warned_at.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                        warned_at = Some(tokio::time::Instant::now());
+                        tracing::warn!(error = %e, shed, open = table.open(), "accept failed");
+                    }
                     let pause = if shed { 10 } else { 100 };
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                     continue;
@@ -115,7 +123,8 @@ pub async fn serve(
             let svc = service(router, peer, conn.clone());
             match acceptor {
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(timeouts.handshake, acceptor.accept(stream));
+                    let handshake =
+                        tokio::time::timeout(timeouts.handshake, acceptor.accept(stream));
                     let tls = tokio::select! {
                         r = handshake => match r {
                             Ok(Ok(s)) => s,
@@ -135,8 +144,16 @@ pub async fn serve(
                     connection(TokioIo::new(tls), svc, h2, timeouts, &conn, closing, peer).await;
                 }
                 None => {
-                    connection(TokioIo::new(stream), svc, false, timeouts, &conn, closing, peer)
-                        .await
+                    connection(
+                        TokioIo::new(stream),
+                        svc,
+                        false,
+                        timeouts,
+                        &conn,
+                        closing,
+                        peer,
+                    )
+                    .await
                 }
             }
             drop(ticket);
@@ -229,6 +246,7 @@ async fn connection<I, S>(
     // Once the connection is told to close (idle, or the server stopping), it has
     // CLOSE_GRACE (or the drain period) to finish what it is sending.
     let mut closing_by: Option<tokio::time::Instant> = None;
+    let mut stopping = false;
     loop {
         // Re-read at every wake-up: requests start and end without telling this loop.
         let idle_at = conn
@@ -250,15 +268,24 @@ async fn connection<I, S>(
                 return;
             }
             _ = tokio::time::sleep_until(closing_by.unwrap_or(check_at)), if closing_by.is_some() => {
+                // Closed for idleness, but a request slipped in just before: it runs to its
+                // end (its own deadlines bound it). A server stopping waits no longer.
+                if !stopping && conn.active() > 0 {
+                    closing_by = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                    continue;
+                }
                 tracing::debug!(%peer, "connection did not close in time; dropping it");
                 return;
             }
             _ = closing.wait_for(|c| *c), if closing_by.is_none() => {
+                stopping = true;
                 c.as_mut().graceful_shutdown();
                 closing_by = Some(tokio::time::Instant::now() + t.drain);
             }
             _ = tokio::time::sleep_until(check_at), if closing_by.is_none() => {
-                if idle_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                // Asked again: a request may have started since `idle_at` was read.
+                let idle_at = conn.idle_deadline(t.header_read, t.idle);
+                if idle_at.is_some_and(|at| at <= std::time::Instant::now()) {
                     if conn.requests() == 0 {
                         tracing::debug!(%peer, "no request within the header deadline; closing");
                     } else {

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `gustavo` binary, the real Docker engine, the real registry.
 //! Each test reads as the user story it checks.
 
+mod connections;
 mod foundation;
 mod networks;
 mod security;

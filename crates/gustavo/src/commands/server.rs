@@ -187,12 +187,12 @@ fn connection_budget(wanted: Option<usize>) -> usize {
         Ok(l) => {
             if l.now > l.before {
                 tracing::info!(
-                    from = l.before,
-                    to = l.now,
-                    "raised the open-file limit to the hard limit"
+                    "raised the open-file limit from {} to {} (the hard limit)",
+                    l.before,
+                    l.now
                 );
             } else {
-                tracing::info!(limit = l.now, "open-file limit");
+                tracing::info!("open-file limit: {} (the hard limit)", l.now);
             }
             l.now
         }
@@ -217,10 +217,8 @@ fn connection_budget(wanted: Option<usize>) -> usize {
         None => conns::default_max_connections(limit),
     };
     tracing::info!(
-        max_connections = max,
-        fd_limit = limit,
-        reserve = conns::fd_reserve(limit),
-        "connection cap"
+        "at most {max} client connections (open-file limit {limit}, {} kept in reserve)",
+        conns::fd_reserve(limit)
     );
     max
 }
