@@ -216,9 +216,6 @@ fn connection_budget(wanted: Option<usize>) -> usize {
         Some(n) => n,
         None => conns::default_max_connections(limit),
     };
-    tracing::info!(
-        "at most {max} client connections (open-file limit {limit}, {} kept in reserve)",
-        conns::fd_reserve(limit)
-    );
+    tracing::info!("at most {max} client connections (open-file limit {limit})");
     max
 }
