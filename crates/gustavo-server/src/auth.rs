@@ -6,6 +6,7 @@
 //! before any handler or cache (Nebula served cached answers unauthenticated).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -14,6 +15,7 @@ use sha2::{Digest, Sha256};
 use gustavo_model::access::{JoinToken, Role, Subject};
 use gustavo_store::TokenKind;
 
+use crate::conns::{Conn, Credential};
 use crate::error::ApiError;
 use crate::security::{Lookup, bootstrap_admin};
 use crate::{AppState, now};
@@ -136,7 +138,22 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(&parts.headers).ok_or(ApiError::Unauthenticated)?;
-        authenticate(state, token)
+        let p = authenticate(state, token)?;
+        // The connection has proven something: under pressure it is shed after those that
+        // have not (see `conns`). On a connection let in past the cap, only admins go on.
+        if let Some(conn) = parts.extensions.get::<Arc<Conn>>() {
+            conn.credential(if p.is_admin() {
+                Credential::Admin
+            } else {
+                Credential::Valid
+            });
+            if conn.admin_only() && !p.is_admin() {
+                return Err(ApiError::Unavailable(
+                    "the server is at its connection limit (--max-connections); only admins are let in until connections free up",
+                ));
+            }
+        }
+        Ok(p)
     }
 }
 

@@ -6,6 +6,8 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod body;
+pub mod conns;
 pub mod error;
 pub mod limits;
 pub mod metrics;
@@ -71,6 +73,8 @@ pub struct ServerConfig {
     /// This machine's host name, for the serving certificate.
     pub host: String,
     pub timeouts: Timeouts,
+    /// The most client connections open at once (see `conns`).
+    pub max_connections: usize,
 }
 
 /// What every handler shares.
@@ -81,6 +85,8 @@ pub struct AppState {
     /// The operations every surface calls.
     pub ops: ops::Ops,
     pub body_limit: usize,
+    /// The size and time limits of request bodies, applied before any handler.
+    pub body: body::BodyLimits,
 }
 
 /// Tokens read or created in the data dir at start.
@@ -117,6 +123,7 @@ pub struct Server {
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     timeouts: Timeouts,
+    conns: Arc<conns::ConnTable>,
 }
 
 /// Reads the initial join token, or creates it on first start (and records its hash, so it
@@ -214,6 +221,10 @@ impl Server {
                 sec: sec.clone(),
             },
             body_limit: config.body_limit,
+            body: body::BodyLimits {
+                max: config.body_limit,
+                timeout: config.timeouts.body,
+            },
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -242,7 +253,13 @@ impl Server {
             listener,
             router: router(state),
             timeouts: config.timeouts,
+            conns: conns::ConnTable::new(config.max_connections),
         })
+    }
+
+    /// The cap on open client connections.
+    pub fn max_connections(&self) -> usize {
+        self.conns.max()
     }
 
     /// `https` unless the server runs with `--insecure-http`.
@@ -265,6 +282,7 @@ impl Server {
             self.router,
             self.tls,
             self.timeouts,
+            self.conns,
             shutdown,
         )
         .await;
@@ -326,6 +344,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/audit", get(admin::audit))
         .route("/metrics", get(metrics::metrics))
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
+        // Bodies are read whole, within their size and time limits, before any handler;
+        // inside the audit layer, so a refused body is recorded like any refusal.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body::limit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit::record,

@@ -1,10 +1,22 @@
 //! The accept loop: TCP, then (unless `--insecure-http`) a TLS handshake with a deadline,
 //! then HTTP/1.1 or HTTP/2 (by ALPN) served by hyper with the axum router.
 //!
-//! Written by hand rather than `axum::serve` for three reasons: TLS termination with
-//! rustls on ring, a deadline on the handshake and on reading request headers (a slow
-//! client must not hold a connection slot for ever), and the peer address put into each
-//! request as axum's `ConnectInfo<SocketAddr>`, which handlers use for "from where".
+//! Written by hand rather than `axum::serve` because every connection is bounded in time
+//! and in number, whatever the client does or fails to do:
+//!
+//! | phase | deadline | counted from |
+//! |---|---|---|
+//! | TLS handshake | `--handshake-timeout` (10 s) | the accept |
+//! | the first request's headers (HTTP/2: preface, settings and a request) | `--header-timeout` (10 s) | the accept |
+//! | a later request's headers (HTTP/1.1) | `--header-timeout` | its first byte |
+//! | a request's body | `--body-timeout` (30 s), then `408` | the end of its headers (see `body`) |
+//! | nothing in progress (HTTP/1.1 keep-alive, HTTP/2 with no open stream) | `--idle-timeout` (60 s) | the end of the last request |
+//!
+//! A request in progress — an agent's long-poll, a `--wait` — is never idle, however long
+//! it waits. How many connections may be open, and which ones go when there are too many,
+//! is the connection table's business (`conns`). The peer address goes into each request
+//! as axum's `ConnectInfo<SocketAddr>` (handlers use it for "from where"), and the
+//! connection itself as an `Arc<Conn>`, so authentication can record what it proved.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,23 +24,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::ConnectInfo;
+use http_body_util::BodyExt;
 use hyper::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
-/// Deadlines for slow clients.
+use crate::conns::{Admission, Conn, ConnTable};
+
+/// Deadlines for slow and idle clients (see the module header).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     /// From TCP accept to a finished TLS handshake.
     pub handshake: Duration,
-    /// From the start of a request (or of the connection) to its last header line.
+    /// From the accept to the first request's last header; from a later request's first
+    /// byte to its last header.
     pub header_read: Duration,
+    /// From a request's last header to the last byte of its body.
+    pub body: Duration,
+    /// How long a connection with no request in progress stays open.
+    pub idle: Duration,
     /// How long a shutdown waits for open connections before giving up on them.
     pub drain: Duration,
 }
@@ -38,10 +59,16 @@ impl Default for Timeouts {
         Timeouts {
             handshake: Duration::from_secs(10),
             header_read: Duration::from_secs(10),
+            body: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
             drain: Duration::from_secs(5),
         }
     }
 }
+
+/// How long a connection told to close gracefully (idle, or the server stopping) may take
+/// to finish what it is sending before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits
 /// (up to `timeouts.drain`) for open connections to finish.
@@ -50,43 +77,56 @@ pub async fn serve(
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     timeouts: Timeouts,
+    table: Arc<ConnTable>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = tls.map(TlsAcceptor::from);
-    let graceful = GracefulShutdown::new();
+    let (closing_tx, closing) = watch::channel(false);
     tokio::pin!(shutdown);
+    // Rate-limits the warning about failed accepts (a flood would repeat it).
+    let mut warned_at: Option<tokio::time::Instant> = None;
     loop {
+        // Connections told to close still hold descriptors: let them go before taking
+        // more from the kernel's queue.
+        table.wait_for_room(Duration::from_millis(200)).await;
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // Out of file descriptors and the like: make room by closing a
+                    // connection that proved nothing, and back off instead of spinning.
+                    let shed = table.shed_one();
+                    if warned_at.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                        warned_at = Some(tokio::time::Instant::now());
+                        tracing::warn!(error = %e, shed, open = table.open(), "accept failed");
+                    }
+                    let pause = if shed { 10 } else { 100 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                     continue;
                 }
             },
             _ = &mut shutdown => break,
         };
+        let ticket = match table.admit() {
+            Admission::Admit(t) => t,
+            Admission::Refuse => {
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let acceptor = acceptor.clone();
-        let watcher = graceful.watcher();
+        let mut closing = closing.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                let mut router = router.clone();
-                async move {
-                    let resp: Result<_, Infallible> = router.call(req).await;
-                    resp
-                }
-            });
+            let conn = ticket.conn.clone();
+            let svc = service(router, peer, conn.clone());
             match acceptor {
                 Some(acceptor) => {
-                    let tls =
-                        match tokio::time::timeout(timeouts.handshake, acceptor.accept(stream))
-                            .await
-                        {
+                    let handshake =
+                        tokio::time::timeout(timeouts.handshake, acceptor.accept(stream));
+                    let tls = tokio::select! {
+                        r = handshake => match r {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -96,25 +136,84 @@ pub async fn serve(
                                 tracing::debug!(%peer, "TLS handshake timed out");
                                 return;
                             }
-                        };
+                        },
+                        _ = conn.shed() => return,
+                        _ = closing.wait_for(|c| *c) => return,
+                    };
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    connection(TokioIo::new(tls), svc, h2, timeouts, watcher, peer).await;
+                    connection(TokioIo::new(tls), svc, h2, timeouts, &conn, closing, peer).await;
                 }
-                None => connection(TokioIo::new(stream), svc, false, timeouts, watcher, peer).await,
+                None => {
+                    connection(
+                        TokioIo::new(stream),
+                        svc,
+                        false,
+                        timeouts,
+                        &conn,
+                        closing,
+                        peer,
+                    )
+                    .await
+                }
             }
+            drop(ticket);
         });
     }
     drop(listener);
-    if tokio::time::timeout(timeouts.drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    closing_tx.send_replace(true);
+    let drained = tokio::time::timeout(timeouts.drain, async {
+        while !table.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
         tracing::debug!("connections still open after the drain period; closing them");
     }
 }
 
-async fn connection<I, S>(io: I, svc: S, h2: bool, t: Timeouts, watcher: Watcher, peer: SocketAddr)
-where
+/// The per-connection service: the router, with the peer address and the connection in
+/// each request's extensions, and the request counted as in progress until its response
+/// has been sent (or abandoned).
+fn service(
+    router: Router,
+    peer: SocketAddr,
+    conn: Arc<Conn>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = axum::response::Response,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Send
++ 'static {
+    hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let guard = conn.begin();
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(conn.clone());
+        let mut router = router.clone();
+        async move {
+            let Ok(resp) = router.call(req).await;
+            // The guard lives in the body, so the request stays in progress until the
+            // last byte of the response is handed to hyper (or the client goes away).
+            Ok::<_, Infallible>(resp.map(|b| {
+                Body::new(b.map_frame(move |f| {
+                    let _in_progress = &guard;
+                    f
+                }))
+            }))
+        }
+    })
+}
+
+async fn connection<I, S>(
+    io: I,
+    svc: S,
+    h2: bool,
+    t: Timeouts,
+    conn: &Conn,
+    mut closing: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::Service<
             Request<Incoming>,
@@ -136,14 +235,66 @@ where
         .keep_alive_timeout(Duration::from_secs(20))
         .max_concurrent_streams(256);
     // The protocol is known up front (ALPN, or HTTP/1.1 in the clear), so hyper never waits
-    // on a silent client to guess it; HTTP/1 then has its header deadline from the first byte.
+    // on a silent client to guess it.
     let builder = if h2 {
         builder.http2_only()
     } else {
         builder.http1_only()
     };
-    let conn = builder.serve_connection_with_upgrades(io, svc);
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    let c = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(c);
+    // Once the connection is told to close (idle, or the server stopping), it has
+    // CLOSE_GRACE (or the drain period) to finish what it is sending.
+    let mut closing_by: Option<tokio::time::Instant> = None;
+    let mut stopping = false;
+    loop {
+        // Re-read at every wake-up: requests start and end without telling this loop.
+        let idle_at = conn
+            .idle_deadline(t.header_read, t.idle)
+            .map(tokio::time::Instant::from_std);
+        // While a request is in progress, look again after the shorter deadline.
+        let check_at = idle_at.unwrap_or_else(|| {
+            tokio::time::Instant::now() + t.idle.min(t.header_read).max(Duration::from_millis(100))
+        });
+        tokio::select! {
+            r = c.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = conn.shed() => {
+                tracing::debug!(%peer, "connection shed to make room");
+                return;
+            }
+            _ = tokio::time::sleep_until(closing_by.unwrap_or(check_at)), if closing_by.is_some() => {
+                // Closed for idleness, but a request slipped in just before: it runs to its
+                // end (its own deadlines bound it). A server stopping waits no longer.
+                if !stopping && conn.active() > 0 {
+                    closing_by = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                    continue;
+                }
+                tracing::debug!(%peer, "connection did not close in time; dropping it");
+                return;
+            }
+            _ = closing.wait_for(|c| *c), if closing_by.is_none() => {
+                stopping = true;
+                c.as_mut().graceful_shutdown();
+                closing_by = Some(tokio::time::Instant::now() + t.drain);
+            }
+            _ = tokio::time::sleep_until(check_at), if closing_by.is_none() => {
+                // Asked again: a request may have started since `idle_at` was read.
+                let idle_at = conn.idle_deadline(t.header_read, t.idle);
+                if idle_at.is_some_and(|at| at <= std::time::Instant::now()) {
+                    if conn.requests() == 0 {
+                        tracing::debug!(%peer, "no request within the header deadline; closing");
+                    } else {
+                        tracing::debug!(%peer, "idle connection; closing");
+                    }
+                    c.as_mut().graceful_shutdown();
+                    closing_by = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                }
+            }
+        }
     }
 }

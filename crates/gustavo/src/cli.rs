@@ -284,12 +284,27 @@ pub struct ServerArgs {
     /// An extra name or address for the generated certificate; repeat for several.
     #[arg(long = "tls-san")]
     pub tls_sans: Vec<String>,
-    /// How long a client may take to finish the TLS handshake.
+    /// How long a client may take to finish the TLS handshake, from its connection.
     #[arg(long, default_value = "10s")]
     pub handshake_timeout: String,
-    /// How long a client may take to send a request's headers.
+    /// How long a client may take to send a request's headers: for the first request of a
+    /// connection counted from the connection (TLS handshake included), for later ones from
+    /// their first byte.
     #[arg(long, default_value = "10s")]
     pub header_timeout: String,
+    /// How long a client may take to send a request's body, from the end of its headers;
+    /// past it the answer is 408 and the connection is closed.
+    #[arg(long, default_value = "30s")]
+    pub body_timeout: String,
+    /// How long a connection with no request in progress stays open (HTTP/1.1 keep-alive,
+    /// HTTP/2 with no open stream). Long-polls are requests in progress.
+    #[arg(long, default_value = "60s")]
+    pub idle_timeout: String,
+    /// The most client connections open at once (default: what the open-file limit allows
+    /// after a reserve, at most 16384). At the cap, connections that presented no credential
+    /// are closed first to make room.
+    #[arg(long, env = "GUSTAVO_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Args)]

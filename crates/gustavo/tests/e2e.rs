@@ -3,6 +3,7 @@
 
 mod cli_habits;
 mod config_files;
+mod connections;
 mod foundation;
 mod metrics;
 mod networks;

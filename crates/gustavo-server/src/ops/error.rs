@@ -27,8 +27,13 @@ pub enum OpError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("request body is larger than the limit of {0} bytes")]
+    #[error("request body is larger than the limit of {0} bytes (the server's --body-limit)")]
     TooLarge(usize),
+    #[error(
+        "the request body did not arrive within {} s of its headers (the server's --body-timeout)",
+        .0.as_secs_f64()
+    )]
+    BodyTimeout(std::time::Duration),
     #[error("{0}")]
     Unavailable(&'static str),
     #[error("{0}")]

@@ -166,6 +166,8 @@ pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
             router,
             None,
             gustavo_server::Timeouts::default(),
+            // A local listener for a few local callers: a small cap bounds its descriptors.
+            gustavo_server::conns::ConnTable::new(LOCAL_MAX_CONNECTIONS),
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },
@@ -176,6 +178,9 @@ pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
     result?;
     Ok(())
 }
+
+/// Connections the agent's local listener holds at most.
+const LOCAL_MAX_CONNECTIONS: usize = 64;
 
 enum Listen {
     Off,

@@ -33,14 +33,24 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
         )
         .into());
     }
-    let handshake = crate::output::parse_duration("handshake-timeout", &args.handshake_timeout)?;
-    let header_read = crate::output::parse_duration("header-timeout", &args.header_timeout)?;
-    if handshake.is_zero() || header_read.is_zero() {
-        return Err(Exit(
-            EXIT_USAGE,
-            "--handshake-timeout and --header-timeout must be above zero".into(),
-        )
-        .into());
+    let mut deadlines = Vec::new();
+    for (flag, value) in [
+        ("handshake-timeout", &args.handshake_timeout),
+        ("header-timeout", &args.header_timeout),
+        ("body-timeout", &args.body_timeout),
+        ("idle-timeout", &args.idle_timeout),
+    ] {
+        let d = crate::output::parse_duration(flag, value)?;
+        if d.is_zero() {
+            return Err(Exit(EXIT_USAGE, format!("--{flag} must be above zero")).into());
+        }
+        deadlines.push(d);
+    }
+    let [handshake, header_read, body, idle] = deadlines[..] else {
+        unreachable!("four deadlines were parsed above")
+    };
+    if args.max_connections == Some(0) {
+        return Err(Exit(EXIT_USAGE, "--max-connections must be at least 1".into()).into());
     }
     for san in &args.tls_sans {
         gustavo_server::tls::validate_san(san).map_err(|e| Exit(EXIT_USAGE, e.to_string()))?;
@@ -77,6 +87,8 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
         )?))
     };
 
+    let max_connections = connection_budget(args.max_connections);
+
     let server = Server::bind(ServerConfig {
         data_dir: data_dir.clone(),
         listen: args.listen,
@@ -86,8 +98,11 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
         timeouts: Timeouts {
             handshake,
             header_read,
+            body,
+            idle,
             ..Timeouts::default()
         },
+        max_connections,
     })
     .await?;
     let addr = server.addr;
@@ -114,12 +129,17 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
             "gustavo: WARNING: --insecure-http: plain HTTP, tokens and secrets cross the network in clear"
         ),
     }
-    tracing::info!(%addr, %scheme, data_dir = %data_dir.display(), "server listening");
+    let url = format!("{scheme}://{addr}");
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        max_connections = server.max_connections(),
+        "listening on {url}"
+    );
 
     let local = if addr.ip().is_unspecified() {
         format!("{scheme}://127.0.0.1:{}", addr.port())
     } else {
-        format!("{scheme}://{addr}")
+        url.clone()
     };
     // The CLI on this machine reads this to find the server, its CA and the admin token
     // without flags (as kubectl reads k3s's kubeconfig).
@@ -133,7 +153,7 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
     }
     .save(&client_toml)?;
     eprintln!(
-        "gustavo: server listening on {addr}; client config: {}; join token: {}",
+        "gustavo: listening on {url}; client config: {}; join token: {}",
         client_toml.display(),
         tokens.join_path.display()
     );
@@ -160,4 +180,46 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
     }
     serve.await.context("the server task failed")??;
     Ok(())
+}
+
+/// Raises the open-file limit to the hard limit, and sizes the connection cap to fit in it
+/// with a reserve (see `gustavo_server::conns`): `--max-connections` when given and it
+/// fits, lowered with a warning when it does not.
+fn connection_budget(wanted: Option<usize>) -> usize {
+    use gustavo_server::conns;
+    let limit = match conns::raise_fd_limit() {
+        Ok(l) => {
+            if l.now > l.before {
+                tracing::info!(
+                    "raised the open-file limit from {} to {} (the hard limit)",
+                    l.before,
+                    l.now
+                );
+            } else {
+                tracing::info!("open-file limit: {} (the hard limit)", l.now);
+            }
+            l.now
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit; assuming 1024");
+            1024
+        }
+    };
+    let allowed = conns::max_connections_allowed(limit);
+    let max = match wanted {
+        Some(n) if n > allowed => {
+            tracing::warn!(
+                wanted = n,
+                allowed,
+                fd_limit = limit,
+                reserve = conns::fd_reserve(limit),
+                "--max-connections does not fit in the open-file limit with its reserve; lowered"
+            );
+            allowed
+        }
+        Some(n) => n,
+        None => conns::default_max_connections(limit),
+    };
+    tracing::info!("at most {max} client connections (open-file limit {limit})");
+    max
 }

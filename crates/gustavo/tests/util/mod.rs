@@ -114,9 +114,21 @@ pub fn http_get(port: u16) -> String {
 }
 
 fn spawn(args: &[&str], log: &Path) -> Child {
+    spawn_wrapped(&[], args, log)
+}
+
+/// Spawns `gustavo ARGS`, or `WRAPPER… gustavo ARGS` (e.g. `prlimit --nofile=…`).
+fn spawn_wrapped(wrapper: &[String], args: &[&str], log: &Path) -> Child {
     let out = std::fs::File::create(log).expect("log file");
-    Command::new(BIN)
-        .args(args)
+    let mut cmd = match wrapper.split_first() {
+        Some((program, pre)) => {
+            let mut c = Command::new(program);
+            c.args(pre).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    cmd.args(args)
         .env("GUSTAVO_LOG", "info,gustavo=debug")
         .env_remove("GUSTAVO_SERVER")
         .env_remove("GUSTAVO_TOKEN")
@@ -138,6 +150,7 @@ pub struct Server {
     child: Option<Child>,
     listen: String,
     extra: Vec<String>,
+    wrapper: Vec<String>,
 }
 
 impl Server {
@@ -147,6 +160,11 @@ impl Server {
 
     /// A server with extra flags, e.g. `--insecure-http`.
     pub fn start_with(extra: &[&str]) -> Server {
+        Server::start_wrapped(&[], extra)
+    }
+
+    /// A server run by a wrapper command, e.g. `prlimit --nofile=128:512`, with extra flags.
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut s = Server {
             dir,
@@ -156,6 +174,7 @@ impl Server {
             child: None,
             listen: "127.0.0.1:0".into(),
             extra: extra.iter().map(|a| a.to_string()).collect(),
+            wrapper: wrapper.iter().map(|a| a.to_string()).collect(),
         };
         s.launch();
         s
@@ -248,7 +267,7 @@ impl Server {
             &self.listen,
         ];
         args.extend(self.extra.iter().map(String::as_str));
-        let child = spawn(&args, &self.dir.path().join("server.log"));
+        let child = spawn_wrapped(&self.wrapper, &args, &self.dir.path().join("server.log"));
         self.child = Some(child);
         wait_for(
             "the server to write client.toml",
