@@ -138,13 +138,11 @@ pub fn expand(
                     .0
                     .iter()
                     .filter_map(|p| {
-                        // Replica i binds host port + i; a port pushed past 65535 is dropped
-                        // rather than wrapped onto someone else's port.
+                        // Replica i binds host port + i (same address and protocol); a port
+                        // pushed past 65535 is dropped rather than wrapped onto someone
+                        // else's port.
                         let host = u16::try_from(u32::from(p.host) + i).ok()?;
-                        Some(PortMapping {
-                            host,
-                            container: p.container,
-                        })
+                        Some(PortMapping { host, ..*p })
                     })
                     .collect(),
                 volumes: spec.volumes.iter().map(|v| v.0.clone()).collect(),
@@ -193,10 +191,7 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert_eq!(
             c[1].ports,
-            vec![PortMapping {
-                host: 9001,
-                container: 80
-            }]
+            vec![PortMapping::tcp(9001, 80)]
         );
         assert_eq!(c[1].env["WHERE"], "pi1@north#2");
         assert_eq!(c[0].env["GUSTAVO_NODE"], "pi1");
