@@ -136,7 +136,9 @@ pub fn validate_image(s: &str) -> Result<(), String> {
     }
     let name_len = domain.map(|d| d.len() + 1).unwrap_or(0) + path.len();
     if name_len > MAX_NAME_LEN {
-        return bad(&format!("the name is longer than {MAX_NAME_LEN} characters"));
+        return bad(&format!(
+            "the name is longer than {MAX_NAME_LEN} characters"
+        ));
     }
     Ok(())
 }
@@ -246,7 +248,9 @@ fn check_tag(t: &str) -> Result<(), String> {
 
 fn check_digest(d: &str) -> Result<(), String> {
     let Some((algo, hex)) = d.split_once(':') else {
-        return Err(format!("the digest `{d}` must be ALGORITHM:HEX, e.g. sha256:…"));
+        return Err(format!(
+            "the digest `{d}` must be ALGORITHM:HEX, e.g. sha256:…"
+        ));
     };
     let algo_ok = !algo.is_empty()
         && algo.split(['+', '.', '-', '_']).all(|c| {

@@ -123,7 +123,13 @@ impl PortMapping {
 
 impl fmt::Display for PortMapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.host_text(), self.container, self.protocol)
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host_text(),
+            self.container,
+            self.protocol
+        )
     }
 }
 
@@ -226,7 +232,9 @@ impl<'de> Deserialize<'de> for PortItem {
         impl<'de> Visitor<'de> for V {
             type Value = PortItem;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a port, a \"[ip:]host[:container][/proto]\" string or a {host: container} map")
+                f.write_str(
+                    "a port, a \"[ip:]host[:container][/proto]\" string or a {host: container} map",
+                )
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortItem, E> {
                 let p = port_number(v).map_err(E::custom)?;
@@ -236,7 +244,9 @@ impl<'de> Deserialize<'de> for PortItem {
                 Err(E::custom(format!("port {v} is out of range 1-65535")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<PortItem, E> {
-                parse_binding(v).map(|p| PortItem(vec![p])).map_err(E::custom)
+                parse_binding(v)
+                    .map(|p| PortItem(vec![p]))
+                    .map_err(E::custom)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<PortItem, A::Error> {
                 let mut out = Vec::new();
@@ -364,7 +374,9 @@ fn split_protocol(s: &str) -> Result<(&str, Option<Protocol>), String> {
         None => Ok((s, None)),
         Some((rest, proto)) => Protocol::parse(proto)
             .map(|p| (rest, Some(p)))
-            .ok_or_else(|| format!("port `{s}`: unknown protocol `{proto}` (use tcp, udp or sctp)")),
+            .ok_or_else(|| {
+                format!("port `{s}`: unknown protocol `{proto}` (use tcp, udp or sctp)")
+            }),
     }
 }
 
@@ -414,4 +426,174 @@ pub fn port_text(v: &str) -> Result<u16, String> {
     v.parse::<u64>()
         .map_err(|_| format!("port {v} is out of range 1-65535"))
         .and_then(port_number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ports(json: &str) -> Result<Ports, String> {
+        serde_json::from_str::<Ports>(json).map_err(|e| e.to_string())
+    }
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> Option<IpAddr> {
+        Some(IpAddr::V4(Ipv4Addr::new(a, b, c, d)))
+    }
+
+    #[test]
+    fn host_side_takes_an_address_and_a_protocol() {
+        let p = ports(
+            r#"[{"127.0.0.1:9000": 9000}, {"[::1]:9001/udp": 9001}, {"5353": "5353/udp"},
+                {"10.0.0.1:8080/sctp": "80/sctp"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p.0,
+            vec![
+                PortMapping {
+                    host_ip: v4(127, 0, 0, 1),
+                    ..PortMapping::tcp(9000, 9000)
+                },
+                PortMapping {
+                    host_ip: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+                    protocol: Protocol::Udp,
+                    ..PortMapping::tcp(9001, 9001)
+                },
+                PortMapping {
+                    protocol: Protocol::Udp,
+                    ..PortMapping::tcp(5353, 5353)
+                },
+                PortMapping {
+                    host_ip: v4(10, 0, 0, 1),
+                    protocol: Protocol::Sctp,
+                    ..PortMapping::tcp(8080, 80)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn one_string_items_read_like_docker_run_p() {
+        let cases = [
+            ("80", PortMapping::tcp(80, 80)),
+            ("8080:80", PortMapping::tcp(8080, 80)),
+            (
+                "53/udp",
+                PortMapping {
+                    protocol: Protocol::Udp,
+                    ..PortMapping::tcp(53, 53)
+                },
+            ),
+            (
+                "127.0.0.1:9000",
+                PortMapping {
+                    host_ip: v4(127, 0, 0, 1),
+                    ..PortMapping::tcp(9000, 9000)
+                },
+            ),
+            (
+                "127.0.0.1:8443:443/tcp",
+                PortMapping {
+                    host_ip: v4(127, 0, 0, 1),
+                    ..PortMapping::tcp(8443, 443)
+                },
+            ),
+            (
+                "[::1]:8443:443/udp",
+                PortMapping {
+                    host_ip: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+                    protocol: Protocol::Udp,
+                    ..PortMapping::tcp(8443, 443)
+                },
+            ),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_binding(s), Ok(want), "{s}");
+        }
+    }
+
+    #[test]
+    fn ports_are_decimal_or_an_error_naming_them() {
+        for (bad, want) in [
+            ("0x50", "port `0x50` is not a decimal number"),
+            ("0o777", "port `0o777` is not a decimal number"),
+            ("0777", "port `0777` is not a decimal number"),
+            ("+80", "port `+80`"),
+            ("", "port `` is not"),
+            ("0", "port `0`"),
+            ("65536", "port 65536 is out of range"),
+            ("99999999999999999999999", "out of range"),
+            ("80/quic", "unknown protocol `quic`"),
+            ("::1:80", "is not [ip:]host"),
+            ("1.2.3:80", "`1.2.3` is not an IPv4 address"),
+            ("[::1:80", "unclosed `[`"),
+            ("[::1]80", "expected `:PORT`"),
+            ("a:b:c:d", "is not [ip:]host"),
+            ("8000-8010", "port `8000-8010`"),
+        ] {
+            let e = parse_binding(bad).unwrap_err();
+            assert!(e.contains(want), "{bad:?} gave {e}");
+        }
+        for (json, want) in [
+            (r#"[{"0x50": 80}]"#, "port `0x50`"),
+            (r#"[{"80": "127.0.0.1:80"}]"#, "belongs on the host side"),
+            (r#"[{"53/udp": "53/tcp"}]"#, "name different protocols"),
+            (r#"[{"8080:80": 80}]"#, "is not [ip:]port[/proto]"),
+            (r#"[-1]"#, "out of range"),
+            (r#"[{}]"#, "empty port map"),
+        ] {
+            let e = ports(json).unwrap_err();
+            assert!(e.contains(want), "{json} gave {e}");
+        }
+    }
+
+    #[test]
+    fn conflicts_need_the_same_protocol_port_and_an_overlapping_address() {
+        // TCP and UDP on one port, or one port on two addresses, are fine.
+        assert!(ports(r#"[53, "53/udp", "127.0.0.1:80", "127.0.0.2:80"]"#).is_ok());
+        for (json, want) in [
+            (r#"[9000, {"9000": 80}]"#, "host port 9000 is listed twice"),
+            (
+                r#"["53/udp", {"53": "53/udp"}]"#,
+                "host port 53/udp is listed twice",
+            ),
+            (
+                r#"["127.0.0.1:80", 80]"#,
+                "host ports 127.0.0.1:80 and 80 overlap",
+            ),
+            (
+                r#"["0.0.0.0:80", "127.0.0.1:80"]"#,
+                "host ports 0.0.0.0:80 and 127.0.0.1:80 overlap",
+            ),
+            (r#"["[::1]:80", "[::1]:80"]"#, "[::1]:80 is listed twice"),
+        ] {
+            let e = ports(json).unwrap_err();
+            assert!(e.contains(want), "{json} gave {e}");
+        }
+    }
+
+    #[test]
+    fn serialized_form_reads_back_and_keeps_nebulas_form() {
+        let p = ports(r#"[80, {"8080": 80}, "127.0.0.1:53/udp", "[::1]:9000:90/sctp"]"#).unwrap();
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(
+            json,
+            r#"[{"80":80},{"8080":80},{"127.0.0.1:53":"53/udp"},{"[::1]:9000":"90/sctp"}]"#
+        );
+        assert_eq!(ports(&json).unwrap(), p);
+        // A plain binding serializes as it did before addresses and protocols existed.
+        assert_eq!(
+            serde_json::to_string(&PortMapping::tcp(9000, 80)).unwrap(),
+            r#"{"host":9000,"container":80}"#
+        );
+        let udp = PortMapping {
+            host_ip: v4(127, 0, 0, 1),
+            protocol: Protocol::Udp,
+            ..PortMapping::tcp(53, 53)
+        };
+        let back: PortMapping =
+            serde_json::from_str(&serde_json::to_string(&udp).unwrap()).unwrap();
+        assert_eq!(back, udp);
+        assert_eq!(udp.container_key(), "53/udp");
+    }
 }

@@ -158,6 +158,9 @@ fn yaml_options() -> serde_saphyr::Options {
     o.with_snippet = false;
     o.budget = Some(budget);
     o.alias_limits = aliases;
+    // `.inf` and `.nan` reach the visitor as floats: an env value keeps its text (see
+    // `written`), and numeric fields refuse them by their own range checks.
+    o.non_finite_float_policy = serde_saphyr::NonFiniteFloatPolicy::PassThrough;
     o
 }
 
@@ -320,7 +323,10 @@ pub fn check_env_value(k: &str, v: &EnvValue) -> Result<(), String> {
     let (EnvValue::Plain(text) | EnvValue::Secret(text)) = v else {
         return Ok(());
     };
-    match text.chars().find(|&c| c.is_control() && c != '\t' && c != '\n') {
+    match text
+        .chars()
+        .find(|&c| c.is_control() && c != '\t' && c != '\n')
+    {
         Some(c) => Err(format!(
             "env var `{k}`: the value contains the control character U+{:04X} (only tab and newline are allowed)",
             u32::from(c)
@@ -1112,6 +1118,11 @@ test_linreg:
                 "only network",
             ),
             ("a:\n  docker_image: x\n  cpus: 0\n", "cpus"),
+            ("a:\n  docker_image: x\n  cpus: .inf\n", "cpus"),
+            (
+                "a:\n  docker_image: x\n  containers_per: {cpu: .nan}\n",
+                "non-negative",
+            ),
             ("a.b:\n  docker_image: x\n", "invalid app name"),
         ];
         for (yaml, want) in cases {
@@ -1209,6 +1220,236 @@ test_linreg:
         assert_eq!(ContainersPer::Server(3).replicas(4, 1024), 3);
         assert_eq!(ContainersPer::Cpu(1.5).replicas(4, 1024), 6);
         assert_eq!(ContainersPer::MemoryMb(256).replicas(4, 1024), 4);
+    }
+
+    /// Issue 7 D: env values are the text written, whatever YAML 1.1 would make of it.
+    #[test]
+    fn env_values_are_the_text_written() {
+        let yaml = "a:\n  docker_image: x\n  env_vars:\n    COUNTRY: NO\n    V: 1.10\n    O: 0777\n    Y: yes\n    T: True\n    H: 0x50\n    U: 1_000\n    F: 1e3\n    N: -0.0\n    I: .inf\n    Q: \"NO\"\n    S: 'it''s'\n    E: \"\"\n    B: |\n      line one\n      line two\n    P: {secret: 0777}\n    PLAIN: hello world\n";
+        let spec = parse_one(yaml, "a").unwrap();
+        let env = |k: &str| spec.env_vars[k].clone();
+        for (k, v) in [
+            ("COUNTRY", "NO"),
+            ("V", "1.10"),
+            ("O", "0777"),
+            ("Y", "yes"),
+            ("T", "True"),
+            ("H", "0x50"),
+            ("U", "1_000"),
+            ("F", "1e3"),
+            ("N", "-0.0"),
+            ("I", ".inf"),
+            ("Q", "NO"),
+            ("S", "it's"),
+            ("E", ""),
+            ("B", "line one\nline two\n"),
+            ("PLAIN", "hello world"),
+        ] {
+            assert_eq!(env(k), EnvValue::Plain(v.into()), "{k}");
+        }
+        assert_eq!(env("P"), EnvValue::Secret("0777".into()));
+        // And through JSON (what the CLI sends) unchanged.
+        let back = parse_json(&serde_json::to_vec(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn env_values_keep_their_text_through_anchors_and_merge_keys() {
+        let yaml = "base: &base\n  docker_image: x\n  env_vars: {A: NO, B: &b 010}\nother:\n  <<: *base\n  docker_image: y\nthird:\n  docker_image: z\n  env_vars: {C: *b}\n";
+        let apps = parse_file(yaml).unwrap();
+        for (name, spec) in &apps[..2] {
+            assert_eq!(spec.env_vars["A"], "NO", "{name}");
+            assert_eq!(spec.env_vars["B"], "010", "{name}");
+        }
+        assert_eq!(apps[2].1.env_vars["C"], "010");
+    }
+
+    #[test]
+    fn null_env_values_are_refused_naming_the_key() {
+        for v in ["~", "null", "", "Null"] {
+            let e = err(&format!(
+                "a:\n  docker_image: x\n  env_vars:\n    KEY: {v}\n"
+            ));
+            assert!(e.contains("env var `KEY` has no value"), "{v:?}: {e}");
+            assert!(e.contains("line 4"), "{v:?}: {e}");
+        }
+        let e = parse_json(br#"{"docker_image": "x", "env_vars": {"KEY": null}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("env var `KEY` has no value"), "{e}");
+    }
+
+    #[test]
+    fn env_names_and_values_refuse_control_characters() {
+        let json = |env: &str| {
+            parse_json(format!(r#"{{"docker_image": "x", "env_vars": {env}}}"#).as_bytes())
+                .map_err(|e| e.to_string())
+        };
+        let e = json(r#"{"K": "a\u0000b"}"#).unwrap_err();
+        assert!(e.contains("env var `K`") && e.contains("U+0000"), "{e}");
+        let e = json(r#"{"K": {"secret": "hunter2\u001b"}}"#).unwrap_err();
+        assert!(e.contains("env var `K`") && e.contains("U+001B"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = json(r#"{"K\u0000": "v"}"#).unwrap_err();
+        assert!(e.contains("env var name `K\\0`"), "{e}");
+        let e = json(r#"{"A=B": "v"}"#).unwrap_err();
+        assert!(e.contains("contains `=`"), "{e}");
+        let e = json(r#"{"": "v"}"#).unwrap_err();
+        assert!(e.contains("name is empty"), "{e}");
+        // Tab and newline are text.
+        let spec = json(r#"{"K": "a\tb\nc"}"#).unwrap();
+        assert_eq!(spec.env_vars["K"], "a\tb\nc");
+        // YAML too, with the position.
+        let e = err("a:\n  docker_image: x\n  env_vars: {K: \"a\\x07\"}\n");
+        assert!(e.contains("U+0007") && e.contains("line 3"), "{e}");
+    }
+
+    /// Issue 7 D: a port is a decimal number or an error naming it as written.
+    #[test]
+    fn ports_are_decimal_as_written() {
+        for (ports, name) in [
+            ("[0o777]", "0o777"),
+            ("[0x50]", "0x50"),
+            ("[0777]", "0777"),
+            ("[1_000]", "1_000"),
+            ("[8e1]", "8e1"),
+            ("[{0x50: 80}]", "0x50"),
+            ("[{80: 0o120}]", "0o120"),
+            ("[\"0x50\"]", "0x50"),
+            ("[{\"0777\": 80}]", "0777"),
+            ("[true]", "true"),
+        ] {
+            let e = err(&format!(
+                "a:\n  docker_image: x\n  starting_ports: {ports}\n"
+            ));
+            assert!(e.contains(&format!("port `{name}`")), "{ports}: {e}");
+            assert!(e.contains("line 3"), "{ports}: {e}");
+        }
+        // Through an alias, the text is the anchor's.
+        let e = err("a:\n  docker_image: x\n  labels: {p: &p 0x50}\n  starting_ports: [*p]\n");
+        assert!(e.contains("port `0x50`") && e.contains("line 3"), "{e}");
+    }
+
+    /// Issue 7 item 5: `[ip:]host_port[/proto]` on the host side, as Docker takes it.
+    #[test]
+    fn ports_bind_addresses_and_protocols() {
+        let spec = parse_one(
+            "a:\n  docker_image: x\n  starting_ports:\n    - \"127.0.0.1:9000\": 9000\n    - \"[::1]:9001/udp\": 9001\n    - 53: 53/udp\n    - \"127.0.0.1:8443:443\"\n    - 9999\n",
+            "a",
+        )
+        .unwrap();
+        let shown: Vec<String> = spec
+            .starting_ports
+            .0
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                "127.0.0.1:9000:9000/tcp",
+                "[::1]:9001:9001/udp",
+                "53:53/udp",
+                "127.0.0.1:8443:443/tcp",
+                "9999:9999/tcp"
+            ]
+        );
+        let back = parse_json(&serde_json::to_vec(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec);
+        let e = err("a:\n  docker_image: x\n  starting_ports: [\"127.0.0.1:80\", 80]\n");
+        assert!(e.contains("overlap") && e.contains("line 3"), "{e}");
+    }
+
+    /// Issue 7 item 2: what the API refused only in the CLI is refused in the format itself.
+    #[test]
+    fn json_specs_get_the_same_checks() {
+        let cases = [
+            (
+                r#""docker_image": "../../etc/passwd""#,
+                "docker_image `../../etc/passwd`",
+            ),
+            (r#""docker_image": "x@sha256:zz""#, "sha256 digest is 64"),
+            (
+                r#""docker_image": "x", "volumes": ["data/x:/data"]"#,
+                "volume `data/x:/data`: the host side `data/x` must be an absolute path",
+            ),
+            (
+                r#""docker_image": "x", "volumes": ["./data:/data"]"#,
+                "volume `./data:/data`",
+            ),
+            (
+                r#""docker_image": "x", "volumes": ["../up:/data"]"#,
+                "volume `../up:/data`",
+            ),
+            (
+                r#""docker_image": "x", "starting_ports": ["0x50"]"#,
+                "port `0x50`",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = parse_json(format!("{{{body}}}").as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{body} gave {e}");
+        }
+        for ok in ["data:/data", "/srv/data:/data:ro", "my_vol.1:/v"] {
+            assert!(
+                parse_json(format!(r#"{{"docker_image": "x", "volumes": ["{ok}"]}}"#).as_bytes())
+                    .is_ok(),
+                "{ok}"
+            );
+        }
+    }
+
+    #[test]
+    fn validate_rechecks_a_spec_built_in_code() {
+        let good = parse_one("a:\n  docker_image: x\n", "a").unwrap();
+        assert!(good.validate().is_ok());
+        let mut bad = good.clone();
+        bad.docker_image = "x@sha256:zz".into();
+        assert!(bad.validate().unwrap_err().to_string().contains("sha256"));
+        let mut bad = good.clone();
+        bad.env_vars.insert("K".into(), "a\0".into());
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("env var `K`")
+        );
+        let mut bad = good.clone();
+        bad.volumes.push(Volume("rel/path:/x".into()));
+        assert!(bad.validate().unwrap_err().to_string().contains("volume"));
+        let mut bad = good.clone();
+        bad.starting_ports = Ports(vec![PortMapping::tcp(80, 80), PortMapping::tcp(80, 81)]);
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("listed twice")
+        );
+        let mut bad = good;
+        bad.networks = vec!["host".into(), "nebula".into()];
+        assert!(bad.validate().unwrap_err().to_string().contains("mode"));
+    }
+
+    #[test]
+    fn groups_are_capped_checked_and_deduplicated() {
+        let many: Vec<String> = (0..=MAX_GROUPS).map(|i| format!("g{i}")).collect();
+        let e = validate_groups(&many).unwrap_err();
+        assert!(e.contains("at most 64") && e.contains("got 65"), "{e}");
+        assert_eq!(
+            validate_groups(&many[..MAX_GROUPS]).unwrap().len(),
+            MAX_GROUPS
+        );
+        assert_eq!(
+            validate_groups(&["a".into(), "b".into(), "a".into()]).unwrap(),
+            vec!["a", "b"]
+        );
+        assert!(
+            validate_groups(&["a.b".into()])
+                .unwrap_err()
+                .contains("invalid group name")
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use gustavo_model::access::{Role, Subject, check_spec};
-use gustavo_model::spec::EnvValue;
+use gustavo_model::spec::{self, EnvValue};
 
 use crate::audit::noted;
 use crate::auth::{Principal, hash_token, new_token};
@@ -198,15 +198,17 @@ fn may_change_app(
     check_spec(spec, new, policies, who.is_admin()).map_err(ApiError::Denied)
 }
 
+/// The device groups of a request, by the format's rules (names, at most
+/// [`spec::MAX_GROUPS`]), without duplicates.
 fn check_groups(groups: &[String]) -> Result<Vec<String>, ApiError> {
-    let mut out: Vec<String> = Vec::new();
-    for g in groups {
-        check_name("group", g)?;
-        if !out.contains(g) {
-            out.push(g.clone());
-        }
-    }
-    Ok(out)
+    spec::validate_groups(groups).map_err(ApiError::BadRequest)
+}
+
+/// The format's rules, again, on the spec about to be stored: parsing applied them, and
+/// this keeps them applied whatever built the spec.
+fn check_spec_rules(spec: &spec::AppSpec) -> Result<(), ApiError> {
+    spec.validate()
+        .map_err(|e| ApiError::BadRequest(format!("invalid app spec: {e}")))
 }
 
 pub async fn create_app(
@@ -231,6 +233,7 @@ async fn create_app_inner(
     if groups.is_empty() {
         groups.push(crate::DEFAULT_GROUP.to_string());
     }
+    check_spec_rules(&req.spec)?;
     check_env_input(&req.spec)?;
     let policies = s.sec.policies();
     may_change_app(&who, &req.name, &[], &groups, &req.spec, &policies)?;
@@ -308,6 +311,7 @@ async fn update_app_inner(
 ) -> Result<Json<App>, ApiError> {
     let who = p.person()?;
     let groups = req.groups.as_deref().map(check_groups).transpose()?;
+    check_spec_rules(&req.spec)?;
     check_env_input(&req.spec)?;
     let policies = s.sec.policies();
     let app = change_app(&s, name, move |app| {
