@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -269,8 +269,7 @@ fn image_ref<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 /// The env vars: names and values checked (see [`check_env_name`], [`check_env_value`]),
-/// and a value required — YAML reads `~`, `null` and nothing at all as null, and an env var
-/// without a value is more likely a mistake than a wish for the empty string.
+/// and a value required (see [`EnvVisitor`]).
 fn env_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, EnvValue>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
@@ -282,11 +281,7 @@ fn env_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, EnvValue>
             let mut out = BTreeMap::new();
             while let Some(k) = m.next_key::<String>()? {
                 check_env_name(&k).map_err(de::Error::custom)?;
-                let v = m.next_value::<Option<EnvValue>>()?.ok_or_else(|| {
-                    de::Error::custom(format!(
-                        "env var `{k}` has no value (`~`, `null` or nothing); write \"\" for an empty string"
-                    ))
-                })?;
+                let v = m.next_value_seed(EnvSeed(&k))?;
                 check_env_value(&k, &v).map_err(de::Error::custom)?;
                 if out.insert(k.clone(), v).is_some() {
                     return Err(de::Error::custom(format!("env var `{k}` is set twice")));
@@ -419,65 +414,87 @@ impl Serialize for EnvValue {
 
 impl<'de> Deserialize<'de> for EnvValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = EnvValue;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string, number or boolean, or {secret: VALUE}")
+        d.deserialize_any(EnvVisitor(None))
+    }
+}
+
+/// The value of env var `.0`: errors name the variable, and are raised while the value is
+/// read, so the YAML parser gives them the value's own line and column.
+struct EnvSeed<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for EnvSeed<'_> {
+    type Value = EnvValue;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<EnvValue, D::Error> {
+        d.deserialize_any(EnvVisitor(Some(self.0)))
+    }
+}
+
+struct EnvVisitor<'a>(Option<&'a str>);
+
+impl<'de> Visitor<'de> for EnvVisitor<'_> {
+    type Value = EnvValue;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string, number or boolean, or {secret: VALUE}")
+    }
+    // YAML reads `~`, `null` and nothing at all as null; an env var without a value
+    // is more likely a mistake than a wish for the empty string.
+    fn visit_unit<E: de::Error>(self) -> Result<EnvValue, E> {
+        let name = self.0.map(|k| format!(" `{k}`")).unwrap_or_default();
+        Err(E::custom(format!(
+            "env var{name} has no value (`~`, `null` or nothing); write \"\" for an empty string"
+        )))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<EnvValue, E> {
+        self.visit_unit()
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvValue, E> {
+        Ok(EnvValue::Plain(v.to_string()))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<EnvValue, E> {
+        Ok(EnvValue::Plain(v.to_string()))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<EnvValue, E> {
+        Ok(EnvValue::Plain(v.to_string()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<EnvValue, E> {
+        Ok(EnvValue::Plain(v.to_string()))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<EnvValue, E> {
+        Ok(EnvValue::Plain(v.to_string()))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<EnvValue, A::Error> {
+        // Errors here never quote the value: it may be a secret.
+        let Some(key) = m.next_key::<String>()? else {
+            return Err(de::Error::custom(
+                "an empty map is not an env value; write {secret: VALUE}",
+            ));
+        };
+        let v = match key.as_str() {
+            "secret" => EnvValue::Secret(
+                m.next_value::<Scalar>()
+                    .map_err(|_| de::Error::custom("`secret` takes a string, number or boolean"))?
+                    .0,
+            ),
+            "sealed" => EnvValue::Sealed(
+                m.next_value::<String>()
+                    .map_err(|_| de::Error::custom("`sealed` takes a string"))?,
+            ),
+            "hidden" => {
+                m.next_value::<bool>()?;
+                EnvValue::Hidden
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvValue, E> {
-                Ok(EnvValue::Plain(v.to_string()))
+            other => {
+                return Err(de::Error::custom(format!(
+                    "unknown env value form `{other}`: write {{secret: VALUE}}"
+                )));
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<EnvValue, E> {
-                Ok(EnvValue::Plain(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<EnvValue, E> {
-                Ok(EnvValue::Plain(v.to_string()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<EnvValue, E> {
-                Ok(EnvValue::Plain(v.to_string()))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<EnvValue, E> {
-                Ok(EnvValue::Plain(v.to_string()))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<EnvValue, A::Error> {
-                // Errors here never quote the value: it may be a secret.
-                let Some(key) = m.next_key::<String>()? else {
-                    return Err(de::Error::custom(
-                        "an empty map is not an env value; write {secret: VALUE}",
-                    ));
-                };
-                let v = match key.as_str() {
-                    "secret" => EnvValue::Secret(
-                        m.next_value::<Scalar>()
-                            .map_err(|_| {
-                                de::Error::custom("`secret` takes a string, number or boolean")
-                            })?
-                            .0,
-                    ),
-                    "sealed" => EnvValue::Sealed(
-                        m.next_value::<String>()
-                            .map_err(|_| de::Error::custom("`sealed` takes a string"))?,
-                    ),
-                    "hidden" => {
-                        m.next_value::<bool>()?;
-                        EnvValue::Hidden
-                    }
-                    other => {
-                        return Err(de::Error::custom(format!(
-                            "unknown env value form `{other}`: write {{secret: VALUE}}"
-                        )));
-                    }
-                };
-                if m.next_key::<String>()?.is_some() {
-                    return Err(de::Error::custom(
-                        "an env value map takes exactly one key, `secret`",
-                    ));
-                }
-                Ok(v)
-            }
+        };
+        if m.next_key::<String>()?.is_some() {
+            return Err(de::Error::custom(
+                "an env value map takes exactly one key, `secret`",
+            ));
         }
-        d.deserialize_any(V)
+        Ok(v)
     }
 }
 
@@ -1268,10 +1285,10 @@ test_linreg:
     fn null_env_values_are_refused_naming_the_key() {
         for v in ["~", "null", "", "Null"] {
             let e = err(&format!(
-                "a:\n  docker_image: x\n  env_vars:\n    KEY: {v}\n"
+                "a:\n  docker_image: x\n  env_vars:\n    FIRST: x\n    KEY: {v}\n    LAST: y\n"
             ));
             assert!(e.contains("env var `KEY` has no value"), "{v:?}: {e}");
-            assert!(e.contains("line 4"), "{v:?}: {e}");
+            assert!(e.contains("line 5"), "{v:?}: {e}");
         }
         let e = parse_json(br#"{"docker_image": "x", "env_vars": {"KEY": null}}"#)
             .unwrap_err()

@@ -4,6 +4,7 @@
 mod foundation;
 mod networks;
 mod security;
+mod spec_input;
 mod util;
 
 use std::time::Duration;
