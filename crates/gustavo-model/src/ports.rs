@@ -15,8 +15,8 @@
 //!
 //! A port is written in decimal, 1–65535, with no sign and no leading zero: `0x50`, `0o777`
 //! or `0777` are refused rather than read as 80, 511 or 777. (In a YAML file the parser
-//! would already have turned a plain `0o777` into 511; the private module `written` checks the text
-//! as written, this module checks the strings.) The protocol is `tcp` (the default), `udp`
+//! would already have turned a plain `0o777` into 511; the private module `written` checks
+//! the text as written, this module checks the strings.) The protocol is `tcp` (the default), `udp`
 //! or `sctp`; when both sides name one they must agree.
 //!
 //! Two bindings conflict when they share protocol and host port and their host addresses

@@ -7,8 +7,8 @@
 //! round trip through the store unchanged.
 //!
 //! Env values and ports depend on how they were written (`NO` is text, not false; `0o777` is
-//! not a port): a YAML file gets a second pass for them, see the private module `written`. Image
-//! references and port bindings have their grammars in [`crate::image`] and
+//! not a port): a YAML file gets a second pass for them, in the private module `written`.
+//! Image references and port bindings have their grammars in [`crate::image`] and
 //! [`crate::ports`]. The server re-checks a spec with [`AppSpec::validate`] and the groups of
 //! a request with [`validate_groups`].
 
