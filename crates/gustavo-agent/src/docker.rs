@@ -17,7 +17,7 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 use gustavo_model::api::DesiredContainer;
 use gustavo_model::plan::{Health, Observed, RunState};
-use gustavo_model::spec::{NetworkMode, RestartPolicy as Policy};
+use gustavo_model::spec::{NetworkMode, PortMapping, RestartPolicy as Policy};
 
 use crate::runtime::{Runtime, RuntimeError, labels};
 
@@ -102,20 +102,7 @@ impl DockerRuntime {
         labels.insert(labels::APP.into(), s.app.clone());
         labels.insert(labels::REPLICA.into(), s.replica.to_string());
         labels.insert(labels::HASH.into(), c.hash.clone());
-        let mut port_bindings = HashMap::new();
-        let mut exposed = Vec::new();
-        for p in &s.ports {
-            let key = format!("{}/tcp", p.container);
-            exposed.push(key.clone());
-            port_bindings
-                .entry(key)
-                .or_insert_with(|| Some(Vec::new()))
-                .get_or_insert_with(Vec::new)
-                .push(PortBinding {
-                    host_ip: None,
-                    host_port: Some(p.host.to_string()),
-                });
-        }
+        let (exposed, port_bindings) = port_config(&s.ports);
         let (network_mode, endpoints) = match &s.network {
             NetworkMode::Host => ("host".to_string(), None),
             NetworkMode::None => ("none".to_string(), None),
@@ -187,6 +174,31 @@ impl DockerRuntime {
             ..Default::default()
         }
     }
+}
+
+/// The engine's `ExposedPorts` and `HostConfig.PortBindings`: each container port keyed
+/// `PORT/PROTO`, with every host binding of it (address and port).
+type PortBindings = HashMap<String, Option<Vec<PortBinding>>>;
+
+fn port_config(ports: &[PortMapping]) -> (Vec<String>, PortBindings) {
+    let mut bindings: PortBindings = HashMap::new();
+    let mut exposed: Vec<String> = Vec::new();
+    for p in ports {
+        let key = p.container_key();
+        if !bindings.contains_key(&key) {
+            exposed.push(key.clone());
+        }
+        bindings
+            .entry(key)
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                // None binds every address; the engine wants IPv6 without brackets.
+                host_ip: p.host_ip.map(|ip| ip.to_string()),
+                host_port: Some(p.host.to_string()),
+            });
+    }
+    (exposed, bindings)
 }
 
 /// Why one attempt at creating a container failed.
@@ -596,5 +608,34 @@ mod tests {
         );
         assert_eq!(parse_status("Exited (137) 2 seconds ago"), (None, 137));
         assert_eq!(parse_status("Created"), (None, 0));
+    }
+
+    /// Issue 7 item 5: the address and protocol of a binding reach the engine.
+    #[test]
+    fn port_bindings_carry_address_and_protocol() {
+        use gustavo_model::spec::Ports;
+        let ports: Ports = serde_json::from_str(
+            r#"[{"127.0.0.1:9000": 80}, {"[::1]:9001": 80}, "5353/udp", 8080]"#,
+        )
+        .unwrap();
+        let (exposed, bindings) = port_config(&ports.0);
+        assert_eq!(exposed, vec!["80/tcp", "5353/udp", "8080/tcp"]);
+        let hosts = |key: &str| -> Vec<(Option<String>, Option<String>)> {
+            bindings[key]
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|b| (b.host_ip.clone(), b.host_port.clone()))
+                .collect()
+        };
+        assert_eq!(
+            hosts("80/tcp"),
+            vec![
+                (Some("127.0.0.1".into()), Some("9000".into())),
+                (Some("::1".into()), Some("9001".into()))
+            ]
+        );
+        assert_eq!(hosts("5353/udp"), vec![(None, Some("5353".into()))]);
+        assert_eq!(hosts("8080/tcp"), vec![(None, Some("8080".into()))]);
     }
 }

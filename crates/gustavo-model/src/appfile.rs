@@ -222,13 +222,14 @@ test_linreg:
         V: "1.10"
         O: "0777"
         EMPTY: ""
-        QUOTES: "say \"hi\"\\ \t tab\nnewline \u0007 bell é ✓"
+        QUOTES: "say \"hi\"\\ \t tab\nnewline é ✓"
         "NO": "key that YAML 1.1 reads as false"
     networks: ["nebula", "edge"]
     volumes: ["/tmp/:/tmp/1", "/var/tmp/:/var/tmp/1:rw", "data:/data"]
     starting_ports:
       - 9000: 9000
       - 30303: 30304
+      - "127.0.0.1:9001/udp": "53/udp"
     running: False
     rolling_restart: True
     containers_per: {cpu: 1.5}

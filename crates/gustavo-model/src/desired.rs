@@ -138,13 +138,11 @@ pub fn expand(
                     .0
                     .iter()
                     .filter_map(|p| {
-                        // Replica i binds host port + i; a port pushed past 65535 is dropped
-                        // rather than wrapped onto someone else's port.
+                        // Replica i binds host port + i (same address and protocol); a port
+                        // pushed past 65535 is dropped rather than wrapped onto someone
+                        // else's port.
                         let host = u16::try_from(u32::from(p.host) + i).ok()?;
-                        Some(PortMapping {
-                            host,
-                            container: p.container,
-                        })
+                        Some(PortMapping { host, ..*p })
                     })
                     .collect(),
                 volumes: spec.volumes.iter().map(|v| v.0.clone()).collect(),
@@ -191,13 +189,7 @@ mod tests {
         .unwrap();
         let c = expand("a", &spec, 0, &node());
         assert_eq!(c.len(), 2);
-        assert_eq!(
-            c[1].ports,
-            vec![PortMapping {
-                host: 9001,
-                container: 80
-            }]
-        );
+        assert_eq!(c[1].ports, vec![PortMapping::tcp(9001, 80)]);
         assert_eq!(c[1].env["WHERE"], "pi1@north#2");
         assert_eq!(c[0].env["GUSTAVO_NODE"], "pi1");
         assert_eq!(c[0].image, "r:5000/x:latest");
@@ -216,6 +208,38 @@ mod tests {
         let mut rolling = spec.clone();
         rolling.rolling_restart = true;
         assert_eq!(h1, expand("a", &rolling, 0, &node())[0].hash());
+    }
+
+    /// Issue 7 item 5: a binding's address or protocol is part of what runs, so changing
+    /// either recreates the container; a plain TCP binding hashes as before they existed.
+    #[test]
+    fn hash_changes_with_the_binding() {
+        let spec = |ports: &str| {
+            parse_one(
+                &format!("a:\n  docker_image: x\n  starting_ports: {ports}\n"),
+                "a",
+            )
+            .unwrap()
+        };
+        let hash = |ports: &str| expand("a", &spec(ports), 0, &node())[0].hash();
+        let plain = hash("[{9000: 80}]");
+        for other in [
+            "[{\"127.0.0.1:9000\": 80}]",
+            "[{\"9000\": \"80/udp\"}]",
+            "[{\"[::1]:9000\": 80}]",
+            "[{9000: 81}]",
+        ] {
+            assert_ne!(plain, hash(other), "{other}");
+        }
+        assert_eq!(plain, hash("[\"9000:80/tcp\"]"));
+        let c = &expand("a", &spec("[{9000: 80}]"), 0, &node())[0];
+        let json = serde_json::to_string(&c.ports).unwrap();
+        assert_eq!(json, r#"[{"host":9000,"container":80}]"#);
+        // Replicas keep the address and protocol, and offset the port.
+        let mut two = spec("[{\"127.0.0.1:9000/udp\": 80}]");
+        two.containers_per = crate::spec::ContainersPer::Server(2);
+        let c = expand("a", &two, 0, &node());
+        assert_eq!(c[1].ports[0].to_string(), "127.0.0.1:9001:80/udp");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Gustavo's domain model: everything the server and the agent decide, with no I/O.
 //!
-//! - [`spec`]: the app format (the seed's YAML plus extensions), parsed and validated.
+//! - [`spec`]: the app format (the seed's YAML plus extensions), parsed and validated;
+//!   [`image`] and [`ports`] hold the grammars of its image references and port bindings.
 //! - [`desired`]: how an app becomes concrete container specs on one node, with content hashes.
 //! - [`plan`]: the reconcile diff — what to create, start and remove to make observed match desired.
 //! - [`api`]: the wire types shared by server, agent and CLI.
@@ -14,10 +15,13 @@ pub mod appfile;
 pub mod auth_api;
 pub mod desired;
 pub mod exposition;
+pub mod image;
 pub mod names;
 pub mod placement;
 pub mod plan;
+pub mod ports;
 pub mod spec;
+mod written;
 
 pub use desired::{ContainerSpec, NodeFacts};
 pub use spec::{AppSpec, EnvValue, SpecError};

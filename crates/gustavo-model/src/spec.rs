@@ -5,14 +5,23 @@
 //!
 //! Every type here serializes to a form its own deserializer accepts, so a spec survives a
 //! round trip through the store unchanged.
+//!
+//! Env values and ports depend on how they were written (`NO` is text, not false; `0o777` is
+//! not a port): a YAML file gets a second pass for them, in the private module `written`.
+//! Image references and port bindings have their grammars in [`crate::image`] and
+//! [`crate::ports`]. The server re-checks a spec with [`AppSpec::validate`] and the groups of
+//! a request with [`validate_groups`].
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+pub use crate::image::{ImageRef, validate_image};
+pub use crate::ports::{PortMapping, Ports, Protocol};
 
 /// Why a spec file or body was refused.
 #[derive(Debug, Error)]
@@ -25,6 +34,9 @@ pub enum SpecError {
     Empty,
     #[error("app `{wanted}` is not in the file (it defines: {found})")]
     NotInFile { wanted: String, found: String },
+    /// A spec that breaks a rule of the format (see [`AppSpec::validate`]).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// One app: a container template and how many replicas each device runs.
@@ -82,6 +94,52 @@ fn default_networks() -> Vec<String> {
     vec!["nebula".to_string()]
 }
 
+impl AppSpec {
+    /// Checks the rules of the format that a value of this type does not enforce by itself:
+    /// the image reference, env names and values, volumes, port conflicts and networks.
+    /// Parsing (YAML or JSON) already applies them; the server calls this too before it
+    /// stores a spec, so no surface that builds a spec can skip them.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let invalid = SpecError::Invalid;
+        validate_image(&self.docker_image).map_err(invalid)?;
+        for (k, v) in &self.env_vars {
+            check_env_name(k).map_err(invalid)?;
+            check_env_value(k, v).map_err(invalid)?;
+        }
+        for v in &self.volumes {
+            Volume::parse(&v.0).map_err(invalid)?;
+        }
+        self.starting_ports
+            .check()
+            .map_err(|e| invalid(format!("starting_ports: {e}")))?;
+        check_networks(&self.networks).map_err(invalid)?;
+        Ok(())
+    }
+}
+
+/// The most device groups one app or one node may be attached to, and so the most one
+/// request may name.
+pub const MAX_GROUPS: usize = 64;
+
+/// Checks the device groups of one request: at most [`MAX_GROUPS`], each a valid name.
+/// Returns them without duplicates, in order.
+pub fn validate_groups(groups: &[String]) -> Result<Vec<String>, String> {
+    if groups.len() > MAX_GROUPS {
+        return Err(format!(
+            "groups: at most {MAX_GROUPS} device groups, got {}",
+            groups.len()
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(groups.len());
+    for g in groups {
+        crate::names::validate("group", g).map_err(|e| e.to_string())?;
+        if !out.contains(g) {
+            out.push(g.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// The largest spec file accepted.
 pub const MAX_SPEC_BYTES: usize = 4 * 1024 * 1024;
 
@@ -106,6 +164,9 @@ fn yaml_options() -> serde_saphyr::Options {
     o.with_snippet = false;
     o.budget = Some(budget);
     o.alias_limits = aliases;
+    // `.inf` and `.nan` reach the visitor as floats: an env value keeps its text (see
+    // `written`), and numeric fields refuse them by their own range checks.
+    o.non_finite_float_policy = serde_saphyr::NonFiniteFloatPolicy::PassThrough;
     o
 }
 
@@ -117,14 +178,29 @@ pub fn parse_file(yaml: &str) -> Result<Vec<(String, AppSpec)>, SpecError> {
             MAX_SPEC_BYTES / 1024
         )));
     }
+    // The file as written (see `written`): its ports are checked first, so `0o777` is
+    // named as written rather than as the 511 the typed parse would make of it.
+    let written = crate::written::read(yaml, yaml_options());
+    if let Ok(w) = &written {
+        w.check_ports().map_err(SpecError::Yaml)?;
+    }
     let apps: Vec<(AppName, AppSpec)> =
         serde_saphyr::from_str_with_options::<OrderedApps>(yaml, yaml_options())
             .map_err(|e| SpecError::Yaml(e.to_string()))?
             .0;
+    // The same parser read the same text: it cannot fail once and succeed once.
+    let written = written.map_err(SpecError::Yaml)?;
     if apps.is_empty() {
         return Err(SpecError::Empty);
     }
-    Ok(apps.into_iter().map(|(n, s)| (n.0, s)).collect())
+    apps.into_iter()
+        .map(|(n, mut s)| {
+            written
+                .restore_env(&n.0, &mut s.env_vars)
+                .map_err(SpecError::Yaml)?;
+            Ok((n.0, s))
+        })
+        .collect()
 }
 
 /// Parses a spec file and picks the app called `name` (the CLI's `-n`).
@@ -198,100 +274,66 @@ fn image_ref<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(s)
 }
 
-/// Checks an image reference enough to refuse what Docker would refuse later.
-pub fn validate_image(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("docker_image is empty".into());
+/// The env vars: names and values checked (see [`check_env_name`], [`check_env_value`]),
+/// and a value required (see [`EnvVisitor`]).
+fn env_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, EnvValue>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = BTreeMap<String, EnvValue>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a map of env var names to values")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(k) = m.next_key::<String>()? {
+                check_env_name(&k).map_err(de::Error::custom)?;
+                let v = m.next_value_seed(EnvSeed(&k))?;
+                check_env_value(&k, &v).map_err(de::Error::custom)?;
+                if out.insert(k.clone(), v).is_some() {
+                    return Err(de::Error::custom(format!("env var `{k}` is set twice")));
+                }
+            }
+            Ok(out)
+        }
     }
-    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("docker_image `{s}` contains whitespace"));
+    d.deserialize_map(V)
+}
+
+/// An env var name: not empty, no `=`, no control characters (NUL would cut it short).
+pub fn check_env_name(k: &str) -> Result<(), String> {
+    if k.is_empty() {
+        return Err("an env var name is empty".into());
     }
-    let r = ImageRef::parse(s);
-    if r.repository.is_empty() || r.repository.chars().any(|c| c.is_ascii_uppercase()) {
+    if k.contains('=') {
+        return Err(format!("env var name `{k}` contains `=`"));
+    }
+    if let Some(c) = k.chars().find(|c| c.is_control()) {
         return Err(format!(
-            "docker_image `{s}`: the repository must be non-empty and lowercase"
+            "env var name `{}` contains the control character U+{:04X}",
+            k.escape_debug(),
+            u32::from(c)
         ));
     }
     Ok(())
 }
 
-/// An image reference split into its parts. `registry` is `None` for Docker Hub names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageRef {
-    pub registry: Option<String>,
-    pub repository: String,
-    /// `latest` when the reference has neither tag nor digest.
-    pub tag: String,
-    pub digest: Option<String>,
-}
-
-impl ImageRef {
-    pub fn parse(s: &str) -> ImageRef {
-        let (rest, digest) = match s.split_once('@') {
-            Some((r, d)) => (r, Some(d.to_string())),
-            None => (s, None),
-        };
-        // A first component with `.` or `:`, or `localhost`, names a registry (Docker's rule).
-        let (registry, path) = match rest.split_once('/') {
-            Some((first, path))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
-                (Some(first.to_string()), path)
-            }
-            _ => (None, rest),
-        };
-        let last_slash = path.rfind('/').map(|i| i + 1).unwrap_or(0);
-        let (repository, tag) = match path[last_slash..].rfind(':') {
-            Some(i) => (
-                path[..last_slash + i].to_string(),
-                path[last_slash + i + 1..].to_string(),
-            ),
-            None => (path.to_string(), String::new()),
-        };
-        let tag = if tag.is_empty() && digest.is_none() {
-            "latest".to_string()
-        } else {
-            tag
-        };
-        ImageRef {
-            registry,
-            repository,
-            tag,
-            digest,
-        }
+/// An env value: no control characters but tab and newline (multi-line values such as
+/// certificates are legitimate; a NUL would silently cut the value short in the container).
+/// The error names the variable and the character, never the value: it may be a secret.
+pub fn check_env_value(k: &str, v: &EnvValue) -> Result<(), String> {
+    let (EnvValue::Plain(text) | EnvValue::Secret(text)) = v else {
+        return Ok(());
+    };
+    match text
+        .chars()
+        .find(|&c| c.is_control() && c != '\t' && c != '\n')
+    {
+        Some(c) => Err(format!(
+            "env var `{k}`: the value contains the control character U+{:04X} (only tab and newline are allowed)",
+            u32::from(c)
+        )),
+        None => Ok(()),
     }
-
-    /// The reference Docker is asked for: always with a tag or digest.
-    pub fn canonical(&self) -> String {
-        let mut s = String::new();
-        if let Some(r) = &self.registry {
-            s.push_str(r);
-            s.push('/');
-        }
-        s.push_str(&self.repository);
-        if !self.tag.is_empty() {
-            s.push(':');
-            s.push_str(&self.tag);
-        }
-        if let Some(d) = &self.digest {
-            s.push('@');
-            s.push_str(d);
-        }
-        s
-    }
-}
-
-/// Env values may be written as numbers or booleans; Docker wants strings.
-fn env_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, EnvValue>, D::Error> {
-    let m = BTreeMap::<String, EnvValue>::deserialize(d)?;
-    for k in m.keys() {
-        if k.is_empty() || k.contains('=') || k.contains('\0') {
-            return Err(de::Error::custom(format!(
-                "env var name `{k}` is invalid (empty, or contains `=`)"
-            )));
-        }
-    }
-    Ok(m)
 }
 
 /// One env value. In YAML and JSON:
@@ -378,65 +420,87 @@ impl Serialize for EnvValue {
 
 impl<'de> Deserialize<'de> for EnvValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = EnvValue;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string, number or boolean, or {secret: VALUE}")
+        d.deserialize_any(EnvVisitor(None))
+    }
+}
+
+/// The value of env var `.0`: errors name the variable, and are raised while the value is
+/// read, so the YAML parser gives them the value's own line and column.
+struct EnvSeed<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for EnvSeed<'_> {
+    type Value = EnvValue;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<EnvValue, D::Error> {
+        d.deserialize_any(EnvVisitor(Some(self.0)))
+    }
+}
+
+struct EnvVisitor<'a>(Option<&'a str>);
+
+impl<'de> Visitor<'de> for EnvVisitor<'_> {
+    type Value = EnvValue;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string, number or boolean, or {secret: VALUE}")
+    }
+    // YAML reads `~`, `null` and nothing at all as null; an env var without a value
+    // is more likely a mistake than a wish for the empty string.
+    fn visit_unit<E: de::Error>(self) -> Result<EnvValue, E> {
+        let name = self.0.map(|k| format!(" `{k}`")).unwrap_or_default();
+        Err(E::custom(format!(
+            "env var{name} has no value (`~`, `null` or nothing); write \"\" for an empty string"
+        )))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<EnvValue, E> {
+        self.visit_unit()
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvValue, E> {
+        Ok(EnvValue::Plain(v.to_string()))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<EnvValue, E> {
+        Ok(EnvValue::Plain(v.to_string()))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<EnvValue, E> {
+        Ok(EnvValue::Plain(v.to_string()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<EnvValue, E> {
+        Ok(EnvValue::Plain(v.to_string()))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<EnvValue, E> {
+        Ok(EnvValue::Plain(v.to_string()))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<EnvValue, A::Error> {
+        // Errors here never quote the value: it may be a secret.
+        let Some(key) = m.next_key::<String>()? else {
+            return Err(de::Error::custom(
+                "an empty map is not an env value; write {secret: VALUE}",
+            ));
+        };
+        let v = match key.as_str() {
+            "secret" => EnvValue::Secret(
+                m.next_value::<Scalar>()
+                    .map_err(|_| de::Error::custom("`secret` takes a string, number or boolean"))?
+                    .0,
+            ),
+            "sealed" => EnvValue::Sealed(
+                m.next_value::<String>()
+                    .map_err(|_| de::Error::custom("`sealed` takes a string"))?,
+            ),
+            "hidden" => {
+                m.next_value::<bool>()?;
+                EnvValue::Hidden
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvValue, E> {
-                Ok(EnvValue::Plain(v.to_string()))
+            other => {
+                return Err(de::Error::custom(format!(
+                    "unknown env value form `{other}`: write {{secret: VALUE}}"
+                )));
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<EnvValue, E> {
-                Ok(EnvValue::Plain(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<EnvValue, E> {
-                Ok(EnvValue::Plain(v.to_string()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<EnvValue, E> {
-                Ok(EnvValue::Plain(v.to_string()))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<EnvValue, E> {
-                Ok(EnvValue::Plain(v.to_string()))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<EnvValue, A::Error> {
-                // Errors here never quote the value: it may be a secret.
-                let Some(key) = m.next_key::<String>()? else {
-                    return Err(de::Error::custom(
-                        "an empty map is not an env value; write {secret: VALUE}",
-                    ));
-                };
-                let v = match key.as_str() {
-                    "secret" => EnvValue::Secret(
-                        m.next_value::<Scalar>()
-                            .map_err(|_| {
-                                de::Error::custom("`secret` takes a string, number or boolean")
-                            })?
-                            .0,
-                    ),
-                    "sealed" => EnvValue::Sealed(
-                        m.next_value::<String>()
-                            .map_err(|_| de::Error::custom("`sealed` takes a string"))?,
-                    ),
-                    "hidden" => {
-                        m.next_value::<bool>()?;
-                        EnvValue::Hidden
-                    }
-                    other => {
-                        return Err(de::Error::custom(format!(
-                            "unknown env value form `{other}`: write {{secret: VALUE}}"
-                        )));
-                    }
-                };
-                if m.next_key::<String>()?.is_some() {
-                    return Err(de::Error::custom(
-                        "an env value map takes exactly one key, `secret`",
-                    ));
-                }
-                Ok(v)
-            }
+        };
+        if m.next_key::<String>()?.is_some() {
+            return Err(de::Error::custom(
+                "an env value map takes exactly one key, `secret`",
+            ));
         }
-        d.deserialize_any(V)
+        Ok(v)
     }
 }
 
@@ -476,21 +540,27 @@ fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     if list.is_empty() {
         return Ok(default_networks());
     }
+    check_networks(&list).map_err(de::Error::custom)?;
+    Ok(list)
+}
+
+/// Network names as Docker takes them; `host` and `none` are modes and stand alone.
+pub fn check_networks(list: &[String]) -> Result<(), String> {
     for (i, n) in list.iter().enumerate() {
         let ok = !n.is_empty()
             && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
             && n.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
         if !ok {
-            return Err(de::Error::custom(format!("network name `{n}` is invalid")));
+            return Err(format!("network name `{}` is invalid", n.escape_debug()));
         }
         if (n == "host" || n == "none") && (i != 0 || list.len() != 1) {
-            return Err(de::Error::custom(format!(
+            return Err(format!(
                 "network `{n}` is a mode: it must be the only network listed"
-            )));
+            ));
         }
     }
-    Ok(list)
+    Ok(())
 }
 
 /// How the container attaches to the network.
@@ -511,140 +581,6 @@ impl NetworkMode {
             Some("none") => NetworkMode::None,
             _ => NetworkMode::Bridges(list.to_vec()),
         }
-    }
-}
-
-/// One host → container port binding (TCP).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortMapping {
-    pub host: u16,
-    pub container: u16,
-}
-
-/// `starting_ports`: a list whose items are a port (same on both sides) or a map
-/// `{host: container}` — numbers or numeric strings, as Nebula accepted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Ports(pub Vec<PortMapping>);
-
-impl Serialize for Ports {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for p in &self.0 {
-            seq.serialize_element(&BTreeMap::from([(p.host.to_string(), p.container)]))?;
-        }
-        seq.end()
-    }
-}
-
-impl<'de> Deserialize<'de> for Ports {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Ports;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of ports or {host: container} maps")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Ports, A::Error> {
-                let mut out = Vec::new();
-                while let Some(item) = seq.next_element::<PortItem>()? {
-                    out.extend(item.0);
-                }
-                let mut hosts: Vec<u16> = out.iter().map(|p| p.host).collect();
-                hosts.sort_unstable();
-                if let Some(w) = hosts.windows(2).find(|w| w[0] == w[1]) {
-                    return Err(de::Error::custom(format!(
-                        "host port {} is listed twice",
-                        w[0]
-                    )));
-                }
-                Ok(Ports(out))
-            }
-        }
-        d.deserialize_seq(V)
-    }
-}
-
-struct PortItem(Vec<PortMapping>);
-
-impl<'de> Deserialize<'de> for PortItem {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = PortItem;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a port number or a {host: container} map")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortItem, E> {
-                let p = port_number(v)?;
-                Ok(PortItem(vec![PortMapping {
-                    host: p,
-                    container: p,
-                }]))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortItem, E> {
-                Err(E::custom(format!("port {v} is out of range 1-65535")))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortItem, E> {
-                let p = port_text(v)?;
-                Ok(PortItem(vec![PortMapping {
-                    host: p,
-                    container: p,
-                }]))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<PortItem, A::Error> {
-                let mut out = Vec::new();
-                while let Some(host) = m.next_key::<PortNum>()? {
-                    let container = m.next_value::<PortNum>()?;
-                    out.push(PortMapping {
-                        host: host.0,
-                        container: container.0,
-                    });
-                }
-                if out.is_empty() {
-                    return Err(de::Error::custom("empty port map"));
-                }
-                Ok(PortItem(out))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-struct PortNum(u16);
-
-impl<'de> Deserialize<'de> for PortNum {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = PortNum;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a port number 1-65535")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortNum, E> {
-                port_number(v).map(PortNum)
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortNum, E> {
-                Err(E::custom(format!("port {v} is out of range 1-65535")))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortNum, E> {
-                port_text(v).map(PortNum)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-fn port_number<E: de::Error>(v: u64) -> Result<u16, E> {
-    match u16::try_from(v) {
-        Ok(p) if p > 0 => Ok(p),
-        _ => Err(E::custom(format!("port {v} is out of range 1-65535"))),
-    }
-}
-
-fn port_text<E: de::Error>(v: &str) -> Result<u16, E> {
-    match v.trim().parse::<u64>() {
-        Ok(n) => port_number(n),
-        Err(_) => Err(E::custom(format!("port `{v}` is not a number"))),
     }
 }
 
@@ -672,16 +608,39 @@ impl Serialize for Volume {
 impl<'de> Deserialize<'de> for Volume {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let parts: Vec<&str> = s.split(':').collect();
-        let bad = |why: &str| de::Error::custom(format!("volume `{s}`: {why}"));
-        if !(2..=3).contains(&parts.len()) {
-            return Err(bad("expected host:container[:options]"));
+        Volume::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+impl Volume {
+    /// Checks a `host:container[:options]` string. The host side is an absolute path or the
+    /// name of a volume (`[A-Za-z0-9][A-Za-z0-9_.-]+`, Docker's rule): a relative path
+    /// such as `./data` would be taken by Docker for a volume name, or refused.
+    pub fn parse(s: &str) -> Result<Volume, String> {
+        let bad = |why: &str| Err(format!("volume `{}`: {why}", s.escape_debug()));
+        if s.chars().any(char::is_control) {
+            return bad("it contains a control character");
         }
-        if parts[0].is_empty() {
-            return Err(bad("the host side is empty"));
+        let parts: Vec<&str> = s.split(':').collect();
+        if !(2..=3).contains(&parts.len()) {
+            return bad("expected host:container[:options]");
+        }
+        let host = parts[0];
+        if host.is_empty() {
+            return bad("the host side is empty");
+        }
+        let volume_name = host.len() >= 2
+            && host.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !host.starts_with('/') && !volume_name {
+            return bad(&format!(
+                "the host side `{host}` must be an absolute path or a volume name ([A-Za-z0-9][A-Za-z0-9_.-]+)"
+            ));
         }
         if !parts[1].starts_with('/') {
-            return Err(bad("the container path must be absolute"));
+            return bad("the container path must be absolute");
         }
         if let Some(opts) = parts.get(2) {
             let known = [
@@ -689,10 +648,10 @@ impl<'de> Deserialize<'de> for Volume {
                 "rprivate", "nocopy",
             ];
             if let Some(o) = opts.split(',').find(|o| !known.contains(o)) {
-                return Err(bad(&format!("unknown option `{o}`")));
+                return bad(&format!("unknown option `{o}`"));
             }
         }
-        Ok(Volume(s))
+        Ok(Volume(s.to_string()))
     }
 }
 
@@ -1127,16 +1086,7 @@ test_linreg:
         assert_eq!(spec.volumes.len(), 2);
         assert_eq!(
             spec.starting_ports.0,
-            vec![
-                PortMapping {
-                    host: 9000,
-                    container: 9000
-                },
-                PortMapping {
-                    host: 30303,
-                    container: 30303
-                }
-            ]
+            vec![PortMapping::tcp(9000, 9000), PortMapping::tcp(30303, 30303)]
         );
         assert!(spec.running && spec.rolling_restart && !spec.privileged);
         assert_eq!(spec.containers_per, ContainersPer::Server(1));
@@ -1191,6 +1141,11 @@ test_linreg:
                 "only network",
             ),
             ("a:\n  docker_image: x\n  cpus: 0\n", "cpus"),
+            ("a:\n  docker_image: x\n  cpus: .inf\n", "cpus"),
+            (
+                "a:\n  docker_image: x\n  containers_per: {cpu: .nan}\n",
+                "non-negative",
+            ),
             ("a.b:\n  docker_image: x\n", "invalid app name"),
         ];
         for (yaml, want) in cases {
@@ -1290,17 +1245,234 @@ test_linreg:
         assert_eq!(ContainersPer::MemoryMb(256).replicas(4, 1024), 4);
     }
 
+    /// Issue 7 D: env values are the text written, whatever YAML 1.1 would make of it.
     #[test]
-    fn image_refs() {
-        let r = ImageRef::parse("172.31.17.1:5000/test_linreg");
-        assert_eq!(r.registry.as_deref(), Some("172.31.17.1:5000"));
-        assert_eq!(r.repository, "test_linreg");
-        assert_eq!(r.canonical(), "172.31.17.1:5000/test_linreg:latest");
-        let r = ImageRef::parse("localhost:5000/a/b:v2");
-        assert_eq!((r.repository.as_str(), r.tag.as_str()), ("a/b", "v2"));
-        let r = ImageRef::parse("busybox");
-        assert_eq!(r.registry, None);
-        assert_eq!(r.canonical(), "busybox:latest");
+    fn env_values_are_the_text_written() {
+        let yaml = "a:\n  docker_image: x\n  env_vars:\n    COUNTRY: NO\n    V: 1.10\n    O: 0777\n    Y: yes\n    T: True\n    H: 0x50\n    U: 1_000\n    F: 1e3\n    N: -0.0\n    I: .inf\n    Q: \"NO\"\n    S: 'it''s'\n    E: \"\"\n    B: |\n      line one\n      line two\n    P: {secret: 0777}\n    PLAIN: hello world\n";
+        let spec = parse_one(yaml, "a").unwrap();
+        let env = |k: &str| spec.env_vars[k].clone();
+        for (k, v) in [
+            ("COUNTRY", "NO"),
+            ("V", "1.10"),
+            ("O", "0777"),
+            ("Y", "yes"),
+            ("T", "True"),
+            ("H", "0x50"),
+            ("U", "1_000"),
+            ("F", "1e3"),
+            ("N", "-0.0"),
+            ("I", ".inf"),
+            ("Q", "NO"),
+            ("S", "it's"),
+            ("E", ""),
+            ("B", "line one\nline two\n"),
+            ("PLAIN", "hello world"),
+        ] {
+            assert_eq!(env(k), EnvValue::Plain(v.into()), "{k}");
+        }
+        assert_eq!(env("P"), EnvValue::Secret("0777".into()));
+        // And through JSON (what the CLI sends) unchanged.
+        let back = parse_json(&serde_json::to_vec(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn env_values_keep_their_text_through_anchors_and_merge_keys() {
+        let yaml = "base: &base\n  docker_image: x\n  env_vars: {A: NO, B: &b 010}\nother:\n  <<: *base\n  docker_image: y\nthird:\n  docker_image: z\n  env_vars: {C: *b}\n";
+        let apps = parse_file(yaml).unwrap();
+        for (name, spec) in &apps[..2] {
+            assert_eq!(spec.env_vars["A"], "NO", "{name}");
+            assert_eq!(spec.env_vars["B"], "010", "{name}");
+        }
+        assert_eq!(apps[2].1.env_vars["C"], "010");
+    }
+
+    #[test]
+    fn null_env_values_are_refused_naming_the_key() {
+        for v in ["~", "null", "", "Null"] {
+            let e = err(&format!(
+                "a:\n  docker_image: x\n  env_vars:\n    FIRST: x\n    KEY: {v}\n    LAST: y\n"
+            ));
+            assert!(e.contains("env var `KEY` has no value"), "{v:?}: {e}");
+            assert!(e.contains("line 5"), "{v:?}: {e}");
+        }
+        let e = parse_json(br#"{"docker_image": "x", "env_vars": {"KEY": null}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("env var `KEY` has no value"), "{e}");
+    }
+
+    #[test]
+    fn env_names_and_values_refuse_control_characters() {
+        let json = |env: &str| {
+            parse_json(format!(r#"{{"docker_image": "x", "env_vars": {env}}}"#).as_bytes())
+                .map_err(|e| e.to_string())
+        };
+        let e = json(r#"{"K": "a\u0000b"}"#).unwrap_err();
+        assert!(e.contains("env var `K`") && e.contains("U+0000"), "{e}");
+        let e = json(r#"{"K": {"secret": "hunter2\u001b"}}"#).unwrap_err();
+        assert!(e.contains("env var `K`") && e.contains("U+001B"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = json(r#"{"K\u0000": "v"}"#).unwrap_err();
+        assert!(e.contains("env var name `K\\0`"), "{e}");
+        let e = json(r#"{"A=B": "v"}"#).unwrap_err();
+        assert!(e.contains("contains `=`"), "{e}");
+        let e = json(r#"{"": "v"}"#).unwrap_err();
+        assert!(e.contains("name is empty"), "{e}");
+        // Tab and newline are text.
+        let spec = json(r#"{"K": "a\tb\nc"}"#).unwrap();
+        assert_eq!(spec.env_vars["K"], "a\tb\nc");
+        // YAML too, with the position.
+        let e = err("a:\n  docker_image: x\n  env_vars: {K: \"a\\x07\"}\n");
+        assert!(e.contains("U+0007") && e.contains("line 3"), "{e}");
+    }
+
+    /// Issue 7 D: a port is a decimal number or an error naming it as written.
+    #[test]
+    fn ports_are_decimal_as_written() {
+        for (ports, name) in [
+            ("[0o777]", "0o777"),
+            ("[0x50]", "0x50"),
+            ("[0777]", "0777"),
+            ("[1_000]", "1_000"),
+            ("[8e1]", "8e1"),
+            ("[{0x50: 80}]", "0x50"),
+            ("[{80: 0o120}]", "0o120"),
+            ("[\"0x50\"]", "0x50"),
+            ("[{\"0777\": 80}]", "0777"),
+            ("[true]", "true"),
+        ] {
+            let e = err(&format!(
+                "a:\n  docker_image: x\n  starting_ports: {ports}\n"
+            ));
+            assert!(e.contains(&format!("port `{name}`")), "{ports}: {e}");
+            assert!(e.contains("line 3"), "{ports}: {e}");
+        }
+        // Through an alias, the text is the anchor's.
+        let e = err("a:\n  docker_image: x\n  labels: {p: &p 0x50}\n  starting_ports: [*p]\n");
+        assert!(e.contains("port `0x50`") && e.contains("line 3"), "{e}");
+    }
+
+    /// Issue 7 item 5: `[ip:]host_port[/proto]` on the host side, as Docker takes it.
+    #[test]
+    fn ports_bind_addresses_and_protocols() {
+        let spec = parse_one(
+            "a:\n  docker_image: x\n  starting_ports:\n    - \"127.0.0.1:9000\": 9000\n    - \"[::1]:9001/udp\": 9001\n    - 53: 53/udp\n    - \"127.0.0.1:8443:443\"\n    - 9999\n",
+            "a",
+        )
+        .unwrap();
+        let shown: Vec<String> = spec
+            .starting_ports
+            .0
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                "127.0.0.1:9000:9000/tcp",
+                "[::1]:9001:9001/udp",
+                "53:53/udp",
+                "127.0.0.1:8443:443/tcp",
+                "9999:9999/tcp"
+            ]
+        );
+        let back = parse_json(&serde_json::to_vec(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec);
+        let e = err("a:\n  docker_image: x\n  starting_ports: [\"127.0.0.1:80\", 80]\n");
+        assert!(e.contains("overlap") && e.contains("line 3"), "{e}");
+    }
+
+    /// Issue 7 item 2: what the API refused only in the CLI is refused in the format itself.
+    #[test]
+    fn json_specs_get_the_same_checks() {
+        let cases = [
+            (
+                r#""docker_image": "../../etc/passwd""#,
+                "docker_image `../../etc/passwd`",
+            ),
+            (r#""docker_image": "x@sha256:zz""#, "sha256 digest is 64"),
+            (
+                r#""docker_image": "x", "volumes": ["data/x:/data"]"#,
+                "volume `data/x:/data`: the host side `data/x` must be an absolute path",
+            ),
+            (
+                r#""docker_image": "x", "volumes": ["./data:/data"]"#,
+                "volume `./data:/data`",
+            ),
+            (
+                r#""docker_image": "x", "volumes": ["../up:/data"]"#,
+                "volume `../up:/data`",
+            ),
+            (
+                r#""docker_image": "x", "starting_ports": ["0x50"]"#,
+                "port `0x50`",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = parse_json(format!("{{{body}}}").as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{body} gave {e}");
+        }
+        for ok in ["data:/data", "/srv/data:/data:ro", "my_vol.1:/v"] {
+            assert!(
+                parse_json(format!(r#"{{"docker_image": "x", "volumes": ["{ok}"]}}"#).as_bytes())
+                    .is_ok(),
+                "{ok}"
+            );
+        }
+    }
+
+    #[test]
+    fn validate_rechecks_a_spec_built_in_code() {
+        let good = parse_one("a:\n  docker_image: x\n", "a").unwrap();
+        assert!(good.validate().is_ok());
+        let mut bad = good.clone();
+        bad.docker_image = "x@sha256:zz".into();
+        assert!(bad.validate().unwrap_err().to_string().contains("sha256"));
+        let mut bad = good.clone();
+        bad.env_vars.insert("K".into(), "a\0".into());
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("env var `K`")
+        );
+        let mut bad = good.clone();
+        bad.volumes.push(Volume("rel/path:/x".into()));
+        assert!(bad.validate().unwrap_err().to_string().contains("volume"));
+        let mut bad = good.clone();
+        bad.starting_ports = Ports(vec![PortMapping::tcp(80, 80), PortMapping::tcp(80, 81)]);
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("listed twice")
+        );
+        let mut bad = good;
+        bad.networks = vec!["host".into(), "nebula".into()];
+        assert!(bad.validate().unwrap_err().to_string().contains("mode"));
+    }
+
+    #[test]
+    fn groups_are_capped_checked_and_deduplicated() {
+        let many: Vec<String> = (0..=MAX_GROUPS).map(|i| format!("g{i}")).collect();
+        let e = validate_groups(&many).unwrap_err();
+        assert!(e.contains("at most 64") && e.contains("got 65"), "{e}");
+        assert_eq!(
+            validate_groups(&many[..MAX_GROUPS]).unwrap().len(),
+            MAX_GROUPS
+        );
+        assert_eq!(
+            validate_groups(&["a".into(), "b".into(), "a".into()]).unwrap(),
+            vec!["a", "b"]
+        );
+        assert!(
+            validate_groups(&["a.b".into()])
+                .unwrap_err()
+                .contains("invalid group name")
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub const DOCUMENT: &str = r##"{
       "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
       "AppSpec": {"type": "object", "required": ["docker_image"], "additionalProperties": false, "properties": {
         "docker_image": {"type": "string"}, "env_vars": {"type": "object", "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "object", "required": ["secret"], "properties": {"secret": {"type": "string"}}, "description": "a secret: sealed at rest, shown as {hidden: true}"}]}},
-        "volumes": {"type": "array", "items": {"type": "string"}}, "starting_ports": {"type": "array", "items": {"oneOf": [{"type": "integer"}, {"type": "object"}]}},
+        "volumes": {"type": "array", "items": {"type": "string"}}, "starting_ports": {"type": "array", "items": {"oneOf": [{"type": "integer"}, {"type": "string", "description": "[ip:]host[:container][/tcp|udp|sctp]"}, {"type": "object", "description": "{\"[ip:]host[/proto]\": \"container[/proto]\"}"}]}},
         "running": {"type": "boolean"}, "networks": {"type": "array", "items": {"type": "string"}}, "rolling_restart": {"type": "boolean"},
         "containers_per": {"type": "object"}, "privileged": {"type": "boolean"}, "devices": {"type": "array", "items": {"type": "string"}},
         "command": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},

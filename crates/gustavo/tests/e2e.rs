@@ -8,6 +8,7 @@ mod foundation;
 mod metrics;
 mod networks;
 mod security;
+mod spec_input;
 mod util;
 
 use std::time::Duration;

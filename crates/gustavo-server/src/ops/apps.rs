@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use gustavo_model::access::{GroupPolicy, Role, Subject, check_spec};
 use gustavo_model::api::{App, CreateApp, UpdateApp};
-use gustavo_model::spec::{AppSpec, EnvValue};
+use gustavo_model::spec::{self, AppSpec, EnvValue};
 use gustavo_store::Change;
 
 use super::{OpError, Ops, check_name, hidden};
@@ -53,16 +53,17 @@ fn check_env_input(spec: &AppSpec) -> Result<(), OpError> {
     Ok(())
 }
 
-/// Names checked, duplicates dropped, order kept.
+/// The device groups of a request, by the format's rules (names, at most
+/// [`spec::MAX_GROUPS`]), without duplicates, order kept.
 pub(crate) fn check_groups(groups: &[String]) -> Result<Vec<String>, OpError> {
-    let mut out: Vec<String> = Vec::new();
-    for g in groups {
-        check_name("group", g)?;
-        if !out.contains(g) {
-            out.push(g.clone());
-        }
-    }
-    Ok(out)
+    spec::validate_groups(groups).map_err(OpError::BadRequest)
+}
+
+/// The format's rules, again, on the spec about to be stored: parsing applied them, and
+/// this keeps them applied whatever built the spec (a raw JSON request included).
+fn check_spec_rules(spec: &AppSpec) -> Result<(), OpError> {
+    spec.validate()
+        .map_err(|e| OpError::BadRequest(format!("invalid app spec: {e}")))
 }
 
 /// Whether `who` may change an app attached to `old` groups so it ends up on `new`: `rw`
@@ -133,6 +134,7 @@ impl Ops {
         if groups.is_empty() {
             groups.push(crate::DEFAULT_GROUP.to_string());
         }
+        check_spec_rules(&req.spec)?;
         check_env_input(&req.spec)?;
         let policies = self.sec.policies();
         may_change_app(who, &req.name, &[], &groups, &req.spec, &policies)?;
@@ -173,6 +175,7 @@ impl Ops {
         req: UpdateApp,
     ) -> Result<App, OpError> {
         let groups = req.groups.as_deref().map(check_groups).transpose()?;
+        check_spec_rules(&req.spec)?;
         check_env_input(&req.spec)?;
         let policies = self.sec.policies();
         let who = who.clone();
