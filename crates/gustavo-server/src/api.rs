@@ -72,7 +72,7 @@ pub async fn openapi(p: Principal) -> Result<Response, ApiError> {
     let _ = p;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        crate::openapi::DOCUMENT,
+        crate::openapi::DOCUMENT.as_str(),
     )
         .into_response())
 }

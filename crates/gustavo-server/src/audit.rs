@@ -153,7 +153,7 @@ pub async fn record(State(s): State<AppState>, req: Request, next: Next) -> Resp
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string())
         .unwrap_or_default();
-    let actor = crate::auth::actor_of(&s, req.headers());
+    let actor = crate::auth::actor_of(&s, req.headers(), req.extensions());
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
     let actor = resp

@@ -124,9 +124,42 @@ fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Who a request's bearer token names (`None`: no token), found once per request by the
+/// [`identify`] middleware and read by both the `Principal` extractor and the audit log.
+#[derive(Debug, Clone)]
+pub struct Identity(pub Option<Result<Principal, ApiError>>);
+
+/// Middleware: authenticates the request once, before anything else looks at it.
+pub async fn identify(
+    axum::extract::State(s): axum::extract::State<AppState>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let id = bearer(req.headers()).map(|t| authenticate(&s, t));
+    req.extensions_mut().insert(Identity(id));
+    next.run(req).await
+}
+
+/// The request's identity: the one [`identify`] found, or found now (a router used
+/// without the middleware, as in unit tests).
+fn identity_of(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    ext: &axum::http::Extensions,
+) -> Option<Result<Principal, ApiError>> {
+    match ext.get::<Identity>() {
+        Some(Identity(id)) => id.clone(),
+        None => bearer(headers).map(|t| authenticate(state, t)),
+    }
+}
+
 /// Who the audit log names for a request: the principal, or `anonymous`.
-pub fn actor_of(state: &AppState, headers: &axum::http::HeaderMap) -> String {
-    match bearer(headers).map(|t| authenticate(state, t)) {
+pub fn actor_of(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    ext: &axum::http::Extensions,
+) -> String {
+    match identity_of(state, headers, ext) {
         Some(Ok(p)) => p.actor(),
         Some(Err(_)) => "invalid-token".into(),
         None => "anonymous".into(),
@@ -137,8 +170,8 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers).ok_or(ApiError::Unauthenticated)?;
-        let p = authenticate(state, token)?;
+        let p = identity_of(state, &parts.headers, &parts.extensions)
+            .ok_or(ApiError::Unauthenticated)??;
         // The connection has proven something: under pressure it is shed after those that
         // have not (see `conns`). On a connection let in past the cap, only admins go on.
         if let Some(conn) = parts.extensions.get::<Arc<Conn>>() {

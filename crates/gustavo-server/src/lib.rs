@@ -13,6 +13,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod routes;
 pub mod secrets;
 pub mod security;
 pub mod serve;
@@ -25,7 +26,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post, put};
 use gustavo_model::access::JoinToken;
 use gustavo_store::{AuthChange, AuthStore, SqliteStore, Store, TokenKind};
 use thiserror::Error;
@@ -293,56 +293,8 @@ impl Server {
 }
 
 pub fn router(state: AppState) -> Router {
-    use api::*;
     let limit = state.body_limit;
-    Router::new()
-        .route("/api/v1/health", get(health))
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/api/v1/apps", get(list_apps).post(create_app))
-        .route(
-            "/api/v1/apps/{name}",
-            get(get_app).put(update_app).delete(delete_app),
-        )
-        .route("/api/v1/apps/{name}/{action}", post(app_action))
-        .route("/api/v1/rollouts/{name}", get(rollout))
-        .route("/api/v1/groups", get(list_groups))
-        .route("/api/v1/groups/{name}", get(get_group).delete(delete_group))
-        .route("/api/v1/nodes", get(list_nodes))
-        .route("/api/v1/nodes/register", post(register))
-        .route("/api/v1/nodes/{name}", get(get_node).delete(delete_node))
-        .route("/api/v1/nodes/{name}/desired", get(desired))
-        .route("/api/v1/nodes/{name}/heartbeat", post(heartbeat))
-        .route("/api/v1/nodes/{name}/status", axum::routing::put(status))
-        .route("/api/v1/containers", get(containers))
-        .route("/api/v1/vitals", get(vitals))
-        .route("/api/v1/stats", get(stats))
-        .route("/api/v1/ca", get(admin::ca))
-        .route("/api/v1/whoami", get(admin::whoami))
-        .route("/api/v1/login", post(admin::login))
-        .route("/api/v1/logout", post(admin::logout))
-        .route(
-            "/api/v1/tokens",
-            get(admin::list_tokens).post(admin::create_token),
-        )
-        .route("/api/v1/tokens/{id}", delete(admin::revoke_token))
-        .route("/api/v1/nodes/{name}/rotate", post(admin::rotate))
-        .route(
-            "/api/v1/users",
-            get(admin::list_users).post(admin::create_user),
-        )
-        .route("/api/v1/users/{name}", delete(admin::delete_user))
-        .route("/api/v1/user-groups", get(admin::list_user_groups))
-        .route(
-            "/api/v1/user-groups/{name}",
-            put(admin::put_user_group).delete(admin::delete_user_group),
-        )
-        .route("/api/v1/policies", get(admin::list_policies))
-        .route(
-            "/api/v1/policies/{group}",
-            put(admin::put_policy).delete(admin::delete_policy),
-        )
-        .route("/api/v1/audit", get(admin::audit))
-        .route("/metrics", get(metrics::metrics))
+    routes::add(Router::new())
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         // Bodies are read whole, within their size and time limits, before any handler;
         // inside the audit layer, so a refused body is recorded like any refusal.
@@ -353,6 +305,11 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit::record,
+        ))
+        // The caller is authenticated once, here, for the audit log and the handlers.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::identify,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

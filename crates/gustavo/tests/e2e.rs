@@ -215,9 +215,10 @@ fn container_options_reach_docker() {
     let node = unique("opts");
     let group = unique("optg");
     let _a = Agent::start(&server, &node, &[&group], &["site=north"]);
+    let port = free_ports(2);
     let yaml = r#"web:
   docker_image: gustavo-test/web:v1
-  starting_ports: [{22080: 8080}]
+  starting_ports: [{PORT: 8080}]
   containers_per: {server: 2}
   env_vars: {WHERE: "{{node.name}}@{{node.label.site}}/{{replica}}", NUM: 7}
   cpus: 0.5
@@ -233,7 +234,8 @@ stopped:
   docker_image: gustavo-test/busybox:latest
   running: false
 "#;
-    let file = server.spec("apps.yml", yaml);
+    let yaml = yaml.replace("PORT", &port.to_string());
+    let file = server.spec("apps.yml", &yaml);
     for app in ["web", "hostnet", "stopped"] {
         server.ok(&[
             "apps",
@@ -252,7 +254,7 @@ stopped:
     // Two replicas; replica i binds host port + i.
     let (w1, w2) = (format!("{node}.web.1"), format!("{node}.web.2"));
     wait_for("both web replicas to serve", WAIT, || {
-        http_get(22080) == "v1" && http_get(22081) == "v1"
+        http_get(port) == "v1" && http_get(port + 1) == "v1"
     });
     let env = inspect(&w2, "{{json .Config.Env}}").unwrap();
     assert!(
@@ -335,9 +337,10 @@ fn rolling_update_keeps_two_running() {
     let node = unique("roll");
     let _a = Agent::start(&server, &node, &["rolling"], &[]);
     let reg = registry();
+    let port = free_ports(3);
     let yaml = |tag: &str| {
         format!(
-            "web:\n  docker_image: {reg}/web:{tag}\n  rolling_restart: true\n  containers_per: {{server: 3}}\n  starting_ports: [{{23080: 8080}}]\n  healthcheck: {{test: \"wget -q -O /dev/null http://127.0.0.1:8080/\", interval: 1s, retries: 3}}\n"
+            "web:\n  docker_image: {reg}/web:{tag}\n  rolling_restart: true\n  containers_per: {{server: 3}}\n  starting_ports: [{{{port}: 8080}}]\n  healthcheck: {{test: \"wget -q -O /dev/null http://127.0.0.1:8080/\", interval: 1s, retries: 3}}\n"
         )
     };
     let file = server.spec("web.yml", &yaml("v1"));
@@ -355,7 +358,7 @@ fn rolling_update_keeps_two_running() {
         "90s",
     ]);
     assert_eq!(containers_of(&node, Some("running")).len(), 3);
-    assert!((0..3).all(|i| http_get(23080 + i) == "v1"));
+    assert!((0..3).all(|i| http_get(port + i) == "v1"));
 
     // Watch the engine while the update runs.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -388,7 +391,7 @@ fn rolling_update_keeps_two_running() {
         min_running >= 2,
         "only {min_running} replicas were running at one point"
     );
-    assert!((0..3).all(|i| http_get(23080 + i) == "v2"));
+    assert!((0..3).all(|i| http_get(port + i) == "v2"));
     // And the replicas were replaced in order, one at a time.
     let log = _a.log();
     let order: Vec<&str> = log

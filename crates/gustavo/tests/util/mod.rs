@@ -41,6 +41,27 @@ pub fn require_docker_and_registry() {
     );
 }
 
+/// The first of `n` consecutive host ports that are free now (on every address), so tests
+/// that publish ports do not collide with each other or with another run on the engine.
+pub fn free_ports(n: u16) -> u16 {
+    for _ in 0..200 {
+        let first = std::net::TcpListener::bind("0.0.0.0:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("an ephemeral port");
+        if first.checked_add(n).is_none() {
+            continue;
+        }
+        let held: Vec<_> = (first..first + n)
+            .map_while(|p| std::net::TcpListener::bind(("0.0.0.0", p)).ok())
+            .collect();
+        if held.len() == usize::from(n) {
+            return first;
+        }
+    }
+    panic!("no block of {n} free ports");
+}
+
 /// A name unique to this test process.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", std::process::id() % 100_000)

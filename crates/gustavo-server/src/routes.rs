@@ -1,0 +1,94 @@
+//! The v1 route table, described once: each entry gives the method, path, handler, whether
+//! a token is needed, a summary, the answers and the request body's schema. The router
+//! (`lib.rs`) and the OpenAPI document (`openapi.rs`) are both built from it, so a route
+//! cannot exist without its description or the other way round.
+
+use axum::Router;
+use axum::routing::{MethodFilter, on};
+
+use crate::AppState;
+use crate::api::*;
+use crate::{admin, metrics};
+
+/// One route as the OpenAPI document describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteDoc {
+    pub method: &'static str,
+    pub path: &'static str,
+    /// Answers without a token (health, the CA, login).
+    pub public: bool,
+    pub summary: &'static str,
+    pub responses: &'static [(u16, &'static str)],
+    /// The JSON schema of the request body, when there is one.
+    pub body: Option<&'static str>,
+}
+
+macro_rules! routes {
+    ($( $method:ident $path:literal => $handler:path, $access:ident, $summary:literal,
+        { $($code:literal => $desc:literal),* $(,)? } $(body $schema:literal)? ; )*) => {
+        /// Every v1 route, in the order the document lists them.
+        pub const ROUTES: &[RouteDoc] = &[
+            $( RouteDoc {
+                method: stringify!($method),
+                path: $path,
+                public: routes!(@public $access),
+                summary: $summary,
+                responses: &[$(($code, $desc)),*],
+                body: routes!(@body $($schema)?),
+            }, )*
+        ];
+
+        /// Adds every v1 route to `router`.
+        pub fn add(router: Router<AppState>) -> Router<AppState> {
+            router $( .route($path, on(MethodFilter::$method, $handler)) )*
+        }
+    };
+    (@public public) => { true };
+    (@public token) => { false };
+    (@body $schema:literal) => { Some($schema) };
+    (@body) => { None };
+}
+
+routes! {
+    GET "/api/v1/health" => health, public, "Liveness; no authentication", { 200 => "ok" };
+    GET "/api/v1/openapi.json" => openapi, token, "This document", { 200 => "OpenAPI document" };
+    GET "/api/v1/apps" => list_apps, token, "List apps", { 200 => "apps" };
+    POST "/api/v1/apps" => create_app, token, "Create an app and attach it to groups (created on demand)", { 201 => "created", 400 => "invalid", 409 => "exists", 413 => "body too large" } body "{\"type\": \"object\", \"required\": [\"name\", \"spec\"], \"properties\": {\"name\": {\"type\": \"string\"}, \"spec\": {\"$ref\": \"#/components/schemas/AppSpec\"}, \"groups\": {\"type\": \"array\", \"items\": {\"type\": \"string\"}}}}";
+    GET "/api/v1/apps/{name}" => get_app, token, "Get an app", { 200 => "app", 404 => "no such app" };
+    PUT "/api/v1/apps/{name}" => update_app, token, "Replace an app's spec (and groups, when given)", { 200 => "app", 404 => "no such app" };
+    DELETE "/api/v1/apps/{name}" => delete_app, token, "Delete an app: its containers leave every device", { 200 => "{revision}", 404 => "no such app" };
+    POST "/api/v1/apps/{name}/{action}" => app_action, token, "start, stop or restart an app", { 200 => "app", 404 => "no such app or action", 409 => "restart of a stopped app" };
+    GET "/api/v1/rollouts/{name}" => rollout, token, "How far the app's current revision (or its deletion) has reached each device; ?summary=true gives counts only; ?wait=S&seen=N waits up to S seconds for the converged count to move from N, a failure, or completion", { 200 => "rollout", 404 => "unknown app" };
+    GET "/api/v1/groups" => list_groups, token, "List device groups", { 200 => "groups" };
+    GET "/api/v1/groups/{name}" => get_group, token, "Get a device group", { 200 => "group", 404 => "no such group" };
+    DELETE "/api/v1/groups/{name}" => delete_group, token, "Delete a device group that no app or node uses (rw on the group); its policy and grants are kept", { 200 => "{revision}", 404 => "no such group", 409 => "apps or nodes still use it; the message names them" };
+    GET "/api/v1/nodes" => list_nodes, token, "List nodes (?group=&host=)", { 200 => "nodes" };
+    POST "/api/v1/nodes/register" => register, token, "Register a node with the join token; returns the node's own token", { 200 => "{node, token, groups}: the credential and the groups the node is in", 401 => "bad token" };
+    GET "/api/v1/nodes/{name}" => get_node, token, "Get a node", { 200 => "node" };
+    DELETE "/api/v1/nodes/{name}" => delete_node, token, "Remove a node; its token stops working at once", { 200 => "{revision}" };
+    GET "/api/v1/nodes/{name}/desired" => desired, token, "The node's desired state; long-polls with ?after=REVISION&wait=SECONDS", { 200 => "desired state", 304 => "no newer revision within the wait" };
+    POST "/api/v1/nodes/{name}/heartbeat" => heartbeat, token, "Vitals from the node; the answer {need_status} asks for the status report again", { 200 => "{need_status: bool}" };
+    PUT "/api/v1/nodes/{name}/status" => status, token, "Observed containers and per-app status from the node", { 204 => "recorded" };
+    GET "/api/v1/containers" => containers, token, "Containers reported by nodes (?group=&host=)", { 200 => "rows" };
+    GET "/api/v1/vitals" => vitals, token, "Latest vitals per node (?group=&host=)", { 200 => "rows" };
+    GET "/api/v1/stats" => stats, token, "Counts: revision, nodes, ready nodes, apps, groups", { 200 => "stats" };
+    GET "/api/v1/ca" => admin::ca, public, "The cluster CA (PEM); no authentication. Agents check its SHA-256 against their join token", { 200 => "PEM", 404 => "plain-HTTP server" };
+    GET "/api/v1/whoami" => admin::whoami, token, "Who the token belongs to", { 200 => "{actor, role}" };
+    POST "/api/v1/login" => admin::login, public, "Password to session token; no authentication; throttled per user and address", { 200 => "{user, role, token, expires_at}", 401 => "unknown user or wrong password", 429 => "too many failures; Retry-After" };
+    POST "/api/v1/logout" => admin::logout, token, "Revoke the session token presented", { 204 => "revoked" };
+    GET "/api/v1/tokens" => admin::list_tokens, token, "List join tokens (admin)", { 200 => "tokens, without secrets" };
+    POST "/api/v1/tokens" => admin::create_token, token, "Create a join token {group?, ttl_s?, description?} (admin); the secret is returned once", { 201 => "{id, token, …}" };
+    DELETE "/api/v1/tokens/{id}" => admin::revoke_token, token, "Revoke a join token (admin)", { 204 => "revoked", 404 => "no such token" };
+    POST "/api/v1/nodes/{name}/rotate" => admin::rotate, token, "A new credential for the calling node; the old one stops working", { 200 => "{node, token}", 403 => "not this node" };
+    GET "/api/v1/users" => admin::list_users, token, "List users (admin)", { 200 => "users" };
+    POST "/api/v1/users" => admin::create_user, token, "Create a user {name, role, password, groups} (admin)", { 201 => "user", 409 => "exists" };
+    DELETE "/api/v1/users/{name}" => admin::delete_user, token, "Delete a user and revoke their sessions (admin)", { 204 => "deleted" };
+    GET "/api/v1/user-groups" => admin::list_user_groups, token, "List user groups with grants and members (admin)", { 200 => "user groups" };
+    PUT "/api/v1/user-groups/{name}" => admin::put_user_group, token, "Set a user group's grants {apps: {NAME: ro|rw}, device_groups: {NAME: ro|rw}} (admin)", { 200 => "user group" };
+    DELETE "/api/v1/user-groups/{name}" => admin::delete_user_group, token, "Delete a user group (admin)", { 204 => "deleted" };
+    GET "/api/v1/policies" => admin::list_policies, token, "List device-group policies (admin)", { 200 => "policies" };
+    PUT "/api/v1/policies/{group}" => admin::put_policy, token, "Set a device group's policy {allow: [privileged|devices|host-network|host-volumes], images: [...]} (admin)", { 200 => "policy" };
+    DELETE "/api/v1/policies/{group}" => admin::delete_policy, token, "Remove a device group's policy (admin)", { 204 => "removed" };
+    GET "/api/v1/audit" => admin::audit, token, "The audit log (?since=&user=&object=&limit=) (admin)", { 200 => "entries, oldest first" };
+    GET "/metrics" => metrics::metrics, token, "Prometheus metrics (a user's or the admin's token; OpenMetrics when asked, else text 0.0.4)", { 200 => "metrics", 401 => "no token", 403 => "a node's token" };
+}
