@@ -24,7 +24,6 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::ops::security::PolicyInput;
 
-
 /// `GET /api/v1/ca`, unauthenticated: the CA a joining agent checks against the
 /// fingerprint in its join token before trusting anything else from this server.
 pub async fn ca(State(s): State<AppState>) -> Result<Response, ApiError> {
