@@ -106,7 +106,7 @@ pub fn expand(
     if !spec.running {
         return Vec::new();
     }
-    let count = spec.containers_per.replicas(node.cpus, node.memory_mb);
+    let count = spec.per_node().replicas(node.cpus, node.memory_mb);
     let image = ImageRef::parse(&spec.docker_image).canonical();
     (0..count)
         .map(|i| {
@@ -237,7 +237,7 @@ mod tests {
         assert_eq!(json, r#"[{"host":9000,"container":80}]"#);
         // Replicas keep the address and protocol, and offset the port.
         let mut two = spec("[{\"127.0.0.1:9000/udp\": 80}]");
-        two.containers_per = crate::spec::ContainersPer::Server(2);
+        two.containers_per = Some(crate::spec::ContainersPer::Server(2));
         let c = expand("a", &two, 0, &node());
         assert_eq!(c[1].ports[0].to_string(), "127.0.0.1:9001:80/udp");
     }

@@ -20,6 +20,7 @@ pub mod names;
 pub mod placement;
 pub mod plan;
 pub mod ports;
+pub mod schedule;
 pub mod spec;
 mod written;
 

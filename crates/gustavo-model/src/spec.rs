@@ -60,8 +60,20 @@ pub struct AppSpec {
     pub networks: Vec<String>,
     #[serde(default)]
     pub rolling_restart: bool,
-    #[serde(default)]
-    pub containers_per: ContainersPer,
+    /// Containers on every member of the app's groups (the seed's meaning); unset means
+    /// one each. Exclusive with `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers_per: Option<ContainersPer>,
+    /// Place this many containers in total on the best-scoring eligible nodes of the
+    /// app's groups instead of on every member (see `schedule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// With `replicas`: at most this many on one node (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_node: Option<u32>,
+    /// With `replicas`: only nodes carrying every one of these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
     #[serde(default)]
     pub privileged: bool,
     #[serde(default)]
@@ -113,9 +125,51 @@ impl AppSpec {
             .check()
             .map_err(|e| invalid(format!("starting_ports: {e}")))?;
         check_networks(&self.networks).map_err(invalid)?;
+        self.check_placement().map_err(invalid)?;
         Ok(())
     }
+
+    /// How many containers each member runs (apps without `replicas`).
+    pub fn per_node(&self) -> ContainersPer {
+        self.containers_per.unwrap_or_default()
+    }
+
+    /// Whether the app is placed by the scheduler (`replicas`) rather than run on every
+    /// member of its groups.
+    pub fn is_replicated(&self) -> bool {
+        self.replicas.is_some()
+    }
+
+    fn check_placement(&self) -> Result<(), String> {
+        match self.replicas {
+            Some(_) if self.containers_per.is_some() => Err(
+                "replicas and containers_per cannot both be set: replicas places N containers \
+                 in total on the best nodes, containers_per runs them on every member"
+                    .into(),
+            ),
+            Some(n) if n > MAX_REPLICAS => {
+                Err(format!("replicas: at most {MAX_REPLICAS}, got {n}"))
+            }
+            None if self.max_per_node.is_some() || !self.node_selector.is_empty() => {
+                Err("max_per_node and node_selector only apply with replicas".into())
+            }
+            _ if self.max_per_node == Some(0) => Err("max_per_node must be at least 1".into()),
+            _ => {
+                for (k, v) in &self.node_selector {
+                    if k.is_empty() || k.len() > 128 || v.len() > 1024 {
+                        return Err(format!(
+                            "node_selector `{k}`: keys 1-128 and values up to 1024 characters"
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
 }
+
+/// The most replicas one replicated app may ask for.
+pub const MAX_REPLICAS: u32 = 10_000;
 
 /// The most device groups one app or one node may be attached to, and so the most one
 /// request may name.
@@ -198,6 +252,8 @@ pub fn parse_file(yaml: &str) -> Result<Vec<(String, AppSpec)>, SpecError> {
             written
                 .restore_env(&n.0, &mut s.env_vars)
                 .map_err(SpecError::Yaml)?;
+            s.check_placement()
+                .map_err(|e| SpecError::Yaml(format!("app `{}`: {e}", n.0)))?;
             Ok((n.0, s))
         })
         .collect()
@@ -1089,7 +1145,7 @@ test_linreg:
             vec![PortMapping::tcp(9000, 9000), PortMapping::tcp(30303, 30303)]
         );
         assert!(spec.running && spec.rolling_restart && !spec.privileged);
-        assert_eq!(spec.containers_per, ContainersPer::Server(1));
+        assert_eq!(spec.per_node(), ContainersPer::Server(1));
         assert_eq!(spec.networks, vec!["nebula"]);
         assert_eq!(spec.restart, RestartPolicy::UnlessStopped);
     }

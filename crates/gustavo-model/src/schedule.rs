@@ -1,0 +1,329 @@
+//! Scheduling replicated apps: which node runs each of an app's `replicas`.
+//!
+//! Pure: the server gives the nodes as it sees them (groups, labels, capacity, last vitals,
+//! liveness, cordon) and the placements it has; this returns the placements it should
+//! have. The rules, in order:
+//!
+//! 1. **Eligible for new work**: in one of the app's groups, carrying every
+//!    `node_selector` label, `ready`, and not cordoned.
+//! 2. **Kept where it is**: a replica stays on its node while the node is still in the
+//!    app's groups and matches the selector and is not *lost* (silent past the grace) —
+//!    even if it is offline for a moment, cordoned, or scores worse than another node now.
+//!    Scores drift all the time; moving running work for that is churn, not scheduling.
+//! 3. **Placed where the score is best**: each missing replica goes to the eligible node
+//!    with the fewest replicas of this app (spreading first), then the highest score, then
+//!    the name (so the result is deterministic), never more than `max_per_node` on a node.
+//!    A replica no node can take stays pending (absent from the map) until one can.
+//! 4. Replicas above `replicas` are dropped, highest index first.
+//!
+//! **The score** (higher is better), with weights from the server's config:
+//!
+//! ```text
+//! score = w_cpu · free_cores + w_memory · free_memory_GB + w_disk · free_disk_GB
+//! free_cores = cores × idle fraction (1 − cpu% / 100)
+//! ```
+//!
+//! from the node's last vitals; a node that has sent none yet counts its declared cores as
+//! idle, its declared memory as free and no disk. Unlike Samsung's score, a busy CPU lowers
+//! it and memory counts.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Whether a node is heard from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Ready,
+    /// Silent past the offline limit: no new work, but its replicas stay for now.
+    Offline,
+    /// Silent past the grace: its replicas are placed elsewhere.
+    Lost,
+}
+
+/// What a node's last vitals say is free.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Usage {
+    pub cpu_percent: f64,
+    pub memory_free_mb: u64,
+    pub disk_free_mb: u64,
+}
+
+/// A node as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub cpus: u32,
+    pub memory_mb: u64,
+    pub usage: Option<Usage>,
+    pub liveness: Liveness,
+    pub cordoned: bool,
+}
+
+/// The score's weights (server config `score-cpu`, `score-memory`, `score-disk`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Weights {
+    /// Per free core.
+    pub cpu: f64,
+    /// Per free GB of memory.
+    pub memory: f64,
+    /// Per free GB of disk.
+    pub disk: f64,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            cpu: 1.0,
+            memory: 1.0,
+            disk: 0.01,
+        }
+    }
+}
+
+/// A node's score and its parts, as `gustavo nodes score` shows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    pub node: String,
+    pub free_cores: f64,
+    pub free_memory_gb: f64,
+    pub free_disk_gb: f64,
+    pub total: f64,
+    /// Why the node takes no new work (for this app, with `--for`), if it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ineligible: Option<String>,
+}
+
+pub fn score(n: &NodeView, w: &Weights) -> Score {
+    let (idle, mem_mb, disk_mb) = match n.usage {
+        Some(u) => (
+            (1.0 - u.cpu_percent / 100.0).clamp(0.0, 1.0),
+            u.memory_free_mb,
+            u.disk_free_mb,
+        ),
+        None => (1.0, n.memory_mb, 0),
+    };
+    let free_cores = f64::from(n.cpus) * idle;
+    let free_memory_gb = mem_mb as f64 / 1024.0;
+    let free_disk_gb = disk_mb as f64 / 1024.0;
+    Score {
+        node: n.name.clone(),
+        free_cores,
+        free_memory_gb,
+        free_disk_gb,
+        total: w.cpu * free_cores + w.memory * free_memory_gb + w.disk * free_disk_gb,
+        ineligible: None,
+    }
+}
+
+/// What the scheduler needs of a replicated app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Want<'a> {
+    pub groups: &'a [String],
+    pub replicas: u32,
+    pub max_per_node: u32,
+    pub selector: &'a BTreeMap<String, String>,
+}
+
+impl Want<'_> {
+    fn fits(&self, n: &NodeView) -> bool {
+        n.groups.iter().any(|g| self.groups.contains(g))
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| n.labels.get(k) == Some(v))
+    }
+
+    /// Why `n` takes no new replica of this app, if it does not.
+    pub fn refusal(&self, n: &NodeView) -> Option<String> {
+        if !n.groups.iter().any(|g| self.groups.contains(g)) {
+            return Some("not in the app's groups".into());
+        }
+        if let Some((k, v)) = self
+            .selector
+            .iter()
+            .find(|(k, v)| n.labels.get(*k) != Some(*v))
+        {
+            return Some(format!("no label {k}={v}"));
+        }
+        not_schedulable(n)
+    }
+}
+
+/// Why `n` takes no new work at all, if it does not.
+pub fn not_schedulable(n: &NodeView) -> Option<String> {
+    match n.liveness {
+        Liveness::Ready if n.cordoned => Some("cordoned".into()),
+        Liveness::Ready => None,
+        Liveness::Offline => Some("offline".into()),
+        Liveness::Lost => Some("lost".into()),
+    }
+}
+
+/// The placements an app should have (replica index → node), given the ones it has.
+pub fn place(
+    want: &Want,
+    current: &BTreeMap<u32, String>,
+    nodes: &[NodeView],
+    w: &Weights,
+) -> BTreeMap<u32, String> {
+    let by_name: BTreeMap<&str, &NodeView> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let max = want.max_per_node.max(1);
+    let mut out: BTreeMap<u32, String> = BTreeMap::new();
+    let mut count: BTreeMap<&str, u32> = BTreeMap::new();
+    // Kept first, so a kept replica is never displaced by a new one.
+    for (&i, node) in current
+        .iter()
+        .filter(|(i, _)| **i >= 1 && **i <= want.replicas)
+    {
+        let Some(n) = by_name.get(node.as_str()) else {
+            continue;
+        };
+        let c = count.entry(n.name.as_str()).or_default();
+        if want.fits(n) && n.liveness != Liveness::Lost && *c < max {
+            *c += 1;
+            out.insert(i, node.clone());
+        }
+    }
+    let scores: BTreeMap<&str, f64> = nodes
+        .iter()
+        .map(|n| (n.name.as_str(), score(n, w).total))
+        .collect();
+    for i in 1..=want.replicas {
+        if out.contains_key(&i) {
+            continue;
+        }
+        let best = nodes
+            .iter()
+            .filter(|n| want.refusal(n).is_none())
+            .filter(|n| count.get(n.name.as_str()).copied().unwrap_or(0) < max)
+            .min_by(|a, b| {
+                let ca = count.get(a.name.as_str()).copied().unwrap_or(0);
+                let cb = count.get(b.name.as_str()).copied().unwrap_or(0);
+                ca.cmp(&cb)
+                    .then(scores[b.name.as_str()].total_cmp(&scores[a.name.as_str()]))
+                    .then(a.name.cmp(&b.name))
+            });
+        if let Some(n) = best {
+            *count.entry(n.name.as_str()).or_default() += 1;
+            out.insert(i, n.name.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, cpus: u32, cpu_percent: f64, mem_free_mb: u64) -> NodeView {
+        NodeView {
+            name: name.into(),
+            groups: vec!["g".into()],
+            labels: BTreeMap::new(),
+            cpus,
+            memory_mb: 4096,
+            usage: Some(Usage {
+                cpu_percent,
+                memory_free_mb: mem_free_mb,
+                disk_free_mb: 10_240,
+            }),
+            liveness: Liveness::Ready,
+            cordoned: false,
+        }
+    }
+
+    fn want<'a>(groups: &'a [String], n: u32, sel: &'a BTreeMap<String, String>) -> Want<'a> {
+        Want {
+            groups,
+            replicas: n,
+            max_per_node: 1,
+            selector: sel,
+        }
+    }
+
+    #[test]
+    fn free_cpu_and_memory_win_and_busy_cpus_lose() {
+        let w = Weights::default();
+        let idle = score(&node("idle", 4, 10.0, 2048), &w);
+        let busy = score(&node("busy", 4, 90.0, 2048), &w);
+        assert!(idle.total > busy.total, "{idle:?} {busy:?}");
+        assert!((idle.free_cores - 3.6).abs() < 1e-9);
+        let roomy = score(&node("roomy", 4, 50.0, 8192), &w);
+        let tight = score(&node("tight", 4, 50.0, 512), &w);
+        assert!(roomy.total > tight.total);
+    }
+
+    #[test]
+    fn replicas_go_to_distinct_best_nodes_and_stay_when_scores_drift() {
+        let g = vec!["g".to_string()];
+        let sel = BTreeMap::new();
+        let w = Weights::default();
+        let mut nodes = vec![
+            node("a", 2, 90.0, 512),
+            node("b", 4, 10.0, 4096),
+            node("c", 4, 20.0, 4096),
+        ];
+        let p = place(&want(&g, 2, &sel), &BTreeMap::new(), &nodes, &w);
+        assert_eq!(p.values().collect::<Vec<_>>(), ["b", "c"]);
+        // Node a becomes the best: nothing moves.
+        nodes[0] = node("a", 16, 0.0, 65536);
+        assert_eq!(place(&want(&g, 2, &sel), &p, &nodes, &w), p);
+        // Scaling up takes it.
+        let p3 = place(&want(&g, 3, &sel), &p, &nodes, &w);
+        assert_eq!(p3[&3], "a");
+        // Scaling down drops the highest index.
+        assert_eq!(place(&want(&g, 1, &sel), &p3, &nodes, &w).len(), 1);
+    }
+
+    #[test]
+    fn lost_nodes_lose_their_replicas_offline_ones_keep_them() {
+        let g = vec!["g".to_string()];
+        let sel = BTreeMap::new();
+        let w = Weights::default();
+        let mut nodes = vec![node("a", 4, 0.0, 4096), node("b", 4, 50.0, 4096)];
+        let p = place(&want(&g, 1, &sel), &BTreeMap::new(), &nodes, &w);
+        assert_eq!(p[&1], "a");
+        nodes[0].liveness = Liveness::Offline;
+        assert_eq!(place(&want(&g, 1, &sel), &p, &nodes, &w)[&1], "a");
+        nodes[0].liveness = Liveness::Lost;
+        let moved = place(&want(&g, 1, &sel), &p, &nodes, &w);
+        assert_eq!(moved[&1], "b");
+        // Back again: the replica stays where it went (no flapping back).
+        nodes[0].liveness = Liveness::Ready;
+        assert_eq!(place(&want(&g, 1, &sel), &moved, &nodes, &w)[&1], "b");
+    }
+
+    #[test]
+    fn selectors_groups_cordons_and_the_per_node_cap_filter() {
+        let g = vec!["g".to_string()];
+        let w = Weights::default();
+        let mut nodes = vec![
+            node("a", 4, 0.0, 4096),
+            node("b", 4, 0.0, 4096),
+            node("c", 4, 0.0, 4096),
+        ];
+        nodes[0].labels.insert("gpu".into(), "yes".into());
+        nodes[1].cordoned = true;
+        nodes[2].groups = vec!["other".into()];
+        let sel: BTreeMap<String, String> = [("gpu".to_string(), "yes".to_string())].into();
+        let p = place(&want(&g, 3, &sel), &BTreeMap::new(), &nodes, &w);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[&1], "a");
+        let none = BTreeMap::new();
+        let two = Want {
+            max_per_node: 2,
+            ..want(&g, 3, &none)
+        };
+        let p = place(&two, &BTreeMap::new(), &nodes, &w);
+        assert_eq!(p.values().filter(|n| *n == "a").count(), 2);
+        assert_eq!(p.len(), 2, "b is cordoned and c is not in the group: {p:?}");
+        assert_eq!(
+            want(&g, 1, &sel).refusal(&nodes[1]).as_deref(),
+            Some("no label gpu=yes")
+        );
+        assert_eq!(not_schedulable(&nodes[1]).as_deref(), Some("cordoned"));
+    }
+}
