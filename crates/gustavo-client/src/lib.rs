@@ -552,6 +552,29 @@ impl Client {
 
     /// Removes a node; returns the revision of the removal (`None` from a server that
     /// answers 204 without it).
+    /// Each visible node's placement score; with `app`, why a node would not take it.
+    pub async fn scores(
+        &self,
+        app: Option<&str>,
+    ) -> Result<Vec<gustavo_model::schedule::Score>, ClientError> {
+        let q = app.map(|a| format!("?app={a}")).unwrap_or_default();
+        self.call(Method::GET, &format!("/api/v1/scores{q}"), Self::NONE)
+            .await
+    }
+
+    /// Cordons a node, or lifts its cordon; returns the revision.
+    pub async fn cordon(&self, name: &str, cordoned: bool) -> Result<u64, ClientError> {
+        let action = if cordoned { "cordon" } else { "uncordon" };
+        let v: serde_json::Value = self
+            .call(
+                Method::POST,
+                &format!("/api/v1/nodes/{name}/{action}"),
+                Self::NONE,
+            )
+            .await?;
+        Ok(v["revision"].as_u64().unwrap_or(0))
+    }
+
     pub async fn delete_node(&self, name: &str) -> Result<Option<u64>, ClientError> {
         let (_, bytes) = self
             .send(

@@ -32,6 +32,11 @@ pub struct App {
     pub restart_nonce: u64,
     pub created_at: u64,
     pub updated_at: u64,
+    /// Replicated apps: which node runs each replica (index → node), as the scheduler
+    /// placed them. Stored with the app, so placements survive a restart and a node's
+    /// desired state follows them. A replica no node can take is absent (pending).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub placements: BTreeMap<u32, String>,
 }
 
 /// `POST /api/v1/apps`: create an app and attach it to groups (created on demand).
@@ -99,6 +104,9 @@ pub struct Node {
     pub registered_at: u64,
     /// The desired-state revision the node last reported as applied.
     pub applied_revision: u64,
+    /// Takes no new replicas (`gustavo nodes cordon`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cordoned: bool,
 }
 
 /// `POST /api/v1/nodes/register`, authenticated with the join token.

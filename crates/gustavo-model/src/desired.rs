@@ -96,21 +96,41 @@ fn expand_env(value: &str, node: &NodeFacts, app: &str, replica: u32) -> String 
     out
 }
 
-/// The containers `node` must run for one app. Empty when the app is stopped.
+/// The containers `node` must run for one app run on every member (`containers_per`).
+/// Empty when the app is stopped.
 pub fn expand(
     app: &str,
     spec: &AppSpec,
     restart_nonce: u64,
     node: &NodeFacts,
 ) -> Vec<ContainerSpec> {
+    let count = spec.per_node().replicas(node.cpus, node.memory_mb);
+    let replicas: Vec<u32> = (1..=count).collect();
+    expand_replicas(app, spec, restart_nonce, node, &replicas)
+}
+
+/// The containers of the given replicas (1-based) on `node`: the scheduler's placements
+/// for a replicated app, every index up to the count for the others. The `k`-th
+/// container on the node (from 0) binds every host port plus `k`. Empty when the app is
+/// stopped.
+pub fn expand_replicas(
+    app: &str,
+    spec: &AppSpec,
+    restart_nonce: u64,
+    node: &NodeFacts,
+    replicas: &[u32],
+) -> Vec<ContainerSpec> {
     if !spec.running {
         return Vec::new();
     }
-    let count = spec.per_node().replicas(node.cpus, node.memory_mb);
     let image = ImageRef::parse(&spec.docker_image).canonical();
-    (0..count)
-        .map(|i| {
-            let replica = i + 1;
+    replicas
+        .iter()
+        .enumerate()
+        .map(|(i, &replica)| {
+            // The port offset is the container's place on this node, so replicas of a
+            // scheduled app on different nodes bind the same ports.
+            let i = i as u32;
             let mut env: BTreeMap<String, String> = spec
                 .env_vars
                 .iter()

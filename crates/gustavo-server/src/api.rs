@@ -315,6 +315,49 @@ pub async fn delete_node(
     )
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreQuery {
+    app: Option<String>,
+}
+
+/// `GET /api/v1/scores?app=APP`: each node's placement score and its parts.
+pub async fn scores(
+    p: Principal,
+    State(s): State<AppState>,
+    QueryParams(q): QueryParams<ScoreQuery>,
+) -> Result<Json<Vec<gustavo_model::schedule::Score>>, ApiError> {
+    s.ops.scores(&p.person()?, q.app.as_deref()).map(Json)
+}
+
+/// `POST /api/v1/nodes/{name}/cordon` and `/uncordon` (admin).
+pub async fn cordon(p: Principal, State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    cordon_as(p, s, name, true).await
+}
+
+pub async fn uncordon(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Response {
+    cordon_as(p, s, name, false).await
+}
+
+async fn cordon_as(p: Principal, s: AppState, name: String, cordoned: bool) -> Response {
+    let object = format!("node:{name}");
+    let r = async {
+        p.require_admin()?;
+        s.ops.cordon(name, cordoned).await
+    }
+    .await;
+    let revision = r.as_ref().ok().copied();
+    noted(
+        r.map(|rev| Json(serde_json::json!({ "revision": rev, "cordoned": cordoned }))),
+        Some(object),
+        revision,
+    )
+}
+
 pub async fn containers(
     p: Principal,
     State(s): State<AppState>,

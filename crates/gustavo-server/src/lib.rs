@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod conns;
+pub mod controllers;
 pub mod error;
 pub mod limits;
 pub mod metrics;
@@ -73,6 +74,10 @@ pub struct ServerConfig {
     /// This machine's host name, for the serving certificate.
     pub host: String,
     pub timeouts: Timeouts,
+    /// The placement score's weights.
+    pub weights: gustavo_model::schedule::Weights,
+    /// How long a node may be silent before its replicas are placed elsewhere.
+    pub replica_grace: std::time::Duration,
     /// The most client connections open at once (see `conns`).
     pub max_connections: usize,
 }
@@ -201,7 +206,14 @@ impl Server {
             secrets,
         });
         let auth_store: Arc<dyn AuthStore> = sqlite;
-        let shared = Shared::new(store)?;
+        let shared = Shared::new(
+            store,
+            state::SchedConfig {
+                weights: config.weights,
+                grace_s: config.replica_grace.as_secs().max(1),
+                started: now(),
+            },
+        )?;
         let sec = Arc::new(Security::load(
             auth_store,
             auth::hash_token(&admin),
@@ -272,6 +284,7 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        tokio::spawn(controllers::scheduler::run(self.shared.clone()));
         let closing = self.shared.closing.clone();
         let shutdown = async move {
             shutdown.await;

@@ -15,7 +15,8 @@ use gustavo_model::api::{
     App, AppState, AppStatus, ContainerStatus, DesiredApp, DesiredContainer, DesiredState, Group,
     Node, NodeRollout, NodeStatus, Rollout, RolloutSummary, StatusReport, Vitals,
 };
-use gustavo_model::desired::{NodeFacts, container_name, expand};
+use gustavo_model::desired::{NodeFacts, container_name, expand, expand_replicas};
+use gustavo_model::schedule::{Liveness, NodeView, Usage, Want, Weights, place};
 use gustavo_store::{Change, GroupRecord, NodeRecord, Snapshot, Store};
 
 use crate::error::ApiError;
@@ -23,6 +24,39 @@ use crate::error::ApiError;
 /// How long without a request before a node counts as offline, at the least; a node with a
 /// slower heartbeat gets three of its periods.
 pub const OFFLINE_AFTER_S: u64 = 15;
+
+/// The scheduler's settings (server config).
+#[derive(Debug, Clone)]
+pub struct SchedConfig {
+    pub weights: Weights,
+    /// Seconds of silence after which a node's replicas are placed elsewhere.
+    pub grace_s: u64,
+    /// When this server started (Unix seconds): nobody counts as silent from before.
+    pub started: u64,
+}
+
+impl Default for SchedConfig {
+    fn default() -> Self {
+        SchedConfig {
+            weights: Weights::default(),
+            grace_s: 20,
+            started: crate::now(),
+        }
+    }
+}
+
+impl SchedConfig {
+    /// The nodes as the scheduler sees them now.
+    pub fn views(&self, c: &Cluster) -> Vec<NodeView> {
+        c.node_views(crate::now(), self.started, self.grace_s)
+    }
+}
+
+/// Whether `node` (a member of the app's groups) runs the app: every member does, unless
+/// the app is replicated, when only the nodes its replicas are placed on do.
+fn runs_on(app: &App, node: &str) -> bool {
+    !app.spec.is_replicated() || app.placements.values().any(|n| n == node)
+}
 
 /// What the server knows of a node only from its reports.
 #[derive(Debug, Clone, Default)]
@@ -141,12 +175,72 @@ impl Cluster {
             .collect()
     }
 
-    /// The apps a node runs: every app attached to one of its groups, once.
+    /// The apps a node runs: every app attached to one of its groups, once — a replicated
+    /// app only where one of its replicas is placed.
     fn apps_of<'a>(&'a self, node: &NodeRecord) -> impl Iterator<Item = &'a App> {
         let groups = node.groups.clone();
-        self.apps
+        let name = node.name.clone();
+        self.apps.values().filter(move |a| {
+            a.groups.iter().any(|g| groups.contains(g))
+                && (!a.spec.is_replicated() || a.placements.values().any(|n| *n == name))
+        })
+    }
+
+    /// Every node as the scheduler sees it at `now`. A node is lost once silent for
+    /// `grace` — counted from this server's start at the earliest, so a restarted server
+    /// (which has heard from nobody yet) does not move the whole fleet's work.
+    pub fn node_views(&self, now: u64, started: u64, grace: u64) -> Vec<NodeView> {
+        self.nodes
             .values()
-            .filter(move |a| a.groups.iter().any(|g| groups.contains(g)))
+            .map(|n| {
+                let live = self.live.get(&n.name);
+                let last = live.as_ref().map(|l| l.last_seen).unwrap_or(0).max(started);
+                let liveness = if self.node_status(&n.name, now) == NodeStatus::Ready {
+                    Liveness::Ready
+                } else if now.saturating_sub(last) >= grace {
+                    Liveness::Lost
+                } else {
+                    Liveness::Offline
+                };
+                let usage = live
+                    .as_ref()
+                    .and_then(|l| l.vitals.as_ref())
+                    .map(|v| Usage {
+                        cpu_percent: f64::from(v.cpu_percent),
+                        memory_free_mb: v.memory_total_mb.saturating_sub(v.memory_used_mb),
+                        disk_free_mb: v.disk_total_mb.saturating_sub(v.disk_used_mb),
+                    });
+                NodeView {
+                    name: n.name.clone(),
+                    groups: n.groups.clone(),
+                    labels: n.labels.clone(),
+                    cpus: n.cpus,
+                    memory_mb: n.memory_mb,
+                    usage,
+                    liveness,
+                    cordoned: n.cordoned,
+                }
+            })
+            .collect()
+    }
+
+    /// The placements a replicated app should have now (empty for the others).
+    pub fn placements_for(
+        &self,
+        app: &App,
+        nodes: &[NodeView],
+        weights: &Weights,
+    ) -> BTreeMap<u32, String> {
+        let Some(replicas) = app.spec.replicas.filter(|_| app.spec.running) else {
+            return BTreeMap::new();
+        };
+        let want = Want {
+            groups: &app.groups,
+            replicas,
+            max_per_node: app.spec.max_per_node.unwrap_or(1),
+            selector: &app.spec.node_selector,
+        };
+        place(&want, &app.placements, nodes, weights)
     }
 
     /// The revision of the last change that touched this node's desired state.
@@ -174,14 +268,24 @@ impl Cluster {
                 name: app.name.clone(),
                 revision: app.revision,
                 rolling_restart: app.spec.rolling_restart,
-                containers: expand(&app.name, &app.spec, app.restart_nonce, &facts)
-                    .into_iter()
-                    .map(|spec| DesiredContainer {
-                        name: container_name(&node.name, &app.name, spec.replica),
-                        hash: spec.hash(),
-                        spec,
-                    })
-                    .collect(),
+                containers: if app.spec.is_replicated() {
+                    let mine: Vec<u32> = app
+                        .placements
+                        .iter()
+                        .filter(|(_, n)| **n == node.name)
+                        .map(|(i, _)| *i)
+                        .collect();
+                    expand_replicas(&app.name, &app.spec, app.restart_nonce, &facts, &mine)
+                } else {
+                    expand(&app.name, &app.spec, app.restart_nonce, &facts)
+                }
+                .into_iter()
+                .map(|spec| DesiredContainer {
+                    name: container_name(&node.name, &app.name, spec.replica),
+                    hash: spec.hash(),
+                    spec,
+                })
+                .collect(),
             })
             .collect();
         DesiredState {
@@ -222,6 +326,7 @@ impl Cluster {
             last_seen: live.map(|l| l.last_seen).unwrap_or(0),
             registered_at: n.registered_at,
             applied_revision: live.map(|l| l.report.applied_revision).unwrap_or(0),
+            cordoned: n.cordoned,
         }
     }
 
@@ -275,6 +380,7 @@ impl Cluster {
             let nodes = self
                 .members_of(&app.groups)
                 .into_iter()
+                .filter(|node| runs_on(app, node))
                 .map(|node| {
                     let st = status_of(&node).filter(|s| s.revision >= app.revision);
                     let st = st.as_ref();
@@ -354,6 +460,7 @@ impl Cluster {
                 .nodes
                 .values()
                 .filter(|n| n.groups.iter().any(|g| app.groups.contains(g)))
+                .filter(|n| runs_on(app, &n.name))
             {
                 total += 1;
                 let Some(live) = self.live.get(&n.name) else {
@@ -463,6 +570,8 @@ pub struct Shared {
     pub reports: tokio::sync::watch::Sender<u64>,
     /// What `/metrics` shows.
     pub metrics: crate::metrics::Metrics,
+    /// How replicated apps are placed and when a silent node's replicas move.
+    pub sched: SchedConfig,
     jobs: std::sync::mpsc::Sender<Box<dyn Job>>,
 }
 
@@ -522,7 +631,10 @@ where
 
 impl Shared {
     /// Loads the cluster from the store and starts the writer thread.
-    pub fn new(store: Arc<dyn Store>) -> Result<Arc<Shared>, crate::ServerError> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        sched: SchedConfig,
+    ) -> Result<Arc<Shared>, crate::ServerError> {
         let cluster = Cluster::from_snapshot(store.load()?);
         let (revision_tx, _) = tokio::sync::watch::channel(cluster.revision);
         let (closing, _) = tokio::sync::watch::channel(false);
@@ -535,6 +647,7 @@ impl Shared {
             closing,
             reports,
             metrics: crate::metrics::Metrics::new(),
+            sched,
             jobs,
         });
         let weak = Arc::downgrade(&shared);
@@ -665,6 +778,7 @@ mod tests {
             revision: 1,
             heartbeat_s: 5,
             bound_group: None,
+            cordoned: false,
         };
         let app = App {
             name: "a".into(),
@@ -674,6 +788,7 @@ mod tests {
             restart_nonce: 0,
             created_at: 1,
             updated_at: 1,
+            placements: Default::default(),
         };
         let c = Cluster::from_snapshot(Snapshot {
             revision: 5,

@@ -68,6 +68,9 @@ pub struct NodeRecord {
     /// exactly that group, whatever it declares later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bound_group: Option<String>,
+    /// Cordoned: takes no new replicas; what it runs stays (`gustavo nodes cordon`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cordoned: bool,
 }
 
 fn default_heartbeat_s() -> u32 {
@@ -117,6 +120,7 @@ pub(crate) mod suite {
             restart_nonce: 0,
             created_at: 1,
             updated_at: 2,
+            placements: BTreeMap::new(),
         }
     }
 
@@ -133,6 +137,7 @@ pub(crate) mod suite {
             revision: 1,
             heartbeat_s: 5,
             bound_group: None,
+            cordoned: false,
         }
     }
 

@@ -305,6 +305,19 @@ pub struct ServerArgs {
     /// are closed first to make room.
     #[arg(long, env = "GUSTAVO_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// How long a node may be silent before the replicas placed on it are placed elsewhere
+    /// (it shows offline after three missed heartbeats, 15 s at least, before that).
+    #[arg(long, default_value = "18s")]
+    pub replica_grace: String,
+    /// Placement score: weight of each free core (cores × idle fraction).
+    #[arg(long, default_value_t = 1.0)]
+    pub score_cpu: f64,
+    /// Placement score: weight of each free GB of memory.
+    #[arg(long, default_value_t = 1.0)]
+    pub score_memory: f64,
+    /// Placement score: weight of each free GB of disk.
+    #[arg(long, default_value_t = 0.01)]
+    pub score_disk: f64,
 }
 
 #[derive(Debug, Args)]
@@ -503,6 +516,22 @@ pub enum NodesCmd {
     List,
     /// Remove a device: its credential stops working at once.
     Remove {
+        /// The device's name.
+        name: String,
+    },
+    /// Each device's placement score and its parts, best first.
+    Score {
+        /// Also say why a device would not take this app's replicas.
+        #[arg(long = "for", value_name = "APP")]
+        app: Option<String>,
+    },
+    /// Take no new replicas on a device; what it runs stays.
+    Cordon {
+        /// The device's name.
+        name: String,
+    },
+    /// Let a cordoned device take new replicas again.
+    Uncordon {
         /// The device's name.
         name: String,
     },

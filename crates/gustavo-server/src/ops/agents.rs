@@ -116,6 +116,7 @@ impl Ops {
                     revision: rev,
                     heartbeat_s: req.heartbeat_s.clamp(1, 3600),
                     bound_group,
+                    cordoned: old.is_some_and(|o| o.cordoned),
                 };
                 let unchanged = old.is_some_and(|o| {
                     NodeRecord {

@@ -138,6 +138,7 @@ impl Ops {
         check_env_input(&req.spec)?;
         let policies = self.sec.policies();
         may_change_app(who, &req.name, &[], &groups, &req.spec, &policies)?;
+        let self_sched = self.shared.sched.clone();
         let app = self
             .shared
             .mutate(move |c, rev| {
@@ -148,7 +149,7 @@ impl Ops {
                     )));
                 }
                 let t = now();
-                let app = App {
+                let mut app = App {
                     name: req.name,
                     spec: req.spec,
                     groups,
@@ -156,7 +157,9 @@ impl Ops {
                     restart_nonce: 0,
                     created_at: t,
                     updated_at: t,
+                    placements: Default::default(),
                 };
+                app.placements = c.placements_for(&app, &self_sched.views(c), &self_sched.weights);
                 let mut changes = c.touch_groups(&app.groups, rev);
                 changes.push(Change::PutApp(Box::new(app.clone())));
                 Ok((changes, app))
@@ -290,6 +293,7 @@ impl Ops {
         name: String,
         edit: impl FnOnce(&mut App) -> Result<(), OpError> + Send + 'static,
     ) -> Result<App, OpError> {
+        let sched = self.shared.sched.clone();
         self.shared
             .mutate(move |c, rev| {
                 let old = c
@@ -298,6 +302,8 @@ impl Ops {
                     .ok_or_else(|| OpError::NotFound(format!("app `{name}` does not exist")))?;
                 let mut app = old.clone();
                 edit(&mut app)?;
+                // A new replica count, groups or selector can move replicas.
+                app.placements = c.placements_for(&app, &sched.views(c), &sched.weights);
                 if app == *old {
                     return Ok((Vec::new(), app));
                 }

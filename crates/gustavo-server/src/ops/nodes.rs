@@ -3,6 +3,7 @@
 
 use gustavo_model::access::Subject;
 use gustavo_model::api::{Node, NodeContainer, NodeStatus, NodeVitals, Stats};
+use gustavo_model::schedule::{Score, Want, not_schedulable, score};
 use gustavo_store::Change;
 
 use super::{OpError, Ops, hidden};
@@ -83,6 +84,74 @@ impl Ops {
                 vitals: c.live.get(&n.name).and_then(|l| l.vitals.clone()),
             })
             .collect()
+    }
+
+    /// Every visible node's placement score and its parts; with `app`, also why a node
+    /// would not take one of that app's replicas. Best first.
+    pub fn scores(&self, who: &Subject, app: Option<&str>) -> Result<Vec<Score>, OpError> {
+        let c = self.shared.read();
+        let app = match app {
+            Some(name) => Some(
+                c.apps
+                    .get(name)
+                    .filter(|a| who.can_read_app(&a.name, &a.groups))
+                    .ok_or_else(|| hidden("app", name))?,
+            ),
+            None => None,
+        };
+        let views = self.shared.sched.views(&c);
+        let mut out: Vec<Score> = views
+            .iter()
+            .filter(|v| {
+                c.nodes
+                    .get(&v.name)
+                    .is_some_and(|n| who.can_read_node(&n.groups))
+            })
+            .map(|v| {
+                let mut s = score(v, &self.shared.sched.weights);
+                s.ineligible = match app {
+                    Some(a) => Want {
+                        groups: &a.groups,
+                        replicas: a.spec.replicas.unwrap_or(0),
+                        max_per_node: a.spec.max_per_node.unwrap_or(1),
+                        selector: &a.spec.node_selector,
+                    }
+                    .refusal(v),
+                    None => not_schedulable(v),
+                };
+                s
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            a.ineligible
+                .is_some()
+                .cmp(&b.ineligible.is_some())
+                .then(b.total.total_cmp(&a.total))
+                .then(a.node.cmp(&b.node))
+        });
+        Ok(out)
+    }
+
+    /// Cordons a node (no new replicas; what it runs stays) or lifts the cordon (admins
+    /// only: the caller checks the role). Returns the revision, unchanged when the node
+    /// already was so.
+    pub async fn cordon(&self, name: String, cordoned: bool) -> Result<u64, OpError> {
+        self.shared
+            .mutate(move |c, rev| {
+                let node = c
+                    .nodes
+                    .get(&name)
+                    .ok_or_else(|| OpError::NotFound(format!("node `{name}` does not exist")))?;
+                if node.cordoned == cordoned {
+                    return Ok((Vec::new(), c.revision));
+                }
+                let mut node = node.clone();
+                node.cordoned = cordoned;
+                node.revision = rev;
+                tracing::info!(node = %name, cordoned, "node cordon changed");
+                Ok((vec![Change::PutNode(node)], rev))
+            })
+            .await
     }
 
     /// The cluster's counts (admins only: the caller checks the role).

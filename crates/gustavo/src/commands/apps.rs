@@ -96,6 +96,15 @@ fn print_app(format: Format, app: &App) -> Result<()> {
             outln!("groups:    {}", app.groups.join(", "));
             outln!("revision:  {}", app.revision);
             outln!("updated:   {}", ago(app.updated_at));
+            if let Some(n) = app.spec.replicas {
+                outln!("replicas:  {} placed of {n}", app.placements.len());
+                for i in 1..=n {
+                    match app.placements.get(&i) {
+                        Some(node) => outln!("  {i}: {node}"),
+                        None => outln!("  {i}: pending (no eligible node can take it)"),
+                    }
+                }
+            }
             outln!("spec:");
             let text = gustavo_model::appfile::app_file(&app.name, &app.spec)?;
             // The spec's lines, without the `name:` line above them.

@@ -1,4 +1,4 @@
-//! `gustavo nodes list|remove`.
+//! `gustavo nodes list|remove|score|cordon|uncordon`.
 
 use anyhow::Result;
 
@@ -16,7 +16,11 @@ pub async fn run(cli: &Cli, cmd: &NodesCmd) -> Result<()> {
                 .map(|n| {
                     vec![
                         n.name.clone(),
-                        n.status.as_str().into(),
+                        if n.cordoned {
+                            format!("{} (cordoned)", n.status.as_str())
+                        } else {
+                            n.status.as_str().into()
+                        },
                         n.groups.join(","),
                         n.labels
                             .iter()
@@ -41,6 +45,47 @@ pub async fn run(cli: &Cli, cmd: &NodesCmd) -> Result<()> {
                 ],
                 rows,
             );
+        }
+        NodesCmd::Score { app } => {
+            let scores = client.scores(app.as_deref()).await?;
+            let rows = scores
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.node.clone(),
+                        format!("{:.2}", s.total),
+                        format!("{:.2}", s.free_cores),
+                        format!("{:.2}", s.free_memory_gb),
+                        format!("{:.1}", s.free_disk_gb),
+                        s.ineligible.clone().unwrap_or_else(|| "yes".into()),
+                    ]
+                })
+                .collect();
+            show(
+                cli.output,
+                &scores,
+                &[
+                    "node",
+                    "score",
+                    "free cores",
+                    "free mem GB",
+                    "free disk GB",
+                    "eligible",
+                ],
+                rows,
+            );
+        }
+        NodesCmd::Cordon { name } | NodesCmd::Uncordon { name } => {
+            let on = matches!(cmd, NodesCmd::Cordon { .. });
+            let revision = client.cordon(name, on).await?;
+            let what = if on { "cordoned" } else { "uncordoned" };
+            match cli.output {
+                Format::Table => changed("node", name, what, Some(revision)),
+                f => data(
+                    f,
+                    &serde_json::json!({"node": name, "cordoned": on, "revision": revision}),
+                ),
+            }
         }
         NodesCmd::Remove { name } => {
             let revision = client.delete_node(name).await?;

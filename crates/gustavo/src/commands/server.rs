@@ -74,6 +74,25 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
             extra_sans: args.tls_sans.clone(),
         }
     };
+    let replica_grace = crate::output::parse_duration("replica-grace", &args.replica_grace)?;
+    if replica_grace < std::time::Duration::from_secs(1) {
+        return Err(Exit(EXIT_USAGE, "--replica-grace must be at least 1s".into()).into());
+    }
+    let weights = gustavo_model::schedule::Weights {
+        cpu: args.score_cpu,
+        memory: args.score_memory,
+        disk: args.score_disk,
+    };
+    if [weights.cpu, weights.memory, weights.disk]
+        .iter()
+        .any(|w| !w.is_finite() || *w < 0.0)
+    {
+        return Err(Exit(
+            EXIT_USAGE,
+            "--score-cpu, --score-memory and --score-disk must be finite and not negative".into(),
+        )
+        .into());
+    }
     if args.print_config {
         println!("{}", crate::config_file::print("server"));
         return Ok(());
@@ -103,6 +122,8 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
             ..Timeouts::default()
         },
         max_connections,
+        weights,
+        replica_grace,
     })
     .await?;
     let addr = server.addr;
