@@ -562,9 +562,8 @@ impl Client {
             .await
     }
 
-    /// Cordons a node, or lifts its cordon; returns the revision.
-    pub async fn cordon(&self, name: &str, cordoned: bool) -> Result<u64, ClientError> {
-        let action = if cordoned { "cordon" } else { "uncordon" };
+    /// `action` is `cordon`, `drain` or `uncordon`; returns the revision.
+    pub async fn cordon(&self, name: &str, action: &str) -> Result<u64, ClientError> {
         let v: serde_json::Value = self
             .call(
                 Method::POST,

@@ -37,6 +37,10 @@ pub struct App {
     /// desired state follows them. A replica no node can take is absent (pending).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub placements: BTreeMap<u32, String>,
+    /// Replicas being moved off a draining node: the old node, which keeps its copy
+    /// running until the new one runs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub handoff: BTreeMap<u32, String>,
 }
 
 /// `POST /api/v1/apps`: create an app and attach it to groups (created on demand).
@@ -107,6 +111,9 @@ pub struct Node {
     /// Takes no new replicas (`gustavo nodes cordon`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cordoned: bool,
+    /// Being drained (`gustavo nodes drain`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// `POST /api/v1/nodes/register`, authenticated with the join token.

@@ -60,6 +60,8 @@ pub struct NodeView {
     pub usage: Option<Usage>,
     pub liveness: Liveness,
     pub cordoned: bool,
+    /// Being drained (`gustavo nodes drain`): its replicas move off, one at a time.
+    pub draining: bool,
 }
 
 /// The score's weights (server config `score-cpu`, `score-memory`, `score-disk`).
@@ -214,6 +216,48 @@ pub fn place(
     out
 }
 
+/// One step of draining: moves at most one replica off a draining node at a time, and
+/// only once the previous move has finished. A move places the replica elsewhere and
+/// records the old node in `handoff`, where the old copy keeps running until `ready` says
+/// the new one runs (make before break); then the handoff ends and the next replica moves.
+/// A handoff whose old node is no longer draining, or whose replica is gone, just ends.
+pub fn drain_step(
+    want: &Want,
+    placements: &BTreeMap<u32, String>,
+    handoff: &BTreeMap<u32, String>,
+    nodes: &[NodeView],
+    w: &Weights,
+    ready: impl Fn(u32, &str) -> bool,
+) -> (BTreeMap<u32, String>, BTreeMap<u32, String>) {
+    let draining = |name: &str| nodes.iter().any(|n| n.name == name && n.draining);
+    let mut handoff: BTreeMap<u32, String> = handoff
+        .iter()
+        .filter(|(i, old)| {
+            draining(old)
+                && placements
+                    .get(i)
+                    .is_some_and(|new| new != *old && !ready(**i, new))
+        })
+        .map(|(i, o)| (*i, o.clone()))
+        .collect();
+    let mut placements = placements.clone();
+    if let Some((&i, old)) = placements
+        .iter()
+        .find(|(_, n)| draining(n))
+        .filter(|_| handoff.is_empty())
+    {
+        let old = old.clone();
+        let mut without = placements.clone();
+        without.remove(&i);
+        let moved = place(want, &without, nodes, w);
+        if let Some(new) = moved.get(&i).filter(|n| **n != old) {
+            placements.insert(i, new.clone());
+            handoff.insert(i, old);
+        }
+    }
+    (placements, handoff)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,7 +276,40 @@ mod tests {
             }),
             liveness: Liveness::Ready,
             cordoned: false,
+            draining: false,
         }
+    }
+
+    #[test]
+    fn drain_moves_one_replica_at_a_time_and_keeps_the_old_copy_until_the_new_runs() {
+        let g = vec!["g".to_string()];
+        let sel = BTreeMap::new();
+        let w = Weights::default();
+        let two = Want {
+            max_per_node: 2,
+            ..want(&g, 2, &sel)
+        };
+        let mut nodes = vec![node("a", 8, 0.0, 8192), node("b", 4, 0.0, 4096)];
+        let p: BTreeMap<u32, String> = [(1, "a".to_string()), (2, "a".to_string())].into();
+        nodes[0].cordoned = true;
+        nodes[0].draining = true;
+        let none = BTreeMap::new();
+        // Step 1: replica 1 goes to b; a keeps its copy.
+        let (p1, h1) = drain_step(&two, &p, &none, &nodes, &w, |_, _| false);
+        assert_eq!(p1[&1], "b");
+        assert_eq!(p1[&2], "a");
+        assert_eq!(h1, [(1, "a".to_string())].into());
+        // Not ready yet: nothing else moves.
+        assert_eq!(
+            drain_step(&two, &p1, &h1, &nodes, &w, |_, _| false),
+            (p1.clone(), h1.clone())
+        );
+        // Ready: the handoff ends and replica 2 moves.
+        let (p2, h2) = drain_step(&two, &p1, &h1, &nodes, &w, |_, _| true);
+        assert_eq!(p2[&2], "b");
+        assert_eq!(h2, [(2, "a".to_string())].into());
+        let (p3, h3) = drain_step(&two, &p2, &h2, &nodes, &w, |_, _| true);
+        assert!(p3.values().all(|n| n == "b") && h3.is_empty());
     }
 
     fn want<'a>(groups: &'a [String], n: u32, sel: &'a BTreeMap<String, String>) -> Want<'a> {

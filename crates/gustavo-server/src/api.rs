@@ -23,7 +23,7 @@ use crate::audit::noted;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::ops::hidden;
-use crate::ops::nodes::NodeFilter;
+use crate::ops::nodes::{Cordon, NodeFilter};
 use crate::{AppState, now};
 
 /// A JSON body parsed by serde_json, with errors (and oversized bodies) mapped to our error
@@ -332,7 +332,11 @@ pub async fn scores(
 
 /// `POST /api/v1/nodes/{name}/cordon` and `/uncordon` (admin).
 pub async fn cordon(p: Principal, State(s): State<AppState>, Path(name): Path<String>) -> Response {
-    cordon_as(p, s, name, true).await
+    cordon_as(p, s, name, Cordon::Cordon).await
+}
+
+pub async fn drain(p: Principal, State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    cordon_as(p, s, name, Cordon::Drain).await
 }
 
 pub async fn uncordon(
@@ -340,19 +344,25 @@ pub async fn uncordon(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Response {
-    cordon_as(p, s, name, false).await
+    cordon_as(p, s, name, Cordon::Uncordon).await
 }
 
-async fn cordon_as(p: Principal, s: AppState, name: String, cordoned: bool) -> Response {
+async fn cordon_as(p: Principal, s: AppState, name: String, mode: Cordon) -> Response {
     let object = format!("node:{name}");
     let r = async {
         p.require_admin()?;
-        s.ops.cordon(name, cordoned).await
+        s.ops.cordon(name, mode).await
     }
     .await;
     let revision = r.as_ref().ok().copied();
     noted(
-        r.map(|rev| Json(serde_json::json!({ "revision": rev, "cordoned": cordoned }))),
+        r.map(|rev| {
+            Json(serde_json::json!({
+                "revision": rev,
+                "cordoned": mode != Cordon::Uncordon,
+                "draining": mode == Cordon::Drain,
+            }))
+        }),
         Some(object),
         revision,
     )

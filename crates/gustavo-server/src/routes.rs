@@ -71,7 +71,8 @@ routes! {
     PUT "/api/v1/nodes/{name}/status" => status, token, "Observed containers and per-app status from the node", { 204 => "recorded" };
     GET "/api/v1/scores" => scores, token, "Each visible node's placement score and its parts (free cores, memory, disk), best first; ?app=NAME also says why a node would not take that app's replicas", { 200 => "scores", 404 => "no such app" };
     POST "/api/v1/nodes/{name}/cordon" => cordon, token, "Cordon a node: no new replicas; what it runs stays (admin)", { 200 => "{revision, cordoned}", 404 => "no such node" };
-    POST "/api/v1/nodes/{name}/uncordon" => uncordon, token, "Lift a node's cordon (admin)", { 200 => "{revision, cordoned}", 404 => "no such node" };
+    POST "/api/v1/nodes/{name}/drain" => drain, token, "Drain a node: cordon it and move its replicas off one at a time, each running elsewhere before the old copy stops (admin)", { 200 => "{revision, cordoned, draining}", 404 => "no such node" };
+    POST "/api/v1/nodes/{name}/uncordon" => uncordon, token, "Lift a node's cordon or drain (admin)", { 200 => "{revision, cordoned}", 404 => "no such node" };
     GET "/api/v1/containers" => containers, token, "Containers reported by nodes (?group=&host=)", { 200 => "rows" };
     GET "/api/v1/vitals" => vitals, token, "Latest vitals per node (?group=&host=)", { 200 => "rows" };
     GET "/api/v1/stats" => stats, token, "Counts: revision, nodes, ready nodes, apps, groups", { 200 => "stats" };

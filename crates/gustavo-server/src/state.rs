@@ -16,7 +16,7 @@ use gustavo_model::api::{
     Node, NodeRollout, NodeStatus, Rollout, RolloutSummary, StatusReport, Vitals,
 };
 use gustavo_model::desired::{NodeFacts, container_name, expand, expand_replicas};
-use gustavo_model::schedule::{Liveness, NodeView, Usage, Want, Weights, place};
+use gustavo_model::schedule::{Liveness, NodeView, Usage, Want, Weights, drain_step, place};
 use gustavo_store::{Change, GroupRecord, NodeRecord, Snapshot, Store};
 
 use crate::error::ApiError;
@@ -55,7 +55,9 @@ impl SchedConfig {
 /// Whether `node` (a member of the app's groups) runs the app: every member does, unless
 /// the app is replicated, when only the nodes its replicas are placed on do.
 fn runs_on(app: &App, node: &str) -> bool {
-    !app.spec.is_replicated() || app.placements.values().any(|n| n == node)
+    !app.spec.is_replicated()
+        || app.placements.values().any(|n| n == node)
+        || app.handoff.values().any(|n| n == node)
 }
 
 /// What the server knows of a node only from its reports.
@@ -182,7 +184,7 @@ impl Cluster {
         let name = node.name.clone();
         self.apps.values().filter(move |a| {
             a.groups.iter().any(|g| groups.contains(g))
-                && (!a.spec.is_replicated() || a.placements.values().any(|n| *n == name))
+                && (!a.spec.is_replicated() || runs_on(a, &name))
         })
     }
 
@@ -219,20 +221,22 @@ impl Cluster {
                     usage,
                     liveness,
                     cordoned: n.cordoned,
+                    draining: n.draining,
                 }
             })
             .collect()
     }
 
-    /// The placements a replicated app should have now (empty for the others).
+    /// The placements a replicated app should have now, and the replicas being handed off
+    /// a draining node (both empty for the others).
     pub fn placements_for(
         &self,
         app: &App,
         nodes: &[NodeView],
         weights: &Weights,
-    ) -> BTreeMap<u32, String> {
+    ) -> (BTreeMap<u32, String>, BTreeMap<u32, String>) {
         let Some(replicas) = app.spec.replicas.filter(|_| app.spec.running) else {
-            return BTreeMap::new();
+            return (BTreeMap::new(), BTreeMap::new());
         };
         let want = Want {
             groups: &app.groups,
@@ -240,7 +244,17 @@ impl Cluster {
             max_per_node: app.spec.max_per_node.unwrap_or(1),
             selector: &app.spec.node_selector,
         };
-        place(&want, &app.placements, nodes, weights)
+        let placed = place(&want, &app.placements, nodes, weights);
+        // The new copy of a moved replica runs once its node reports the app running at
+        // this revision.
+        let ready = |_: u32, node: &str| {
+            self.live.get(node).is_some_and(|l| {
+                l.report.apps.iter().any(|s| {
+                    s.app == app.name && s.revision >= app.revision && s.state == AppState::Running
+                })
+            })
+        };
+        drain_step(&want, &placed, &app.handoff, nodes, weights, ready)
     }
 
     /// The revision of the last change that touched this node's desired state.
@@ -269,12 +283,16 @@ impl Cluster {
                 revision: app.revision,
                 rolling_restart: app.spec.rolling_restart,
                 containers: if app.spec.is_replicated() {
-                    let mine: Vec<u32> = app
+                    // Its placed replicas, and those it hands off until the new copy runs.
+                    let mut mine: Vec<u32> = app
                         .placements
                         .iter()
+                        .chain(&app.handoff)
                         .filter(|(_, n)| **n == node.name)
                         .map(|(i, _)| *i)
                         .collect();
+                    mine.sort_unstable();
+                    mine.dedup();
                     expand_replicas(&app.name, &app.spec, app.restart_nonce, &facts, &mine)
                 } else {
                     expand(&app.name, &app.spec, app.restart_nonce, &facts)
@@ -327,6 +345,7 @@ impl Cluster {
             registered_at: n.registered_at,
             applied_revision: live.map(|l| l.report.applied_revision).unwrap_or(0),
             cordoned: n.cordoned,
+            draining: n.draining,
         }
     }
 
@@ -779,6 +798,7 @@ mod tests {
             heartbeat_s: 5,
             bound_group: None,
             cordoned: false,
+            draining: false,
         };
         let app = App {
             name: "a".into(),
@@ -789,6 +809,7 @@ mod tests {
             created_at: 1,
             updated_at: 1,
             placements: Default::default(),
+            handoff: Default::default(),
         };
         let c = Cluster::from_snapshot(Snapshot {
             revision: 5,

@@ -71,6 +71,9 @@ pub struct NodeRecord {
     /// Cordoned: takes no new replicas; what it runs stays (`gustavo nodes cordon`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cordoned: bool,
+    /// Being drained: cordoned, and its replicas move off one at a time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 fn default_heartbeat_s() -> u32 {
@@ -121,6 +124,7 @@ pub(crate) mod suite {
             created_at: 1,
             updated_at: 2,
             placements: BTreeMap::new(),
+            handoff: BTreeMap::new(),
         }
     }
 
@@ -138,6 +142,7 @@ pub(crate) mod suite {
             heartbeat_s: 5,
             bound_group: None,
             cordoned: false,
+            draining: false,
         }
     }
 

@@ -530,7 +530,19 @@ pub enum NodesCmd {
         /// The device's name.
         name: String,
     },
-    /// Let a cordoned device take new replicas again.
+    /// Cordon a device and move its replicas off, one at a time, each running elsewhere
+    /// before the old copy stops.
+    Drain {
+        /// The device's name.
+        name: String,
+        /// Wait until no replica is left on it.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long, e.g. 120s or 5m.
+        #[arg(long, default_value = "300s")]
+        timeout: String,
+    },
+    /// Let a cordoned or drained device take new replicas again.
     Uncordon {
         /// The device's name.
         name: String,

@@ -46,7 +46,10 @@ async fn tick(shared: &Arc<Shared>, last: &mut BTreeMap<String, Liveness>) {
         c.apps
             .values()
             .filter(|a| a.spec.is_replicated())
-            .filter(|a| c.placements_for(a, &views, &shared.sched.weights) != a.placements)
+            .filter(|a| {
+                c.placements_for(a, &views, &shared.sched.weights)
+                    != (a.placements.clone(), a.handoff.clone())
+            })
             .map(|a| a.name.clone())
             .collect()
     };
@@ -62,8 +65,8 @@ async fn tick(shared: &Arc<Shared>, last: &mut BTreeMap<String, Liveness>) {
                 let Some(old) = c.apps.get(name) else {
                     continue;
                 };
-                let placements = c.placements_for(old, &views, &sched.weights);
-                if placements == old.placements {
+                let (placements, handoff) = c.placements_for(old, &views, &sched.weights);
+                if placements == old.placements && handoff == old.handoff {
                     continue;
                 }
                 for (i, node) in &placements {
@@ -71,8 +74,12 @@ async fn tick(shared: &Arc<Shared>, last: &mut BTreeMap<String, Liveness>) {
                         tracing::info!(app = %name, replica = i, %node, from = ?old.placements.get(i), "replica placed");
                     }
                 }
+                for (i, node) in handoff.iter().filter(|(i, _)| !old.handoff.contains_key(i)) {
+                    tracing::info!(app = %name, replica = i, from = %node, "draining: the old copy runs until the new one does");
+                }
                 let mut app = old.clone();
                 app.placements = placements;
+                app.handoff = handoff;
                 app.revision = rev;
                 changes.extend(c.touch_groups(&app.groups, rev));
                 changes.push(Change::PutApp(Box::new(app)));

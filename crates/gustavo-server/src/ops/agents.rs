@@ -117,6 +117,7 @@ impl Ops {
                     heartbeat_s: req.heartbeat_s.clamp(1, 3600),
                     bound_group,
                     cordoned: old.is_some_and(|o| o.cordoned),
+                    draining: old.is_some_and(|o| o.draining),
                 };
                 let unchanged = old.is_some_and(|o| {
                     NodeRecord {

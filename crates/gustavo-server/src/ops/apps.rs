@@ -158,8 +158,10 @@ impl Ops {
                     created_at: t,
                     updated_at: t,
                     placements: Default::default(),
+                    handoff: Default::default(),
                 };
-                app.placements = c.placements_for(&app, &self_sched.views(c), &self_sched.weights);
+                (app.placements, app.handoff) =
+                    c.placements_for(&app, &self_sched.views(c), &self_sched.weights);
                 let mut changes = c.touch_groups(&app.groups, rev);
                 changes.push(Change::PutApp(Box::new(app.clone())));
                 Ok((changes, app))
@@ -303,7 +305,8 @@ impl Ops {
                 let mut app = old.clone();
                 edit(&mut app)?;
                 // A new replica count, groups or selector can move replicas.
-                app.placements = c.placements_for(&app, &sched.views(c), &sched.weights);
+                (app.placements, app.handoff) =
+                    c.placements_for(&app, &sched.views(c), &sched.weights);
                 if app == *old {
                     return Ok((Vec::new(), app));
                 }

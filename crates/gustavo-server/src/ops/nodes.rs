@@ -9,6 +9,14 @@ use gustavo_store::Change;
 use super::{OpError, Ops, hidden};
 use crate::now;
 
+/// What `cordon` does to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cordon {
+    Cordon,
+    Drain,
+    Uncordon,
+}
+
 /// Which nodes a listing covers: members of a group, one host, or all.
 #[derive(Debug, Clone, Default)]
 pub struct NodeFilter {
@@ -132,23 +140,30 @@ impl Ops {
         Ok(out)
     }
 
-    /// Cordons a node (no new replicas; what it runs stays) or lifts the cordon (admins
-    /// only: the caller checks the role). Returns the revision, unchanged when the node
-    /// already was so.
-    pub async fn cordon(&self, name: String, cordoned: bool) -> Result<u64, OpError> {
+    /// Cordons a node (no new replicas; what it runs stays), drains it (cordoned, and the
+    /// scheduler moves its replicas off one at a time, each running elsewhere before the
+    /// old copy stops), or lifts both (admins only: the caller checks the role). Returns
+    /// the revision, unchanged when the node already was so.
+    pub async fn cordon(&self, name: String, mode: Cordon) -> Result<u64, OpError> {
         self.shared
             .mutate(move |c, rev| {
                 let node = c
                     .nodes
                     .get(&name)
                     .ok_or_else(|| OpError::NotFound(format!("node `{name}` does not exist")))?;
-                if node.cordoned == cordoned {
+                let (cordoned, draining) = match mode {
+                    Cordon::Cordon => (true, node.draining),
+                    Cordon::Drain => (true, true),
+                    Cordon::Uncordon => (false, false),
+                };
+                if node.cordoned == cordoned && node.draining == draining {
                     return Ok((Vec::new(), c.revision));
                 }
                 let mut node = node.clone();
                 node.cordoned = cordoned;
+                node.draining = draining;
                 node.revision = rev;
-                tracing::info!(node = %name, cordoned, "node cordon changed");
+                tracing::info!(node = %name, cordoned, draining, "node cordon changed");
                 Ok((vec![Change::PutNode(node)], rev))
             })
             .await

@@ -1,4 +1,4 @@
-//! `gustavo nodes list|remove|score|cordon|uncordon`.
+//! `gustavo nodes list|remove|score|cordon|drain|uncordon`.
 
 use anyhow::Result;
 
@@ -16,7 +16,9 @@ pub async fn run(cli: &Cli, cmd: &NodesCmd) -> Result<()> {
                 .map(|n| {
                     vec![
                         n.name.clone(),
-                        if n.cordoned {
+                        if n.draining {
+                            format!("{} (draining)", n.status.as_str())
+                        } else if n.cordoned {
                             format!("{} (cordoned)", n.status.as_str())
                         } else {
                             n.status.as_str().into()
@@ -77,7 +79,8 @@ pub async fn run(cli: &Cli, cmd: &NodesCmd) -> Result<()> {
         }
         NodesCmd::Cordon { name } | NodesCmd::Uncordon { name } => {
             let on = matches!(cmd, NodesCmd::Cordon { .. });
-            let revision = client.cordon(name, on).await?;
+            let action = if on { "cordon" } else { "uncordon" };
+            let revision = client.cordon(name, action).await?;
             let what = if on { "cordoned" } else { "uncordoned" };
             match cli.output {
                 Format::Table => changed("node", name, what, Some(revision)),
@@ -85,6 +88,24 @@ pub async fn run(cli: &Cli, cmd: &NodesCmd) -> Result<()> {
                     f,
                     &serde_json::json!({"node": name, "cordoned": on, "revision": revision}),
                 ),
+            }
+        }
+        NodesCmd::Drain {
+            name,
+            wait,
+            timeout,
+        } => {
+            let timeout = crate::output::parse_duration("timeout", timeout)?;
+            let revision = client.cordon(name, "drain").await?;
+            match cli.output {
+                Format::Table => changed("node", name, "draining", Some(revision)),
+                f => data(
+                    f,
+                    &serde_json::json!({"node": name, "draining": true, "revision": revision}),
+                ),
+            }
+            if *wait {
+                wait_drained(&client, name, timeout).await?;
             }
         }
         NodesCmd::Remove { name } => {
@@ -99,4 +120,42 @@ pub async fn run(cli: &Cli, cmd: &NodesCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Waits until no replicated app has a replica (or a copy being handed off) on `node`.
+async fn wait_drained(
+    client: &gustavo_client::Client,
+    node: &str,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let apps = client.list_apps().await?;
+        let left: Vec<String> = apps
+            .iter()
+            .filter(|a| {
+                a.placements
+                    .values()
+                    .chain(a.handoff.values())
+                    .any(|n| n == node)
+            })
+            .map(|a| a.name.clone())
+            .collect();
+        if left.is_empty() {
+            eprintln!("{node}: drained ({:.1}s)", start.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            return Err(crate::Exit(
+                1,
+                format!(
+                    "{node}: still runs replicas of {} after {}s (can another node take them?)",
+                    left.join(", "),
+                    timeout.as_secs()
+                ),
+            )
+            .into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }

@@ -172,3 +172,64 @@ fn cordoned_nodes_take_no_new_replicas_and_bad_placement_is_named() {
     );
     server.ok(&["apps", "delete", "s", "-y"]);
 }
+
+#[test]
+fn drain_moves_replicas_with_no_gap() {
+    require_docker_and_registry();
+    let server = Server::start();
+    let group = unique("drain");
+    let a = format!("{}a", unique("drn"));
+    let b = format!("{}b", unique("drn"));
+    let _aa = Agent::start(&server, &a, &[&group], &[]);
+    let _ab = Agent::start(&server, &b, &[&group], &[]);
+    // Both replicas on a: b is cordoned while they are placed.
+    server.ok(&["nodes", "cordon", &b]);
+    let f = server.spec(
+        "d.yml",
+        "d:\n  docker_image: gustavo-test/busybox:latest\n  replicas: 2\n  max_per_node: 2\n",
+    );
+    server.ok(&[
+        "apps",
+        "create",
+        "d",
+        "-f",
+        &f,
+        "-d",
+        &group,
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(running(&a), 2);
+    server.ok(&["nodes", "uncordon", &b]);
+
+    // Watch the app's running containers across both nodes while a drains.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (a, b, stop) = (a.clone(), b.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut least = usize::MAX;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                least = least.min(running(&a) + running(&b));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            least
+        })
+    };
+    let out = server.ok(&["nodes", "drain", &a, "--wait", "--timeout", "90s"]);
+    assert!(out.contains("draining"), "{out}");
+    wait_for("both replicas to run on b", Duration::from_secs(30), || {
+        running(&b) == 2 && containers_of(&a, None).is_empty()
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let least = watcher.join().unwrap();
+    assert!(
+        least >= 2,
+        "a replica was down during the drain (least {least} running)"
+    );
+    let p = placements(&server, "d");
+    assert!(p.values().all(|n| *n == b), "{p:?}");
+    let nodes = server.ok(&["nodes", "list"]);
+    assert!(nodes.contains("(draining)"), "{nodes}");
+    server.ok(&["apps", "delete", "d", "-y"]);
+}
