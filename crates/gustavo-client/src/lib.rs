@@ -552,6 +552,26 @@ impl Client {
 
     /// Removes a node; returns the revision of the removal (`None` from a server that
     /// answers 204 without it).
+    /// Events after `after`, waiting up to `wait` for one.
+    pub async fn events(
+        &self,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Vec<gustavo_model::api::Event>, ClientError> {
+        let (_, bytes) = self
+            .send(
+                Method::GET,
+                &format!("/api/v1/events?after={after}&wait={}", wait.as_secs()),
+                Self::NONE,
+                wait + Duration::from_secs(30),
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: self.base.clone(),
+            reason: format!("not a list of events: {e}"),
+        })
+    }
+
     /// Each visible node's placement score; with `app`, why a node would not take it.
     pub async fn scores(
         &self,

@@ -116,6 +116,20 @@ pub struct Node {
     pub draining: bool,
 }
 
+/// Something the control plane did or saw (`GET /api/v1/events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Increasing; `?after=ID` reads what came later.
+    pub id: u64,
+    /// Unix seconds.
+    pub at: u64,
+    /// `node`, `placement`, `app`.
+    pub kind: String,
+    /// `node:NAME` or `app:NAME`.
+    pub object: String,
+    pub message: String,
+}
+
 /// `POST /api/v1/nodes/register`, authenticated with the join token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -317,6 +317,34 @@ pub async fn delete_node(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    #[serde(default)]
+    after: u64,
+    /// Seconds to wait for an event when there is none after `after` (at most 60).
+    #[serde(default)]
+    wait: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/events?after=ID&wait=S`: what happened after event `ID`, waiting up to
+/// `S` seconds for something to happen.
+pub async fn events(
+    p: Principal,
+    State(s): State<AppState>,
+    QueryParams(q): QueryParams<EventQuery>,
+) -> Result<Json<Vec<gustavo_model::api::Event>>, ApiError> {
+    let who = p.person()?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    Ok(Json(
+        s.ops
+            .events(&who, q.after, Duration::from_secs(q.wait), limit)
+            .await,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ScoreQuery {
     app: Option<String>,
 }

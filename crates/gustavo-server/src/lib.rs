@@ -10,6 +10,7 @@ pub mod body;
 pub mod conns;
 pub mod controllers;
 pub mod error;
+pub mod events;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;

@@ -69,6 +69,7 @@ routes! {
     GET "/api/v1/nodes/{name}/desired" => desired, token, "The node's desired state; long-polls with ?after=REVISION&wait=SECONDS", { 200 => "desired state", 304 => "no newer revision within the wait" };
     POST "/api/v1/nodes/{name}/heartbeat" => heartbeat, token, "Vitals from the node; the answer {need_status} asks for the status report again", { 200 => "{need_status: bool}" };
     PUT "/api/v1/nodes/{name}/status" => status, token, "Observed containers and per-app status from the node", { 204 => "recorded" };
+    GET "/api/v1/events" => events, token, "What the control plane did and saw (nodes offline, lost, back, cordoned, drained; replicas placed; apps changed), oldest first, kept in memory; ?after=ID&wait=S long-polls for newer ones; ?limit=N", { 200 => "events [{id, at, kind, object, message}]" };
     GET "/api/v1/scores" => scores, token, "Each visible node's placement score and its parts (free cores, memory, disk), best first; ?app=NAME also says why a node would not take that app's replicas", { 200 => "scores", 404 => "no such app" };
     POST "/api/v1/nodes/{name}/cordon" => cordon, token, "Cordon a node: no new replicas; what it runs stays (admin)", { 200 => "{revision, cordoned}", 404 => "no such node" };
     POST "/api/v1/nodes/{name}/drain" => drain, token, "Drain a node: cordon it and move its replicas off one at a time, each running elsewhere before the old copy stops (admin)", { 200 => "{revision, cordoned, draining}", 404 => "no such node" };

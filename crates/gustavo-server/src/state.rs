@@ -591,6 +591,8 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
     /// How replicated apps are placed and when a silent node's replicas move.
     pub sched: SchedConfig,
+    /// What happened, for `gustavo events`.
+    pub events: crate::events::EventLog,
     jobs: std::sync::mpsc::Sender<Box<dyn Job>>,
 }
 
@@ -667,6 +669,7 @@ impl Shared {
             reports,
             metrics: crate::metrics::Metrics::new(),
             sched,
+            events: Default::default(),
             jobs,
         });
         let weak = Arc::downgrade(&shared);

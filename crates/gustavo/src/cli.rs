@@ -84,6 +84,16 @@ pub enum Command {
     Whoami,
     /// Read the audit log: every change, who made it, from where, allowed or refused.
     Audit(AuditArgs),
+    /// What the control plane did and saw: nodes offline, lost and back, cordons and
+    /// drains, replicas placed, apps changed (kept in the server's memory).
+    Events {
+        /// Keep printing new events as they happen (Ctrl-C to stop).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only events after this id.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
     /// Print a shell completion script: `gustavo completion bash > /etc/bash_completion.d/gustavo`.
     Completion {
         /// The shell to complete for.

@@ -5,7 +5,8 @@
 //! states follow them: the new node starts the replica, and the old one, when it comes
 //! back, stops its stale copy because its desired state no longer holds it.
 //!
-//! Node transitions (ready → offline → lost → ready) are logged as events.
+//! Node transitions (ready → offline → lost → ready) and placements are events
+//! (`crate::events`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,8 +39,30 @@ async fn tick(shared: &Arc<Shared>, last: &mut BTreeMap<String, Liveness>) {
         let views = shared.sched.views(&c);
         for v in &views {
             let before = last.insert(v.name.clone(), v.liveness);
-            if before.is_some_and(|b| b != v.liveness) {
-                tracing::info!(node = %v.name, from = ?before.unwrap_or(Liveness::Ready), to = ?v.liveness, "node transition");
+            if before == Some(Liveness::Ready) && v.liveness == Liveness::Lost {
+                // Silent past the grace at the moment it went offline (a grace shorter
+                // than the offline limit): both steps happened.
+                shared.events.push(
+                    "node",
+                    format!("node:{}", v.name),
+                    format!("{} is offline (no request for three heartbeats)", v.name),
+                );
+            }
+            if let Some(b) = before.filter(|b| *b != v.liveness) {
+                let what = match v.liveness {
+                    Liveness::Ready => "is back",
+                    Liveness::Offline => "is offline (no request for three heartbeats)",
+                    Liveness::Lost => "is lost: its replicas go elsewhere",
+                };
+                shared.events.push(
+                    "node",
+                    format!("node:{}", v.name),
+                    format!(
+                        "{} {what} (was {})",
+                        v.name,
+                        format!("{b:?}").to_lowercase()
+                    ),
+                );
             }
         }
         last.retain(|n, _| c.nodes.contains_key(n));
@@ -61,6 +84,8 @@ async fn tick(shared: &Arc<Shared>, last: &mut BTreeMap<String, Liveness>) {
         .mutate(move |c, rev| {
             let views = sched.views(c);
             let mut changes = Vec::new();
+            // Told once the placements are durable.
+            let mut events: Vec<(String, String)> = Vec::new();
             for name in &stale {
                 let Some(old) = c.apps.get(name) else {
                     continue;
@@ -71,11 +96,30 @@ async fn tick(shared: &Arc<Shared>, last: &mut BTreeMap<String, Liveness>) {
                 }
                 for (i, node) in &placements {
                     if old.placements.get(i) != Some(node) {
-                        tracing::info!(app = %name, replica = i, %node, from = ?old.placements.get(i), "replica placed");
+                        let from = old
+                            .placements
+                            .get(i)
+                            .map(|f| format!(" (was on {f})"))
+                            .unwrap_or_default();
+                        events.push((
+                            format!("app:{name}"),
+                            format!("replica {i} of {name} placed on {node}{from}"),
+                        ));
                     }
                 }
+                for i in old.placements.keys().filter(|i| !placements.contains_key(i)) {
+                    events.push((
+                        format!("app:{name}"),
+                        format!("replica {i} of {name} is pending: no eligible node"),
+                    ));
+                }
                 for (i, node) in handoff.iter().filter(|(i, _)| !old.handoff.contains_key(i)) {
-                    tracing::info!(app = %name, replica = i, from = %node, "draining: the old copy runs until the new one does");
+                    events.push((
+                        format!("app:{name}"),
+                        format!(
+                            "draining {node}: replica {i} of {name} runs there until its new copy does"
+                        ),
+                    ));
                 }
                 let mut app = old.clone();
                 app.placements = placements;
@@ -84,10 +128,15 @@ async fn tick(shared: &Arc<Shared>, last: &mut BTreeMap<String, Liveness>) {
                 changes.extend(c.touch_groups(&app.groups, rev));
                 changes.push(Change::PutApp(Box::new(app)));
             }
-            Ok((changes, ()))
+            Ok((changes, events))
         })
         .await;
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "cannot commit new placements; retrying");
+    match r {
+        Ok(events) => {
+            for (object, message) in events {
+                shared.events.push("placement", object, message);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot commit new placements; retrying"),
     }
 }

@@ -143,6 +143,13 @@ impl Ops {
         let (revision, groups) = revision;
         self.seen(&name, from, |_| {});
         tracing::info!(node = %name, rotated = rotate, "node registered");
+        if revision.is_some() {
+            self.shared.events.push(
+                "node",
+                format!("node:{name}"),
+                format!("{name} registered in {}", groups.join(", ")),
+            );
+        }
         let token = token.unwrap_or_default();
         Ok((
             RegisterResponse {

@@ -167,7 +167,16 @@ impl Ops {
                 Ok((changes, app))
             })
             .await?;
-        tracing::info!(app = %app.name, revision = app.revision, groups = ?app.groups, "app created");
+        self.shared.events.push(
+            "app",
+            format!("app:{}", app.name),
+            format!(
+                "{} created on {} (revision {})",
+                app.name,
+                app.groups.join(", "),
+                app.revision
+            ),
+        );
         Ok(shown(&app))
     }
 
@@ -205,7 +214,11 @@ impl Ops {
                 Ok(())
             })
             .await?;
-        tracing::info!(app = %app.name, revision = app.revision, "app updated");
+        self.shared.events.push(
+            "app",
+            format!("app:{}", app.name),
+            format!("{} updated (revision {})", app.name, app.revision),
+        );
         Ok(shown(&app))
     }
 
@@ -244,13 +257,26 @@ impl Ops {
                 Ok(())
             })
             .await?;
+        let done = match action {
+            Action::Start => "started",
+            Action::Stop => "stopped",
+            Action::Restart => "restarted",
+        };
+        self.shared.events.push(
+            "app",
+            format!("app:{}", app.name),
+            format!("{} {done} (revision {})", app.name, app.revision),
+        );
         Ok(shown(&app))
     }
 
     /// Deletes an app; returns the revision that removes its containers everywhere.
     pub async fn delete_app(&self, who: &Subject, name: String) -> Result<u64, OpError> {
         let who = who.clone();
-        self.shared
+        let object = format!("app:{name}");
+        let message = format!("{name} deleted");
+        let rev = self
+            .shared
             .mutate(move |c, rev| {
                 let app = c
                     .apps
@@ -269,7 +295,11 @@ impl Ops {
                 changes.push(Change::DeleteApp(name));
                 Ok((changes, rev))
             })
-            .await
+            .await?;
+        self.shared
+            .events
+            .push("app", object, format!("{message} (revision {rev})"));
+        Ok(rev)
     }
 
     /// Whether `who` may follow the rollout of `name` (a deleted app's groups are gone:

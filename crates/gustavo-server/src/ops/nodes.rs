@@ -2,7 +2,7 @@
 //! cluster's counts.
 
 use gustavo_model::access::Subject;
-use gustavo_model::api::{Node, NodeContainer, NodeStatus, NodeVitals, Stats};
+use gustavo_model::api::{Event, Node, NodeContainer, NodeStatus, NodeVitals, Stats};
 use gustavo_model::schedule::{Score, Want, not_schedulable, score};
 use gustavo_store::Change;
 
@@ -49,17 +49,21 @@ impl Ops {
     /// Removes a node (admins only: the caller checks the role); its token dies with it.
     /// Returns the revision.
     pub async fn delete_node(&self, name: String) -> Result<u64, OpError> {
-        self.shared
-            .mutate(move |c, rev| {
-                let node = c
-                    .nodes
-                    .get(&name)
-                    .ok_or_else(|| OpError::NotFound(format!("node `{name}` does not exist")))?;
-                let mut changes = c.touch_groups(&node.groups, rev);
-                changes.push(Change::DeleteNode(name));
-                Ok((changes, rev))
-            })
-            .await
+        let object = format!("node:{name}");
+        let message = format!("{name} removed");
+        let rev =
+            self.shared
+                .mutate(move |c, rev| {
+                    let node = c.nodes.get(&name).ok_or_else(|| {
+                        OpError::NotFound(format!("node `{name}` does not exist"))
+                    })?;
+                    let mut changes = c.touch_groups(&node.groups, rev);
+                    changes.push(Change::DeleteNode(name));
+                    Ok((changes, rev))
+                })
+                .await?;
+        self.shared.events.push("node", object, message);
+        Ok(rev)
     }
 
     /// Every container the visible nodes reported, with the app's error when the container
@@ -145,6 +149,7 @@ impl Ops {
     /// old copy stops), or lifts both (admins only: the caller checks the role). Returns
     /// the revision, unchanged when the node already was so.
     pub async fn cordon(&self, name: String, mode: Cordon) -> Result<u64, OpError> {
+        let name2 = name.clone();
         self.shared
             .mutate(move |c, rev| {
                 let node = c
@@ -163,10 +168,55 @@ impl Ops {
                 node.cordoned = cordoned;
                 node.draining = draining;
                 node.revision = rev;
-                tracing::info!(node = %name, cordoned, draining, "node cordon changed");
                 Ok((vec![Change::PutNode(node)], rev))
             })
             .await
+            .inspect(|_| {
+                let what = match mode {
+                    Cordon::Cordon => "cordoned: no new replicas",
+                    Cordon::Drain => "draining: its replicas move off one at a time",
+                    Cordon::Uncordon => "uncordoned: takes new replicas again",
+                };
+                self.shared
+                    .events
+                    .push("node", format!("node:{name2}"), format!("{name2} {what}"));
+            })
+    }
+
+    /// Events after `after` that `who` may see, waiting up to `wait` (at most 60 s) for
+    /// one when there is none yet.
+    pub async fn events(
+        &self,
+        who: &Subject,
+        after: u64,
+        wait: std::time::Duration,
+        limit: usize,
+    ) -> Vec<Event> {
+        let deadline = tokio::time::Instant::now() + wait.min(std::time::Duration::from_secs(60));
+        let mut rx = self.shared.events.subscribe();
+        let mut closing = self.shared.closing.subscribe();
+        loop {
+            rx.borrow_and_update();
+            let visible = {
+                let c = self.shared.read();
+                self.shared
+                    .events
+                    .after(after, limit)
+                    .into_iter()
+                    .filter(|e| may_see(who, &c, &e.object))
+                    .collect::<Vec<_>>()
+            };
+            if !visible.is_empty() || *closing.borrow_and_update() {
+                return visible;
+            }
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline, rx.changed()) => match r {
+                    Ok(Ok(())) => continue,
+                    _ => return Vec::new(),
+                },
+                _ = closing.changed() => return Vec::new(),
+            }
+        }
     }
 
     /// The cluster's counts (admins only: the caller checks the role).
@@ -184,5 +234,21 @@ impl Ops {
             apps: c.apps.len(),
             groups: c.group_views().len(),
         }
+    }
+}
+
+/// Whether `who` may see an event about `object`: a node of a group they may read, an app
+/// they may read (a deleted app: by a grant on its name, or an admin).
+fn may_see(who: &Subject, c: &crate::state::Cluster, object: &str) -> bool {
+    match object.split_once(':') {
+        Some(("node", n)) => c
+            .nodes
+            .get(n)
+            .map_or(who.is_admin(), |n| who.can_read_node(&n.groups)),
+        Some(("app", a)) => {
+            let groups = c.apps.get(a).map(|a| a.groups.clone()).unwrap_or_default();
+            who.can_read_app(a, &groups)
+        }
+        _ => who.is_admin(),
     }
 }

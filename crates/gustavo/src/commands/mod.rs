@@ -6,6 +6,7 @@ mod audit;
 mod bench;
 mod cache;
 mod completion;
+mod events;
 mod groups;
 mod login;
 mod nodes;
@@ -53,6 +54,7 @@ async fn dispatch(cli: &Cli) -> Result<()> {
         Command::Logout => login::logout(cli).await,
         Command::Whoami => login::whoami(cli).await,
         Command::Audit(args) => audit::run(cli, args).await,
+        Command::Events { follow, after } => events::run(cli, *follow, *after).await,
         Command::Completion { shell } => {
             completion::run(*shell);
             Ok(())

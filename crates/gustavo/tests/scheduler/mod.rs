@@ -103,6 +103,24 @@ fn replicas_spread_move_off_a_lost_node_and_its_stale_copy_stops() {
     let total: usize = names.iter().map(|n| running(n)).sum();
     assert_eq!(total, 2, "no duplicates after the node came back");
     assert_eq!(placements(&server, "r"), moved, "nothing flapped back");
+    // Every transition is an event.
+    let mut events = String::new();
+    wait_for(
+        "the node's return to be an event",
+        Duration::from_secs(10),
+        || {
+            events = server.json(&["events"]).to_string();
+            events.contains(&format!("{lost} is back"))
+        },
+    );
+    for what in [
+        format!("{lost} is offline"),
+        format!("{lost} is lost"),
+        format!("{lost} is back"),
+        format!("replica 1 of r placed on {} (was on {lost})", moved["1"]),
+    ] {
+        assert!(events.contains(&what), "no event `{what}` in {events}");
+    }
     server.ok(&["apps", "delete", "r", "-y"]);
 }
 
@@ -115,7 +133,40 @@ fn cordoned_nodes_take_no_new_replicas_and_bad_placement_is_named() {
     let b = format!("{}b", unique("cordn"));
     let _aa = Agent::start(&server, &a, &[&group], &["disk=ssd"]);
     let _ab = Agent::start(&server, &b, &[&group], &[]);
+    // Follow the events while it happens, as a dashboard would.
+    let mut follower = std::process::Command::new(BIN)
+        .args(["-o", "json", "events", "--follow"])
+        .env("GUSTAVO_CONFIG", server.config())
+        .env_remove("GUSTAVO_SERVER")
+        .env_remove("GUSTAVO_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = {
+        let out = follower.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    };
     server.ok(&["nodes", "cordon", &a]);
+    let cordoned = format!("{a} cordoned");
+    let seen = (0..40)
+        .filter_map(|_| lines.recv_timeout(Duration::from_millis(500)).ok())
+        .find(|l| l.contains(&cordoned));
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let seen = seen.expect("the follower prints the cordon as it happens");
+    let e: serde_json::Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(e["kind"], "node");
+    assert_eq!(e["object"], format!("node:{a}"));
     let nodes = server.json(&["nodes", "list"]);
     let row = nodes
         .as_array()
