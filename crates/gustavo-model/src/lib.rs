@@ -13,6 +13,7 @@ pub mod access;
 pub mod api;
 pub mod appfile;
 pub mod auth_api;
+pub mod cron;
 pub mod desired;
 pub mod exposition;
 pub mod image;
