@@ -79,6 +79,17 @@ pub async fn openapi(p: Principal) -> Result<Response, ApiError> {
 
 // ---- apps -------------------------------------------------------------------------------
 
+/// The answer to a change that only makes a revision (a delete): `{revision}`, noted for
+/// the audit log.
+fn revision_answer(r: Result<u64, ApiError>) -> Response {
+    let revision = r.as_ref().ok().copied();
+    noted(
+        r.map(|rev| Json(serde_json::json!({ "revision": rev }))),
+        None,
+        revision,
+    )
+}
+
 pub async fn list_apps(
     p: Principal,
     State(s): State<AppState>,
@@ -140,12 +151,7 @@ pub async fn delete_app(
     Path(name): Path<String>,
 ) -> Response {
     let r = async { s.ops.delete_app(&p.person()?, name).await }.await;
-    let revision = r.as_ref().ok().copied();
-    noted(
-        r.map(|rev| Json(serde_json::json!({ "revision": rev }))),
-        None,
-        revision,
-    )
+    revision_answer(r)
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,12 +257,7 @@ pub async fn delete_group(
     Path(name): Path<String>,
 ) -> Response {
     let r = async { s.ops.delete_group(&p.person()?, name).await }.await;
-    let revision = r.as_ref().ok().copied();
-    noted(
-        r.map(|rev| Json(serde_json::json!({ "revision": rev }))),
-        None,
-        revision,
-    )
+    revision_answer(r)
 }
 
 #[derive(Debug, Deserialize)]
@@ -307,12 +308,7 @@ pub async fn delete_node(
         s.ops.delete_node(name).await
     }
     .await;
-    let revision = r.as_ref().ok().copied();
-    noted(
-        r.map(|rev| Json(serde_json::json!({ "revision": rev }))),
-        None,
-        revision,
-    )
+    revision_answer(r)
 }
 
 #[derive(Debug, Deserialize)]
