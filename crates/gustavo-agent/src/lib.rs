@@ -121,12 +121,25 @@ impl Backoff {
     }
 }
 
+/// The node's labels: the configured ones, plus `arch` and `os` of this build unless
+/// configured, so an app can ask for an architecture (`node_selector: {arch: aarch64}`).
+fn host_labels(configured: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut labels = configured.clone();
+    labels
+        .entry("arch".into())
+        .or_insert_with(|| std::env::consts::ARCH.into());
+    labels
+        .entry("os".into())
+        .or_insert_with(|| std::env::consts::OS.into());
+    labels
+}
+
 fn registration(cfg: &AgentConfig, sampler: &dyn HostProbe) -> RegisterRequest {
     let (cpus, memory_mb) = sampler.capacity();
     RegisterRequest {
         name: cfg.name.clone(),
         groups: cfg.groups.clone(),
-        labels: cfg.labels.clone(),
+        labels: host_labels(&cfg.labels),
         cpus,
         memory_mb,
         agent_version: VERSION.to_string(),
@@ -439,5 +452,19 @@ async fn heartbeat(
             Ok(false) => {}
             Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arch_and_os_are_labels_unless_configured() {
+        let l = host_labels(&BTreeMap::new());
+        assert_eq!(l["arch"], std::env::consts::ARCH);
+        assert_eq!(l["os"], std::env::consts::OS);
+        let mine = BTreeMap::from([("arch".to_string(), "armv7".to_string())]);
+        assert_eq!(host_labels(&mine)["arch"], "armv7");
     }
 }

@@ -175,6 +175,8 @@ fn cordoned_nodes_take_no_new_replicas_and_bad_placement_is_named() {
         .find(|n| n["name"] == a.as_str())
         .unwrap();
     assert_eq!(row["cordoned"], true, "{row}");
+    // Agents label themselves with their architecture, for node_selector.
+    assert_eq!(row["labels"]["arch"], std::env::consts::ARCH, "{row}");
 
     // Only the cordoned node has the label: the replica stays pending.
     let f = server.spec(
