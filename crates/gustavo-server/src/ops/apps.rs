@@ -160,8 +160,12 @@ impl Ops {
                     placements: Default::default(),
                     handoff: Default::default(),
                 };
-                (app.placements, app.handoff) =
-                    c.placements_for(&app, &self_sched.views(c), &self_sched.weights);
+                // Only a replicated app needs the nodes' views (O(nodes)): a plain one
+                // must not make every change cost a walk over the fleet.
+                if app.spec.is_replicated() {
+                    (app.placements, app.handoff) =
+                        c.placements_for(&app, &self_sched.views(c), &self_sched.weights);
+                }
                 let mut changes = c.touch_groups(&app.groups, rev);
                 changes.push(Change::PutApp(Box::new(app.clone())));
                 Ok((changes, app))
@@ -335,8 +339,11 @@ impl Ops {
                 let mut app = old.clone();
                 edit(&mut app)?;
                 // A new replica count, groups or selector can move replicas.
-                (app.placements, app.handoff) =
-                    c.placements_for(&app, &sched.views(c), &sched.weights);
+                (app.placements, app.handoff) = if app.spec.is_replicated() {
+                    c.placements_for(&app, &sched.views(c), &sched.weights)
+                } else {
+                    Default::default()
+                };
                 if app == *old {
                     return Ok((Vec::new(), app));
                 }
