@@ -18,7 +18,6 @@ pub mod desired;
 pub mod exposition;
 pub mod image;
 pub mod names;
-pub mod placement;
 pub mod plan;
 pub mod ports;
 pub mod schedule;

@@ -27,7 +27,8 @@
 //! idle, its declared memory as free and no disk. Unlike Samsung's score, a busy CPU lowers
 //! it and memory counts.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use serde::{Deserialize, Serialize};
 
@@ -189,32 +190,65 @@ pub fn place(
             out.insert(i, node.clone());
         }
     }
-    let scores: BTreeMap<&str, f64> = nodes
+    // Missing replicas, best node first: fewest of this app's replicas, then the highest
+    // score, then the name. A heap keeps this O((nodes + replicas) · log nodes), so a
+    // large app over a large fleet is placed in one pass.
+    let mut heap: BinaryHeap<Slot> = nodes
         .iter()
-        .map(|n| (n.name.as_str(), score(n, w).total))
+        .filter(|n| want.refusal(n).is_none())
+        .map(|n| Slot {
+            count: count.get(n.name.as_str()).copied().unwrap_or(0),
+            score: score(n, w).total,
+            name: n.name.as_str(),
+        })
+        .filter(|s| s.count < max)
         .collect();
-    for i in 1..=want.replicas {
-        if out.contains_key(&i) {
-            continue;
-        }
-        let best = nodes
-            .iter()
-            .filter(|n| want.refusal(n).is_none())
-            .filter(|n| count.get(n.name.as_str()).copied().unwrap_or(0) < max)
-            .min_by(|a, b| {
-                let ca = count.get(a.name.as_str()).copied().unwrap_or(0);
-                let cb = count.get(b.name.as_str()).copied().unwrap_or(0);
-                ca.cmp(&cb)
-                    .then(scores[b.name.as_str()].total_cmp(&scores[a.name.as_str()]))
-                    .then(a.name.cmp(&b.name))
-            });
-        if let Some(n) = best {
-            *count.entry(n.name.as_str()).or_default() += 1;
-            out.insert(i, n.name.clone());
+    let missing: Vec<u32> = (1..=want.replicas)
+        .filter(|i| !out.contains_key(i))
+        .collect();
+    for i in missing {
+        let Some(mut best) = heap.pop() else {
+            break;
+        };
+        out.insert(i, best.name.to_string());
+        best.count += 1;
+        if best.count < max {
+            heap.push(best);
         }
     }
     out
 }
+
+/// A node in the placement heap; the greatest is the best.
+struct Slot<'a> {
+    count: u32,
+    score: f64,
+    name: &'a str,
+}
+
+impl Ord for Slot<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .count
+            .cmp(&self.count)
+            .then(self.score.total_cmp(&other.score))
+            .then(other.name.cmp(self.name))
+    }
+}
+
+impl PartialOrd for Slot<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Slot<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Slot<'_> {}
 
 /// One step of draining: moves at most one replica off a draining node at a time, and
 /// only once the previous move has finished. A move places the replica elsewhere and
