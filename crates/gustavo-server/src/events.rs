@@ -16,16 +16,15 @@ use gustavo_model::api::Event;
 pub const CAPACITY: usize = 10_000;
 
 pub struct EventLog {
-    inner: Mutex<VecDeque<Event>>,
-    next: Mutex<u64>,
+    /// The events kept, and the next id.
+    inner: Mutex<(VecDeque<Event>, u64)>,
     tx: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for EventLog {
     fn default() -> Self {
         EventLog {
-            inner: Mutex::new(VecDeque::with_capacity(256)),
-            next: Mutex::new(1),
+            inner: Mutex::new((VecDeque::with_capacity(256), 1)),
             tx: tokio::sync::watch::channel(0).0,
         }
     }
@@ -35,14 +34,11 @@ impl EventLog {
     /// Records an event about `object` (`node:NAME`, `app:NAME`).
     pub fn push(&self, kind: &str, object: String, message: String) {
         let id = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let (q, next) = &mut *g;
             let id = *next;
             *next += 1;
-            id
-        };
-        tracing::info!(event = id, kind, %object, "{message}");
-        {
-            let mut q = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            tracing::info!(event = id, kind, %object, "{message}");
             if q.len() == CAPACITY {
                 q.pop_front();
             }
@@ -53,13 +49,15 @@ impl EventLog {
                 object,
                 message,
             });
-        }
+            id
+        };
         self.tx.send_replace(id);
     }
 
     /// Events after `after` (all when `after` is beyond the last id: a new log since).
     pub fn after(&self, after: u64, limit: usize) -> Vec<Event> {
-        let q = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let q = &g.0;
         let last = q.back().map(|e| e.id).unwrap_or(0);
         let after = if after > last { 0 } else { after };
         q.iter()

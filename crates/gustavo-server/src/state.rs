@@ -188,22 +188,28 @@ impl Cluster {
         })
     }
 
-    /// Every node as the scheduler sees it at `now`. A node is lost once silent for
-    /// `grace` — counted from this server's start at the earliest, so a restarted server
-    /// (which has heard from nobody yet) does not move the whole fleet's work.
+    /// Whether a node is heard from: lost once silent for `grace` — counted from this
+    /// server's start at the earliest, so a restarted server (which has heard from nobody
+    /// yet) does not move the whole fleet's work.
+    pub fn liveness(&self, name: &str, now: u64, started: u64, grace: u64) -> Liveness {
+        if self.node_status(name, now) == NodeStatus::Ready {
+            return Liveness::Ready;
+        }
+        let last = self.live.get(name).map(|l| l.last_seen).unwrap_or(0);
+        if now.saturating_sub(last.max(started)) >= grace {
+            Liveness::Lost
+        } else {
+            Liveness::Offline
+        }
+    }
+
+    /// Every node as the scheduler sees it at `now` (liveness: see [`Cluster::liveness`]).
     pub fn node_views(&self, now: u64, started: u64, grace: u64) -> Vec<NodeView> {
         self.nodes
             .values()
             .map(|n| {
                 let live = self.live.get(&n.name);
-                let last = live.as_ref().map(|l| l.last_seen).unwrap_or(0).max(started);
-                let liveness = if self.node_status(&n.name, now) == NodeStatus::Ready {
-                    Liveness::Ready
-                } else if now.saturating_sub(last) >= grace {
-                    Liveness::Lost
-                } else {
-                    Liveness::Offline
-                };
+                let liveness = self.liveness(&n.name, now, started, grace);
                 let usage = live
                     .as_ref()
                     .and_then(|l| l.vitals.as_ref())

@@ -5,8 +5,8 @@
 //! states follow them: the new node starts the replica, and the old one, when it comes
 //! back, stops its stale copy because its desired state no longer holds it.
 //!
-//! Node transitions (ready → offline → lost → ready) and placements are events
-//! (`crate::events`).
+//! Node transitions (ready → offline → lost → ready) of nodes heard from since this server
+//! started, and placements, are events (`crate::events`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,39 +36,47 @@ pub async fn run(shared: Arc<Shared>) {
 async fn tick(shared: &Arc<Shared>, last: &mut BTreeMap<String, Liveness>) {
     let stale: Vec<String> = {
         let c = shared.read();
-        let views = shared.sched.views(&c);
-        for v in &views {
-            let before = last.insert(v.name.clone(), v.liveness);
-            if before == Some(Liveness::Ready) && v.liveness == Liveness::Lost {
+        let sched = &shared.sched;
+        let now = crate::now();
+        for name in c.nodes.keys() {
+            let liveness = c.liveness(name, now, sched.started, sched.grace_s);
+            // A node is followed from its first answer to this server: after a restart,
+            // the whole fleet coming back is not a storm of "is back" events.
+            if liveness != Liveness::Ready && !last.contains_key(name) {
+                continue;
+            }
+            let before = last.insert(name.clone(), liveness);
+            if before == Some(Liveness::Ready) && liveness == Liveness::Lost {
                 // Silent past the grace at the moment it went offline (a grace shorter
                 // than the offline limit): both steps happened.
                 shared.events.push(
                     "node",
-                    format!("node:{}", v.name),
-                    format!("{} is offline (no request for three heartbeats)", v.name),
+                    format!("node:{name}"),
+                    format!("{name} is offline (no request for three heartbeats)"),
                 );
             }
-            if let Some(b) = before.filter(|b| *b != v.liveness) {
-                let what = match v.liveness {
+            if let Some(b) = before.filter(|b| *b != liveness) {
+                let what = match liveness {
                     Liveness::Ready => "is back",
                     Liveness::Offline => "is offline (no request for three heartbeats)",
                     Liveness::Lost => "is lost: its replicas go elsewhere",
                 };
                 shared.events.push(
                     "node",
-                    format!("node:{}", v.name),
-                    format!(
-                        "{} {what} (was {})",
-                        v.name,
-                        format!("{b:?}").to_lowercase()
-                    ),
+                    format!("node:{name}"),
+                    format!("{name} {what} (was {})", format!("{b:?}").to_lowercase()),
                 );
             }
         }
         last.retain(|n, _| c.nodes.contains_key(n));
-        c.apps
-            .values()
-            .filter(|a| a.spec.is_replicated())
+        // The full views (labels, groups, vitals) only when something is placed by them.
+        let replicated: Vec<_> = c.apps.values().filter(|a| a.spec.is_replicated()).collect();
+        if replicated.is_empty() {
+            return;
+        }
+        let views = sched.views(&c);
+        replicated
+            .into_iter()
             .filter(|a| {
                 c.placements_for(a, &views, &shared.sched.weights)
                     != (a.placements.clone(), a.handoff.clone())
