@@ -171,12 +171,17 @@ fn scalar(key: &str, v: &toml::Value) -> Result<String, String> {
 /// config file would hold them, each with where it came from; secrets hidden.
 pub fn print(role: &str) -> String {
     let cmd = Cli::command();
-    let argv: Vec<OsString> = std::env::args_os().collect();
-    let argv = fold_in(argv.clone()).unwrap_or(argv);
-    let Ok(matches) = cmd.clone().try_get_matches_from(&argv) else {
+    let typed: Vec<OsString> = std::env::args_os().collect();
+    let argv = fold_in(typed.clone()).unwrap_or_else(|_| typed.clone());
+    // What was typed, and what it became with the file folded in: a value given as a flag
+    // in both was typed; one given as a flag only in the second came from the file.
+    let (Ok(typed), Ok(matches)) = (
+        cmd.clone().try_get_matches_from(&typed),
+        cmd.clone().try_get_matches_from(&argv),
+    ) else {
         return String::new();
     };
-    let Some((_, sub)) = matches.subcommand() else {
+    let (Some((_, typed)), Some((_, sub))) = (typed.subcommand(), matches.subcommand()) else {
         return String::new();
     };
     let role_cmd = cmd.find_subcommand(role).expect("the role is a subcommand");
@@ -185,7 +190,6 @@ pub fn print(role: &str) -> String {
         .get_arguments()
         .chain(globals(role, &cmd))
         .filter(|a| a.get_long().is_some_and(|l| !NOT_IN_FILES.contains(&l)));
-    let typed = argv_flags(&std::env::args_os().collect::<Vec<_>>());
     for arg in args {
         let long = arg.get_long().expect("filtered on long");
         let id = arg.get_id().as_str();
@@ -194,8 +198,11 @@ pub fn print(role: &str) -> String {
             .map(|vs| vs.map(|v| v.to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
         let source = match sub.value_source(id) {
-            // Values folded in from the file arrive as flags; tell them apart.
-            Some(ValueSource::CommandLine) if typed.iter().any(|f| f == long) => "flag",
+            Some(ValueSource::CommandLine)
+                if typed.value_source(id) == Some(ValueSource::CommandLine) =>
+            {
+                "flag"
+            }
             Some(ValueSource::CommandLine) => "config file",
             Some(ValueSource::EnvVariable) => "environment",
             _ => "default",
@@ -216,15 +223,6 @@ pub fn print(role: &str) -> String {
         lines.push(format!("{long} = {value}  # {source}"));
     }
     lines.join("\n")
-}
-
-/// The long flags the user typed on the command line (before any file was folded in).
-fn argv_flags(argv: &[OsString]) -> Vec<String> {
-    argv.iter()
-        .filter_map(|a| a.to_str())
-        .filter_map(|a| a.strip_prefix("--"))
-        .map(|a| a.split('=').next().unwrap_or(a).to_string())
-        .collect()
 }
 
 fn quote(v: &str) -> String {
