@@ -7,10 +7,6 @@ use gustavo_model::api::RegisterRequest;
 
 use crate::util::*;
 
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 const WAIT: Duration = Duration::from_secs(60);
 
 fn rt() -> tokio::runtime::Runtime {

@@ -6,10 +6,6 @@ use std::time::Duration;
 
 use crate::util::*;
 
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn placements(server: &Server, app: &str) -> BTreeMap<String, String> {
     let v = server.json(&["apps", "get", app]);
     v["placements"]

@@ -51,10 +51,6 @@ fn status(
         .0
 }
 
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
 /// TLS is on by default: the CLI finds https and the CA in client.toml; plain HTTP to the
 /// port gets no answer; a client that does not trust the CA is refused; the CA served at
 /// /api/v1/ca is the one the join token pins.

@@ -41,6 +41,11 @@ pub fn require_docker_and_registry() {
     );
 }
 
+/// A command's stderr, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// The first of `n` consecutive host ports that are free now (on every address), so tests
 /// that publish ports do not collide with each other or with another run on the engine.
 pub fn free_ports(n: u16) -> u16 {
