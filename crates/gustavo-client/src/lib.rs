@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gustavo_model::api::{
-    App, CreateApp, DesiredState, ErrorBody, Group, Heartbeat, HeartbeatReply, Node, NodeContainer,
-    NodeVitals, RegisterRequest, RegisterResponse, Rollout, RolloutSummary, Stats, StatusReport,
-    UpdateApp,
+    App, AppRevision, CreateApp, DesiredState, ErrorBody, Group, Heartbeat, HeartbeatReply, Node,
+    NodeContainer, NodeVitals, RegisterRequest, RegisterResponse, RollbackRequest, Rollout,
+    RolloutSummary, Stats, StatusReport, UpdateApp,
 };
 use gustavo_model::spec::AppSpec;
 use reqwest::{Method, StatusCode};
@@ -417,10 +417,22 @@ impl Client {
         spec: &AppSpec,
         groups: &[String],
     ) -> Result<App, ClientError> {
+        self.create_app_pinned(name, spec, groups, None).await
+    }
+
+    /// Creates an app whose image the caller resolved to `digest`.
+    pub async fn create_app_pinned(
+        &self,
+        name: &str,
+        spec: &AppSpec,
+        groups: &[String],
+        digest: Option<String>,
+    ) -> Result<App, ClientError> {
         let body = CreateApp {
             name: name.to_string(),
             spec: spec.clone(),
             groups: groups.to_vec(),
+            digest,
         };
         self.call(Method::POST, "/api/v1/apps", Some(&body)).await
     }
@@ -431,12 +443,54 @@ impl Client {
         spec: &AppSpec,
         groups: Option<Vec<String>>,
     ) -> Result<App, ClientError> {
+        self.update_app_pinned(name, spec, groups, None).await
+    }
+
+    /// Updates an app whose image the caller resolved to `digest`.
+    pub async fn update_app_pinned(
+        &self,
+        name: &str,
+        spec: &AppSpec,
+        groups: Option<Vec<String>>,
+        digest: Option<String>,
+    ) -> Result<App, ClientError> {
         let body = UpdateApp {
             spec: spec.clone(),
             groups,
+            digest,
         };
         self.call(Method::PUT, &format!("/api/v1/apps/{name}"), Some(&body))
             .await
+    }
+
+    /// An app's revisions, oldest first.
+    pub async fn app_history(&self, name: &str) -> Result<Vec<AppRevision>, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/api/v1/apps/{name}/history"),
+            Self::NONE,
+        )
+        .await
+    }
+
+    /// Puts an older revision back (the one before the current, or `to`).
+    pub async fn rollback_app(&self, name: &str, to: Option<u64>) -> Result<App, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/apps/{name}/rollback"),
+            Some(&RollbackRequest { to }),
+        )
+        .await
+    }
+
+    /// `pause`, `resume` or `abort` an app's staged rollout.
+    pub async fn rollout_action(&self, name: &str, action: &str) -> Result<Rollout, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/rollouts/{name}/{action}"),
+            Self::NONE,
+        )
+        .await
     }
 
     /// Deletes an app; returns the revision of the deletion.

@@ -41,6 +41,62 @@ pub struct App {
     /// running until the new one runs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub handoff: BTreeMap<u32, String>,
+    /// The image's digest, resolved from its registry when the revision was accepted:
+    /// what every device runs, so a tag that moves mid-rollout cannot split the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Why the image could not be pinned to a digest (devices then pull the tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_error: Option<String>,
+    /// The staged rollout of this revision (apps with a `rollout:` block), kept once it
+    /// ends so `rollouts get` can say how it went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutRecord>,
+}
+
+/// One revision of an app, as kept in its history (`gustavo apps history`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppRevision {
+    pub app: String,
+    pub revision: u64,
+    pub spec: AppSpec,
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Who made it (a user, or `rollback` for one the server made).
+    pub who: String,
+    /// Unix seconds.
+    pub at: u64,
+    /// `applied`, `rolling out`, `completed`, `rolled back`, `halted`, `aborted`,
+    /// `superseded`.
+    pub outcome: String,
+}
+
+/// `POST /api/v1/apps/{name}/rollback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The revision to go back to; the one before the current by default.
+    #[serde(default)]
+    pub to: Option<u64>,
+}
+
+/// A staged rollout as people follow it (part of `GET /api/v1/rollouts/{app}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StagedRollout {
+    pub record: crate::rollout::RolloutRecord,
+    /// The rollout's devices, by name, with their wave and where each is.
+    pub devices: Vec<RolloutDevice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutDevice {
+    pub node: String,
+    pub wave: u32,
+    /// `pending`, `waiting` (not yet in a wave), `updating`, `done`, `failed`, `offline`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `POST /api/v1/apps`: create an app and attach it to groups (created on demand).
@@ -51,6 +107,9 @@ pub struct CreateApp {
     pub spec: AppSpec,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// The image's digest as the client resolved it from the registry (`sha256:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// `PUT /api/v1/apps/{name}`: replace the spec; `groups`, when given, replaces the groups.
@@ -60,6 +119,9 @@ pub struct UpdateApp {
     pub spec: AppSpec,
     #[serde(default)]
     pub groups: Option<Vec<String>>,
+    /// The image's digest as the client resolved it from the registry (`sha256:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// A device group: the apps attached to it and the nodes in it.
@@ -311,6 +373,9 @@ pub struct Rollout {
     /// False once the app was deleted: converged then means "no containers left".
     pub exists: bool,
     pub nodes: Vec<NodeRollout>,
+    /// The app's staged rollout (apps with a `rollout:` block), running or last finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<StagedRollout>,
 }
 
 impl Rollout {

@@ -63,6 +63,16 @@ pub fn container_name(node: &str, app: &str, replica: u32) -> String {
     format!("{node}.{app}.{replica}")
 }
 
+/// Pins every container's image to `digest` (`repo:tag@sha256:…`): Docker pulls and runs
+/// exactly those bits, whatever the tag points at now; the tag stays for people to read.
+pub fn pin_digest(specs: &mut [ContainerSpec], digest: &str) {
+    for s in specs {
+        let mut r = ImageRef::parse(&s.image);
+        r.digest = Some(digest.to_string());
+        s.image = r.canonical();
+    }
+}
+
 /// Expands the placeholders users may write in env values: `{{node.name}}`,
 /// `{{node.label.KEY}}`, `{{replica}}` and `{{app}}`. Unknown labels expand to nothing.
 fn expand_env(value: &str, node: &NodeFacts, app: &str, replica: u32) -> String {
@@ -189,6 +199,22 @@ pub fn expand_replicas(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinning_keeps_the_tag_and_changes_the_hash() {
+        let spec = crate::spec::parse_one("a:\n  docker_image: reg:5000/web:v1\n", "a").unwrap();
+        let node = NodeFacts {
+            name: "n".into(),
+            cpus: 1,
+            memory_mb: 512,
+            labels: Default::default(),
+        };
+        let mut specs = expand("a", &spec, 0, &node);
+        let before = specs[0].hash();
+        pin_digest(&mut specs, "sha256:abc");
+        assert_eq!(specs[0].image, "reg:5000/web:v1@sha256:abc");
+        assert_ne!(specs[0].hash(), before);
+    }
     use crate::spec::parse_one;
 
     fn node() -> NodeFacts {

@@ -7,6 +7,7 @@
 //! - [`api`]: the wire types shared by server, agent and CLI.
 //! - [`appfile`]: an app written back as the YAML app file (`apps get -o yaml`).
 //! - [`names`]: the rules for app, group and node names.
+//! - [`rollout`]: staged updates — waves, health gates, halts and rollbacks.
 //! - [`exposition`]: metrics text formats (OpenMetrics, and Prometheus text for older scrapers).
 
 pub mod access;
@@ -20,6 +21,7 @@ pub mod image;
 pub mod names;
 pub mod plan;
 pub mod ports;
+pub mod rollout;
 pub mod schedule;
 pub mod spec;
 mod written;

@@ -12,8 +12,8 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Req
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use gustavo_model::api::{
-    App, CreateApp, Heartbeat, HeartbeatReply, NodeContainer, NodeVitals, RegisterRequest, Stats,
-    StatusReport, UpdateApp,
+    App, AppRevision, CreateApp, Heartbeat, HeartbeatReply, NodeContainer, NodeVitals,
+    RegisterRequest, RollbackRequest, Stats, StatusReport, UpdateApp,
 };
 use gustavo_model::names;
 use serde::Deserialize;
@@ -139,6 +139,39 @@ pub async fn app_action(
     let r = async {
         let who = p.person()?;
         s.ops.app_action(&who, name, action.parse()?).await
+    }
+    .await;
+    let revision = r.as_ref().ok().map(|a| a.revision);
+    noted(r.map(Json), None, revision)
+}
+
+pub async fn app_history(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<AppRevision>>, ApiError> {
+    Ok(Json(s.ops.app_history(&p.person()?, &name).await?))
+}
+
+pub async fn rollback_app(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<RollbackRequest>,
+) -> Response {
+    let r = async { s.ops.rollback_app(&p.person()?, name, req.to).await }.await;
+    let revision = r.as_ref().ok().map(|a| a.revision);
+    noted(r.map(Json), None, revision)
+}
+
+pub async fn rollout_action(
+    p: Principal,
+    State(s): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    let r = async {
+        let who = p.person()?;
+        s.ops.rollout_action(&who, name, action.parse()?).await
     }
     .await;
     let revision = r.as_ref().ok().map(|a| a.revision);

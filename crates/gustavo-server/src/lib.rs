@@ -115,6 +115,14 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Unix time in milliseconds (rollout gates count in ms).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// A server ready to serve: store opened, tokens in place, port bound.
 pub struct Server {
     pub tokens: Tokens,
@@ -286,6 +294,10 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         tokio::spawn(controllers::scheduler::run(self.shared.clone()));
+        tokio::spawn(controllers::rollouts::run(ops::Ops {
+            shared: self.shared.clone(),
+            sec: self.sec.clone(),
+        }));
         let closing = self.shared.closing.clone();
         let shutdown = async move {
             shutdown.await;

@@ -57,6 +57,9 @@ routes! {
     GET "/api/v1/apps/{name}" => get_app, token, "Get an app", { 200 => "app", 404 => "no such app" };
     PUT "/api/v1/apps/{name}" => update_app, token, "Replace an app's spec (and groups, when given)", { 200 => "app", 404 => "no such app" };
     DELETE "/api/v1/apps/{name}" => delete_app, token, "Delete an app: its containers leave every device", { 200 => "{revision}", 404 => "no such app" };
+    GET "/api/v1/apps/{name}/history" => app_history, token, "Every revision of the app, oldest first: spec (secrets hidden), groups, digest, who, when, outcome", { 200 => "revisions", 404 => "no such app" };
+    POST "/api/v1/apps/{name}/rollback" => rollback_app, token, "Put an older revision back on every device at once: {to?: REVISION}, the one before the current by default", { 200 => "app", 404 => "no such app or revision", 409 => "nothing earlier to go back to" } body "{\"type\": \"object\", \"properties\": {\"to\": {\"type\": \"integer\"}}}";
+    POST "/api/v1/rollouts/{name}/{action}" => rollout_action, token, "pause, resume or abort an app's staged rollout; abort puts the previous revision back on every device", { 200 => "rollout", 404 => "no such app or action", 409 => "no staged rollout, or not in a state for this action" };
     POST "/api/v1/apps/{name}/{action}" => app_action, token, "start, stop or restart an app", { 200 => "app", 404 => "no such app or action", 409 => "restart of a stopped app" };
     GET "/api/v1/rollouts/{name}" => rollout, token, "How far the app's current revision (or its deletion) has reached each device; ?summary=true gives counts only; ?wait=S&seen=N waits up to S seconds for the converged count to move from N, a failure, or completion", { 200 => "rollout", 404 => "unknown app" };
     GET "/api/v1/groups" => list_groups, token, "List device groups", { 200 => "groups" };

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use gustavo_model::api::App;
-use gustavo_model::spec::EnvValue;
+use gustavo_model::spec::{AppSpec, EnvValue};
 use gustavo_store::{Change, Snapshot, Store, StoreError};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -97,31 +97,31 @@ pub struct SealingStore {
 }
 
 impl SealingStore {
-    fn seal_app(&self, app: &App) -> Result<App, StoreError> {
-        let mut out = app.clone();
-        for (var, v) in out.spec.env_vars.iter_mut() {
+    /// Seals the secret env values of a spec that belongs to `app`.
+    fn seal_spec(&self, app: &str, spec: &mut AppSpec) -> Result<(), StoreError> {
+        for (var, v) in spec.env_vars.iter_mut() {
             if let EnvValue::Secret(plain) = v {
-                let sealed = self.secrets.seal(&app.name, var, plain).map_err(|reason| {
-                    StoreError::Sealed {
-                        what: format!("app `{}` env `{var}`", app.name),
-                        reason,
-                    }
-                })?;
+                let sealed =
+                    self.secrets
+                        .seal(app, var, plain)
+                        .map_err(|reason| StoreError::Sealed {
+                            what: format!("app `{app}` env `{var}`"),
+                            reason,
+                        })?;
                 *v = EnvValue::Sealed(sealed);
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    fn open_app(&self, app: &mut App) -> Result<(), StoreError> {
-        let name = app.name.clone();
-        for (var, v) in app.spec.env_vars.iter_mut() {
+    fn open_spec(&self, app: &str, spec: &mut AppSpec) -> Result<(), StoreError> {
+        for (var, v) in spec.env_vars.iter_mut() {
             if let EnvValue::Sealed(sealed) = v {
                 let plain =
                     self.secrets
-                        .open(&name, var, sealed)
+                        .open(app, var, sealed)
                         .map_err(|reason| StoreError::Sealed {
-                            what: format!("app `{name}` env `{var}`"),
+                            what: format!("app `{app}` env `{var}`"),
                             reason,
                         })?;
                 *v = EnvValue::Secret(plain);
@@ -129,6 +129,30 @@ impl SealingStore {
         }
         Ok(())
     }
+
+    /// The app with every spec it holds sealed: its own, and the previous one a rollout
+    /// keeps for the devices not yet in a wave.
+    fn seal_app(&self, app: &App) -> Result<App, StoreError> {
+        let mut out = app.clone();
+        self.seal_spec(&app.name, &mut out.spec)?;
+        if let Some(r) = &mut out.rollout {
+            self.seal_spec(&app.name, &mut r.from.spec)?;
+        }
+        Ok(out)
+    }
+
+    fn open_app(&self, app: &mut App) -> Result<(), StoreError> {
+        let name = app.name.clone();
+        self.open_spec(&name, &mut app.spec)?;
+        if let Some(r) = &mut app.rollout {
+            self.open_spec(&name, &mut r.from.spec)?;
+        }
+        Ok(())
+    }
+}
+
+fn has_secret(spec: &AppSpec) -> bool {
+    spec.env_vars.values().any(EnvValue::is_secret)
 }
 
 impl Store for SealingStore {
@@ -140,12 +164,28 @@ impl Store for SealingStore {
         Ok(snap)
     }
 
+    fn history(&self, app: &str) -> Result<Vec<gustavo_model::api::AppRevision>, StoreError> {
+        let mut h = self.inner.history(app)?;
+        for r in &mut h {
+            self.open_spec(app, &mut r.spec)?;
+        }
+        Ok(h)
+    }
+
     fn commit(&self, revision: u64, changes: &[Change]) -> Result<(), StoreError> {
         let sealed = changes
             .iter()
             .map(|c| match c {
-                Change::PutApp(a) if a.spec.env_vars.values().any(EnvValue::is_secret) => {
+                Change::PutApp(a)
+                    if has_secret(&a.spec)
+                        || a.rollout.as_ref().is_some_and(|r| has_secret(&r.from.spec)) =>
+                {
                     Ok(Change::PutApp(Box::new(self.seal_app(a)?)))
+                }
+                Change::PutRevision(r) if has_secret(&r.spec) => {
+                    let mut r = r.clone();
+                    self.seal_spec(&r.app.clone(), &mut r.spec)?;
+                    Ok(Change::PutRevision(r))
                 }
                 other => Ok(other.clone()),
             })

@@ -13,9 +13,11 @@ use std::sync::Arc;
 
 use gustavo_model::api::{
     App, AppState, AppStatus, ContainerStatus, DesiredApp, DesiredContainer, DesiredState, Group,
-    Node, NodeRollout, NodeStatus, Rollout, RolloutSummary, StatusReport, Vitals,
+    Node, NodeRollout, NodeStatus, Rollout, RolloutDevice, RolloutSummary, StagedRollout,
+    StatusReport, Vitals,
 };
-use gustavo_model::desired::{NodeFacts, container_name, expand, expand_replicas};
+use gustavo_model::desired::{NodeFacts, container_name, expand, expand_replicas, pin_digest};
+use gustavo_model::rollout::{Device as RolloutSeen, RolloutRecord, Seen};
 use gustavo_model::schedule::{Liveness, NodeView, Usage, Want, Weights, drain_step, place};
 use gustavo_store::{Change, GroupRecord, NodeRecord, Snapshot, Store};
 
@@ -58,6 +60,34 @@ fn runs_on(app: &App, node: &str) -> bool {
     !app.spec.is_replicated()
         || app.placements.values().any(|n| n == node)
         || app.handoff.values().any(|n| n == node)
+}
+
+/// The version of an app one node runs: the current revision, or — during a staged
+/// rollout, on a device not yet in a wave — the one the app came from.
+pub struct Version<'a> {
+    pub revision: u64,
+    pub spec: &'a gustavo_model::AppSpec,
+    pub restart_nonce: u64,
+    pub digest: Option<&'a str>,
+}
+
+impl<'a> Version<'a> {
+    pub fn for_node(app: &'a App, node: &str) -> Version<'a> {
+        match &app.rollout {
+            Some(r) if !r.runs_new(node) => Version {
+                revision: r.from.revision,
+                spec: &r.from.spec,
+                restart_nonce: r.from.restart_nonce,
+                digest: r.from.digest.as_deref(),
+            },
+            _ => Version {
+                revision: app.revision,
+                spec: &app.spec,
+                restart_nonce: app.restart_nonce,
+                digest: app.digest.as_deref(),
+            },
+        }
+    }
 }
 
 /// What the server knows of a node only from its reports.
@@ -144,6 +174,8 @@ impl Cluster {
                 }
                 self.live.remove(&name);
             }
+            // History lives in the store only.
+            Change::PutRevision(_) | Change::RevisionOutcome { .. } => {}
         }
     }
 
@@ -284,11 +316,11 @@ impl Cluster {
         };
         let apps = self
             .apps_of(node)
-            .map(|app| DesiredApp {
-                name: app.name.clone(),
-                revision: app.revision,
-                rolling_restart: app.spec.rolling_restart,
-                containers: if app.spec.is_replicated() {
+            .map(|app| {
+                // During a staged rollout, devices outside its waves keep the revision the
+                // app came from.
+                let v = Version::for_node(app, &node.name);
+                let mut specs = if v.spec.is_replicated() {
                     // Its placed replicas, and those it hands off until the new copy runs.
                     let mut mine: Vec<u32> = app
                         .placements
@@ -299,17 +331,26 @@ impl Cluster {
                         .collect();
                     mine.sort_unstable();
                     mine.dedup();
-                    expand_replicas(&app.name, &app.spec, app.restart_nonce, &facts, &mine)
+                    expand_replicas(&app.name, v.spec, v.restart_nonce, &facts, &mine)
                 } else {
-                    expand(&app.name, &app.spec, app.restart_nonce, &facts)
+                    expand(&app.name, v.spec, v.restart_nonce, &facts)
+                };
+                if let Some(d) = v.digest {
+                    pin_digest(&mut specs, d);
                 }
-                .into_iter()
-                .map(|spec| DesiredContainer {
-                    name: container_name(&node.name, &app.name, spec.replica),
-                    hash: spec.hash(),
-                    spec,
-                })
-                .collect(),
+                DesiredApp {
+                    name: app.name.clone(),
+                    revision: v.revision,
+                    rolling_restart: v.spec.rolling_restart,
+                    containers: specs
+                        .into_iter()
+                        .map(|spec| DesiredContainer {
+                            name: container_name(&node.name, &app.name, spec.replica),
+                            hash: spec.hash(),
+                            spec,
+                        })
+                        .collect(),
+                }
             })
             .collect();
         DesiredState {
@@ -430,6 +471,7 @@ impl Cluster {
                 revision: app.revision,
                 exists: true,
                 nodes,
+                staged: self.staged(app, now),
             });
         }
         let deleted = self.deleted.get(app_name)?;
@@ -466,6 +508,95 @@ impl Cluster {
             revision: deleted.revision,
             exists: false,
             nodes,
+            staged: None,
+        })
+    }
+
+    /// The devices a rollout of `app` covers: the members of its groups that run it.
+    pub fn rollout_targets(&self, app: &App) -> Vec<String> {
+        self.members_of(&app.groups)
+            .into_iter()
+            .filter(|n| runs_on(app, n))
+            .collect()
+    }
+
+    /// What the rollout gate sees of each device of `app`'s staged rollout at `now_ms`:
+    /// online or not, and how its report of the new revision stands. `ready_since` keeps,
+    /// across calls, when each device was first seen ready.
+    pub fn rollout_devices(
+        &self,
+        app: &App,
+        record: &RolloutRecord,
+        now_ms: u64,
+        ready_since: &mut HashMap<String, u64>,
+    ) -> Vec<RolloutSeen> {
+        let now = now_ms / 1000;
+        self.rollout_targets(app)
+            .into_iter()
+            .map(|node| {
+                let online = self.node_status(&node, now) == NodeStatus::Ready;
+                let status = self.live.get(&node).and_then(|l| {
+                    l.report
+                        .apps
+                        .iter()
+                        .find(|s| s.app == app.name && s.revision >= record.to_revision)
+                        .cloned()
+                });
+                let seen = match status {
+                    Some(s) if s.state == AppState::Failed => {
+                        ready_since.remove(&node);
+                        Seen::Failed(s.error.unwrap_or_else(|| "failed".into()))
+                    }
+                    Some(s) if s.state == AppState::Running || s.state == AppState::Stopped => {
+                        Seen::ReadySince(*ready_since.entry(node.clone()).or_insert(now_ms))
+                    }
+                    _ => {
+                        ready_since.remove(&node);
+                        Seen::Pending
+                    }
+                };
+                RolloutSeen {
+                    name: node,
+                    online,
+                    seen,
+                }
+            })
+            .collect()
+    }
+
+    /// The staged rollout of `app` as people follow it.
+    pub fn staged(&self, app: &App, now: u64) -> Option<StagedRollout> {
+        let r = app.rollout.as_ref()?;
+        let devices = self
+            .rollout_targets(app)
+            .into_iter()
+            .map(|node| {
+                let online = self.node_status(&node, now) == NodeStatus::Ready;
+                let wave = r.wave_of.get(&node).copied().unwrap_or(0);
+                let (state, error) = if let Some(e) = r.failed.get(&node) {
+                    ("failed", Some(e.clone()))
+                } else if r.done.contains(&node) {
+                    ("done", None)
+                } else if !online {
+                    ("offline", None)
+                } else if r.admitted.contains_key(&node) {
+                    ("updating", None)
+                } else if r.state.is_active() {
+                    ("waiting", None)
+                } else {
+                    ("settled", None)
+                };
+                RolloutDevice {
+                    node,
+                    wave,
+                    state: state.into(),
+                    error,
+                }
+            })
+            .collect();
+        Some(StagedRollout {
+            record: r.clone(),
+            devices,
         })
     }
 
@@ -819,6 +950,9 @@ mod tests {
             updated_at: 1,
             placements: Default::default(),
             handoff: Default::default(),
+            digest: None,
+            digest_error: None,
+            rollout: None,
         };
         let c = Cluster::from_snapshot(Snapshot {
             revision: 5,

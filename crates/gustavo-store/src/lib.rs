@@ -99,6 +99,14 @@ pub enum Change {
     DeleteGroup(String),
     PutNode(NodeRecord),
     DeleteNode(String),
+    /// A new revision in an app's history (deleting the app deletes its history).
+    PutRevision(Box<gustavo_model::api::AppRevision>),
+    /// How a revision in the history ended.
+    RevisionOutcome {
+        app: String,
+        revision: u64,
+        outcome: String,
+    },
 }
 
 /// Durable storage. Implementations must make `commit` atomic and durable: after it returns
@@ -106,6 +114,9 @@ pub enum Change {
 pub trait Store: Send + Sync + 'static {
     fn load(&self) -> Result<Snapshot, StoreError>;
     fn commit(&self, revision: u64, changes: &[Change]) -> Result<(), StoreError>;
+    /// An app's revisions, oldest first (not kept in memory: only `apps history` and
+    /// `apps rollback` read them).
+    fn history(&self, app: &str) -> Result<Vec<gustavo_model::api::AppRevision>, StoreError>;
 }
 
 #[cfg(test)]
@@ -125,6 +136,9 @@ pub(crate) mod suite {
             updated_at: 2,
             placements: BTreeMap::new(),
             handoff: BTreeMap::new(),
+            digest: None,
+            digest_error: None,
+            rollout: None,
         }
     }
 
@@ -298,5 +312,37 @@ pub(crate) mod suite {
         s.commit(2, &[Change::PutApp(Box::new(changed.clone()))])
             .unwrap();
         assert_eq!(s.load().unwrap().apps, vec![changed]);
+    }
+
+    pub fn history_keeps_revisions_and_outcomes(s: &dyn Store) {
+        let rev = |n: u64, outcome: &str| gustavo_model::api::AppRevision {
+            app: "a".into(),
+            revision: n,
+            spec: app("a", n).spec,
+            groups: vec!["g".into()],
+            digest: None,
+            who: "admin".into(),
+            at: n,
+            outcome: outcome.into(),
+        };
+        s.commit(1, &[Change::PutRevision(Box::new(rev(1, "applied")))])
+            .unwrap();
+        s.commit(
+            2,
+            &[
+                Change::PutRevision(Box::new(rev(2, "rolling out"))),
+                Change::RevisionOutcome {
+                    app: "a".into(),
+                    revision: 1,
+                    outcome: "superseded".into(),
+                },
+            ],
+        )
+        .unwrap();
+        let h = s.history("a").unwrap();
+        assert_eq!(h, vec![rev(1, "superseded"), rev(2, "rolling out")]);
+        assert!(s.history("b").unwrap().is_empty());
+        s.commit(3, &[Change::DeleteApp("a".into())]).unwrap();
+        assert!(s.history("a").unwrap().is_empty());
     }
 }

@@ -20,6 +20,8 @@ CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEG
     actor TEXT NOT NULL, address TEXT NOT NULL, action TEXT NOT NULL, object TEXT NOT NULL,
     allowed INTEGER NOT NULL, status INTEGER NOT NULL, detail TEXT NOT NULL, revision INTEGER);
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+CREATE TABLE IF NOT EXISTS app_revisions (app TEXT NOT NULL, revision INTEGER NOT NULL,
+    doc TEXT NOT NULL, outcome TEXT NOT NULL, PRIMARY KEY (app, revision));
 ";
 
 /// SQLite storage. One connection behind a mutex: the server serialises writes anyway, and
@@ -122,6 +124,27 @@ impl Store for SqliteStore {
                 }
                 Change::DeleteApp(name) => {
                     tx.execute("DELETE FROM apps WHERE name = ?1", params![name])?;
+                    tx.execute("DELETE FROM app_revisions WHERE app = ?1", params![name])?;
+                }
+                Change::PutRevision(r) => {
+                    let doc = serde_json::to_string(r).expect("revisions always serialize");
+                    tx.execute(
+                        "INSERT INTO app_revisions (app, revision, doc, outcome)
+                         VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (app, revision) DO UPDATE
+                         SET doc = excluded.doc, outcome = excluded.outcome",
+                        params![r.app, r.revision as i64, doc, r.outcome],
+                    )?;
+                }
+                Change::RevisionOutcome {
+                    app,
+                    revision,
+                    outcome,
+                } => {
+                    tx.execute(
+                        "UPDATE app_revisions SET outcome = ?3 WHERE app = ?1 AND revision = ?2",
+                        params![app, *revision as i64, outcome],
+                    )?;
                 }
                 Change::PutGroup(g) => {
                     tx.execute(
@@ -148,6 +171,29 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn history(&self, app: &str) -> Result<Vec<gustavo_model::api::AppRevision>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT revision, doc, outcome FROM app_revisions WHERE app = ?1 ORDER BY revision",
+        )?;
+        let rows = stmt.query_map(params![app], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (rev, doc, outcome) = row?;
+            let mut r: gustavo_model::api::AppRevision =
+                decode("app revision", format!("{app}@{rev}"), &doc)?;
+            r.outcome = outcome;
+            out.push(r);
+        }
+        Ok(out)
     }
 }
 
@@ -309,6 +355,13 @@ mod tests {
     fn upsert_replaces() {
         let (_d, s) = fresh();
         suite::upsert_replaces(&s);
+    }
+
+    #[test]
+    fn history() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db")).unwrap();
+        suite::history_keeps_revisions_and_outcomes(&s);
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub enum Command {
     /// Create, update and delete apps.
     #[command(subcommand)]
     Apps(AppsCmd),
+    /// Staged rollouts of apps with a `rollout:` block: follow, pause, resume, abort.
+    #[command(subcommand)]
+    Rollouts(RolloutsCmd),
     /// Device groups.
     #[command(subcommand)]
     Groups(GroupsCmd),
@@ -476,6 +479,45 @@ pub enum AppsCmd {
         name: AppName,
         #[command(flatten)]
         wait: WaitArgs,
+    },
+    /// Every revision of an app: when, who, image and digest, and how it ended.
+    History {
+        #[command(flatten)]
+        name: AppName,
+    },
+    /// Put an older revision back on every device at once (default: the one before).
+    Rollback {
+        #[command(flatten)]
+        name: AppName,
+        /// The revision to go back to (see `apps history`).
+        #[arg(long, value_name = "REVISION")]
+        to: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutsCmd {
+    /// Where an app's staged rollout stands: waves, devices done, failed and waiting.
+    Get {
+        #[command(flatten)]
+        name: AppName,
+    },
+    /// Start no new wave until resumed (devices already in a wave go on).
+    Pause {
+        #[command(flatten)]
+        name: AppName,
+    },
+    /// Go on with the next wave (after `pause: manual`, `rollouts pause`, or a halt).
+    Resume {
+        #[command(flatten)]
+        name: AppName,
+    },
+    /// Stop the rollout and put the previous revision back on every device.
+    Abort {
+        #[command(flatten)]
+        name: AppName,
     },
 }
 

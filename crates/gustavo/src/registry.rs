@@ -72,3 +72,61 @@ pub async fn check(image: &str) {
         );
     }
 }
+
+/// The manifest types Docker asks a registry for, so the digest the registry names is the
+/// one Docker itself resolves the tag to.
+const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.oci.image.manifest.v1+json";
+
+/// The digest `image`'s tag points at now, from its registry (Docker Registry HTTP API v2:
+/// `HEAD /v2/NAME/manifests/TAG`, header `Docker-Content-Digest`). An image written with a
+/// digest is already pinned. HTTPS is tried first, then plain HTTP (as Docker does for a
+/// registry it is told is insecure, such as a local one).
+pub async fn resolve_digest(image: &str) -> Result<String, String> {
+    let r = ImageRef::parse(image);
+    if let Some(d) = r.digest {
+        return Ok(d);
+    }
+    let Some(registry) = r.registry.clone() else {
+        return Err(format!(
+            "`{image}` names no registry host (Docker Hub is not reachable from here)"
+        ));
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut last = String::new();
+    for scheme in ["https", "http"] {
+        let url = format!(
+            "{scheme}://{registry}/v2/{}/manifests/{}",
+            r.repository, r.tag
+        );
+        match http
+            .head(&url)
+            .header(reqwest::header::ACCEPT, MANIFEST_TYPES)
+            .send()
+            .await
+        {
+            Ok(resp) if resp.status().is_success() => {
+                return resp
+                    .headers()
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("registry {registry} named no digest for {image}"));
+            }
+            Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => {
+                return Err(format!(
+                    "{}:{} is not in registry {registry}",
+                    r.repository, r.tag
+                ));
+            }
+            Ok(resp) => last = format!("registry {registry} answered {}", resp.status()),
+            Err(e) => last = format!("cannot reach registry {registry}: {e}"),
+        }
+    }
+    Err(last)
+}

@@ -138,3 +138,103 @@ pub async fn wait(client: &Client, app: &str, verb: &str, timeout: Duration) -> 
         }
     }
 }
+
+/// Follows a staged rollout wave by wave until it completes (then waits for every device
+/// to run the settled revision), and fails naming devices and errors when it halts, rolls
+/// back or is aborted. A manual pause is reported once and waited through.
+pub async fn wait_staged(client: &Client, app: &str, timeout: Duration) -> Result<()> {
+    use gustavo_model::rollout::RolloutState;
+    let start = Instant::now();
+    let mut last_line = String::new();
+    let mut lost = false;
+    loop {
+        let r = match client.rollout(app).await {
+            Ok(r) => {
+                lost = false;
+                r
+            }
+            Err(e) if reconnectable(&e) && start.elapsed() < timeout => {
+                if !lost {
+                    eprintln!("{app}: {e}; retrying until the timeout");
+                    lost = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(st) = &r.staged else {
+            // Not staged (any more): an ordinary convergence.
+            return wait(
+                client,
+                app,
+                "running",
+                timeout.saturating_sub(start.elapsed()),
+            )
+            .await;
+        };
+        let rec = &st.record;
+        let count = |s: &str| st.devices.iter().filter(|d| d.state == s).count();
+        let line = format!(
+            "{app}: revision {} {}, wave {}: {}/{} devices done, {} updating, {} failed",
+            rec.to_revision,
+            rec.state.as_str(),
+            rec.wave,
+            count("done"),
+            st.devices.len(),
+            count("updating"),
+            count("failed")
+        );
+        if line != last_line {
+            eprintln!("{line}");
+            if rec.state == RolloutState::Paused {
+                eprintln!("{app}: paused; `gustavo rollouts resume {app}` starts the next wave");
+            }
+            last_line = line;
+        }
+        match rec.state {
+            RolloutState::Completed => {
+                return wait(
+                    client,
+                    app,
+                    "running",
+                    timeout.saturating_sub(start.elapsed()),
+                )
+                .await;
+            }
+            RolloutState::RolledBack | RolloutState::Halted | RolloutState::Aborted => {
+                let failed: Vec<String> = rec
+                    .failed
+                    .iter()
+                    .map(|(d, e)| format!("  {d}: {e}"))
+                    .collect();
+                let what = match rec.state {
+                    RolloutState::RolledBack => format!(
+                        "rollout of revision {} halted and rolled back to revision {}",
+                        rec.to_revision, rec.from.revision
+                    ),
+                    RolloutState::Halted => format!(
+                        "rollout of revision {} halted (no automatic rollback): devices stay \
+                         where they are until `gustavo rollouts resume|abort {app}`",
+                        rec.to_revision
+                    ),
+                    _ => format!("rollout of revision {} was aborted", rec.to_revision),
+                };
+                return Err(Exit(1, format!("{app}: {what}\n{}", failed.join("\n"))).into());
+            }
+            _ => {}
+        }
+        if start.elapsed() >= timeout {
+            return Err(Exit(
+                1,
+                format!(
+                    "{app}: timed out after {}s; the rollout goes on ({})",
+                    timeout.as_secs(),
+                    rec.state.as_str()
+                ),
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -7,6 +7,7 @@ mod connections;
 mod foundation;
 mod metrics;
 mod networks;
+mod rollouts;
 mod scheduler;
 mod security;
 mod spec_input;

@@ -1,4 +1,5 @@
-//! Loops that own one concern each and run beside the API: today the scheduler (node
-//! liveness and replica placement).
+//! Loops that own one concern each and run beside the API: the scheduler (node
+//! liveness and replica placement) and the rollout gate (staged updates).
 
+pub mod rollouts;
 pub mod scheduler;

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use gustavo_model::access::{GroupPolicy, Role, Subject, check_spec};
-use gustavo_model::api::{App, CreateApp, UpdateApp};
+use gustavo_model::api::{App, AppRevision, CreateApp, UpdateApp};
+use gustavo_model::rollout::{Previous, RolloutRecord};
 use gustavo_model::spec::{self, AppSpec, EnvValue};
 use gustavo_store::Change;
 
@@ -136,9 +137,11 @@ impl Ops {
         }
         check_spec_rules(&req.spec)?;
         check_env_input(&req.spec)?;
+        let digest = check_digest(req.digest)?;
         let policies = self.sec.policies();
         may_change_app(who, &req.name, &[], &groups, &req.spec, &policies)?;
         let self_sched = self.shared.sched.clone();
+        let author = who.name.clone();
         let app = self
             .shared
             .mutate(move |c, rev| {
@@ -159,6 +162,9 @@ impl Ops {
                     updated_at: t,
                     placements: Default::default(),
                     handoff: Default::default(),
+                    digest_error: digest.is_none().then(unpinned),
+                    digest,
+                    rollout: None,
                 };
                 // Only a replicated app needs the nodes' views (O(nodes)): a plain one
                 // must not make every change cost a walk over the fleet.
@@ -168,6 +174,7 @@ impl Ops {
                 }
                 let mut changes = c.touch_groups(&app.groups, rev);
                 changes.push(Change::PutApp(Box::new(app.clone())));
+                changes.push(history_entry(&app, &author, "applied"));
                 Ok((changes, app))
             })
             .await?;
@@ -195,10 +202,16 @@ impl Ops {
         let groups = req.groups.as_deref().map(check_groups).transpose()?;
         check_spec_rules(&req.spec)?;
         check_env_input(&req.spec)?;
+        let digest = check_digest(req.digest)?;
         let policies = self.sec.policies();
+        let author = Author {
+            who: who.name.clone(),
+            staged: true,
+            outcome: None,
+        };
         let who = who.clone();
         let app = self
-            .change_app(name, move |app| {
+            .change_app(name, author, move |app| {
                 if !who.can_read_app(&app.name, &app.groups) {
                     return Err(hidden("app", &app.name));
                 }
@@ -213,15 +226,35 @@ impl Ops {
                     &req.spec,
                     &policies,
                 )?;
+                // The same tag resolved again keeps its digest when the client could
+                // not resolve it this time: the devices keep the same bits.
+                let same_image = app.spec.docker_image == req.spec.docker_image;
+                match digest {
+                    Some(d) => {
+                        app.digest = Some(d);
+                        app.digest_error = None;
+                    }
+                    None if same_image => {}
+                    None => {
+                        app.digest = None;
+                        app.digest_error = Some(unpinned());
+                    }
+                }
                 app.spec = req.spec;
                 app.groups = new_groups;
                 Ok(())
             })
             .await?;
+        let staged = app
+            .rollout
+            .as_ref()
+            .filter(|r| r.to_revision == app.revision && r.state.is_active())
+            .map(|_| "; rolling out in waves")
+            .unwrap_or("");
         self.shared.events.push(
             "app",
             format!("app:{}", app.name),
-            format!("{} updated (revision {})", app.name, app.revision),
+            format!("{} updated (revision {}{staged})", app.name, app.revision),
         );
         Ok(shown(&app))
     }
@@ -233,9 +266,14 @@ impl Ops {
         name: String,
         action: Action,
     ) -> Result<App, OpError> {
+        let author = Author {
+            who: who.name.clone(),
+            staged: false,
+            outcome: None,
+        };
         let who = who.clone();
         let app = self
-            .change_app(name, move |app| {
+            .change_app(name, author, move |app| {
                 if !who.can_read_app(&app.name, &app.groups) {
                     return Err(hidden("app", &app.name));
                 }
@@ -243,6 +281,16 @@ impl Ops {
                     return Err(OpError::Denied(format!(
                         "user `{}` may not change app `{}`",
                         who.name, app.name
+                    )));
+                }
+                if let Some(r) = app.rollout.as_ref().filter(|r| r.state.is_active()) {
+                    return Err(OpError::Conflict(format!(
+                        "app `{}` has a rollout of revision {} in progress ({}); resume it, \
+                         abort it (`gustavo rollouts abort {}`) or update the app",
+                        app.name,
+                        r.to_revision,
+                        r.state.as_str(),
+                        app.name
                     )));
                 }
                 match action {
@@ -323,10 +371,13 @@ impl Ops {
     }
 
     /// Commits a changed copy of an app at the next revision, bumping the groups it leaves
-    /// and joins; an unchanged app commits nothing.
-    async fn change_app(
+    /// and joins; an unchanged app commits nothing. A new version of what the devices run
+    /// goes into the history and, for an update of an app with a `rollout:` block, starts
+    /// a staged rollout from the version the devices settled on.
+    pub(crate) async fn change_app(
         &self,
         name: String,
+        author: Author,
         edit: impl FnOnce(&mut App) -> Result<(), OpError> + Send + 'static,
     ) -> Result<App, OpError> {
         let sched = self.shared.sched.clone();
@@ -350,9 +401,104 @@ impl Ops {
                 app.revision = rev;
                 app.updated_at = now();
                 let mut changes = c.touch_groups(old.groups.iter().chain(&app.groups), rev);
+                let new_version = app.spec != old.spec
+                    || app.digest != old.digest
+                    || app.restart_nonce != old.restart_nonce;
+                if new_version {
+                    changes.extend(start_version(old, &mut app, &author));
+                }
                 changes.push(Change::PutApp(Box::new(app.clone())));
                 Ok((changes, app))
             })
             .await
+    }
+}
+
+/// Who makes a change to an app, and how it reaches the devices.
+pub(crate) struct Author {
+    /// The user (or `rollout` for what the server does by itself).
+    pub who: String,
+    /// Whether an app with a `rollout:` block takes this change in waves (an update does;
+    /// start, stop, restart and rollbacks reach every device at once).
+    pub staged: bool,
+    /// The outcome the history records for it, when not `applied` / `rolling out`.
+    pub outcome: Option<String>,
+}
+
+/// The history entry of an app's current revision.
+pub(crate) fn history_entry(app: &App, who: &str, outcome: &str) -> Change {
+    Change::PutRevision(Box::new(AppRevision {
+        app: app.name.clone(),
+        revision: app.revision,
+        spec: app.spec.clone(),
+        groups: app.groups.clone(),
+        digest: app.digest.clone(),
+        who: who.to_string(),
+        at: now(),
+        outcome: outcome.to_string(),
+    }))
+}
+
+/// A new version of `old` becomes `app`: the staged rollout it starts (if any) and the
+/// history changes it makes.
+fn start_version(old: &App, app: &mut App, author: &Author) -> Vec<Change> {
+    let mut changes = Vec::new();
+    // What the devices outside the waves run: the version the fleet settled on, not a
+    // half-rolled-out one (an update in the middle of a rollout supersedes it).
+    let settled = match &old.rollout {
+        Some(r) if r.state.is_active() => {
+            changes.push(Change::RevisionOutcome {
+                app: old.name.clone(),
+                revision: r.to_revision,
+                outcome: "superseded".into(),
+            });
+            r.from.clone()
+        }
+        _ => Previous {
+            revision: old.revision,
+            spec: old.spec.clone(),
+            restart_nonce: old.restart_nonce,
+            digest: old.digest.clone(),
+        },
+    };
+    app.rollout = match (&app.spec.rollout, author.staged) {
+        (Some(policy), true) => Some(RolloutRecord::new(
+            app.revision,
+            settled,
+            policy.clone(),
+            crate::now_ms(),
+        )),
+        _ => None,
+    };
+    let outcome = author.outcome.clone().unwrap_or_else(|| {
+        if app.rollout.is_some() {
+            "rolling out".into()
+        } else {
+            "applied".into()
+        }
+    });
+    changes.push(history_entry(app, &author.who, &outcome));
+    changes
+}
+
+/// What `digest_error` says of a revision no digest was resolved for.
+fn unpinned() -> String {
+    "no digest was resolved when this revision was accepted (registry unreachable from the \
+     client, or an API client that sent none); devices pull the tag"
+        .into()
+}
+
+/// A digest as Docker writes it: `sha256:` and 64 lowercase hex digits.
+fn check_digest(d: Option<String>) -> Result<Option<String>, OpError> {
+    let Some(d) = d else { return Ok(None) };
+    let ok = d.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    });
+    if ok {
+        Ok(Some(d))
+    } else {
+        Err(OpError::BadRequest(format!(
+            "digest `{d}` is not of the form sha256:<64 hex digits>"
+        )))
     }
 }

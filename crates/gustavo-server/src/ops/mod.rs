@@ -13,6 +13,7 @@ pub mod apps;
 mod error;
 pub mod groups;
 pub mod nodes;
+pub mod rollouts;
 pub mod security;
 
 use std::sync::Arc;

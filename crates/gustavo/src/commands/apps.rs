@@ -96,6 +96,23 @@ fn print_app(format: Format, app: &App) -> Result<()> {
             outln!("groups:    {}", app.groups.join(", "));
             outln!("revision:  {}", app.revision);
             outln!("updated:   {}", ago(app.updated_at));
+            outln!("image:     {}", app.spec.docker_image);
+            match (&app.digest, &app.digest_error) {
+                (Some(d), _) => outln!("digest:    {d}"),
+                (None, Some(e)) => outln!("digest:    not pinned: {e}"),
+                (None, None) => outln!("digest:    not pinned"),
+            }
+            if let Some(r) = &app.rollout {
+                outln!(
+                    "rollout:   revision {} {}{}",
+                    r.to_revision,
+                    r.state.as_str(),
+                    r.reason
+                        .as_deref()
+                        .map(|w| format!(": {w}"))
+                        .unwrap_or_default()
+                );
+            }
             if let Some(n) = app.spec.replicas {
                 outln!("replicas:  {} placed of {n}", app.placements.len());
                 for i in 1..=n {
@@ -114,6 +131,23 @@ fn print_app(format: Format, app: &App) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The image's digest from its registry, so every device runs the same bits; a warning,
+/// and no pin, when the registry cannot say.
+async fn pin(spec: &spec::AppSpec) -> Option<String> {
+    match registry::resolve_digest(&spec.docker_image).await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("warning: cannot pin the image to a digest ({e}); devices will pull the tag");
+            None
+        }
+    }
+}
+
+/// `sha256:0123456789ab` — enough to tell digests apart in a table.
+fn short_digest(d: &str) -> String {
+    d.chars().take(19).collect()
 }
 
 /// The seed's lines before a create: the server, then what the registry holds (update
@@ -149,7 +183,10 @@ pub async fn run(cli: &Cli, cmd: &AppsCmd) -> Result<()> {
             let name = name.get();
             let spec = spec.expect("read above for create");
             preamble(cli, &client, &spec, true).await;
-            let app = client.create_app(name, &spec, groups).await?;
+            let digest = pin(&spec).await;
+            let app = client
+                .create_app_pinned(name, &spec, groups, digest)
+                .await?;
             match cli.output {
                 Format::Table => changed(
                     "app",
@@ -169,7 +206,10 @@ pub async fn run(cli: &Cli, cmd: &AppsCmd) -> Result<()> {
             let before = client.get_app(name).await?;
             preamble(cli, &client, &spec, false).await;
             let new_groups = (!groups.is_empty()).then(|| groups.clone());
-            let app = client.update_app(name, &spec, new_groups).await?;
+            let digest = pin(&spec).await;
+            let app = client
+                .update_app_pinned(name, &spec, new_groups, digest)
+                .await?;
             match cli.output {
                 Format::Table if app.revision == before.revision => {
                     changed("app", &app.name, "unchanged", Some(app.revision))
@@ -181,6 +221,62 @@ pub async fn run(cli: &Cli, cmd: &AppsCmd) -> Result<()> {
                     Some(app.revision),
                 ),
                 Format::Table => changed("app", &app.name, "updated", Some(app.revision)),
+                f => data(f, &app),
+            }
+            let staged = app
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.to_revision == app.revision && r.state.is_active());
+            if staged && cli.output == Format::Table {
+                eprintln!(
+                    "{name}: rolling out in waves; follow it with `gustavo rollouts get {name}`"
+                );
+            }
+            if staged && wait.wait {
+                let timeout = parse_duration("timeout", &wait.timeout)?;
+                return rollout::wait_staged(&client, name, timeout).await;
+            }
+            maybe_wait(&client, name, "running", wait).await
+        }
+        AppsCmd::History { name } => {
+            let name = name.get();
+            let h = client.app_history(name).await?;
+            let current = client.get_app(name).await.ok().map(|a| a.revision);
+            let rows = h
+                .iter()
+                .rev()
+                .map(|r| {
+                    let mark = if Some(r.revision) == current {
+                        " *"
+                    } else {
+                        ""
+                    };
+                    vec![
+                        format!("{}{mark}", r.revision),
+                        ago(r.at),
+                        r.who.clone(),
+                        r.spec.docker_image.clone(),
+                        r.digest
+                            .as_deref()
+                            .map(short_digest)
+                            .unwrap_or_else(|| "-".into()),
+                        r.outcome.clone(),
+                    ]
+                })
+                .collect();
+            show(
+                cli.output,
+                &h,
+                &["revision", "when", "who", "image", "digest", "outcome"],
+                rows,
+            );
+            Ok(())
+        }
+        AppsCmd::Rollback { name, to, wait } => {
+            let name = name.get();
+            let app = client.rollback_app(name, *to).await?;
+            match cli.output {
+                Format::Table => changed("app", &app.name, "rolled back", Some(app.revision)),
                 f => data(f, &app),
             }
             maybe_wait(&client, name, "running", wait).await

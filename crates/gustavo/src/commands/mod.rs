@@ -10,6 +10,7 @@ mod events;
 mod groups;
 mod login;
 mod nodes;
+mod rollouts;
 mod server;
 mod tokens;
 mod users;
@@ -42,6 +43,7 @@ async fn dispatch(cli: &Cli) -> Result<()> {
         Command::Server(args) => server::run(cli, args).await,
         Command::Agent(args) => agent::run(cli, args).await,
         Command::Apps(cmd) => apps::run(cli, cmd).await,
+        Command::Rollouts(cmd) => rollouts::run(cli, cmd).await,
         Command::Groups(cmd) => groups::run(cli, cmd).await,
         Command::Nodes(cmd) => nodes::run(cli, cmd).await,
         Command::Cache(cmd) => cache::run(cli, cmd).await,
