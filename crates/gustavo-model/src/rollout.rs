@@ -618,6 +618,21 @@ mod tests {
     }
 
     #[test]
+    fn the_block_round_trips_through_the_app_file() {
+        let spec = parse_one(
+            "a:\n  docker_image: x\n  rollout:\n    canary: 10%\n    batch: 2\n    max_failed: 1\n    pause: manual\n    health_wait: 3s\n",
+            "a",
+        )
+        .unwrap();
+        let text = crate::appfile::app_file("a", &spec).unwrap();
+        assert_eq!(parse_one(&text, "a").unwrap(), spec, "{text}");
+        let mut timed = spec.clone();
+        timed.rollout.as_mut().unwrap().pause = Pause::After(30_000);
+        let text = crate::appfile::app_file("a", &timed).unwrap();
+        assert_eq!(parse_one(&text, "a").unwrap(), timed, "{text}");
+    }
+
+    #[test]
     fn waves_of_one_move_one_device_at_a_time() {
         let mut r = rec(policy("batch: 1\nhealth_wait: 1s\n"));
         let notes = r.step(&four(|_| Seen::Pending), 0);
