@@ -132,6 +132,8 @@ impl DockerRuntime {
             env: Some(s.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             cmd: s.command.clone(),
             entrypoint: s.entrypoint.clone(),
+            working_dir: s.workdir.clone(),
+            user: s.user.clone(),
             labels: Some(labels),
             exposed_ports: (!exposed.is_empty()).then_some(exposed),
             healthcheck: s.healthcheck.as_ref().map(|h| HealthConfig {

@@ -46,6 +46,12 @@ pub struct ContainerSpec {
     pub healthcheck: Option<HealthCheck>,
     /// Bumped by `apps restart`: a new value forces every replica to be recreated.
     pub restart_nonce: u64,
+    // Newer fields: left out of the canonical JSON when unset, so the hashes of
+    // containers that do not use them do not change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl ContainerSpec {
@@ -185,6 +191,8 @@ pub fn expand_replicas(
                     .collect(),
                 command: spec.command.as_ref().map(|c| c.0.clone()),
                 entrypoint: spec.entrypoint.as_ref().map(|c| c.0.clone()),
+                workdir: spec.workdir.clone(),
+                user: spec.user.clone(),
                 nano_cpus: spec.cpus.map(|c| c.nano()),
                 memory_bytes: spec.memory.map(|m| m.0 as i64),
                 restart: spec.restart,

@@ -14,6 +14,7 @@ pub mod access;
 pub mod api;
 pub mod appfile;
 pub mod auth_api;
+pub mod compat;
 pub mod cron;
 pub mod desired;
 pub mod exposition;

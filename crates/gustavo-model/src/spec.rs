@@ -83,6 +83,12 @@ pub struct AppSpec {
     pub command: Option<Command>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Command>,
+    /// The working directory inside the container (`docker run -w`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// The user the command runs as, `NAME`, `UID` or `UID:GID` (`docker run -u`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// CPU limit in cores, e.g. `0.5`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<Cpus>,
