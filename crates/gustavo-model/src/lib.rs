@@ -6,6 +6,7 @@
 //! - [`plan`]: the reconcile diff — what to create, start and remove to make observed match desired.
 //! - [`api`]: the wire types shared by server, agent and CLI.
 //! - [`appfile`]: an app written back as the YAML app file (`apps get -o yaml`).
+//! - [`job`]: jobs — the job file, the run state machine, retries, due times.
 //! - [`names`]: the rules for app, group and node names.
 //! - [`exposition`]: metrics text formats (OpenMetrics, and Prometheus text for older scrapers).
 
@@ -17,6 +18,7 @@ pub mod cron;
 pub mod desired;
 pub mod exposition;
 pub mod image;
+pub mod job;
 pub mod names;
 pub mod plan;
 pub mod ports;

@@ -845,6 +845,7 @@ mod tests {
                 error: None,
             }],
             containers: vec![],
+            jobs: vec![],
         };
         c.live.insert(
             "n1".into(),
