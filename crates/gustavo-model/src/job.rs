@@ -586,6 +586,12 @@ impl Job {
                     self.runs[i] = report.clone();
                     report
                 }
+                // Older than everything kept: already forgotten, not news.
+                None if self.runs.len() >= MAX_RUNS
+                    && self.runs.first().is_some_and(|f| report.run <= f.run) =>
+                {
+                    return Vec::new();
+                }
                 None => {
                     // Runs arrive in any order after an outage: keep them by time.
                     let at = self
@@ -758,6 +764,19 @@ pub fn due(schedule: &Schedule, last: u64, now: u64) -> Option<u64> {
     }
     Some(t)
 }
+
+/// `POST /api/v1/jobs`: run a job on its groups (the default group when none is named).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunJob {
+    pub name: String,
+    pub spec: JobSpec,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// The body of a callback: one state change of one run.
+pub type Callback = Transition;
 
 /// What a node must run of one job (part of its desired state).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1021,6 +1040,16 @@ mod tests {
             );
         }
         assert_eq!(j.runs.len(), MAX_RUNS);
+        // A run older than all those kept is not news (no churn from agents' old runs).
+        assert!(
+            j.observe(
+                "n3",
+                &report(&j, "n3", T - 100, RunState::Succeeded, Some(0)),
+                2,
+                T
+            )
+            .is_empty()
+        );
     }
 
     #[test]

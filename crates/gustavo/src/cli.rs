@@ -319,6 +319,10 @@ pub struct ServerArgs {
     /// (it shows offline after three missed heartbeats, 15 s at least, before that).
     #[arg(long, default_value = "18s")]
     pub replica_grace: String,
+    /// How long a job callback is retried (with backoff, up to a minute apart) before it
+    /// is given up.
+    #[arg(long, default_value = "24h")]
+    pub callback_expiry: String,
     /// Placement score: weight of each free core (cores × idle fraction).
     #[arg(long, default_value_t = 1.0)]
     pub score_cpu: f64,
