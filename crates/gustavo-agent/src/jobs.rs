@@ -326,13 +326,13 @@ impl<R: Runtime> JobRunner<R> {
     /// the newest runs of each job and forgets jobs long gone.
     async fn clean(&mut self, observed: &[Observed], jobs: &[DesiredJob], now: u64) {
         for r in &mut self.state.runs {
-            if r.run.state.is_final() && now >= r.run.finished_at + KEEP_FINISHED_S {
-                if let Some(id) = r.container.take() {
-                    if let Err(e) = self.rt.remove(&id).await {
-                        tracing::warn!(container = %id, error = %e, "cannot remove a job container");
-                        r.container = Some(id);
-                    }
-                }
+            if r.run.state.is_final()
+                && now >= r.run.finished_at + KEEP_FINISHED_S
+                && let Some(id) = r.container.take()
+                && let Err(e) = self.rt.remove(&id).await
+            {
+                tracing::warn!(container = %id, error = %e, "cannot remove a job container");
+                r.container = Some(id);
             }
         }
         for o in observed {

@@ -184,13 +184,17 @@ pub struct JobSpec {
 }
 
 fn retries<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    let n = u32::deserialize(d)?;
-    if n > MAX_RETRIES {
-        return Err(de::Error::custom(format!(
-            "retries: at most {MAX_RETRIES}, got {n}"
-        )));
-    }
-    Ok(n)
+    let n = i64::deserialize(d).map_err(|_| {
+        de::Error::custom(format!("retries: a whole number from 0 to {MAX_RETRIES}"))
+    })?;
+    u32::try_from(n)
+        .ok()
+        .filter(|n| *n <= MAX_RETRIES)
+        .ok_or_else(|| {
+            de::Error::custom(format!(
+                "retries: a whole number from 0 to {MAX_RETRIES}, got {n}"
+            ))
+        })
 }
 
 impl JobSpec {
@@ -896,7 +900,7 @@ mod tests {
             ),
             (
                 "j:\n  docker_image: x\n  retries: 1000\n",
-                "retries: at most 100",
+                "retries: a whole number from 0 to 100",
             ),
             ("j:\n  docker_image: x\n  deadline: soon\n", "duration"),
             (

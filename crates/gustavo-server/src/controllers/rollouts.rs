@@ -80,8 +80,10 @@ fn tick(shared: &Shared, told: &mut Option<BTreeMap<String, Told>>) {
             let Some(s) = c.rollout_summary(&app.name) else {
                 continue;
             };
-            if s.failed > t.failed.len() {
-                if let Some(r) = c.rollout(&app.name, now) {
+            if s.failed > t.failed.len()
+                && let Some(r) = c.rollout(&app.name, now)
+            {
+                {
                     for n in r.failed() {
                         if t.failed.insert(n.node.clone()) {
                             events.push((

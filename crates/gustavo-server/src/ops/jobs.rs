@@ -97,13 +97,12 @@ pub fn job_changes(
     if let Some(left) = old
         .and_then(|o| o.running_on())
         .filter(|n| job.running_on() != Some(*n))
+        && let Some(n) = c.nodes.get(left)
     {
-        if let Some(n) = c.nodes.get(left) {
-            changes.push(Change::PutNode(NodeRecord {
-                revision: rev,
-                ..n.clone()
-            }));
-        }
+        changes.push(Change::PutNode(NodeRecord {
+            revision: rev,
+            ..n.clone()
+        }));
     }
     changes.push(Change::PutJob(Box::new(job.clone())));
     if let Some(url) = &job.spec.callback_url {
