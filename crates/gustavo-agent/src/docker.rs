@@ -551,6 +551,23 @@ impl Runtime for DockerRuntime {
         DockerRuntime::prune_networks(self, unused).await
     }
 
+    async fn logs(&self, id: &str, max_bytes: usize) -> String {
+        let mut stream = self.docker.logs(
+            id,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: "200".into(),
+                ..Default::default()
+            }),
+        );
+        let mut out = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            out.push_str(&chunk.to_string());
+        }
+        gustavo_model::job::tail(&out, max_bytes)
+    }
+
     fn watch(&self, node: &str) -> tokio::sync::mpsc::Receiver<()> {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let docker = self.docker.clone();

@@ -16,6 +16,7 @@
 pub mod docker;
 pub mod fleet;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 mod networks;
 pub mod persist;
@@ -296,6 +297,15 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
     }
     let (desired_tx, desired_rx) = watch::channel(cached);
     let (report_tx, report_rx) = watch::channel(StatusReport::default());
+    let (runs_tx, runs_rx) = watch::channel(Vec::new());
+    let job_runner = jobs::JobRunner::new(
+        runtime.clone(),
+        cfg.name.clone(),
+        persist.clone(),
+        desired_rx.clone(),
+        runs_tx,
+    );
+    let job_runner = tokio::spawn(job_runner.run());
     let reconciler = Reconciler::new(
         runtime,
         cfg.name.clone(),
@@ -323,7 +333,7 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
         let need_report = Arc::new(tokio::sync::Notify::new());
         tokio::join!(
             sync(&cfg, &client, &req, fresh, persist.as_ref(), &desired_tx),
-            report(&client, &id.node, report_rx, need_report.clone()),
+            report(&client, &id.node, report_rx, runs_rx, need_report.clone()),
             heartbeat(&client, &id.node, cfg.heartbeat, host, need_report),
         );
         Ok::<(), AgentError>(())
@@ -333,6 +343,7 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
         _ = shutdown => Ok(()),
     };
     reconcile.abort();
+    job_runner.abort();
     result
 }
 
@@ -397,22 +408,33 @@ async fn sync(
     }
 }
 
-/// Sends each new status report, and the current one again when the server asks.
+/// Sends each new status report (with the job runner's runs), and the current one again
+/// when the server asks.
 async fn report(
     client: &Client,
     node: &str,
     mut rx: watch::Receiver<StatusReport>,
+    mut runs: watch::Receiver<Vec<gustavo_model::job::JobRun>>,
     need: Arc<tokio::sync::Notify>,
 ) {
     let mut backoff = Backoff::new();
     loop {
-        let r = rx.borrow_and_update().clone();
+        let mut r = rx.borrow_and_update().clone();
+        r.jobs = runs.borrow_and_update().clone();
         match client.report_status(node, &r).await {
             Ok(()) => {
                 backoff.reset();
                 let sent = tokio::time::Instant::now();
                 tokio::select! {
                     c = rx.changed() => {
+                        if c.is_err() {
+                            return;
+                        }
+                        // At most one report per REPORT_COALESCE: the first change after a
+                        // quiet spell goes at once, a burst right behind it is folded.
+                        tokio::time::sleep_until(sent + REPORT_COALESCE).await;
+                    }
+                    c = runs.changed() => {
                         if c.is_err() {
                             return;
                         }

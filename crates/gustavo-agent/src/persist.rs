@@ -1,6 +1,6 @@
 //! What the agent keeps: its credential and the last desired state it received, so it keeps
 //! running its apps through a server outage and its own restart. On a device that is the
-//! data dir ([`DataDir`]: `node.json` and `desired.json`, mode 0600, written atomically by
+//! data dir ([`DataDir`]: `node.json`, `desired.json` and `jobs.json`, mode 0600, written atomically by
 //! temp file + rename); simulated agents keep it in memory ([`MemoryPersist`]).
 
 use std::path::{Path, PathBuf};
@@ -27,6 +27,14 @@ pub trait Persist: Send + Sync + 'static {
     fn save_desired(&self, d: &DesiredState) -> std::io::Result<()>;
     /// Where it lives, for messages.
     fn describe(&self) -> String;
+    /// What the job runner keeps (runs, last due times); none when never saved.
+    fn jobs(&self) -> Option<crate::jobs::LocalJobs> {
+        None
+    }
+    fn save_jobs(&self, j: &crate::jobs::LocalJobs) -> std::io::Result<()> {
+        let _ = j;
+        Ok(())
+    }
 }
 
 pub struct DataDir(pub PathBuf);
@@ -85,6 +93,22 @@ impl Persist for DataDir {
 
     fn save_desired(&self, d: &DesiredState) -> std::io::Result<()> {
         write_atomic(&self.0.join("desired.json"), &serde_json::to_vec(d)?, 0o600)
+    }
+
+    fn jobs(&self) -> Option<crate::jobs::LocalJobs> {
+        let path = self.0.join("jobs.json");
+        let bytes = std::fs::read(&path).ok()?;
+        match serde_json::from_slice(&bytes) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable job runs file");
+                None
+            }
+        }
+    }
+
+    fn save_jobs(&self, j: &crate::jobs::LocalJobs) -> std::io::Result<()> {
+        write_atomic(&self.0.join("jobs.json"), &serde_json::to_vec(j)?, 0o600)
     }
 }
 

@@ -455,6 +455,7 @@ impl<R: Runtime> Reconciler<R> {
             applied_revision: desired.revision,
             apps,
             containers,
+            jobs: Vec::new(),
         };
         self.report.send_if_modified(|r| {
             let changed = *r != report;
@@ -504,6 +505,7 @@ mod tests {
             node: NODE.into(),
             revision,
             apps,
+            jobs: Vec::new(),
         })
     }
 

@@ -62,6 +62,13 @@ pub trait Runtime: Send + Sync + 'static {
         async {}
     }
 
+    /// The end of a container's output (stdout and stderr), at most `max_bytes`; empty
+    /// when the runtime keeps none. Job runs report it.
+    fn logs(&self, id: &str, max_bytes: usize) -> impl Future<Output = String> + Send {
+        let _ = (id, max_bytes);
+        async { String::new() }
+    }
+
     /// A channel that receives a message whenever something may have changed for this
     /// node's containers (an exit, a removal by hand…). Only a trigger: messages may be
     /// spurious or coalesced, and the reconciler relists either way.

@@ -607,6 +607,43 @@ impl Client {
     /// Removes a node; returns the revision of the removal (`None` from a server that
     /// answers 204 without it).
     /// Events after `after`, waiting up to `wait` for one.
+    /// `POST /api/v1/jobs`.
+    pub async fn run_job(
+        &self,
+        name: &str,
+        spec: &gustavo_model::job::JobSpec,
+        groups: &[String],
+    ) -> Result<gustavo_model::job::Job, ClientError> {
+        let body = gustavo_model::job::RunJob {
+            name: name.to_string(),
+            spec: spec.clone(),
+            groups: groups.to_vec(),
+        };
+        self.call(Method::POST, "/api/v1/jobs", Some(&body)).await
+    }
+
+    pub async fn list_jobs(&self) -> Result<Vec<gustavo_model::job::Job>, ClientError> {
+        self.call(Method::GET, "/api/v1/jobs", Self::NONE).await
+    }
+
+    pub async fn get_job(&self, name: &str) -> Result<gustavo_model::job::Job, ClientError> {
+        self.call(Method::GET, &format!("/api/v1/jobs/{name}"), Self::NONE)
+            .await
+    }
+
+    pub async fn delete_job(&self, name: &str) -> Result<u64, ClientError> {
+        let v: serde_json::Value = self
+            .call(Method::DELETE, &format!("/api/v1/jobs/{name}"), Self::NONE)
+            .await?;
+        Ok(v["revision"].as_u64().unwrap_or(0))
+    }
+
+    /// `GET /api/v1/callbacks`: job callbacks not delivered yet (admin).
+    pub async fn callbacks(&self) -> Result<Vec<serde_json::Value>, ClientError> {
+        self.call(Method::GET, "/api/v1/callbacks", Self::NONE)
+            .await
+    }
+
     pub async fn events(
         &self,
         after: u64,

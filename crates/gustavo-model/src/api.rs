@@ -235,6 +235,10 @@ pub struct DesiredState {
     pub node: String,
     pub revision: u64,
     pub apps: Vec<DesiredApp>,
+    /// Jobs this node runs: one-shot attempts given to it, and scheduled jobs of its
+    /// groups (run from the agent's clock). Absent from older servers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<crate::job::DesiredJob>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -335,6 +339,10 @@ pub struct StatusReport {
     pub applied_revision: u64,
     pub apps: Vec<AppStatus>,
     pub containers: Vec<ContainerStatus>,
+    /// The node's recent job runs (the newest per job, bounded), until the server has
+    /// them. Absent from older agents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<crate::job::JobRun>,
 }
 
 /// `POST /api/v1/nodes/{name}/heartbeat`.

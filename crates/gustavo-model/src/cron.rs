@@ -3,6 +3,11 @@
 //! `*`, a number, a range `a-b`, a step `*/n` or `a-b/n`, or a comma-separated list of those.
 //! Names (`mon`, `jan`) and the `@hourly` shorthands are accepted too. Times are UTC.
 //!
+//! A job's `schedule` is a [`Schedule`]: a cron expression, or `@every N[s|m|h]` for a
+//! fixed period (at least one second) counted from the Unix epoch, so every member of a
+//! group runs at the same instants without talking to each other. Cron's granularity is
+//! the minute; `@every 5s` is for what must run more often (and for tests).
+//!
 //! Pure: the agent asks for the next run after a time from its own clock, so a schedule
 //! keeps running while the device is offline.
 
@@ -147,6 +152,72 @@ impl Cron {
     }
 }
 
+/// A job's schedule: a cron expression or a fixed period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    Cron(Cron),
+    /// `@every N`: every N seconds, at the multiples of N since the Unix epoch.
+    Every {
+        seconds: u64,
+        text: String,
+    },
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Schedule::Cron(c) => c.fmt(f),
+            Schedule::Every { text, .. } => f.write_str(text),
+        }
+    }
+}
+
+/// The longest `@every` period: a year (longer ones belong in a cron expression).
+const MAX_EVERY_S: u64 = 366 * 86_400;
+
+impl Schedule {
+    pub fn parse(text: &str) -> Result<Schedule, String> {
+        let t = text.trim();
+        let Some(period) = t.strip_prefix("@every") else {
+            return Cron::parse(t).map(Schedule::Cron);
+        };
+        let p = period.trim();
+        let split = p.find(|c: char| !c.is_ascii_digit()).unwrap_or(p.len());
+        let (num, unit) = p.split_at(split);
+        let n: u64 = num.parse().map_err(|_| {
+            format!("schedule `{t}`: `@every` takes a whole number and a unit, e.g. `@every 5s`")
+        })?;
+        let mult = match unit {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            u => {
+                return Err(format!(
+                    "schedule `{t}`: unknown unit `{u}` (use s, m or h)"
+                ));
+            }
+        };
+        let seconds = n.saturating_mul(mult);
+        if seconds == 0 || seconds > MAX_EVERY_S {
+            return Err(format!(
+                "schedule `{t}`: the period must be between 1s and 366 days"
+            ));
+        }
+        Ok(Schedule::Every {
+            seconds,
+            text: t.to_string(),
+        })
+    }
+
+    /// The first run strictly after `after` (Unix seconds).
+    pub fn next_after(&self, after: u64) -> Option<u64> {
+        match self {
+            Schedule::Cron(c) => c.next_after(after),
+            Schedule::Every { seconds, .. } => Some((after / seconds + 1) * seconds),
+        }
+    }
+}
+
 /// (year, month 1-12, day 1-31, hour, minute, weekday 0 = Sunday) of Unix seconds, UTC.
 fn civil(t: u64) -> (i64, u32, u32, u32, u32, u32) {
     let days = (t / 86_400) as i64;
@@ -215,6 +286,30 @@ mod tests {
         assert_eq!(civil(sun.next_after(T).unwrap()).5, 0);
         // Never: 31 February.
         assert_eq!(Cron::parse("0 0 31 2 *").unwrap().next_after(T), None);
+    }
+
+    #[test]
+    fn every_runs_at_multiples_of_its_period() {
+        let s = Schedule::parse("@every 5s").unwrap();
+        assert_eq!(s.next_after(T), Some(T + 5));
+        assert_eq!(s.next_after(T + 4), Some(T + 5));
+        assert_eq!(s.next_after(T + 5), Some(T + 10));
+        assert_eq!(s.to_string(), "@every 5s");
+        let m = Schedule::parse("@every 2m").unwrap();
+        assert_eq!(m.next_after(T), Some(T + 120));
+        assert!(matches!(
+            Schedule::parse("*/5 * * * *").unwrap(),
+            Schedule::Cron(_)
+        ));
+        for (bad, want) in [
+            ("@every", "whole number"),
+            ("@every 0s", "between"),
+            ("@every 5d", "unknown unit"),
+            ("@every x", "whole number"),
+        ] {
+            let e = Schedule::parse(bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`plan`]: the reconcile diff — what to create, start and remove to make observed match desired.
 //! - [`api`]: the wire types shared by server, agent and CLI.
 //! - [`appfile`]: an app written back as the YAML app file (`apps get -o yaml`).
+//! - [`job`]: jobs — the job file, the run state machine, retries, due times.
 //! - [`names`]: the rules for app, group and node names.
 //! - [`rollout`]: staged updates — waves, health gates, halts and rollbacks.
 //! - [`exposition`]: metrics text formats (OpenMetrics, and Prometheus text for older scrapers).
@@ -19,6 +20,7 @@ pub mod cron;
 pub mod desired;
 pub mod exposition;
 pub mod image;
+pub mod job;
 pub mod names;
 pub mod plan;
 pub mod ports;

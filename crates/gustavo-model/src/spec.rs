@@ -107,12 +107,12 @@ pub struct AppSpec {
     pub rollout: Option<crate::rollout::RolloutPolicy>,
 }
 
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
 }
 
 /// Nebula's documented default: every container joins the `nebula` bridge.
-fn default_networks() -> Vec<String> {
+pub(crate) fn default_networks() -> Vec<String> {
     vec!["nebula".to_string()]
 }
 
@@ -214,7 +214,7 @@ pub const MAX_SPEC_BYTES: usize = 4 * 1024 * 1024;
 /// bomb ("billion laughs") or a deeply nested document is refused before it costs memory
 /// or stack, and errors carry line and column but no quoted source line, which could hold
 /// a secret.
-fn yaml_options() -> serde_saphyr::Options {
+pub(crate) fn yaml_options() -> serde_saphyr::Options {
     // The types are non-exhaustive: start from the defaults and tighten.
     let mut budget = serde_saphyr::Budget::default();
     budget.max_depth = 32;
@@ -341,7 +341,7 @@ impl<'de> Deserialize<'de> for AppName {
     }
 }
 
-fn image_ref<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+pub(crate) fn image_ref<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
     validate_image(&s).map_err(de::Error::custom)?;
     Ok(s)
@@ -349,7 +349,9 @@ fn image_ref<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 
 /// The env vars: names and values checked (see [`check_env_name`], [`check_env_value`]),
 /// and a value required (see [`EnvVisitor`]).
-fn env_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, EnvValue>, D::Error> {
+pub(crate) fn env_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, EnvValue>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
         type Value = BTreeMap<String, EnvValue>;
@@ -608,7 +610,7 @@ impl<'de> Deserialize<'de> for Scalar {
     }
 }
 
-fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let list = Vec::<String>::deserialize(d)?;
     if list.is_empty() {
         return Ok(default_networks());

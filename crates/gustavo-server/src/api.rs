@@ -505,6 +505,9 @@ pub async fn status(
     Path(name): Path<String>,
     JsonBody(report): JsonBody<StatusReport>,
 ) -> Result<StatusCode, ApiError> {
+    let runs = report.jobs.clone();
     s.ops.status(&p, addr.ip(), &name, report)?;
+    // The caller was checked to be this node by `status`.
+    s.ops.job_runs(&name, runs).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -61,6 +61,7 @@ pub fn object_of(path: &str) -> String {
         "users" => "user",
         "user-groups" => "user-group",
         "policies" => "policy",
+        "jobs" => "job",
         "login" | "logout" => "session",
         other => return other.to_string(),
     };

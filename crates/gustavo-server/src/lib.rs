@@ -11,6 +11,7 @@ pub mod conns;
 pub mod controllers;
 pub mod error;
 pub mod events;
+pub mod jobs_api;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
@@ -81,6 +82,8 @@ pub struct ServerConfig {
     pub replica_grace: std::time::Duration,
     /// The most client connections open at once (see `conns`).
     pub max_connections: usize,
+    /// How long a job callback is retried before it is given up.
+    pub callback_expiry: std::time::Duration,
 }
 
 /// What every handler shares.
@@ -133,6 +136,7 @@ pub struct Server {
     pub sans: Vec<String>,
     shared: Arc<Shared>,
     sec: Arc<Security>,
+    ops: ops::Ops,
     listener: tokio::net::TcpListener,
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -214,6 +218,7 @@ impl Server {
             inner: sqlite.clone(),
             secrets,
         });
+        let outbox: Arc<dyn gustavo_store::OutboxStore> = sqlite.clone();
         let auth_store: Arc<dyn AuthStore> = sqlite;
         let shared = Shared::new(
             store,
@@ -223,6 +228,11 @@ impl Server {
                 started: now(),
             },
         )?;
+        let _ = shared.outbox.set(outbox);
+        shared.callback_expiry.store(
+            config.callback_expiry.as_secs().max(1),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let sec = Arc::new(Security::load(
             auth_store,
             auth::hash_token(&admin),
@@ -269,6 +279,10 @@ impl Server {
                 .unwrap_or_default(),
             tls: material.map(|m| m.config),
             ca,
+            ops: ops::Ops {
+                shared: shared.clone(),
+                sec: sec.clone(),
+            },
             shared,
             sec,
             listener,
@@ -298,6 +312,12 @@ impl Server {
             shared: self.shared.clone(),
             sec: self.sec.clone(),
         }));
+        tokio::spawn(controllers::jobs::run(self.ops.clone()));
+        tokio::spawn(controllers::rollout_events::run(self.shared.clone()));
+        tokio::spawn(controllers::callbacks::run(
+            self.shared.clone(),
+            controllers::callbacks::HttpSender::new(),
+        ));
         let closing = self.shared.closing.clone();
         let shutdown = async move {
             shutdown.await;

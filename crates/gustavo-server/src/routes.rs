@@ -8,7 +8,7 @@ use axum::routing::{MethodFilter, on};
 
 use crate::AppState;
 use crate::api::*;
-use crate::{admin, metrics};
+use crate::{admin, jobs_api, metrics};
 
 /// One route as the OpenAPI document describes it.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +80,11 @@ routes! {
     GET "/api/v1/containers" => containers, token, "Containers reported by nodes (?group=&host=)", { 200 => "rows" };
     GET "/api/v1/vitals" => vitals, token, "Latest vitals per node (?group=&host=)", { 200 => "rows" };
     GET "/api/v1/stats" => stats, token, "Counts: revision, nodes, ready nodes, apps, groups", { 200 => "stats" };
+    GET "/api/v1/jobs" => jobs_api::list_jobs, token, "List jobs", { 200 => "jobs" };
+    POST "/api/v1/jobs" => jobs_api::run_job, token, "Run a job {name, spec, groups}: one-shot on the best node, or with spec.schedule on every member of the groups", { 201 => "job", 400 => "invalid job spec", 409 => "exists" } body "{\"type\": \"object\", \"required\": [\"name\", \"spec\"], \"properties\": {\"name\": {\"type\": \"string\"}, \"spec\": {\"$ref\": \"#/components/schemas/JobSpec\"}, \"groups\": {\"type\": \"array\", \"items\": {\"type\": \"string\"}}}}";
+    GET "/api/v1/jobs/{name}" => jobs_api::get_job, token, "Get a job with its state and recent runs (exit codes, last log lines)", { 200 => "job", 404 => "no such job" };
+    DELETE "/api/v1/jobs/{name}" => jobs_api::delete_job, token, "Delete a job: its runs stop on every node", { 200 => "{revision}", 404 => "no such job" };
+    GET "/api/v1/callbacks" => jobs_api::callbacks, token, "Job callbacks not delivered yet, with their attempts and last error (admin)", { 200 => "callbacks" };
     GET "/api/v1/ca" => admin::ca, public, "The cluster CA (PEM); no authentication. Agents check its SHA-256 against their join token", { 200 => "PEM", 404 => "plain-HTTP server" };
     GET "/api/v1/whoami" => admin::whoami, token, "Who the token belongs to", { 200 => "{actor, role}" };
     POST "/api/v1/login" => admin::login, public, "Password to session token; no authentication; throttled per user and address", { 200 => "{user, role, token, expires_at}", 401 => "unknown user or wrong password", 429 => "too many failures; Retry-After" };

@@ -116,6 +116,7 @@ pub struct Cluster {
     pub apps: BTreeMap<String, App>,
     pub groups: BTreeMap<String, GroupRecord>,
     pub nodes: BTreeMap<String, NodeRecord>,
+    pub jobs: BTreeMap<String, gustavo_model::job::Job>,
     /// Reported state, updated on every agent request: a concurrent map, so heartbeats
     /// need only the cluster's read lock and never queue behind each other.
     pub live: DashMap<String, Live>,
@@ -138,6 +139,9 @@ impl Cluster {
         for n in s.nodes {
             c.token_index.insert(n.token_hash.clone(), n.name.clone());
             c.nodes.insert(n.name.clone(), n);
+        }
+        for j in s.jobs {
+            c.jobs.insert(j.name.clone(), j);
         }
         c
     }
@@ -176,7 +180,30 @@ impl Cluster {
             }
             // History lives in the store only.
             Change::PutRevision(_) | Change::RevisionOutcome { .. } => {}
+            Change::PutJob(j) => {
+                self.jobs.insert(j.name.clone(), *j);
+            }
+            Change::DeleteJob(name) => {
+                self.jobs.remove(&name);
+            }
+            // The outbox is read from the store by its controller, not kept in memory.
+            Change::PutCallback(_) => {}
         }
+    }
+
+    /// The jobs a node runs now: scheduled jobs of its groups, and the one-shot attempts
+    /// given to it (see `ops/jobs.rs`).
+    pub fn jobs_of<'a>(
+        &'a self,
+        node: &'a NodeRecord,
+    ) -> impl Iterator<Item = &'a gustavo_model::job::Job> + 'a {
+        self.jobs.values().filter(move |j| {
+            if j.spec.is_scheduled() {
+                j.groups.iter().any(|g| node.groups.contains(g))
+            } else {
+                j.running_on() == Some(node.name.as_str())
+            }
+        })
     }
 
     pub fn node_by_token_hash(&self, hash: &str) -> Option<&str> {
@@ -303,7 +330,8 @@ impl Cluster {
             .filter_map(|g| self.groups.get(g))
             .map(|g| g.revision);
         let apps = self.apps_of(node).map(|a| a.revision);
-        groups.chain(apps).fold(node.revision, u64::max)
+        let jobs = self.jobs_of(node).map(|j| j.revision);
+        groups.chain(apps).chain(jobs).fold(node.revision, u64::max)
     }
 
     /// The node's desired state, computed from the apps of its groups.
@@ -353,10 +381,15 @@ impl Cluster {
                 }
             })
             .collect();
+        let jobs = self
+            .jobs_of(node)
+            .filter_map(|j| gustavo_model::job::DesiredJob::for_node(j, &facts))
+            .collect();
         DesiredState {
             node: node.name.clone(),
             revision: self.node_revision(node),
             apps,
+            jobs,
         }
     }
 
@@ -730,8 +763,17 @@ pub struct Shared {
     pub sched: SchedConfig,
     /// What happened, for `gustavo events`.
     pub events: crate::events::EventLog,
+    /// Woken when a callback joins the outbox (`controllers/callbacks.rs`).
+    pub callbacks: tokio::sync::Notify,
+    /// Where undelivered callbacks wait (set by the server at start).
+    pub outbox: std::sync::OnceLock<Arc<dyn gustavo_store::OutboxStore>>,
+    /// How long a callback is retried before it is given up, in seconds.
+    pub callback_expiry: std::sync::atomic::AtomicU64,
     jobs: std::sync::mpsc::Sender<Box<dyn Job>>,
 }
+
+/// How long a job callback is retried, by default: a day.
+pub const DEFAULT_CALLBACK_EXPIRY_S: u64 = 86_400;
 
 /// The most mutations committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -807,6 +849,9 @@ impl Shared {
             metrics: crate::metrics::Metrics::new(),
             sched,
             events: Default::default(),
+            callbacks: Default::default(),
+            outbox: Default::default(),
+            callback_expiry: std::sync::atomic::AtomicU64::new(DEFAULT_CALLBACK_EXPIRY_S),
             jobs,
         });
         let weak = Arc::downgrade(&shared);
@@ -815,6 +860,15 @@ impl Shared {
             .spawn(move || writer(weak, rx))
             .map_err(crate::ServerError::Thread)?;
         Ok(shared)
+    }
+
+    pub fn outbox(&self) -> Option<&Arc<dyn gustavo_store::OutboxStore>> {
+        self.outbox.get()
+    }
+
+    pub fn callback_expiry_s(&self) -> u64 {
+        self.callback_expiry
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Cluster> {
@@ -967,6 +1021,7 @@ mod tests {
                 node("n3", "g"),
                 node("other", "h"),
             ],
+            jobs: vec![],
         });
         let status = |state, revision| StatusReport {
             applied_revision: revision,
@@ -979,6 +1034,7 @@ mod tests {
                 error: None,
             }],
             containers: vec![],
+            jobs: vec![],
         };
         c.live.insert(
             "n1".into(),

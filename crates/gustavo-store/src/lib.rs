@@ -7,11 +7,13 @@
 //! disk, and the API answers only after that.
 
 pub mod auth;
+pub mod outbox;
 mod sqlite;
 
 use std::collections::BTreeMap;
 
 use gustavo_model::api::App;
+use gustavo_model::job::Job;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -19,6 +21,7 @@ pub use auth::{
     AuditQuery, AuditRecord, AuthChange, AuthSnapshot, AuthStore, TokenKind, TokenRecord,
     UserGroupRecord, UserRecord,
 };
+pub use outbox::{CallbackRecord, OutboxStore};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, Error)]
@@ -87,6 +90,7 @@ pub struct Snapshot {
     pub apps: Vec<App>,
     pub groups: Vec<GroupRecord>,
     pub nodes: Vec<NodeRecord>,
+    pub jobs: Vec<Job>,
 }
 
 /// One change inside a commit.
@@ -107,6 +111,11 @@ pub enum Change {
         revision: u64,
         outcome: String,
     },
+    PutJob(Box<Job>),
+    DeleteJob(String),
+    /// A callback to deliver, committed with the state change it reports (the outbox;
+    /// delivery bookkeeping then goes through [`OutboxStore`], outside the revisions).
+    PutCallback(Box<CallbackRecord>),
 }
 
 /// Durable storage. Implementations must make `commit` atomic and durable: after it returns

@@ -24,6 +24,13 @@ CREATE TABLE IF NOT EXISTS app_revisions (app TEXT NOT NULL, revision INTEGER NO
     doc TEXT NOT NULL, outcome TEXT NOT NULL, PRIMARY KEY (app, revision));
 ";
 
+/// Migration 2: jobs, and the callback outbox (created on data dirs made before them).
+const JOBS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, next_at INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_next ON outbox (next_at);
+";
+
 /// SQLite storage. One connection behind a mutex: the server serialises writes anyway, and
 /// a single writer is what SQLite wants.
 pub struct SqliteStore {
@@ -40,6 +47,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(JOBS_SCHEMA)?;
         // Data dirs made before audit entries carried a revision.
         let has_revision: bool = conn
             .prepare("SELECT 1 FROM pragma_table_info('audit') WHERE name = 'revision'")?
@@ -100,6 +108,12 @@ impl Store for SqliteStore {
         for row in rows {
             let (name, doc) = row?;
             snap.nodes.push(decode::<NodeRecord>("node", name, &doc)?);
+        }
+        let mut stmt = conn.prepare("SELECT name, doc FROM jobs ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (name, doc) = row?;
+            snap.jobs.push(decode("job", name, &doc)?);
         }
         Ok(snap)
     }
@@ -167,6 +181,18 @@ impl Store for SqliteStore {
                 Change::DeleteNode(name) => {
                     tx.execute("DELETE FROM nodes WHERE name = ?1", params![name])?;
                 }
+                Change::PutJob(job) => {
+                    let doc = serde_json::to_string(job).expect("jobs always serialize");
+                    tx.execute(
+                        "INSERT INTO jobs (name, doc) VALUES (?1, ?2)
+                         ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
+                        params![job.name, doc],
+                    )?;
+                }
+                Change::DeleteJob(name) => {
+                    tx.execute("DELETE FROM jobs WHERE name = ?1", params![name])?;
+                }
+                Change::PutCallback(cb) => crate::outbox::put(&tx, cb)?,
             }
         }
         tx.commit()?;
@@ -194,6 +220,30 @@ impl Store for SqliteStore {
             out.push(r);
         }
         Ok(out)
+    }
+}
+
+impl crate::OutboxStore for SqliteStore {
+    fn due_callbacks(
+        &self,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::CallbackRecord>, StoreError> {
+        crate::outbox::query(&self.conn(), Some(now), limit)
+    }
+
+    fn update_callback(&self, rec: &crate::CallbackRecord) -> Result<(), StoreError> {
+        crate::outbox::put(&self.conn(), rec)
+    }
+
+    fn delete_callback(&self, id: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    fn pending_callbacks(&self, limit: usize) -> Result<Vec<crate::CallbackRecord>, StoreError> {
+        crate::outbox::query(&self.conn(), None, limit)
     }
 }
 
@@ -349,6 +399,26 @@ mod tests {
     fn round_trip() {
         let (_d, s) = fresh();
         suite::round_trip(&s);
+    }
+
+    #[test]
+    fn outbox() {
+        let (_d, s) = fresh();
+        crate::outbox::suite::outbox(&s);
+    }
+
+    #[test]
+    fn jobs_round_trip() {
+        let (d, s) = fresh();
+        let spec = gustavo_model::job::parse_one("j:\n  docker_image: x\n", "j").unwrap();
+        let job = gustavo_model::job::Job::new("j", spec, vec!["g".into()], 1, 5);
+        s.commit(1, &[Change::PutJob(Box::new(job.clone()))])
+            .unwrap();
+        drop(s);
+        let s = SqliteStore::open(&d.path().join("gustavo.db")).unwrap();
+        assert_eq!(s.load().unwrap().jobs, vec![job]);
+        s.commit(2, &[Change::DeleteJob("j".into())]).unwrap();
+        assert!(s.load().unwrap().jobs.is_empty());
     }
 
     #[test]

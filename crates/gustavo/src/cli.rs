@@ -97,6 +97,9 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         after: u64,
     },
+    /// Run-to-completion jobs: once on the best node, or on a schedule on every member.
+    #[command(subcommand)]
+    Jobs(JobsCmd),
     /// Print a shell completion script: `gustavo completion bash > /etc/bash_completion.d/gustavo`.
     Completion {
         /// The shell to complete for.
@@ -322,6 +325,10 @@ pub struct ServerArgs {
     /// (it shows offline after three missed heartbeats, 15 s at least, before that).
     #[arg(long, default_value = "18s")]
     pub replica_grace: String,
+    /// How long a job callback is retried (with backoff, up to a minute apart) before it
+    /// is given up.
+    #[arg(long, default_value = "24h")]
+    pub callback_expiry: String,
     /// Placement score: weight of each free core (cores × idle fraction).
     #[arg(long, default_value_t = 1.0)]
     pub score_cpu: f64,
@@ -409,6 +416,54 @@ impl AppName {
             .or(self.name.as_deref())
             .unwrap_or_default()
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCmd {
+    /// Run a job from a YAML file (the app format plus retries, retry_backoff, deadline,
+    /// callback_url and schedule): once on the best node, or with `schedule` on every
+    /// member of its device groups.
+    Run {
+        #[command(flatten)]
+        name: AppName,
+        /// The job file (YAML; `-` for stdin); the job called NAME is taken.
+        #[arg(short = 'f', long, value_name = "FILE")]
+        file: PathBuf,
+        /// A device group to run it on; repeat for several. Default: `default`.
+        #[arg(short = 'd', long = "device-group", value_name = "GROUP")]
+        groups: Vec<String>,
+        /// Wait until a one-shot job succeeds (exit 0) or fails (exit 1).
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "600s")]
+        timeout: String,
+    },
+    /// List jobs.
+    List,
+    /// Show a job, its state and its recent runs.
+    Get {
+        #[command(flatten)]
+        name: AppName,
+    },
+    /// Print the output (its last lines) of a job's run: the newest, or the one given.
+    Logs {
+        #[command(flatten)]
+        name: AppName,
+        /// The run: an attempt number, or a scheduled run's time (as `jobs get` shows).
+        #[arg(long)]
+        run: Option<u64>,
+        /// Only runs on this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Delete a job: its runs stop on every device.
+    Delete {
+        #[command(flatten)]
+        name: AppName,
+    },
+    /// Job callbacks not delivered yet, with their attempts and last error (admin).
+    Callbacks,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,7 @@ mod cli_habits;
 mod config_files;
 mod connections;
 mod foundation;
+mod jobs;
 mod metrics;
 mod networks;
 mod rollouts;

@@ -12,6 +12,7 @@ pub mod agents;
 pub mod apps;
 mod error;
 pub mod groups;
+pub mod jobs;
 pub mod nodes;
 pub mod rollouts;
 pub mod security;

@@ -249,6 +249,10 @@ fn may_see(who: &Subject, c: &crate::state::Cluster, object: &str) -> bool {
             let groups = c.apps.get(a).map(|a| a.groups.clone()).unwrap_or_default();
             who.can_read_app(a, &groups)
         }
+        Some(("job", j)) => {
+            let groups = c.jobs.get(j).map(|j| j.groups.clone()).unwrap_or_default();
+            who.can_read_app(j, &groups)
+        }
         _ => who.is_admin(),
     }
 }

@@ -14,7 +14,7 @@ use crate::{EXIT_USAGE, Exit, connect, registry, rollout};
 
 /// Reads an app file (`-` is stdin), at most [`spec::MAX_SPEC_BYTES`]: the server would
 /// refuse more, and `-f /dev/zero` must not fill the memory.
-fn read_app_file(file: &Path) -> Result<String> {
+pub(super) fn read_app_file(file: &Path) -> Result<String> {
     let limit = spec::MAX_SPEC_BYTES;
     let what = if file == Path::new("-") {
         "stdin".to_string()

@@ -8,6 +8,7 @@ mod cache;
 mod completion;
 mod events;
 mod groups;
+mod jobs;
 mod login;
 mod nodes;
 mod rollouts;
@@ -57,6 +58,7 @@ async fn dispatch(cli: &Cli) -> Result<()> {
         Command::Whoami => login::whoami(cli).await,
         Command::Audit(args) => audit::run(cli, args).await,
         Command::Events { follow, after } => events::run(cli, *follow, *after).await,
+        Command::Jobs(cmd) => jobs::run(cli, cmd).await,
         Command::Completion { shell } => {
             completion::run(*shell);
             Ok(())

@@ -78,6 +78,10 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
     if replica_grace < std::time::Duration::from_secs(1) {
         return Err(Exit(EXIT_USAGE, "--replica-grace must be at least 1s".into()).into());
     }
+    let callback_expiry = crate::output::parse_duration("callback-expiry", &args.callback_expiry)?;
+    if callback_expiry < std::time::Duration::from_secs(1) {
+        return Err(Exit(EXIT_USAGE, "--callback-expiry must be at least 1s".into()).into());
+    }
     let weights = gustavo_model::schedule::Weights {
         cpu: args.score_cpu,
         memory: args.score_memory,
@@ -124,6 +128,7 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
         max_connections,
         weights,
         replica_grace,
+        callback_expiry,
     })
     .await?;
     let addr = server.addr;

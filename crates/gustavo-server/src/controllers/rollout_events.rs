@@ -1,0 +1,118 @@
+//! Rollout events: once a second, for each app revision still rolling out, says when its
+//! rollout started (the revision first seen), converged (every node that should run it
+//! reports it), and failed on a node (with the node's error) — once each per revision
+//! and node. Apps whose current revision has converged cost nothing until they change.
+//! Revisions already there when the server starts are not announced.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::state::Shared;
+
+/// How far the rollout of one app revision has been told.
+#[derive(Debug, Default)]
+struct Told {
+    revision: u64,
+    converged: bool,
+    failed: BTreeSet<String>,
+}
+
+/// Runs until the server closes.
+pub async fn run(shared: Arc<Shared>) {
+    let mut closing = shared.closing.subscribe();
+    let mut told: Option<BTreeMap<String, Told>> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = closing.changed() => return,
+        }
+        tick(&shared, &mut told);
+    }
+}
+
+fn tick(shared: &Shared, told: &mut Option<BTreeMap<String, Told>>) {
+    let mut events = Vec::new();
+    {
+        let c = shared.read();
+        let Some(told) = told else {
+            // First look: what is there is not news.
+            *told = Some(
+                c.apps
+                    .values()
+                    .map(|a| {
+                        (
+                            a.name.clone(),
+                            Told {
+                                revision: a.revision,
+                                converged: true,
+                                failed: BTreeSet::new(),
+                            },
+                        )
+                    })
+                    .collect(),
+            );
+            return;
+        };
+        told.retain(|name, _| c.apps.contains_key(name));
+        let now = crate::now();
+        for app in c.apps.values() {
+            let t = told.entry(app.name.clone()).or_default();
+            if t.revision != app.revision {
+                *t = Told {
+                    revision: app.revision,
+                    ..Told::default()
+                };
+                let total = c.rollout_summary(&app.name).map(|s| s.total).unwrap_or(0);
+                events.push((
+                    app.name.clone(),
+                    format!(
+                        "rollout of {} revision {} started ({total} node{})",
+                        app.name,
+                        app.revision,
+                        if total == 1 { "" } else { "s" }
+                    ),
+                ));
+            }
+            if t.converged {
+                continue;
+            }
+            let Some(s) = c.rollout_summary(&app.name) else {
+                continue;
+            };
+            if s.failed > t.failed.len()
+                && let Some(r) = c.rollout(&app.name, now)
+            {
+                {
+                    for n in r.failed() {
+                        if t.failed.insert(n.node.clone()) {
+                            events.push((
+                                app.name.clone(),
+                                format!(
+                                    "rollout of {} revision {} failed on {}: {}",
+                                    app.name,
+                                    app.revision,
+                                    n.node,
+                                    n.error.as_deref().unwrap_or("no error given")
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+            if s.total > 0 && s.converged == s.total {
+                t.converged = true;
+                events.push((
+                    app.name.clone(),
+                    format!(
+                        "rollout of {} revision {} converged on {}/{} nodes",
+                        app.name, app.revision, s.converged, s.total
+                    ),
+                ));
+            }
+        }
+    }
+    for (app, message) in events {
+        shared.events.push("rollout", format!("app:{app}"), message);
+    }
+}
