@@ -99,14 +99,17 @@ impl<R: Runtime> JobRunner<R> {
         }
     }
 
-    /// Runs until the task is aborted.
+    /// Runs until the task is aborted: a pass every [`TICK`], on a new desired state, and
+    /// when the engine says something happened to a job container (an exit is seen at once).
     pub async fn run(mut self) {
         self.publish();
+        let mut events = self.rt.watch(&job_node(&self.node));
         loop {
             self.pass(unix_now()).await;
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
                 r = self.desired.changed() => if r.is_err() { return },
+                Some(()) = events.recv() => {}
             }
         }
     }
