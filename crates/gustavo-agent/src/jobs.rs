@@ -99,14 +99,17 @@ impl<R: Runtime> JobRunner<R> {
         }
     }
 
-    /// Runs until the task is aborted.
+    /// Runs until the task is aborted: a pass every [`TICK`], on a new desired state, and
+    /// when the engine says something happened to a job container (an exit is seen at once).
     pub async fn run(mut self) {
         self.publish();
+        let mut events = self.rt.watch(&job_node(&self.node));
         loop {
             self.pass(unix_now()).await;
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
                 r = self.desired.changed() => if r.is_err() { return },
+                Some(()) = events.recv() => {}
             }
         }
     }
@@ -158,7 +161,7 @@ impl<R: Runtime> JobRunner<R> {
         }
         for dj in &desired.jobs {
             if let Some(n) = dj.run {
-                if !self.has_run(&dj.name, n) {
+                if !self.has_run(&dj.name, n, dj.revision) {
                     self.start(dj, n, observed.as_deref(), now).await;
                 }
             } else if let Some(text) = &dj.schedule {
@@ -192,15 +195,17 @@ impl<R: Runtime> JobRunner<R> {
         }
     }
 
-    fn has_run(&self, job: &str, run: u64) -> bool {
+    /// Whether attempt `run` of this job (given at `revision`: not an earlier job of the
+    /// same name) was started here.
+    fn has_run(&self, job: &str, run: u64, revision: u64) -> bool {
         self.state
             .runs
             .iter()
-            .any(|r| r.run.job == job && r.run.run == run)
+            .any(|r| r.run.job == job && r.run.run == run && r.run.job_revision == revision)
     }
 
     async fn start(&mut self, dj: &DesiredJob, run: u64, observed: Option<&[Observed]>, now: u64) {
-        let name = format!("{}.{}.run{run}", self.node, dj.name);
+        let name = format!("{}.{}.{}.{run}", self.node, dj.name, dj.revision);
         let mut spec = dj.container.clone();
         spec.labels.insert("gustavo.job".into(), dj.name.clone());
         spec.labels
@@ -221,6 +226,7 @@ impl<R: Runtime> JobRunner<R> {
             finished_at: 0,
             error: None,
             logs: String::new(),
+            job_revision: dj.revision,
         };
         // A container of this run from before a crash is adopted, not made twice.
         let existing = observed.and_then(|o| o.iter().find(|o| o.name == name));
@@ -266,9 +272,11 @@ impl<R: Runtime> JobRunner<R> {
                 continue;
             };
             let o = observed.iter().find(|o| o.id == id);
-            let wanted = jobs
-                .iter()
-                .any(|j| j.name == r.run.job && (j.schedule.is_some() || j.run == Some(r.run.run)));
+            let wanted = jobs.iter().any(|j| {
+                j.name == r.run.job
+                    && (j.schedule.is_some()
+                        || j.run == Some(r.run.run) && j.revision == r.run.job_revision)
+            });
             let overdue = r
                 .deadline_s
                 .is_some_and(|d| now >= r.run.started_at.saturating_add(d));
@@ -367,5 +375,171 @@ impl<R: Runtime> JobRunner<R> {
         self.state
             .last_due
             .retain(|job, _| jobs.iter().any(|j| j.name == *job && j.schedule.is_some()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persist::MemoryPersist;
+    use crate::sim::SimRuntime;
+    use gustavo_model::desired::NodeFacts;
+    use gustavo_model::job::{Job, parse_one};
+
+    const T: u64 = 1_796_276_520;
+    const IMAGE: &str = "r:5000/x:1";
+
+    fn desired_job(yaml: &str, attempt: bool) -> DesiredJob {
+        let spec = parse_one(yaml, "j").unwrap();
+        let mut job = Job::new("j", spec, vec!["g".into()], 7, T);
+        if attempt {
+            job.assign("n", 8, T);
+        }
+        let facts = NodeFacts {
+            name: "n".into(),
+            cpus: 1,
+            memory_mb: 512,
+            labels: Default::default(),
+        };
+        DesiredJob::for_node(&job, &facts).unwrap()
+    }
+
+    struct Harness {
+        rt: Arc<SimRuntime>,
+        persist: Arc<MemoryPersist>,
+        tx: watch::Sender<Option<DesiredState>>,
+        runner: JobRunner<SimRuntime>,
+        runs: watch::Receiver<Vec<JobRun>>,
+    }
+
+    fn harness(jobs: Vec<DesiredJob>) -> Harness {
+        let rt = Arc::new(SimRuntime::new());
+        rt.publish(IMAGE);
+        let persist = Arc::new(MemoryPersist::default());
+        let (tx, rx) = watch::channel(Some(DesiredState {
+            node: "n".into(),
+            revision: 9,
+            apps: vec![],
+            jobs,
+        }));
+        let (runs_tx, runs) = watch::channel(Vec::new());
+        let runner = JobRunner::new(rt.clone(), "n".into(), persist.clone(), rx, runs_tx);
+        Harness {
+            rt,
+            persist,
+            tx,
+            runner,
+            runs,
+        }
+    }
+
+    fn creates(rt: &SimRuntime) -> usize {
+        rt.log().iter().filter(|l| l.starts_with("create")).count()
+    }
+
+    #[tokio::test]
+    async fn a_one_shot_attempt_runs_once_even_across_a_restart() {
+        let dj = desired_job(&format!("j:\n  docker_image: {IMAGE}\n"), true);
+        let mut h = harness(vec![dj]);
+        h.runner.pass(T).await;
+        assert_eq!(creates(&h.rt), 1);
+        let name = h.rt.containers()[0].name.clone();
+        assert_eq!(name, "n.j.8.1");
+        // The reconciler's node does not see it.
+        assert!(h.rt.list("n").await.unwrap().is_empty());
+        assert_eq!(h.runs.borrow().clone()[0].state, RunState::Running);
+        h.rt.kill(&name, 0);
+        h.runner.pass(T + 1).await;
+        let r = h.runs.borrow().clone();
+        assert_eq!((r[0].state, r[0].exit_code), (RunState::Succeeded, Some(0)));
+        assert_eq!(r[0].job_revision, 8);
+        // A new agent process from the same data: it knows the run happened.
+        let (runs_tx, _runs) = watch::channel(Vec::new());
+        let mut again = JobRunner::new(
+            h.rt.clone(),
+            "n".into(),
+            h.persist.clone(),
+            h.tx.subscribe(),
+            runs_tx,
+        );
+        again.pass(T + 2).await;
+        assert_eq!(creates(&h.rt), 1, "{:?}", h.rt.log());
+        // The finished container goes after a while; its record stays.
+        again.pass(T + 2 + KEEP_FINISHED_S).await;
+        assert!(h.rt.containers().is_empty());
+        assert_eq!(again.state.runs.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_scheduled_job_runs_at_its_times_without_overlap() {
+        let dj = desired_job(
+            &format!("j:\n  docker_image: {IMAGE}\n  schedule: '@every 5s'\n"),
+            false,
+        );
+        let mut h = harness(vec![dj]);
+        let t0 = T / 5 * 5;
+        h.runner.pass(t0 + 1).await;
+        assert_eq!(creates(&h.rt), 0, "nothing due yet");
+        h.runner.pass(t0 + 4).await;
+        assert_eq!(creates(&h.rt), 0);
+        h.runner.pass(t0 + 5).await;
+        assert_eq!(creates(&h.rt), 1);
+        // Still running at the next time: skipped, not doubled.
+        h.runner.pass(t0 + 10).await;
+        assert_eq!(creates(&h.rt), 1);
+        let name = h.rt.containers()[0].name.clone();
+        h.rt.kill(&name, 2);
+        h.runner.pass(t0 + 11).await;
+        let r = h.runs.borrow().clone();
+        assert_eq!(
+            (r[0].run, r[0].state, r[0].exit_code),
+            (t0 + 5, RunState::Failed, Some(2))
+        );
+        h.runner.pass(t0 + 15).await;
+        assert_eq!(creates(&h.rt), 2);
+        // Deleted: its running run is cancelled, nothing new starts.
+        h.tx.send_modify(|d| d.as_mut().unwrap().jobs.clear());
+        h.runner.pass(t0 + 16).await;
+        h.runner.pass(t0 + 25).await;
+        assert_eq!(creates(&h.rt), 2);
+        let r = h.runs.borrow().clone();
+        assert!(r.iter().all(|r| r.state.is_final()), "{r:?}");
+        assert!(h.runner.state.last_due.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_run_past_its_deadline_is_killed() {
+        let dj = desired_job(
+            &format!("j:\n  docker_image: {IMAGE}\n  deadline: 2s\n"),
+            true,
+        );
+        let mut h = harness(vec![dj]);
+        h.runner.pass(T).await;
+        h.runner.pass(T + 1).await;
+        assert_eq!(h.runs.borrow()[0].state, RunState::Running);
+        h.runner.pass(T + 2).await;
+        let r = h.runs.borrow().clone();
+        assert_eq!(r[0].state, RunState::Failed);
+        assert!(
+            r[0].error.as_deref().unwrap().contains("deadline of 2s"),
+            "{r:?}"
+        );
+        assert!(h.rt.containers().is_empty(), "killed and removed");
+    }
+
+    #[tokio::test]
+    async fn an_image_that_cannot_be_pulled_fails_the_run() {
+        let dj = desired_job("j:\n  docker_image: r:5000/missing:1\n", true);
+        let mut h = harness(vec![dj]);
+        h.runner.pass(T).await;
+        let r = h.runs.borrow().clone();
+        assert_eq!(r[0].state, RunState::Failed);
+        assert!(
+            r[0].error
+                .as_deref()
+                .unwrap()
+                .contains("could not be pulled"),
+            "{r:?}"
+        );
     }
 }

@@ -117,6 +117,7 @@ impl Persist for DataDir {
 pub struct MemoryPersist {
     identity: std::sync::Mutex<Option<Identity>>,
     desired: std::sync::Mutex<Option<DesiredState>>,
+    jobs: std::sync::Mutex<Option<crate::jobs::LocalJobs>>,
 }
 
 impl Persist for MemoryPersist {
@@ -142,5 +143,12 @@ impl Persist for MemoryPersist {
     }
     fn describe(&self) -> String {
         "memory".into()
+    }
+    fn jobs(&self) -> Option<crate::jobs::LocalJobs> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn save_jobs(&self, j: &crate::jobs::LocalJobs) -> std::io::Result<()> {
+        *self.jobs.lock().unwrap_or_else(|p| p.into_inner()) = Some(j.clone());
+        Ok(())
     }
 }

@@ -22,6 +22,8 @@ struct Inner {
     watchers: Vec<tokio::sync::mpsc::Sender<()>>,
     /// Everything done, in order, for tests to inspect.
     log: Vec<String>,
+    /// The node each container was created for (the runtime's `gustavo.node` label).
+    node_of: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Default)]
@@ -76,11 +78,13 @@ impl SimRuntime {
 impl Runtime for SimRuntime {
     async fn list(&self, node: &str) -> Result<Vec<Observed>, RuntimeError> {
         let prefix = format!("{node}.");
-        Ok(self
-            .lock()
-            .containers
+        let g = self.lock();
+        Ok(g.containers
             .values()
-            .filter(|c| c.name.starts_with(&prefix))
+            .filter(|c| match g.node_of.get(&c.id) {
+                Some(n) => n == node,
+                None => c.name.starts_with(&prefix),
+            })
             .cloned()
             .collect())
     }
@@ -106,7 +110,7 @@ impl Runtime for SimRuntime {
         Ok(())
     }
 
-    async fn create(&self, _node: &str, c: &DesiredContainer) -> Result<String, RuntimeError> {
+    async fn create(&self, node: &str, c: &DesiredContainer) -> Result<String, RuntimeError> {
         tokio::time::sleep(self.delay).await;
         let mut g = self.lock();
         if g.containers.values().any(|o| o.name == c.name) {
@@ -136,6 +140,7 @@ impl Runtime for SimRuntime {
                 detail: None,
             },
         );
+        g.node_of.insert(id.clone(), node.to_string());
         g.log.push(format!("create {}", c.name));
         Ok(id)
     }

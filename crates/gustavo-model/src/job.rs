@@ -432,6 +432,10 @@ pub struct JobRun {
     /// The end of its output (stdout and stderr), at most [`LOG_BYTES`].
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub logs: String,
+    /// The revision of the job the run was given at ([`DesiredJob::revision`]): tells a
+    /// run of a deleted job from one of a new job of the same name.
+    #[serde(default)]
+    pub job_revision: u64,
 }
 
 /// A job as stored and shown.
@@ -550,6 +554,7 @@ impl Job {
             finished_at: 0,
             error: None,
             logs: String::new(),
+            job_revision: revision,
         };
         let t = self.transition(
             &run,
@@ -615,40 +620,34 @@ impl Job {
             let msg = run_message(&self.name, &changed);
             return vec![self.transition(&changed, now, msg)];
         }
-        // One-shot: only the current attempt on its node counts.
+        // One-shot: only the current attempt on its node counts — and only from this
+        // job, not from an earlier job of the same name (`job_revision`; 0 from agents
+        // that do not send it).
         if report.run != u64::from(self.attempt) || self.node.as_deref() != Some(node) {
             return Vec::new();
         }
-        let Some(cur) = self
-            .runs
-            .iter_mut()
-            .rev()
-            .find(|r| r.run == report.run && r.node == node)
-        else {
+        let Some(i) = self.runs.iter().rposition(|r| {
+            r.run == report.run
+                && r.node == node
+                && (report.job_revision == 0 || r.job_revision == report.job_revision)
+        }) else {
             return Vec::new();
         };
-        if cur.state.is_final() || cur.state == report.state && report.state != RunState::Running {
+        let cur = self.runs[i].state;
+        // Nothing new: a final run stays final, and the same state says nothing.
+        if cur.is_final() || cur == report.state {
             return Vec::new();
         }
-        if cur.state == report.state {
-            // Still running: nothing new to say.
-            return Vec::new();
-        }
+        report.job_revision = self.runs[i].job_revision;
         // A run seen finished without being seen running still ran: say both.
         let mut out = Vec::new();
-        if cur.state == RunState::Pending && report.state.is_final() {
+        if cur == RunState::Pending && report.state.is_final() {
             let mut started = report.clone();
             started.state = RunState::Running;
             let msg = run_message(&self.name, &started);
             out.push(self.transition(&started, now, msg));
         }
-        let cur = self
-            .runs
-            .iter_mut()
-            .rev()
-            .find(|r| r.run == report.run && r.node == node)
-            .expect("found above");
-        *cur = report.clone();
+        self.runs[i] = report.clone();
         self.updated_at = now;
         let msg = run_message(&self.name, &report);
         out.push(self.transition(&report, now, msg));
@@ -849,6 +848,7 @@ mod tests {
             finished_at: 0,
             error: None,
             logs: String::new(),
+            job_revision: 0,
         }
     }
 
@@ -933,7 +933,11 @@ mod tests {
         let t = j.assign("n1", 2, T);
         assert_eq!((t.run, t.state.as_str()), (1, "pending"));
         assert_eq!(j.running_on(), Some("n1"));
-        // Another node's word, or another attempt's, counts for nothing.
+        // Another node's word, or another attempt's, or another job's of the same name,
+        // counts for nothing.
+        let mut other_job = report(&j, "n1", 1, RunState::Succeeded, Some(0));
+        other_job.job_revision = 1;
+        assert!(j.observe("n1", &other_job, 3, T).is_empty());
         assert!(
             j.observe("n2", &report(&j, "n2", 1, RunState::Running, None), 3, T)
                 .is_empty()

@@ -42,14 +42,7 @@ async fn tick(ops: &Ops) {
             .into_iter()
             .filter(|j| {
                 let mut probe = (*j).clone();
-                let t = settle(
-                    &c,
-                    &mut probe,
-                    &views,
-                    &shared.sched.weights,
-                    j.revision,
-                    now,
-                );
+                let t = settle(&mut probe, &views, &shared.sched.weights, j.revision, now);
                 !t.is_empty() || probe != **j
             })
             .map(|j| j.name.clone())
@@ -72,7 +65,7 @@ async fn tick(ops: &Ops) {
                     continue;
                 };
                 let mut job = old.clone();
-                let t = settle(c, &mut job, &views, &sched.weights, rev, now);
+                let t = settle(&mut job, &views, &sched.weights, rev, now);
                 if job == *old {
                     continue;
                 }
@@ -95,7 +88,6 @@ mod tests {
     use gustavo_model::schedule::{Liveness, NodeView, Weights};
 
     use crate::ops::jobs::{best_node, settle};
-    use crate::state::Cluster;
 
     fn view(name: &str, cpus: u32, liveness: Liveness) -> NodeView {
         NodeView {
@@ -126,17 +118,16 @@ mod tests {
         ];
         let w = Weights::default();
         assert_eq!(best_node(&job, &views, &w).as_deref(), Some("big"));
-        let c = Cluster::default();
-        let t = settle(&c, &mut job, &views, &w, 2, 100);
+        let t = settle(&mut job, &views, &w, 2, 100);
         assert_eq!((t.len(), job.node.as_deref()), (1, Some("big")));
         // Its node is lost: the attempt fails, and after the backoff the retry goes to
         // the node it has not failed on.
         let mut lost = views.clone();
         lost[1].liveness = Liveness::Lost;
-        let t = settle(&c, &mut job, &lost, &w, 3, 101);
+        let t = settle(&mut job, &lost, &w, 3, 101);
         assert_eq!(t[0].state, "failed");
         assert_eq!(job.state, JobState::Pending);
-        let t = settle(&c, &mut job, &views, &w, 4, 103);
+        let t = settle(&mut job, &views, &w, 4, 103);
         assert_eq!(t[0].node, "small");
     }
 }

@@ -43,7 +43,6 @@ pub fn best_node(job: &Job, views: &[NodeView], weights: &Weights) -> Option<Str
 /// Moves a one-shot job along at `now`: a lost or departed node fails its attempt, and a
 /// job waiting for a node gets the best one. Returns the state changes.
 pub fn settle(
-    c: &Cluster,
     job: &mut Job,
     views: &[NodeView],
     weights: &Weights,
@@ -78,7 +77,6 @@ pub fn settle(
             }
         }
     }
-    let _ = c;
     out
 }
 
@@ -215,7 +213,7 @@ impl Ops {
                     Vec::new()
                 } else {
                     let views = sched.views(c);
-                    settle(c, &mut job, &views, &sched.weights, rev, t)
+                    settle(&mut job, &views, &sched.weights, rev, t)
                 };
                 changes.extend(job_changes(c, None, &job, &transitions, rev, expiry));
                 Ok((changes, (job, transitions)))

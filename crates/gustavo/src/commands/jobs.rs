@@ -96,6 +96,11 @@ pub async fn run(cli: &Cli, cmd: &JobsCmd) -> Result<()> {
                 None => format!("started on {}", j.groups.join(", ")),
             };
             changed("job", name, &what, Some(j.revision));
+            if *wait && j.spec.is_scheduled() {
+                eprintln!(
+                    "(--wait applies to one-shot jobs; a scheduled job runs on its schedule: see `gustavo jobs get {name}`)"
+                );
+            }
             if *wait && !j.spec.is_scheduled() {
                 let done = wait_for_end(&client, name, timeout).await?;
                 if cli.output != Format::Table {
