@@ -160,6 +160,7 @@ impl Fleet {
                 let http = HttpParts {
                     pool: Some(pools[i / per].clone()),
                     observer: Some(observer.clone()),
+                    on_client: None,
                 };
                 let mut stop = shutdown.subscribe();
                 tokio::spawn(async move {

@@ -22,6 +22,7 @@ mod networks;
 pub mod persist;
 pub mod reconcile;
 pub mod runtime;
+pub mod samsung;
 pub mod sim;
 pub mod trust;
 pub mod vitals;
@@ -235,7 +236,13 @@ async fn identity(
 pub struct HttpParts {
     pub pool: Option<reqwest::Client>,
     pub observer: Option<gustavo_client::Observer>,
+    /// Told the node's name and its client once registered, for the local APIs that call
+    /// the server as this node (the Samsung API).
+    pub on_client: Option<ClientTx>,
 }
+
+/// Where the agent publishes its node name and server client once it has them.
+pub type ClientTx = Arc<watch::Sender<Option<(String, Client)>>>;
 
 impl HttpParts {
     /// A client on the shared pool (callers check that there is one).
@@ -257,6 +264,7 @@ impl HttpParts {
 pub async fn run<R: Runtime>(
     cfg: AgentConfig,
     runtime: Arc<R>,
+    on_client: Option<ClientTx>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let dir = DataDir::create(&cfg.data_dir).map_err(|source| AgentError::DataDir {
@@ -269,7 +277,10 @@ pub async fn run<R: Runtime>(
         runtime,
         sampler,
         Arc::new(dir),
-        HttpParts::default(),
+        HttpParts {
+            on_client,
+            ..HttpParts::default()
+        },
         shutdown,
     )
     .await
@@ -330,6 +341,9 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
                 http.observe(trust::node_client(&cfg, &id)?)
             }
         };
+        if let Some(tx) = &http.on_client {
+            tx.send_replace(Some((id.node.clone(), client.clone())));
+        }
         let need_report = Arc::new(tokio::sync::Notify::new());
         tokio::join!(
             sync(&cfg, &client, &req, fresh, persist.as_ref(), &desired_tx),

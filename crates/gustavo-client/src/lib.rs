@@ -626,6 +626,34 @@ impl Client {
         self.call(Method::GET, "/api/v1/jobs", Self::NONE).await
     }
 
+    /// Asks the server, as node `node`, to run a service its Samsung API received.
+    pub async fn request_service(
+        &self,
+        node: &str,
+        req: &gustavo_model::compat::samsung::ServiceRun,
+    ) -> Result<gustavo_model::compat::samsung::ServiceStarted, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/nodes/{node}/services"),
+            Some(req),
+        )
+        .await
+    }
+
+    /// The job of a service node `node` asked for.
+    pub async fn service_status(
+        &self,
+        node: &str,
+        job: &str,
+    ) -> Result<gustavo_model::job::Job, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/api/v1/nodes/{node}/services/{job}"),
+            Self::NONE,
+        )
+        .await
+    }
+
     pub async fn get_job(&self, name: &str) -> Result<gustavo_model::job::Job, ClientError> {
         self.call(Method::GET, &format!("/api/v1/jobs/{name}"), Self::NONE)
             .await

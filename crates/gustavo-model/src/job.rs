@@ -165,6 +165,10 @@ pub struct JobSpec {
     pub memory: Option<ByteSize>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Attempts after the first failure.
     #[serde(default, deserialize_with = "retries")]
     pub retries: u32,
@@ -259,8 +263,8 @@ impl JobSpec {
             restart: RestartPolicy::No,
             labels: self.labels.clone(),
             healthcheck: None,
-            workdir: None,
-            user: None,
+            workdir: self.workdir.clone(),
+            user: self.user.clone(),
             rollout: None,
         }
     }
@@ -464,6 +468,13 @@ pub struct Job {
     /// The newest runs, oldest first, at most [`MAX_RUNS`].
     #[serde(default)]
     pub runs: Vec<JobRun>,
+    /// Nodes that must not run it (a Samsung request with `SelfSelection: "false"`
+    /// excludes the requesting device).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// The node that asked for it through its Samsung API, which follows its state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
 }
 
 /// A state change, for the event log and the callback.
@@ -502,6 +513,8 @@ impl Job {
             not_before: 0,
             reason: None,
             runs: Vec::new(),
+            exclude: Vec::new(),
+            requested_by: None,
         }
     }
 

@@ -67,3 +67,28 @@ pub async fn callbacks(
 ) -> Result<Json<Vec<CallbackRecord>>, ApiError> {
     s.ops.pending_callbacks(&p.person()?).map(Json)
 }
+
+/// `POST /api/v1/nodes/{name}/services`: a device's Samsung API asks for a service.
+pub async fn request_service(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<gustavo_model::compat::samsung::ServiceRun>,
+) -> Response {
+    let r = async {
+        p.require_node(&name)?;
+        s.ops.request_service(&name, req).await
+    }
+    .await;
+    noted(r.map(|j| (StatusCode::CREATED, Json(j))), None, None)
+}
+
+/// `GET /api/v1/nodes/{name}/services/{job}`: the requesting device follows its service.
+pub async fn service_status(
+    p: Principal,
+    State(s): State<AppState>,
+    Path((name, job)): Path<(String, String)>,
+) -> Result<Json<Job>, ApiError> {
+    p.require_node(&name)?;
+    s.ops.service_status(&name, &job).map(Json)
+}

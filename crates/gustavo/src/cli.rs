@@ -381,6 +381,22 @@ pub struct AgentArgs {
     /// command line for `ps` to show. `GUSTAVO_TOKEN` works too.
     #[arg(long, env = "GUSTAVO_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// Serve Samsung Edge Orchestration's service API (POST
+    /// /api/v1/orchestration/services) on IP:PORT; the seed's is 127.0.0.1:56001. Callers
+    /// must be on this device (loopback or one of its addresses). Off by default.
+    #[arg(long, env = "GUSTAVO_SAMSUNG_LISTEN", value_name = "ADDR")]
+    pub samsung_listen: Option<String>,
+    /// A bearer token callers of the Samsung API must send (default: none, as the seed).
+    #[arg(long, env = "GUSTAVO_SAMSUNG_TOKEN", value_name = "TOKEN")]
+    pub samsung_token: Option<String>,
+    /// An image (REPO, REPO:TAG or REPO@DIGEST) the Samsung API may run; repeat for
+    /// several. Default: any, as the seed (the device groups' policies still apply).
+    #[arg(long = "samsung-image", value_name = "IMAGE")]
+    pub samsung_images: Vec<String>,
+    /// A program `ExecutionType: native` may run on this device (its path or name);
+    /// repeat for several. Default: none, so native requests are refused.
+    #[arg(long = "samsung-native", value_name = "PROGRAM")]
+    pub samsung_native: Vec<String>,
 }
 
 #[derive(Debug, Args)]

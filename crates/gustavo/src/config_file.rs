@@ -31,7 +31,7 @@ const MAX_BYTES: u64 = 1024 * 1024;
 const NOT_IN_FILES: &[&str] = &["config", "output", "help", "version", "print-config"];
 
 /// Flags whose values are secrets: never printed by `--print-config`.
-const SECRET: &[&str] = &["token"];
+const SECRET: &[&str] = &["token", "samsung-token"];
 
 /// The roles that read a config file, and the environment variable naming it.
 fn role_env(role: &str) -> Option<&'static str> {

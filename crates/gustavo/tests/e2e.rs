@@ -9,6 +9,7 @@ mod jobs;
 mod metrics;
 mod networks;
 mod rollouts;
+mod samsung;
 mod scheduler;
 mod security;
 mod spec_input;

@@ -301,6 +301,88 @@ pub fn parse_exec_cmd(argv: &[String]) -> Result<AppSpec, ExecCmdError> {
     Ok(spec)
 }
 
+/// A service as a one-shot job: run once, not restarted, no published ports.
+pub fn service_job(spec: AppSpec) -> Result<crate::job::JobSpec, ExecCmdError> {
+    if !spec.starting_ports.0.is_empty() {
+        return Err(ExecCmdError::BadValue {
+            flag: "-p".into(),
+            reason: "a service runs once to completion; publishing ports is not supported".into(),
+        });
+    }
+    Ok(crate::job::JobSpec {
+        docker_image: spec.docker_image,
+        env_vars: spec.env_vars,
+        volumes: spec.volumes,
+        networks: spec.networks,
+        privileged: spec.privileged,
+        devices: spec.devices,
+        command: spec.command,
+        entrypoint: spec.entrypoint,
+        cpus: spec.cpus,
+        memory: spec.memory,
+        labels: spec.labels,
+        workdir: spec.workdir,
+        user: spec.user,
+        retries: 0,
+        retry_backoff: None,
+        deadline: None,
+        callback_url: None,
+        schedule: None,
+        replicas: None,
+    })
+}
+
+/// Agent → server: run a service (`POST /api/v1/nodes/{name}/services`, node token).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRun {
+    pub service: String,
+    pub spec: crate::job::JobSpec,
+    /// False: not on the requesting node.
+    pub self_selection: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<String>,
+}
+
+/// Server → agent: where the service went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStarted {
+    /// The job that runs it (`GET /api/v1/nodes/{name}/services/{job}` follows it).
+    pub job: String,
+    pub node: String,
+    /// The node's address as the server last saw it.
+    pub address: String,
+}
+
+/// What `StatusCallbackURI` receives on each state change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusNotification {
+    #[serde(rename = "ServiceName")]
+    pub service_name: String,
+    /// `Started`, `Finished` or `Failed` (the seed's states).
+    #[serde(rename = "Status")]
+    pub status: String,
+    #[serde(rename = "ExitCode", skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// The device that ran it.
+    #[serde(rename = "Target")]
+    pub target: String,
+    /// Gustavo's job, for `gustavo jobs get`.
+    #[serde(rename = "Job")]
+    pub job: String,
+}
+
+/// The seed's status word for a job state, if it is one the caller is told of.
+pub fn seed_status(state: crate::job::JobState) -> Option<&'static str> {
+    use crate::job::JobState;
+    match state {
+        JobState::Running => Some("Started"),
+        JobState::Succeeded => Some("Finished"),
+        JobState::Failed => Some("Failed"),
+        JobState::Pending | JobState::Scheduled => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,6 +448,16 @@ mod tests {
         assert_eq!(spec.labels["tier"], "web");
         assert_eq!(spec.workdir.as_deref(), Some("/tmp"));
         assert_eq!(spec.user.as_deref(), Some("1000:1000"));
+    }
+
+    #[test]
+    fn a_service_becomes_a_one_shot_job() {
+        let spec = parse_exec_cmd(&argv("docker run -e A=1 -w /tmp img echo hi")).unwrap();
+        let job = service_job(spec).unwrap();
+        assert_eq!(job.as_app().workdir.as_deref(), Some("/tmp"));
+        assert!(job.check("svc").is_ok());
+        let spec = parse_exec_cmd(&argv("docker run -p 80:80 img")).unwrap();
+        assert!(service_job(spec).unwrap_err().to_string().contains("`-p`"));
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub fn best_node(job: &Job, views: &[NodeView], weights: &Weights) -> Option<Str
     views
         .iter()
         .filter(|n| n.groups.iter().any(|g| job.groups.contains(g)))
+        .filter(|n| !job.exclude.contains(&n.name))
         .filter(|n| not_schedulable(n).is_none())
         .map(|n| {
             let tried = job.runs.iter().any(|r| r.node == n.name);

@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod nodes;
 pub mod rollouts;
 pub mod security;
+pub mod services;
 
 use std::sync::Arc;
 

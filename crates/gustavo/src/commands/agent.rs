@@ -173,7 +173,48 @@ pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
             },
         ));
     }
-    let result = gustavo_agent::run(cfg, runtime, super::shutdown_signal()).await;
+    let (client_tx, client_rx) = tokio::sync::watch::channel(None);
+    if let Some(text) = &args.samsung_listen {
+        let addr: std::net::SocketAddr = text.parse().map_err(|e| {
+            usage(format!(
+                "--samsung-listen `{text}`: {e} (expected IP:PORT, e.g. 127.0.0.1:56001)"
+            ))
+        })?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Exit(EXIT_USAGE, format!("--samsung-listen {addr}: {e}")))?;
+        if let Ok(a) = l.local_addr() {
+            tracing::info!(
+                "Samsung Edge Orchestration API on http://{a}/api/v1/orchestration/services"
+            );
+        }
+        let router = gustavo_agent::samsung::router(
+            gustavo_agent::samsung::SamsungConfig {
+                token: args.samsung_token.clone(),
+                images: args.samsung_images.clone(),
+                native: args.samsung_native.clone(),
+            },
+            client_rx,
+        );
+        let mut stop = stop_rx.clone();
+        tokio::spawn(gustavo_server::serve::serve(
+            l,
+            router,
+            None,
+            gustavo_server::Timeouts::default(),
+            gustavo_server::conns::ConnTable::new(LOCAL_MAX_CONNECTIONS),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+    }
+    let result = gustavo_agent::run(
+        cfg,
+        runtime,
+        Some(std::sync::Arc::new(client_tx)),
+        super::shutdown_signal(),
+    )
+    .await;
     stop_tx.send_replace(true);
     result?;
     Ok(())

@@ -199,7 +199,7 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
             reconcile: ReconcileConfig::default(),
         };
         tokio::spawn(async move {
-            if let Err(e) = gustavo_agent::run(cfg, runtime, std::future::pending()).await {
+            if let Err(e) = gustavo_agent::run(cfg, runtime, None, std::future::pending()).await {
                 tracing::error!(error = %e, "the local agent stopped");
             }
         });

@@ -16,7 +16,7 @@ const IMAGE: &str = "gustavo-test/busybox:alt";
 
 /// Removes the job containers of the given nodes when the test ends (the agents' own
 /// cleanup removes only their app containers).
-struct JobContainers(Vec<String>);
+pub struct JobContainers(pub Vec<String>);
 
 impl Drop for JobContainers {
     fn drop(&mut self) {
@@ -54,13 +54,13 @@ fn job_containers(node: &str) -> Vec<String> {
 }
 
 /// A tiny HTTP server that records every POST body (as JSON) and answers 200.
-struct Receiver {
-    got: Arc<Mutex<Vec<serde_json::Value>>>,
-    port: u16,
+pub struct Receiver {
+    pub got: Arc<Mutex<Vec<serde_json::Value>>>,
+    pub port: u16,
 }
 
 impl Receiver {
-    fn start_on(port: u16) -> Receiver {
+    pub fn start_on(port: u16) -> Receiver {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
         let port = listener.local_addr().unwrap().port();
         let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
@@ -106,7 +106,7 @@ impl Receiver {
         Receiver { got, port }
     }
 
-    fn start() -> Receiver {
+    pub fn start() -> Receiver {
         Receiver::start_on(0)
     }
 
