@@ -8,6 +8,7 @@
 //! - [`appfile`]: an app written back as the YAML app file (`apps get -o yaml`).
 //! - [`names`]: the rules for app, group and node names.
 //! - [`exposition`]: metrics text formats (OpenMetrics, and Prometheus text for older scrapers).
+//! - [`hostlist`]: pdsh / Cloudmesh host lists (`red[01-05]`), expanded.
 
 pub mod access;
 pub mod api;
@@ -16,6 +17,7 @@ pub mod auth_api;
 pub mod cron;
 pub mod desired;
 pub mod exposition;
+pub mod hostlist;
 pub mod image;
 pub mod names;
 pub mod plan;

@@ -565,7 +565,7 @@ pub struct CacheFilter {
     /// Only devices of this group.
     #[arg(short = 'd', long = "device-group")]
     pub group: Option<String>,
-    /// Only this device.
+    /// Only these devices: a host list such as `red[01-05],blue`.
     #[arg(short = 'h', long = "host")]
     pub host: Option<String>,
     /// Print help.
