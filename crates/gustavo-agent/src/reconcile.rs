@@ -504,6 +504,7 @@ mod tests {
             node: NODE.into(),
             revision,
             apps,
+            exec: Vec::new(),
         })
     }
 

@@ -51,6 +51,7 @@ fn desired_json(app: &str, spec: &gustavo_model::AppSpec, node: &NodeFacts) -> V
                 })
                 .collect(),
         }],
+        exec: Vec::new(),
     };
     serde_json::to_vec(&state).expect("serializes")
 }

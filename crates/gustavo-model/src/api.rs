@@ -173,6 +173,10 @@ pub struct DesiredState {
     pub node: String,
     pub revision: u64,
     pub apps: Vec<DesiredApp>,
+    /// Commands for the agent to run now (`gustavo exec`); a long-poll answers at once when
+    /// one is waiting, at the node's current revision. Never stored by the agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exec: Vec<crate::exec::ExecCommand>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

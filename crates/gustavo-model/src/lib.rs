@@ -8,6 +8,7 @@
 //! - [`appfile`]: an app written back as the YAML app file (`apps get -o yaml`).
 //! - [`names`]: the rules for app, group and node names.
 //! - [`exposition`]: metrics text formats (OpenMetrics, and Prometheus text for older scrapers).
+//! - [`exec`]: wire types and rules of `gustavo exec` / `gustavo docker`.
 //! - [`hostlist`]: pdsh / Cloudmesh host lists (`red[01-05]`), expanded.
 
 pub mod access;
@@ -16,6 +17,7 @@ pub mod appfile;
 pub mod auth_api;
 pub mod cron;
 pub mod desired;
+pub mod exec;
 pub mod exposition;
 pub mod hostlist;
 pub mod image;

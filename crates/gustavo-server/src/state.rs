@@ -316,6 +316,7 @@ impl Cluster {
             node: node.name.clone(),
             revision: self.node_revision(node),
             apps,
+            exec: Vec::new(),
         }
     }
 
@@ -600,6 +601,8 @@ pub struct Shared {
     /// What happened, for `gustavo events`.
     pub events: crate::events::EventLog,
     jobs: std::sync::mpsc::Sender<Box<dyn Job>>,
+    /// Commands waiting for their node's long-poll (`gustavo exec`).
+    pub exec: crate::ops::exec::ExecHub,
 }
 
 /// The most mutations committed in one transaction.
@@ -677,6 +680,7 @@ impl Shared {
             sched,
             events: Default::default(),
             jobs,
+            exec: Default::default(),
         });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
