@@ -9,6 +9,7 @@
 //! - [`names`]: the rules for app, group and node names.
 //! - [`exposition`]: metrics text formats (OpenMetrics, and Prometheus text for older scrapers).
 //! - [`exec`]: wire types and rules of `gustavo exec` / `gustavo docker`.
+//! - [`hostinstall`]: the pure parts of `gustavo hosts install|check` (facts, service files).
 //! - [`hostlist`]: pdsh / Cloudmesh host lists (`red[01-05]`), expanded.
 
 pub mod access;
@@ -19,6 +20,7 @@ pub mod cron;
 pub mod desired;
 pub mod exec;
 pub mod exposition;
+pub mod hostinstall;
 pub mod hostlist;
 pub mod image;
 pub mod names;
