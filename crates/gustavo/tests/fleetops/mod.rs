@@ -195,3 +195,292 @@ fn row_has(table: &str, node: &str, text: &str) -> bool {
         .lines()
         .any(|l| l.split_whitespace().next() == Some(node) && l.contains(text))
 }
+
+/// The test hosts' image, built by scripts/test-images.sh (debootstrap + docker import).
+const HOST_IMAGE: &str = "gustavo-test/debian-host:bookworm-1";
+
+/// Debian test hosts running sshd on a private Docker network, removed (with the network
+/// and anything their agents made) when dropped.
+struct TestHosts {
+    network: String,
+    gateway: String,
+    names: Vec<String>,
+    ips: Vec<String>,
+}
+
+impl TestHosts {
+    fn start(n: usize, pubkey: &str) -> TestHosts {
+        let present = std::process::Command::new("docker")
+            .args(["image", "inspect", HOST_IMAGE])
+            .output()
+            .unwrap();
+        assert!(
+            present.status.success(),
+            "the test host image {HOST_IMAGE} is missing: run scripts/test-images.sh"
+        );
+        let network = unique("gus-fleet-net");
+        docker(&[
+            "network",
+            "create",
+            "--label",
+            "gustavo-test=fleetops",
+            &network,
+        ]);
+        let gateway = docker(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            &network,
+        ])
+        .trim()
+        .to_string();
+        let mut hosts = TestHosts {
+            network,
+            gateway,
+            names: Vec::new(),
+            ips: Vec::new(),
+        };
+        for i in 1..=n {
+            let name = format!("{}-{i}", unique("gush"));
+            // The host engine's socket stands in for a Docker engine inside the test host:
+            // Docker's packages are installed from Debian's .debs for real, and their CLI
+            // then talks to this engine (no engine runs inside an unprivileged container).
+            docker(&[
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--hostname",
+                &name,
+                "--network",
+                &hosts.network,
+                "--label",
+                "gustavo-test=fleetops",
+                "-e",
+                &format!("AUTHORIZED_KEY={pubkey}"),
+                "-v",
+                "/var/run/docker.sock:/var/run/docker.sock",
+                HOST_IMAGE,
+            ]);
+            hosts.names.push(name.clone());
+            let ip = docker(&[
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                &name,
+            ])
+            .trim()
+            .to_string();
+            hosts.ips.push(ip);
+        }
+        for name in &hosts.names {
+            wait_for(&format!("sshd on {name}"), WAIT, || {
+                let out = std::process::Command::new("docker")
+                    .args(["logs", name])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stderr).contains("Server listening")
+            });
+        }
+        hosts
+    }
+}
+
+impl Drop for TestHosts {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = docker(&["rm", "-f", name]);
+            let ids = docker(&[
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=gustavo.node={name}"),
+            ]);
+            for id in ids.lines().filter(|l| !l.is_empty()) {
+                let _ = docker(&["rm", "-f", id]);
+            }
+        }
+        let _ = docker(&["network", "rm", &self.network]);
+    }
+}
+
+/// `hosts install` against real sshd test hosts: an unknown host key is refused; with
+/// --accept-new-host-keys Docker is installed from Debian's packages, the binary and an init
+/// script go on, and the agents join, in parallel, while an unreachable address fails alone;
+/// a second run changes nothing; `hosts check` shows it all; `exec` reaches the new nodes.
+#[test]
+fn hosts_install_over_ssh_joins_hosts() {
+    require_docker_and_registry();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id_ed25519");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen (openssh-client) is installed");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let hosts = TestHosts::start(2, pubkey.trim());
+    let server = Server::start_on(&format!("{}:0", hosts.gateway), &[]);
+    let known = dir.path().join("known_hosts");
+    std::fs::write(&known, "").unwrap();
+    let pw = dir.path().join("sudo-pw");
+    std::fs::write(&pw, "gus-sudo-pw\n").unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let group = unique("fleetg");
+    // Nothing listens there: refused at once, on this machine.
+    let dead = format!("127.0.0.1:{}", free_ports(1));
+    // `gus` (sudo with a password) on the first host, root on the second.
+    let list = format!("{},root@{},{dead}", hosts.ips[0], hosts.ips[1]);
+    let base = |extra: &[&str], list: &str| -> std::process::Output {
+        let mut args = vec![
+            "hosts".to_string(),
+            "install".into(),
+            list.into(),
+            "--user".into(),
+            "gus".into(),
+            "--ssh-key".into(),
+            key.to_str().unwrap().into(),
+            "--known-hosts".into(),
+            known.to_str().unwrap().into(),
+            "--sudo-password-file".into(),
+            pw.to_str().unwrap().into(),
+            "--join".into(),
+            "--group".into(),
+            group.clone(),
+            "--agent-arg=--allow-exec".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        server.cli(&args)
+    };
+
+    // Unknown host keys: refused, nothing remembered, nothing done.
+    let out = base(&[], &list);
+    let (table, err) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr(&out),
+    );
+    eprintln!("{table}\n{err}");
+    assert_eq!(out.status.code(), Some(1));
+    for ip in &hosts.ips {
+        assert!(
+            table.lines().any(|l| l.contains(ip.as_str())
+                && l.contains("failed")
+                && l.contains("host key not trusted")),
+            "{ip}: {table}"
+        );
+    }
+    assert!(
+        table
+            .lines()
+            .any(|l| l.trim_start().starts_with(&dead) && l.contains("unreachable")),
+        "{table}"
+    );
+    assert_eq!(std::fs::read_to_string(&known).unwrap(), "");
+
+    // Accepting new keys: both hosts installed and joined in parallel; the dead one fails alone.
+    let out = base(&["--accept-new-host-keys"], &list);
+    let (table, err) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr(&out),
+    );
+    eprintln!("{table}\n{err}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "only the unreachable host fails"
+    );
+    for (ip, name) in hosts.ips.iter().zip(&hosts.names) {
+        let row = table
+            .lines()
+            .find(|l| l.contains(ip.as_str()))
+            .unwrap_or_else(|| panic!("no row for {ip}: {table}"));
+        assert!(
+            row.contains(name.as_str()) && row.contains("changed"),
+            "{row}"
+        );
+        for change in [
+            "docker installed from apt-get",
+            "binary",
+            "init script",
+            "join token",
+            "agent started",
+        ] {
+            assert!(row.contains(change), "{change} in {row}");
+        }
+        assert!(row.contains("node ready"), "{row}");
+    }
+    assert!(
+        err.contains("2 hosts changed, 0 unchanged, 1 failed"),
+        "{err}"
+    );
+    for name in &hosts.names {
+        assert_eq!(status_of(&server, name), "ready", "{name} joined");
+    }
+    let known_text = std::fs::read_to_string(&known).unwrap();
+    assert_eq!(known_text.lines().count() >= 2, true, "{known_text}");
+
+    // Again (keys now known, no --accept-new-host-keys): nothing changes, and it says so.
+    let two = format!("{},root@{}", hosts.ips[0], hosts.ips[1]);
+    let out = base(&[], &two);
+    let (table, err) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr(&out),
+    );
+    eprintln!("{table}\n{err}");
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        table.lines().filter(|l| l.contains("unchanged")).count(),
+        2,
+        "{table}"
+    );
+    assert!(err.contains("nothing changed on 2 hosts"), "{err}");
+
+    // hosts check: reachable, OS, Docker, agent, joined.
+    let out = server.cli(&[
+        "hosts",
+        "check",
+        &list,
+        "--user",
+        "gus",
+        "--ssh-key",
+        key.to_str().unwrap(),
+        "--known-hosts",
+        known.to_str().unwrap(),
+        "--sudo-password-file",
+        pw.to_str().unwrap(),
+    ]);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("{table}\n{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "the dead host is unreachable");
+    let engine = docker(&["version", "--format", "{{.Server.Version}}"]);
+    for ip in &hosts.ips {
+        let row = table.lines().find(|l| l.contains(ip.as_str())).unwrap();
+        assert!(
+            row.contains("Linux x86_64") || row.contains("Linux aarch64"),
+            "{row}"
+        );
+        assert!(row.contains("Debian GNU/Linux 12"), "{row}");
+        assert!(row.contains(engine.trim()), "{row}");
+        assert!(row.contains("running") && row.contains("ready"), "{row}");
+    }
+    assert!(
+        table
+            .lines()
+            .any(|l| l.trim_start().starts_with(&dead) && l.contains(" no ")),
+        "{table}"
+    );
+
+    // The joined hosts run commands: exec through their own agents, no SSH.
+    let nodes = hosts.names.join(",");
+    let out = server.ok(&["exec", "--nodes", &nodes, "--", "cat /etc/debian_version"]);
+    eprintln!("{out}");
+    for name in &hosts.names {
+        assert!(
+            row_has(&out, name, "exited") && row_has(&out, name, "12."),
+            "{out}"
+        );
+    }
+}
