@@ -140,8 +140,7 @@ fn classify(stderr: &str) -> RemoteError {
     let line = stderr
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .next_back()
+        .rfind(|l| !l.is_empty())
         .unwrap_or("ssh failed without a message")
         .to_string();
     let s = stderr.to_ascii_lowercase();

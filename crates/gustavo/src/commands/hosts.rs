@@ -182,8 +182,7 @@ async fn connect<R: Remote>(r: &R, ctx: &Ctx, arch_check: bool) -> Result<Sudo, 
 fn last_line(s: &str) -> String {
     s.lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .next_back()
+        .rfind(|l| !l.is_empty())
         .unwrap_or("(no message)")
         .to_string()
 }

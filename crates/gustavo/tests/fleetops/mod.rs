@@ -420,7 +420,7 @@ fn hosts_install_over_ssh_joins_hosts() {
         assert_eq!(status_of(&server, name), "ready", "{name} joined");
     }
     let known_text = std::fs::read_to_string(&known).unwrap();
-    assert_eq!(known_text.lines().count() >= 2, true, "{known_text}");
+    assert!(known_text.lines().count() >= 2, "{known_text}");
 
     // Again (keys now known, no --accept-new-host-keys): nothing changes, and it says so.
     let two = format!("{},root@{}", hosts.ips[0], hosts.ips[1]);
@@ -483,4 +483,53 @@ fn hosts_install_over_ssh_joins_hosts() {
             "{out}"
         );
     }
+    // And their Docker, installed from Debian's packages (its CLI, talking to the engine).
+    let out = server.ok(&[
+        "docker",
+        "--nodes",
+        &nodes,
+        "--",
+        "version",
+        "--format",
+        "{{.Server.Version}}",
+    ]);
+    eprintln!("{out}");
+    for name in &hosts.names {
+        assert!(row_has(&out, name, engine.trim()), "{out}");
+    }
+}
+
+/// The systemd unit `hosts install` writes passes `systemd-analyze verify` (the test hosts
+/// run no systemd, so they get the init script; this checks the unit's text instead), and
+/// the init script passes `sh -n`.
+#[test]
+fn the_service_files_are_valid() {
+    use gustavo_model::hostinstall::AgentService;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = std::fs::canonicalize(BIN).unwrap();
+    let svc = AgentService {
+        binary: bin.to_str().unwrap().into(),
+        server: "https://10.0.0.1:7420".into(),
+        group: "edge".into(),
+        extra: vec!["--allow-exec".into()],
+    };
+    let unit = dir.path().join("gustavo-agent.service");
+    std::fs::write(&unit, svc.systemd_unit().unwrap()).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package) is installed");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    // Unknown keys are only warned about: none may name the unit.
+    assert!(!err.contains("gustavo-agent.service"), "{err}");
+    let init = dir.path().join("gustavo-agent");
+    std::fs::write(&init, svc.init_script().unwrap()).unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-n")
+        .arg(&init)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
 }
