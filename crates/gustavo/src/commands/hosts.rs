@@ -571,6 +571,20 @@ mod futures_lite {
     }
 }
 
+/// Whether a server URL names this machine's loopback (useless to another host).
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let host = rest.split('/').next().unwrap_or_default();
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn progress_line(host: &str, msg: &str) {
     eprintln!("{host}: {msg}");
 }
@@ -606,6 +620,12 @@ async fn install(cli: &Cli, args: &HostsInstallArgs) -> Result<()> {
         extra: args.agent_args.clone(),
     };
     service.args().map_err(|e| usage(e.to_string()))?;
+    if args.join_server.is_none() && is_loopback_url(&service.server) {
+        return Err(usage(format!(
+            "the hosts would reach the server at {}, which is each host itself; pass --join-server URL with an address the hosts can reach",
+            service.server
+        )));
+    }
     let client = if args.join {
         Some(crate::connect::client(cli)?)
     } else {
@@ -1106,6 +1126,15 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.step, "sudo");
         assert!(e.message.contains("--sudo-password-file"), "{e}");
+    }
+
+    #[test]
+    fn loopback_servers_are_caught() {
+        assert!(is_loopback_url("https://127.0.0.1:7420"));
+        assert!(is_loopback_url("https://localhost:7420/"));
+        assert!(is_loopback_url("http://[::1]:7420"));
+        assert!(!is_loopback_url("https://10.0.0.1:7420"));
+        assert!(!is_loopback_url("https://edge.example:7420"));
     }
 
     #[tokio::test]
