@@ -5,9 +5,15 @@
 #   gustavo-test/busybox:alt     same root plus a marker file, different CMD (distinct image ID)
 #   gustavo-test/web:v1          busybox httpd on :8080 serving /www/index.html = "v1"
 #   gustavo-test/web:v2          same, serving "v2"
+#   gustavo-test/debian-host:bookworm-1
+#                                a Debian 12 root (debootstrap from the Debian mirror) with
+#                                openssh-server and sudo, Docker's Debian packages (docker.io)
+#                                downloaded into apt's cache but NOT installed, for the
+#                                `gustavo hosts install` tests (fleetops): sshd is PID 1's child
 #
-# Each image is `docker import`ed from a tarred root made of Debian's static busybox and its
-# applet symlinks. Images that already exist are kept unless --force is given.
+# Each busybox image is `docker import`ed from a tarred root made of Debian's static busybox and
+# its applet symlinks; the debian-host image is `docker import`ed from a debootstrap root.
+# Images that already exist are kept unless --force is given.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -111,6 +117,54 @@ sh_cmd() {
     printf '["/bin/sh","-c","%s"]' "$s"
 }
 
+# The test host for `gustavo hosts install`. Built once (a few minutes, ~250 MB) and cached by
+# its tag; bump the tag's number when the recipe changes.
+DEBIAN_HOST_IMAGE=gustavo-test/debian-host:bookworm-1
+DEBIAN_MIRROR=${GUSTAVO_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# At start: fresh host keys per container (a key baked into the image would be shared by every
+# test host), the test's public key for root and for `gus` (a sudoer WITH a password, so the
+# sudo prompt path is exercised), then sshd in the foreground.
+DEBIAN_HOST_CMD='rm -f /etc/ssh/ssh_host_*; ssh-keygen -A >/dev/null;
+for h in /root /home/gus; do mkdir -p $h/.ssh; printf "%s\n" "$AUTHORIZED_KEY" >$h/.ssh/authorized_keys; done;
+chown -R gus:gus /home/gus/.ssh; chmod 700 /root/.ssh /home/gus/.ssh;
+mkdir -p /run/sshd; exec /usr/sbin/sshd -D -e'
+
+build_debian_host() {
+    local name=$DEBIAN_HOST_IMAGE dir
+    if image_exists "$name" && [[ $FORCE -eq 0 ]]; then
+        log "image $name already exists; keeping it (use --force to rebuild)"
+        return 0
+    fi
+    command -v debootstrap >/dev/null 2>&1 || ensure_packages debootstrap
+    log "building $name with debootstrap from $DEBIAN_MIRROR (takes a few minutes, once)"
+    dir=$(mktemp -d /tmp/gustavo-debian-host.XXXXXX)
+    TMPDIRS+=("$dir")
+    as_root debootstrap --variant=minbase --include=openssh-server,sudo,procps,ca-certificates \
+        bookworm "$dir/root" "$DEBIAN_MIRROR" >"$dir/debootstrap.log" 2>&1 \
+        || { tail -20 "$dir/debootstrap.log" >&2; die "debootstrap of $name failed (log above)"; }
+    # apt's lists and the docker.io packages in apt's cache: `apt-get install docker.io` on the
+    # test host then installs Debian's real packages without reaching the network. Services are
+    # not started by maintainer scripts (policy-rc.d 101), as in any container image: the test
+    # host's docker CLI talks to the engine socket the test bind-mounts in.
+    as_root chroot "$dir/root" apt-get update -qq >>"$dir/debootstrap.log" 2>&1 \
+        || die "apt-get update in the $name root failed"
+    as_root chroot "$dir/root" apt-get install -qq --download-only -y docker.io >>"$dir/debootstrap.log" 2>&1 \
+        || die "downloading docker.io into the $name root failed"
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$dir/root/usr/sbin/policy-rc.d" >/dev/null
+    as_root chmod 0755 "$dir/root/usr/sbin/policy-rc.d"
+    as_root chroot "$dir/root" useradd -m -s /bin/bash -G sudo gus
+    echo 'gus:gus-sudo-pw' | as_root chroot "$dir/root" chpasswd
+    as_root rm -rf "$dir/root/var/cache/apt/"*.bin "$dir/root/usr/share/doc" "$dir/root/usr/share/man"
+    as_root tar --numeric-owner -C "$dir/root" -c . \
+        | docker import \
+            --change "CMD [\"/bin/sh\",\"-c\",$(printf '%s' "$DEBIAN_HOST_CMD" | tr '\n' ' ' | jq -Rs .)]" \
+            --change 'LABEL org.gustavo.test-image=debian-host' - "$name" >/dev/null \
+        || die "docker import of $name failed"
+    as_root rm -rf "$dir"
+    image_exists "$name" || die "docker import reported success but $name does not exist"
+    log "built $name"
+}
+
 TMPDIRS=()
 cleanup() { [[ ${#TMPDIRS[@]} -eq 0 ]] || rm -rf "${TMPDIRS[@]}"; }
 trap cleanup EXIT
@@ -122,6 +176,7 @@ build_image gustavo-test/busybox:latest busybox latest "$(sh_cmd "$SLEEP_CMD")"
 build_image gustavo-test/busybox:alt    busybox alt    "$(sh_cmd "echo alt >/tmp/variant; $SLEEP_CMD")"
 build_image gustavo-test/web:v1         web     v1     "$(sh_cmd "$HTTPD_CMD")"
 build_image gustavo-test/web:v2         web     v2     "$(sh_cmd "$HTTPD_CMD")"
+build_debian_host
 
 log "test images ready:"
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' gustavo-test/busybox | sed 's/^/  /' >&2

@@ -28,7 +28,9 @@ done
 
 # Debian packages the test environment needs.
 # prometheus: for promtool, which checks the /metrics output (the daemon is not used).
-PACKAGES=(busybox-static docker-registry curl jq prometheus)
+# openssh-client, debootstrap, systemd: `gustavo hosts install` tests (ssh/ssh-keygen, the
+# Debian test-host image, systemd-analyze verify of the agent's unit).
+PACKAGES=(busybox-static docker-registry curl jq prometheus openssh-client debootstrap systemd)
 # Crates that must never be linked into Gustavo (no OpenSSL, no aws-lc).
 FORBIDDEN_CRATES=(aws-lc-rs aws-lc-sys openssl-sys)
 

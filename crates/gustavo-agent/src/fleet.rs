@@ -156,6 +156,7 @@ impl Fleet {
                         resync: Duration::from_secs(30),
                         ..ReconcileConfig::default()
                     },
+                    allow_exec: false,
                 };
                 let http = HttpParts {
                     pool: Some(pools[i / per].clone()),

@@ -421,6 +421,7 @@ mod tests {
             revision: 9,
             apps: vec![],
             jobs,
+            exec: Vec::new(),
         }));
         let (runs_tx, runs) = watch::channel(Vec::new());
         let runner = JobRunner::new(rt.clone(), "n".into(), persist.clone(), rx, runs_tx);

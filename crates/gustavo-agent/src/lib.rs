@@ -14,6 +14,7 @@
 //! are retried with backoff and catch up when it returns.
 
 pub mod docker;
+pub mod exec;
 pub mod fleet;
 pub mod http;
 pub mod jobs;
@@ -84,6 +85,8 @@ pub struct AgentConfig {
     /// How long one long-poll waits for a change.
     pub wait: Duration,
     pub reconcile: ReconcileConfig,
+    /// Run commands sent by `gustavo exec` / `gustavo docker` (off: they are refused).
+    pub allow_exec: bool,
 }
 
 /// A random fraction in [0, 1): spreads agents that start together (a fleet after a server
@@ -372,6 +375,7 @@ async fn sync(
 ) {
     let node = &cfg.name;
     let mut backoff = Backoff::new();
+    let running = Arc::new(tokio::sync::Semaphore::new(exec::MAX_RUNNING));
     loop {
         if !facts_sent {
             match client.register(req).await {
@@ -394,8 +398,15 @@ async fn sync(
             .mul_f64(1.0 - 0.2 * jitter())
             .max(Duration::from_secs(1));
         match client.desired(node, after, wait).await {
-            Ok(Some(d)) => {
+            Ok(Some(mut d)) => {
                 backoff.reset();
+                for cmd in std::mem::take(&mut d.exec) {
+                    spawn_exec(client.clone(), node.clone(), cmd, cfg.allow_exec, &running);
+                }
+                // A long-poll answered for commands alone carries the same revision.
+                if d.revision <= after && desired.borrow().is_some() {
+                    continue;
+                }
                 tracing::info!(
                     revision = d.revision,
                     apps = d.apps.len(),
@@ -420,6 +431,39 @@ async fn sync(
             }
         }
     }
+}
+
+/// Runs one command from `gustavo exec` beside everything else and posts its outcome
+/// (retried a few times: the server waits for it).
+fn spawn_exec(
+    client: Client,
+    node: String,
+    cmd: gustavo_model::exec::ExecCommand,
+    allowed: bool,
+    running: &Arc<tokio::sync::Semaphore>,
+) {
+    let running = running.clone();
+    tokio::spawn(async move {
+        let reply = {
+            let _slot = running.acquire().await;
+            tracing::info!(id = %cmd.id, kind = ?cmd.kind, allowed, "command from the server");
+            exec::run(&cmd, allowed).await
+        };
+        let mut backoff = Backoff::new();
+        for _ in 0..4 {
+            match client.exec_reply(&node, &cmd.id, &reply).await {
+                Ok(()) => return,
+                Err(e @ ClientError::Api { .. }) => {
+                    tracing::warn!(id = %cmd.id, error = %e, "the server took no answer");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(id = %cmd.id, error = %e, "cannot send the answer; retrying");
+                    backoff.wait().await;
+                }
+            }
+        }
+    });
 }
 
 /// Sends each new status report (with the job runner's runs), and the current one again

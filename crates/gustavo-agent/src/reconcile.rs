@@ -506,6 +506,7 @@ mod tests {
             revision,
             apps,
             jobs: Vec::new(),
+            exec: Vec::new(),
         })
     }
 

@@ -7,6 +7,7 @@
 //! the server, and its answer must be checked against a fingerprint before use.
 
 pub mod config;
+mod exec;
 pub mod security;
 
 use std::sync::Arc;

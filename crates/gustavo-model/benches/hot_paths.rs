@@ -52,6 +52,7 @@ fn desired_json(app: &str, spec: &gustavo_model::AppSpec, node: &NodeFacts) -> V
                 .collect(),
         }],
         jobs: Vec::new(),
+        exec: Vec::new(),
     };
     serde_json::to_vec(&state).expect("serializes")
 }

@@ -239,6 +239,10 @@ pub struct DesiredState {
     /// groups (run from the agent's clock). Absent from older servers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<crate::job::DesiredJob>,
+    /// Commands for the agent to run now (`gustavo exec`); a long-poll answers at once when
+    /// one is waiting, at the node's current revision. Never stored by the agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exec: Vec<crate::exec::ExecCommand>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,6 +10,9 @@
 //! - [`names`]: the rules for app, group and node names.
 //! - [`rollout`]: staged updates — waves, health gates, halts and rollbacks.
 //! - [`exposition`]: metrics text formats (OpenMetrics, and Prometheus text for older scrapers).
+//! - [`exec`]: wire types and rules of `gustavo exec` / `gustavo docker`.
+//! - [`hostinstall`]: the pure parts of `gustavo hosts install|check` (facts, service files).
+//! - [`hostlist`]: pdsh / Cloudmesh host lists (`red[01-05]`), expanded.
 
 pub mod access;
 pub mod api;
@@ -18,7 +21,10 @@ pub mod auth_api;
 pub mod compat;
 pub mod cron;
 pub mod desired;
+pub mod exec;
 pub mod exposition;
+pub mod hostinstall;
+pub mod hostlist;
 pub mod image;
 pub mod job;
 pub mod names;

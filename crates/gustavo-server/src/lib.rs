@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod api_exec;
 pub mod audit;
 pub mod auth;
 pub mod body;

@@ -390,6 +390,7 @@ impl Cluster {
             revision: self.node_revision(node),
             apps,
             jobs,
+            exec: Vec::new(),
         }
     }
 
@@ -770,6 +771,8 @@ pub struct Shared {
     /// How long a callback is retried before it is given up, in seconds.
     pub callback_expiry: std::sync::atomic::AtomicU64,
     jobs: std::sync::mpsc::Sender<Box<dyn Job>>,
+    /// Commands waiting for their node's long-poll (`gustavo exec`).
+    pub exec: crate::ops::exec::ExecHub,
 }
 
 /// How long a job callback is retried, by default: a day.
@@ -853,6 +856,7 @@ impl Shared {
             outbox: Default::default(),
             callback_expiry: std::sync::atomic::AtomicU64::new(DEFAULT_CALLBACK_EXPIRY_S),
             jobs,
+            exec: Default::default(),
         });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()

@@ -100,12 +100,116 @@ pub enum Command {
     /// Run-to-completion jobs: once on the best node, or on a schedule on every member.
     #[command(subcommand)]
     Jobs(JobsCmd),
+    /// Run a shell command on many nodes through their agents (admin; nodes opt in with
+    /// `gustavo agent --allow-exec`): `gustavo exec --nodes 'red[01-05]' -- uptime`.
+    Exec(ExecArgs),
+    /// Run `docker ARGS…` on many nodes through their agents, as `gustavo exec` does:
+    /// `gustavo docker -d edge -- ps`.
+    Docker(ExecArgs),
+    /// Install Docker and the agent on hosts over SSH, and check them.
+    #[command(subcommand)]
+    Hosts(HostsCmd),
     /// Print a shell completion script: `gustavo completion bash > /etc/bash_completion.d/gustavo`.
     Completion {
         /// The shell to complete for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// Where and how `gustavo exec` / `gustavo docker` run.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["nodes", "group"])))]
+pub struct ExecArgs {
+    /// The nodes: a host list such as `red[01-05],blue` (pdsh / Cloudmesh syntax).
+    #[arg(long, value_name = "LIST")]
+    pub nodes: Option<String>,
+    /// Every node of this device group.
+    #[arg(short = 'd', long = "device-group", value_name = "GROUP")]
+    pub group: Option<String>,
+    /// How many nodes run it at once.
+    #[arg(long, default_value_t = 16)]
+    pub parallel: u32,
+    /// How long it may run on each node, e.g. 30s or 5m; then it is killed.
+    #[arg(long, default_value = "30s")]
+    pub timeout: String,
+    /// The output column's width in the table (`-o json` has the whole output).
+    #[arg(long, default_value_t = 48)]
+    pub width: usize,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostsCmd {
+    /// Install Docker (from the host's own packages, where missing), the gustavo binary and
+    /// an agent service on hosts over SSH; with --join, join them to this cluster.
+    Install(HostsInstallArgs),
+    /// Over SSH: reachable, OS and arch, Docker version, agent installed and running, and
+    /// (from the server) joined and last seen.
+    Check(HostsSshArgs),
+}
+
+/// How to reach hosts over SSH (the system's `ssh`, host keys always checked).
+#[derive(Debug, Args)]
+pub struct HostsSshArgs {
+    /// The hosts: a host list such as `pi@red[01-05],blue` (`user@` per host wins over --user).
+    #[arg(value_name = "LIST")]
+    pub hosts: String,
+    /// The SSH user (default: ssh's own choice).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The private key to log in with.
+    #[arg(long, value_name = "PATH")]
+    pub ssh_key: Option<PathBuf>,
+    /// The SSH port.
+    #[arg(long, default_value_t = 22)]
+    pub port: u16,
+    /// The known_hosts file host keys are checked against (default: ssh's own).
+    #[arg(long, value_name = "PATH")]
+    pub known_hosts: Option<PathBuf>,
+    /// Accept and remember the key of a host seen for the first time (a changed key is
+    /// still refused). Without it an unknown host is refused.
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// How many hosts are worked on at once.
+    #[arg(long, default_value_t = 16)]
+    pub parallel: usize,
+    /// How long one step (one SSH command or copy) may take, e.g. 10m.
+    #[arg(long, default_value = "10m")]
+    pub step_timeout: String,
+    /// How long to wait for an SSH connection, e.g. 10s.
+    #[arg(long, default_value = "10s")]
+    pub connect_timeout: String,
+    /// A file holding the sudo password (mode 0600), for users whose sudo asks for one;
+    /// otherwise it is prompted for once, when needed and a terminal is there.
+    #[arg(long, value_name = "PATH")]
+    pub sudo_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct HostsInstallArgs {
+    #[command(flatten)]
+    pub ssh: HostsSshArgs,
+    /// Join the hosts to this cluster (a join token is made for the run).
+    #[arg(long)]
+    pub join: bool,
+    /// Reinstall Docker, the binary and the service even where present.
+    #[arg(long)]
+    pub force: bool,
+    /// The device group the joined hosts go in.
+    #[arg(long = "group", short = 'g', default_value = "default")]
+    pub group: String,
+    /// The server URL as the hosts reach it (default: the one this CLI uses).
+    #[arg(long, value_name = "URL")]
+    pub join_server: Option<String>,
+    /// The gustavo binary to copy (default: this one, when the host's architecture matches).
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+    /// Extra flags for the installed agent, e.g. `--allow-exec`; repeat for several.
+    #[arg(long = "agent-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    pub agent_args: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -397,6 +501,10 @@ pub struct AgentArgs {
     /// repeat for several. Default: none, so native requests are refused.
     #[arg(long = "samsung-native", value_name = "PROGRAM")]
     pub samsung_native: Vec<String>,
+    /// Run commands sent by `gustavo exec` / `gustavo docker` as this agent's user (remote
+    /// code execution for the cluster's admins; off by default, refused when off).
+    #[arg(long)]
+    pub allow_exec: bool,
 }
 
 #[derive(Debug, Args)]
@@ -678,7 +786,7 @@ pub struct CacheFilter {
     /// Only devices of this group.
     #[arg(short = 'd', long = "device-group")]
     pub group: Option<String>,
-    /// Only this device.
+    /// Only these devices: a host list such as `red[01-05],blue`.
     #[arg(short = 'h', long = "host")]
     pub host: Option<String>,
     /// Print help.

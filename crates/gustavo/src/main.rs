@@ -9,6 +9,7 @@ mod config_file;
 mod connect;
 mod registry;
 mod rollout;
+mod ssh;
 
 use std::process::ExitCode;
 

@@ -4,6 +4,7 @@
 mod cli_habits;
 mod config_files;
 mod connections;
+mod fleetops;
 mod foundation;
 mod jobs;
 mod metrics;

@@ -190,6 +190,9 @@ impl Ops {
         let mut closing = self.shared.closing.subscribe();
         let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(60));
         let _waiting = crate::metrics::Waiting::new(&self.shared.metrics.long_polls);
+        // Commands (`gustavo exec`) go to the node itself only, never to an admin looking.
+        let is_node = matches!(p, Principal::Node(_));
+        let exec_wake = is_node.then(|| self.shared.exec.wake(name));
         loop {
             self.seen(name, from, |_| {});
             {
@@ -198,8 +201,14 @@ impl Ops {
                     .nodes
                     .get(name)
                     .ok_or_else(|| OpError::NotFound(format!("node `{name}` does not exist")))?;
-                if c.node_revision(node) > after {
+                let exec = if is_node {
+                    self.shared.exec.take(name)
+                } else {
+                    Vec::new()
+                };
+                if c.node_revision(node) > after || !exec.is_empty() {
                     let mut d = c.desired_for(node);
+                    d.exec = exec;
                     self.shared.metrics.desired_computed.inc();
                     if !matches!(p, Principal::Node(_)) {
                         hide_secrets(&c, &mut d);
@@ -217,6 +226,7 @@ impl Ops {
                     Ok(Err(_)) | Err(_) => return Ok(None),
                 },
                 _ = closing.changed() => return Err(OpError::Unavailable("the server is shutting down")),
+                _ = async { match &exec_wake { Some(w) => w.notified().await, None => std::future::pending().await } } => continue,
             }
         }
     }

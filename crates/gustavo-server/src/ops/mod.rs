@@ -11,6 +11,7 @@
 pub mod agents;
 pub mod apps;
 mod error;
+pub mod exec;
 pub mod groups;
 pub mod jobs;
 pub mod nodes;

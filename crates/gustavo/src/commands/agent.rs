@@ -86,6 +86,7 @@ pub fn config(cli: &Cli, args: &AgentArgs) -> Result<AgentConfig> {
             resync,
             ..ReconcileConfig::default()
         },
+        allow_exec: args.allow_exec,
     })
 }
 

@@ -1,18 +1,56 @@
-//! `gustavo cache hosts|vitals|containers [-d GROUP] [-h HOST]`: what the devices report.
+//! `gustavo cache hosts|vitals|containers [-d GROUP] [-h HOSTS]`: what the devices report.
+//! `-h` takes a host list (`red[01-05],blue`): one name is filtered by the server, several
+//! are filtered here.
+
+use std::collections::HashSet;
 
 use anyhow::Result;
 
-use crate::cli::{CacheCmd, Cli};
+use crate::cli::{CacheCmd, CacheFilter, Cli};
 use crate::connect;
 use crate::output::{ago, duration, rate, show};
+
+/// The `-h` host list: the one name to ask the server for, or the set to keep of all it sends.
+struct Hosts {
+    one: Option<String>,
+    many: Option<HashSet<String>>,
+}
+
+impl Hosts {
+    fn of(f: &CacheFilter) -> Result<Hosts> {
+        let Some(list) = &f.host else {
+            return Ok(Hosts {
+                one: None,
+                many: None,
+            });
+        };
+        let mut names = gustavo_model::hostlist::expand(list)?;
+        Ok(if names.len() == 1 {
+            Hosts {
+                one: names.pop(),
+                many: None,
+            }
+        } else {
+            Hosts {
+                one: None,
+                many: Some(names.into_iter().collect()),
+            }
+        })
+    }
+    fn keep(&self, name: &str) -> bool {
+        self.many.as_ref().is_none_or(|m| m.contains(name))
+    }
+}
 
 pub async fn run(cli: &Cli, cmd: &CacheCmd) -> Result<()> {
     let client = connect::client(cli)?;
     match cmd {
         CacheCmd::Hosts(f) => {
-            let nodes = client
-                .list_nodes(f.group.as_deref(), f.host.as_deref())
+            let h = Hosts::of(f)?;
+            let mut nodes = client
+                .list_nodes(f.group.as_deref(), h.one.as_deref())
                 .await?;
+            nodes.retain(|n| h.keep(&n.name));
             let rows = nodes
                 .iter()
                 .map(|n| {
@@ -34,7 +72,9 @@ pub async fn run(cli: &Cli, cmd: &CacheCmd) -> Result<()> {
             );
         }
         CacheCmd::Vitals(f) => {
-            let vitals = client.vitals(f.group.as_deref(), f.host.as_deref()).await?;
+            let h = Hosts::of(f)?;
+            let mut vitals = client.vitals(f.group.as_deref(), h.one.as_deref()).await?;
+            vitals.retain(|v| h.keep(&v.node));
             let rows = vitals
                 .iter()
                 .map(|nv| match &nv.vitals {
@@ -74,9 +114,11 @@ pub async fn run(cli: &Cli, cmd: &CacheCmd) -> Result<()> {
             );
         }
         CacheCmd::Containers(f) => {
-            let rows_in = client
-                .containers(f.group.as_deref(), f.host.as_deref())
+            let h = Hosts::of(f)?;
+            let mut rows_in = client
+                .containers(f.group.as_deref(), h.one.as_deref())
                 .await?;
+            rows_in.retain(|r| h.keep(&r.node));
             let rows = rows_in
                 .iter()
                 .map(|r| {

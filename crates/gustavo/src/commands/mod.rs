@@ -6,8 +6,11 @@ mod audit;
 mod bench;
 mod cache;
 mod completion;
+mod docker;
 mod events;
+mod exec;
 mod groups;
+mod hosts;
 mod jobs;
 mod login;
 mod nodes;
@@ -59,6 +62,9 @@ async fn dispatch(cli: &Cli) -> Result<()> {
         Command::Audit(args) => audit::run(cli, args).await,
         Command::Events { follow, after } => events::run(cli, *follow, *after).await,
         Command::Jobs(cmd) => jobs::run(cli, cmd).await,
+        Command::Exec(args) => exec::run(cli, args, gustavo_model::exec::ExecKind::Shell).await,
+        Command::Docker(args) => docker::run(cli, args).await,
+        Command::Hosts(cmd) => hosts::run(cli, cmd).await,
         Command::Completion { shell } => {
             completion::run(*shell);
             Ok(())

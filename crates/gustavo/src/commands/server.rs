@@ -197,6 +197,7 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
             heartbeat: std::time::Duration::from_secs(5),
             wait: std::time::Duration::from_secs(30),
             reconcile: ReconcileConfig::default(),
+            allow_exec: false,
         };
         tokio::spawn(async move {
             if let Err(e) = gustavo_agent::run(cfg, runtime, None, std::future::pending()).await {

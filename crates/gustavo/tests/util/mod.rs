@@ -191,6 +191,16 @@ impl Server {
 
     /// A server run by a wrapper command, e.g. `prlimit --nofile=128:512`, with extra flags.
     pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Server {
+        Server::start_full("127.0.0.1:0", wrapper, extra)
+    }
+
+    /// A server listening on `listen` (e.g. a test network's gateway, `172.31.0.1:0`, for
+    /// agents in containers to reach), with extra flags.
+    pub fn start_on(listen: &str, extra: &[&str]) -> Server {
+        Server::start_full(listen, &[], extra)
+    }
+
+    fn start_full(listen: &str, wrapper: &[&str], extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut s = Server {
             dir,
@@ -198,7 +208,7 @@ impl Server {
             admin: String::new(),
             join: String::new(),
             child: None,
-            listen: "127.0.0.1:0".into(),
+            listen: listen.into(),
             extra: extra.iter().map(|a| a.to_string()).collect(),
             wrapper: wrapper.iter().map(|a| a.to_string()).collect(),
         };
