@@ -30,11 +30,13 @@ done
 # prometheus: for promtool, which checks the /metrics output (the daemon is not used).
 # openssh-client, debootstrap, systemd: `gustavo hosts install` tests (ssh/ssh-keygen, the
 # Debian test-host image, systemd-analyze verify of the agent's unit).
-PACKAGES=(busybox-static docker-registry curl jq prometheus openssh-client debootstrap systemd)
+# python3-venv: a virtualenv for the real Sinfonia client (sinfonia-tier3 from PyPI).
+PACKAGES=(busybox-static docker-registry curl jq prometheus openssh-client debootstrap systemd python3-venv)
 # Crates that must never be linked into Gustavo (no OpenSSL, no aws-lc).
 FORBIDDEN_CRATES=(aws-lc-rs aws-lc-sys openssl-sys)
 
 export GUSTAVO_TEST_REGISTRY=127.0.0.1:5000
+SINFONIA_TIER3_VERSION=0.7.4
 
 TIMINGS=()
 CURRENT_PHASE=""
@@ -95,6 +97,18 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked || die "cargo install cargo-nextest failed"
 fi
 cargo nextest --version >&2
+
+phase "Sinfonia client (sinfonia-tier3 $SINFONIA_TIER3_VERSION, PyPI)"
+# The real Tier-3 client deploys through our Sinfonia API in the e2e tests
+# (crates/gustavo/tests/sinfonia); they fail loudly without it.
+SINFONIA_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/gustavo-test/sinfonia-venv"
+if ! "$SINFONIA_VENV/bin/sinfonia-tier3" --version 2>/dev/null | grep -q "$SINFONIA_TIER3_VERSION"; then
+    python3 -m venv "$SINFONIA_VENV" || die "cannot create a virtualenv at $SINFONIA_VENV"
+    "$SINFONIA_VENV/bin/pip" install --quiet "sinfonia-tier3==$SINFONIA_TIER3_VERSION" \
+        || die "pip install sinfonia-tier3==$SINFONIA_TIER3_VERSION failed"
+fi
+export GUSTAVO_SINFONIA_TIER3="$SINFONIA_VENV/bin/sinfonia-tier3"
+log "sinfonia-tier3: $("$GUSTAVO_SINFONIA_TIER3" --version)"
 
 phase "Test images"
 bash scripts/test-images.sh

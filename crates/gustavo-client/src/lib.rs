@@ -9,6 +9,7 @@
 pub mod config;
 mod exec;
 pub mod security;
+pub mod sinfonia;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -266,6 +266,7 @@ impl JobSpec {
             workdir: self.workdir.clone(),
             user: self.user.clone(),
             rollout: None,
+            recipe: None,
         }
     }
 

@@ -9,6 +9,9 @@
 //! - [`job`]: jobs — the job file, the run state machine, retries, due times.
 //! - [`names`]: the rules for app, group and node names.
 //! - [`rollout`]: staged updates — waves, health gates, halts and rollbacks.
+//! - [`sites`], [`matcher`], [`lease`], [`wireguard`], [`compat`]: edge sites, the matcher
+//!   chain that picks one for a client, per-client deployments on leases, WireGuard keys,
+//!   and Sinfonia's wire shapes.
 //! - [`exposition`]: metrics text formats (OpenMetrics, and Prometheus text for older scrapers).
 //! - [`exec`]: wire types and rules of `gustavo exec` / `gustavo docker`.
 //! - [`hostinstall`]: the pure parts of `gustavo hosts install|check` (facts, service files).
@@ -27,12 +30,16 @@ pub mod hostinstall;
 pub mod hostlist;
 pub mod image;
 pub mod job;
+pub mod lease;
+pub mod matcher;
 pub mod names;
 pub mod plan;
 pub mod ports;
 pub mod rollout;
 pub mod schedule;
+pub mod sites;
 pub mod spec;
+pub mod wireguard;
 mod written;
 
 pub use desired::{ContainerSpec, NodeFacts};

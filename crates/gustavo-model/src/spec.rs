@@ -105,6 +105,10 @@ pub struct AppSpec {
     /// Without it every device takes a change at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::RolloutPolicy>,
+    /// Deploy once per client (Sinfonia's recipe) on one site of the app's groups instead
+    /// of on every member: see `sites` and `lease`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<crate::sites::Recipe>,
 }
 
 pub(crate) fn yes() -> bool {
@@ -136,10 +140,26 @@ impl AppSpec {
             .map_err(|e| invalid(format!("starting_ports: {e}")))?;
         check_networks(&self.networks).map_err(invalid)?;
         self.check_placement().map_err(invalid)?;
+        if let Some(r) = &self.recipe {
+            if self.replicas.is_some() || self.containers_per.is_some() {
+                return Err(invalid(
+                    "recipe cannot be combined with replicas or containers_per: a recipe app \
+                     runs one instance per client deployment"
+                        .into(),
+                ));
+            }
+            r.validate().map_err(invalid)?;
+        }
         if let Some(r) = &self.rollout {
             r.validate().map_err(invalid)?;
         }
         Ok(())
+    }
+
+    /// Whether the app is deployed per client (a `recipe:` block) rather than run on the
+    /// members of its groups.
+    pub fn is_recipe(&self) -> bool {
+        self.recipe.is_some()
     }
 
     /// How many containers each member runs (apps without `replicas`).

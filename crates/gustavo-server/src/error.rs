@@ -19,7 +19,9 @@ impl ApiError {
             ApiError::Unauthenticated | ApiError::TokenDead(_) | ApiError::BadLogin => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests(_) | ApiError::RateLimited(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Forbidden(_) | ApiError::Denied(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -37,7 +39,7 @@ impl ApiError {
             ApiError::Unauthenticated | ApiError::TokenDead(_) | ApiError::BadLogin => {
                 "unauthenticated"
             }
-            ApiError::TooManyRequests(_) => "rate_limited",
+            ApiError::TooManyRequests(_) | ApiError::RateLimited(_) => "rate_limited",
             ApiError::Forbidden(_) | ApiError::Denied(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
@@ -60,7 +62,7 @@ impl IntoResponse for ApiError {
         let note = crate::audit::ErrorNote(format!("{}: {}", body.error.code, body.error.message));
         let mut resp = (self.status(), axum::Json(body)).into_response();
         resp.extensions_mut().insert(note);
-        if let ApiError::TooManyRequests(s) = self {
+        if let ApiError::TooManyRequests(s) | ApiError::RateLimited(s) = self {
             resp.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(s),

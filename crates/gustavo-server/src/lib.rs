@@ -12,6 +12,7 @@ pub mod conns;
 pub mod controllers;
 pub mod error;
 pub mod events;
+pub mod http_sinfonia;
 pub mod jobs_api;
 pub mod limits;
 pub mod metrics;
@@ -85,6 +86,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How long a job callback is retried before it is given up.
     pub callback_expiry: std::time::Duration,
+    /// The Sinfonia deploy API and leases.
+    pub sinfonia: ops::deployments::SinfoniaConfig,
 }
 
 /// What every handler shares.
@@ -251,6 +254,9 @@ impl Server {
             ops: ops::Ops {
                 shared: shared.clone(),
                 sec: sec.clone(),
+                sinfonia: Arc::new(ops::deployments::SinfoniaState::new(
+                    config.sinfonia.clone(),
+                )),
             },
             body_limit: config.body_limit,
             body: body::BodyLimits {
@@ -280,13 +286,10 @@ impl Server {
                 .unwrap_or_default(),
             tls: material.map(|m| m.config),
             ca,
-            ops: ops::Ops {
-                shared: shared.clone(),
-                sec: sec.clone(),
-            },
             shared,
             sec,
             listener,
+            ops: state.ops.clone(),
             router: router(state),
             timeouts: config.timeouts,
             conns: conns::ConnTable::new(config.max_connections),
@@ -309,16 +312,14 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         tokio::spawn(controllers::scheduler::run(self.shared.clone()));
-        tokio::spawn(controllers::rollouts::run(ops::Ops {
-            shared: self.shared.clone(),
-            sec: self.sec.clone(),
-        }));
+        tokio::spawn(controllers::rollouts::run(self.ops.clone()));
         tokio::spawn(controllers::jobs::run(self.ops.clone()));
         tokio::spawn(controllers::rollout_events::run(self.shared.clone()));
         tokio::spawn(controllers::callbacks::run(
             self.shared.clone(),
             controllers::callbacks::HttpSender::new(),
         ));
+        tokio::spawn(controllers::leases::run(self.ops.clone()));
         let closing = self.shared.closing.clone();
         let shutdown = async move {
             shutdown.await;
@@ -341,7 +342,7 @@ impl Server {
 
 pub fn router(state: AppState) -> Router {
     let limit = state.body_limit;
-    routes::add(Router::new())
+    http_sinfonia::add(routes::add(Router::new()))
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         // Bodies are read whole, within their size and time limits, before any handler;
         // inside the audit layer, so a refused body is recorded like any refusal.

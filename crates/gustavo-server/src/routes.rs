@@ -8,7 +8,7 @@ use axum::routing::{MethodFilter, on};
 
 use crate::AppState;
 use crate::api::*;
-use crate::{admin, jobs_api, metrics};
+use crate::{admin, http_sinfonia, jobs_api, metrics};
 
 /// One route as the OpenAPI document describes it.
 #[derive(Debug, Clone, Copy)]
@@ -107,5 +107,13 @@ routes! {
     GET "/api/v1/audit" => admin::audit, token, "The audit log (?since=&user=&object=&limit=) (admin)", { 200 => "entries, oldest first" };
     POST "/api/v1/exec" => crate::api_exec::run, token, "Run a command {nodes, group?, kind: shell|docker, args, timeout_s, parallel} on nodes through their agents' long-poll (admin; each node must allow it with `gustavo agent --allow-exec`); answers when every node has: per node status exited|refused|timeout|offline|error, exit code, output", { 200 => "{command, results: [{node, status, exit_code?, stdout, stderr, duration_ms}]}", 400 => "invalid", 403 => "not an admin", 404 => "no such node or group (nothing was run)" } body "{\"type\": \"object\", \"required\": [\"kind\", \"args\", \"timeout_s\", \"parallel\"], \"properties\": {\"nodes\": {\"type\": \"array\", \"items\": {\"type\": \"string\"}}, \"group\": {\"type\": \"string\"}, \"kind\": {\"enum\": [\"shell\", \"docker\"]}, \"args\": {\"type\": \"array\", \"items\": {\"type\": \"string\"}}, \"timeout_s\": {\"type\": \"integer\"}, \"parallel\": {\"type\": \"integer\"}}}";
     POST "/api/v1/nodes/{name}/exec/{id}" => crate::api_exec::reply, token, "The node's answer to a command it took from its long-poll (the node's own token only)", { 204 => "delivered", 403 => "not this node", 404 => "no such command waits (timed out)" };
+    GET "/api/v1/sites" => http_sinfonia::list_sites, token, "Edge sites with their nodes, live cpu_ratio/mem_ratio and deployment counts (admin)", { 200 => "sites" };
+    GET "/api/v1/sites/{name}" => http_sinfonia::get_site, token, "One edge site (admin)", { 200 => "site", 404 => "no such site" };
+    PUT "/api/v1/sites/{name}" => http_sinfonia::put_site, token, "Create or replace an edge site {node|group, locations, local_networks, accepted_clients, rejected_clients, resources, tunnel_endpoint} (admin); its WireGuard key is made once and kept", { 200 => "site", 400 => "invalid" } body "{\"$ref\": \"#/components/schemas/Site\"}";
+    DELETE "/api/v1/sites/{name}" => http_sinfonia::delete_site, token, "Delete an edge site without live deployments (admin)", { 200 => "{revision}", 404 => "no such site", 409 => "deployments live on it" };
+    GET "/api/v1/deployments" => http_sinfonia::list_deployments, token, "Per-client deployments of recipe apps, with lease state and the client's tunnel config", { 200 => "deployments" };
+    GET "/api/v1/deployments/{name}" => http_sinfonia::get_deployment, token, "One deployment", { 200 => "deployment", 404 => "no such deployment" };
+    DELETE "/api/v1/deployments/{name}" => http_sinfonia::delete_deployment, token, "Tear a deployment down now (rw on its app)", { 204 => "deleted", 404 => "no such deployment" };
+    GET "/api/v1/explain/{uuid}" => http_sinfonia::explain, token, "How the sites rank for a client of a recipe (?client_ip=&location=lat,lon), and why each was kept or dropped; deploys nothing", { 200 => "{app, uuid, client_ip, ranking: {chain, kept, dropped}}", 404 => "no such recipe" };
     GET "/metrics" => metrics::metrics, token, "Prometheus metrics (a user's or the admin's token; OpenMetrics when asked, else text 0.0.4)", { 200 => "metrics", 401 => "no token", 403 => "a node's token" };
 }

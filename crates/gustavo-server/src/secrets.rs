@@ -155,11 +155,30 @@ fn has_secret(spec: &AppSpec) -> bool {
     spec.env_vars.values().any(EnvValue::is_secret)
 }
 
+/// How a sealed site key starts in the store.
+const SEALED_KEY: &str = "sealed:";
+
+/// Sites seal under their own scope, so no app of the same name can open their keys.
+fn site_scope(name: &str) -> String {
+    format!("site:{name}")
+}
+
 impl Store for SealingStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
         let mut snap = self.inner.load()?;
         for app in &mut snap.apps {
             self.open_app(app)?;
+        }
+        for site in &mut snap.sites {
+            if let Some(sealed) = site.wg_private_key.strip_prefix(SEALED_KEY) {
+                site.wg_private_key = self
+                    .secrets
+                    .open(&site_scope(&site.name), "wg_private_key", sealed)
+                    .map_err(|reason| StoreError::Sealed {
+                        what: format!("site `{}` WireGuard key", site.name),
+                        reason,
+                    })?;
+            }
         }
         Ok(snap)
     }
@@ -186,6 +205,23 @@ impl Store for SealingStore {
                     let mut r = r.clone();
                     self.seal_spec(&r.app.clone(), &mut r.spec)?;
                     Ok(Change::PutRevision(r))
+                }
+                // A site's WireGuard private key is sealed like a secret env value.
+                Change::PutSite(site) if !site.wg_private_key.is_empty() => {
+                    let mut out = site.clone();
+                    let sealed = self
+                        .secrets
+                        .seal(
+                            &site_scope(&site.name),
+                            "wg_private_key",
+                            &site.wg_private_key,
+                        )
+                        .map_err(|reason| StoreError::Sealed {
+                            what: format!("site `{}` WireGuard key", site.name),
+                            reason,
+                        })?;
+                    out.wg_private_key = format!("{SEALED_KEY}{sealed}");
+                    Ok(Change::PutSite(out))
                 }
                 other => Ok(other.clone()),
             })

@@ -57,7 +57,8 @@ impl SchedConfig {
 /// Whether `node` (a member of the app's groups) runs the app: every member does, unless
 /// the app is replicated, when only the nodes its replicas are placed on do.
 fn runs_on(app: &App, node: &str) -> bool {
-    !app.spec.is_replicated()
+    // A recipe app runs only as per-client deployments (see `desired_for`).
+    !app.spec.is_recipe() && !app.spec.is_replicated()
         || app.placements.values().any(|n| n == node)
         || app.handoff.values().any(|n| n == node)
 }
@@ -122,6 +123,10 @@ pub struct Cluster {
     pub live: DashMap<String, Live>,
     token_index: HashMap<String, String>,
     deleted: HashMap<String, Deleted>,
+    /// Edge sites (`ops/sites.rs`).
+    pub sites: BTreeMap<String, gustavo_model::sites::Site>,
+    /// Per-client deployments on leases (`ops/deployments.rs`).
+    pub deployments: BTreeMap<String, gustavo_model::lease::Deployment>,
 }
 
 impl Cluster {
@@ -142,6 +147,12 @@ impl Cluster {
         }
         for j in s.jobs {
             c.jobs.insert(j.name.clone(), j);
+        }
+        for site in s.sites {
+            c.sites.insert(site.name.clone(), site);
+        }
+        for d in s.deployments {
+            c.deployments.insert(d.name.clone(), d);
         }
         c
     }
@@ -188,6 +199,18 @@ impl Cluster {
             }
             // The outbox is read from the store by its controller, not kept in memory.
             Change::PutCallback(_) => {}
+            Change::PutSite(site) => {
+                self.sites.insert(site.name.clone(), *site);
+            }
+            Change::DeleteSite(name) => {
+                self.sites.remove(&name);
+            }
+            Change::PutDeployment(d) => {
+                self.deployments.insert(d.name.clone(), *d);
+            }
+            Change::DeleteDeployment(name) => {
+                self.deployments.remove(&name);
+            }
         }
     }
 
@@ -243,6 +266,7 @@ impl Cluster {
         let name = node.name.clone();
         self.apps.values().filter(move |a| {
             a.groups.iter().any(|g| groups.contains(g))
+                && !a.spec.is_recipe()
                 && (!a.spec.is_replicated() || runs_on(a, &name))
         })
     }
@@ -342,7 +366,7 @@ impl Cluster {
             memory_mb: node.memory_mb,
             labels: node.labels.clone(),
         };
-        let apps = self
+        let mut apps: Vec<DesiredApp> = self
             .apps_of(node)
             .map(|app| {
                 // During a staged rollout, devices outside its waves keep the revision the
@@ -385,6 +409,11 @@ impl Cluster {
             .jobs_of(node)
             .filter_map(|j| gustavo_model::job::DesiredJob::for_node(j, &facts))
             .collect();
+        // Per-client deployments placed on this node (additive: a node without any gets
+        // exactly what it got before).
+        apps.extend(crate::ops::deployments::desired_instances(
+            self, node, &facts,
+        ));
         DesiredState {
             node: node.name.clone(),
             revision: self.node_revision(node),
@@ -1025,7 +1054,7 @@ mod tests {
                 node("n3", "g"),
                 node("other", "h"),
             ],
-            jobs: vec![],
+            ..Snapshot::default()
         });
         let status = |state, revision| StatusReport {
             applied_revision: revision,
@@ -1076,6 +1105,72 @@ mod tests {
         );
         assert!(c.rollout_summary("missing").is_none());
     }
+
+    #[test]
+    fn recipe_apps_run_only_as_deployments_on_their_node() {
+        let mut c = cluster();
+        let plain_before = c.desired_for(&c.nodes["n1"]);
+        let n2_before = c.desired_for(&c.nodes["n2"]);
+        let spec = parse_one(
+            "r:\n  docker_image: x\n  starting_ports: [8080]\n  recipe: {uuid: 00000000-0000-0000-0000-000000000001, public: true}\n",
+            "r",
+        )
+        .unwrap();
+        let mut app = c.apps["a"].clone();
+        app.name = "r".into();
+        app.spec = spec;
+        c.apply(Change::PutApp(Box::new(app)), 6);
+        // A recipe app alone changes no member's containers.
+        assert_eq!(c.desired_for(&c.nodes["n1"]).apps, plain_before.apps);
+        let d: gustavo_model::lease::Deployment = serde_json::from_value(serde_json::json!({
+            "name": "r-0a1b2c3d", "app": "r", "uuid": "00000000-0000-0000-0000-000000000001",
+            "key": "k", "site": "s", "node": "n2", "client_ip": "1.2.3.4",
+            "address": "10.5.0.7", "state": "Initializing", "created_at": 1, "renewed_at": 1,
+            "since": 1, "tunnel": {"set_up": false, "reason": ""},
+        }))
+        .unwrap();
+        let mut second = d.clone();
+        second.name = "r-99999999".into();
+        second.slot = 1;
+        c.apply(Change::PutDeployment(Box::new(d)), 7);
+        c.apply(Change::PutDeployment(Box::new(second)), 8);
+        assert_eq!(c.desired_for(&c.nodes["n1"]).apps, plain_before.apps);
+        let n2 = c.desired_for(&c.nodes["n2"]);
+        let inst = n2.apps.iter().find(|a| a.name == "r-0a1b2c3d").unwrap();
+        assert_eq!(inst.containers[0].name, "n2.r-0a1b2c3d.1");
+        assert_eq!(
+            inst.containers[0].spec.env["GUSTAVO_CLIENT_ADDRESS"],
+            "10.5.0.7"
+        );
+        // Two clients' backends on one node bind different host ports (their slots).
+        let port = |name: &str| {
+            n2.apps.iter().find(|a| a.name == name).unwrap().containers[0]
+                .spec
+                .ports[0]
+                .host
+        };
+        assert_eq!((port("r-0a1b2c3d"), port("r-99999999")), (8080, 8081));
+        // The plain app's container on n2 is untouched: same hash as before.
+        let plain = |d: &DesiredState| {
+            d.apps.iter().find(|a| a.name == "a").unwrap().containers[0]
+                .hash
+                .clone()
+        };
+        assert_eq!(plain(&n2), plain(&n2_before));
+    }
+
+    /// The container hash of a plain app is pinned: a field added to the app format (the
+    /// recipe, issue 13) must not make every agent recreate its containers.
+    #[test]
+    fn plain_container_hashes_do_not_move() {
+        let c = cluster();
+        let d = c.desired_for(&c.nodes["n1"]);
+        assert_eq!(d.apps[0].containers[0].hash, PINNED_HASH);
+    }
+
+    /// This spec's hash as it has always been: the recipe field leaves desired.rs and
+    /// `ContainerSpec` untouched, and a plain app serializes without it.
+    const PINNED_HASH: &str = "66930c03cb9fc1bf";
 
     #[test]
     fn node_revision_follows_its_groups_and_apps() {

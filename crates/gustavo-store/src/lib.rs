@@ -91,6 +91,10 @@ pub struct Snapshot {
     pub groups: Vec<GroupRecord>,
     pub nodes: Vec<NodeRecord>,
     pub jobs: Vec<Job>,
+    /// Edge sites (Sinfonia's cloudlets).
+    pub sites: Vec<gustavo_model::sites::Site>,
+    /// Per-client deployments and their leases.
+    pub deployments: Vec<gustavo_model::lease::Deployment>,
 }
 
 /// One change inside a commit.
@@ -116,6 +120,10 @@ pub enum Change {
     /// A callback to deliver, committed with the state change it reports (the outbox;
     /// delivery bookkeeping then goes through [`OutboxStore`], outside the revisions).
     PutCallback(Box<CallbackRecord>),
+    PutSite(Box<gustavo_model::sites::Site>),
+    DeleteSite(String),
+    PutDeployment(Box<gustavo_model::lease::Deployment>),
+    DeleteDeployment(String),
 }
 
 /// Durable storage. Implementations must make `commit` atomic and durable: after it returns
@@ -311,6 +319,50 @@ pub(crate) mod suite {
             })
             .unwrap();
         assert!(all.iter().all(|r| r.revision == Some(r.at)), "{all:?}");
+    }
+
+    /// Sites and deployments (issue 13) are stored, replaced and deleted like apps.
+    pub fn sites_and_deployments(s: &dyn Store) {
+        let site: gustavo_model::sites::Site = serde_json::from_value(serde_json::json!({
+            "name": "edge1", "node": "n1", "locations": [[40.4, -79.9]],
+            "local_networks": ["192.168.0.0/16"], "wg_public_key": "pk", "wg_private_key": "sk",
+        }))
+        .unwrap();
+        let dep: gustavo_model::lease::Deployment = serde_json::from_value(serde_json::json!({
+            "name": "hello-0a1b2c3d", "app": "hello",
+            "uuid": "00000000-0000-0000-0000-000000000000", "key": "k", "site": "edge1",
+            "node": "n1", "client_ip": "127.0.0.1", "address": "10.5.0.1",
+            "state": "Deployed", "created_at": 1, "renewed_at": 2, "since": 2,
+            "tunnel": {"set_up": false, "reason": "none"},
+        }))
+        .unwrap();
+        s.commit(
+            1,
+            &[
+                Change::PutSite(Box::new(site.clone())),
+                Change::PutDeployment(Box::new(dep.clone())),
+            ],
+        )
+        .unwrap();
+        let snap = s.load().unwrap();
+        assert_eq!(snap.sites, vec![site]);
+        assert_eq!(snap.deployments, vec![dep.clone()]);
+        let mut renewed = dep;
+        renewed.renewed_at = 9;
+        s.commit(2, &[Change::PutDeployment(Box::new(renewed.clone()))])
+            .unwrap();
+        assert_eq!(s.load().unwrap().deployments, vec![renewed]);
+        s.commit(
+            3,
+            &[
+                Change::DeleteDeployment("hello-0a1b2c3d".into()),
+                Change::DeleteSite("edge1".into()),
+            ],
+        )
+        .unwrap();
+        let snap = s.load().unwrap();
+        assert!(snap.sites.is_empty() && snap.deployments.is_empty());
+        assert_eq!(snap.revision, 3);
     }
 
     pub fn upsert_replaces(s: &dyn Store) {

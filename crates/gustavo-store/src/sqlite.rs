@@ -31,6 +31,13 @@ CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, next_at INTEGER NOT NULL
 CREATE INDEX IF NOT EXISTS outbox_next ON outbox (next_at);
 ";
 
+/// Tables added for edge sites and deployments; like the first schema, safe to run on
+/// every open.
+const SCHEMA_SITES: &str = "
+CREATE TABLE IF NOT EXISTS sites (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deployments (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+";
+
 /// SQLite storage. One connection behind a mutex: the server serialises writes anyway, and
 /// a single writer is what SQLite wants.
 pub struct SqliteStore {
@@ -55,6 +62,8 @@ impl SqliteStore {
         if !has_revision {
             conn.execute_batch("ALTER TABLE audit ADD COLUMN revision INTEGER")?;
         }
+        // Migration: edge sites and per-client deployments (issue 13).
+        conn.execute_batch(SCHEMA_SITES)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -114,6 +123,18 @@ impl Store for SqliteStore {
         for row in rows {
             let (name, doc) = row?;
             snap.jobs.push(decode("job", name, &doc)?);
+        }
+        let mut stmt = conn.prepare("SELECT name, doc FROM sites ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (name, doc) = row?;
+            snap.sites.push(decode("site", name, &doc)?);
+        }
+        let mut stmt = conn.prepare("SELECT name, doc FROM deployments ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (name, doc) = row?;
+            snap.deployments.push(decode("deployment", name, &doc)?);
         }
         Ok(snap)
     }
@@ -193,6 +214,28 @@ impl Store for SqliteStore {
                     tx.execute("DELETE FROM jobs WHERE name = ?1", params![name])?;
                 }
                 Change::PutCallback(cb) => crate::outbox::put(&tx, cb)?,
+                Change::PutSite(site) => {
+                    let doc = serde_json::to_string(site).expect("sites always serialize");
+                    tx.execute(
+                        "INSERT INTO sites (name, doc) VALUES (?1, ?2)
+                         ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
+                        params![site.name, doc],
+                    )?;
+                }
+                Change::DeleteSite(name) => {
+                    tx.execute("DELETE FROM sites WHERE name = ?1", params![name])?;
+                }
+                Change::PutDeployment(d) => {
+                    let doc = serde_json::to_string(d).expect("deployments always serialize");
+                    tx.execute(
+                        "INSERT INTO deployments (name, doc) VALUES (?1, ?2)
+                         ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
+                        params![d.name, doc],
+                    )?;
+                }
+                Change::DeleteDeployment(name) => {
+                    tx.execute("DELETE FROM deployments WHERE name = ?1", params![name])?;
+                }
             }
         }
         tx.commit()?;
@@ -419,6 +462,12 @@ mod tests {
         assert_eq!(s.load().unwrap().jobs, vec![job]);
         s.commit(2, &[Change::DeleteJob("j".into())]).unwrap();
         assert!(s.load().unwrap().jobs.is_empty());
+    }
+
+    #[test]
+    fn sites_and_deployments() {
+        let (_d, s) = fresh();
+        suite::sites_and_deployments(&s);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub enum Format {
     Yaml,
 }
 
+// Parsed once per process: the size of the server's many flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the control plane (and, unless --no-agent, an agent for this machine).
@@ -109,6 +111,15 @@ pub enum Command {
     /// Install Docker and the agent on hosts over SSH, and check them.
     #[command(subcommand)]
     Hosts(HostsCmd),
+    /// Edge sites (Sinfonia's cloudlets): import a cloudlets.yaml, list them.
+    #[command(subcommand)]
+    Sites(SitesCmd),
+    /// Deploy a recipe app's backend for one client on the best site (Sinfonia's deploy
+    /// call), or with --explain show how the sites rank and why.
+    Deploy(DeployArgs),
+    /// Per-client deployments and their leases.
+    #[command(subcommand)]
+    Deployments(DeploymentsCmd),
     /// Print a shell completion script: `gustavo completion bash > /etc/bash_completion.d/gustavo`.
     Completion {
         /// The shell to complete for.
@@ -210,6 +221,62 @@ pub struct HostsInstallArgs {
     /// Extra flags for the installed agent, e.g. `--allow-exec`; repeat for several.
     #[arg(long = "agent-arg", value_name = "FLAG", allow_hyphen_values = true)]
     pub agent_args: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SitesCmd {
+    /// Create or replace sites from Sinfonia's multi-document cloudlets.yaml. A document's
+    /// `node:` or `group:` says which of our nodes it is (default: the node named like
+    /// the site).
+    Import {
+        /// The cloudlets file.
+        file: PathBuf,
+    },
+    /// List sites with their nodes, live load and deployments.
+    List,
+    /// Delete a site (refused while deployments live on it).
+    Delete {
+        /// The site's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The recipe's UUID.
+    pub uuid: String,
+    /// The client's WireGuard public key (base64); default: a new key pair, whose private
+    /// key goes into the printed wg.conf.
+    #[arg(long)]
+    pub client_key: Option<String>,
+    /// Where the client is: `lat,lon`.
+    #[arg(long)]
+    pub location: Option<String>,
+    /// The client's address (default: this machine's, as the server sees it).
+    #[arg(long)]
+    pub client_ip: Option<String>,
+    /// How many sites to deploy on (at most 3).
+    #[arg(long, default_value_t = 1)]
+    pub results: usize,
+    /// Show the ranking and the reasons instead of deploying.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeploymentsCmd {
+    /// List deployments with their lease state.
+    List,
+    /// Show one deployment, with its tunnel config.
+    Get {
+        /// The deployment's name.
+        name: String,
+    },
+    /// Tear a deployment down now.
+    Delete {
+        /// The deployment's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -442,6 +509,25 @@ pub struct ServerArgs {
     /// Placement score: weight of each free GB of disk.
     #[arg(long, default_value_t = 0.01)]
     pub score_disk: f64,
+    /// Per-client deployments: how long a lease lasts after the client's last request.
+    #[arg(long, default_value = "300s")]
+    pub lease_duration: String,
+    /// Per-client deployments: how long an expired lease's backend keeps running (state
+    /// Expiring; a request brings it back) before it is removed.
+    #[arg(long, default_value = "60s")]
+    pub lease_grace: String,
+    /// Where clients' WireGuard tunnel addresses come from (IPv4 network).
+    #[arg(long, default_value = "10.5.0.0/16")]
+    pub client_network: String,
+    /// DNS server or search domain handed to deploy clients; repeat for several.
+    #[arg(long = "client-dns")]
+    pub client_dns: Vec<String>,
+    /// The site matcher chain, in order (network, location, resources, random).
+    #[arg(long, default_value = "network,location,resources,random")]
+    pub matchers: String,
+    /// Deploy requests without a token, per client key and address, per minute.
+    #[arg(long, default_value_t = 30)]
+    pub anonymous_deploys_per_minute: u32,
 }
 
 #[derive(Debug, Args)]

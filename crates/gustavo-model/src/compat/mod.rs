@@ -2,3 +2,4 @@
 //! parsed and tested without a server.
 
 pub mod samsung;
+pub mod sinfonia;

@@ -1,8 +1,10 @@
 //! Loops that own one concern each and run beside the API: the scheduler (node
-//! liveness and replica placement) and the rollout gate (staged updates).
+//! liveness and replica placement), the rollout gate (staged updates), jobs, callback
+//! delivery, rollout events and leases (per-client deployments).
 
 pub mod callbacks;
 pub mod jobs;
+pub mod leases;
 pub mod rollout_events;
 pub mod rollouts;
 pub mod scheduler;

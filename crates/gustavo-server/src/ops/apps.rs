@@ -152,6 +152,17 @@ impl Ops {
                     )));
                 }
                 let t = now();
+                if let Some(r) = &req.spec.recipe
+                    && let Some(other) = c
+                        .apps
+                        .values()
+                        .find(|a| a.spec.recipe.as_ref().is_some_and(|o| o.uuid == r.uuid))
+                {
+                    return Err(OpError::Conflict(format!(
+                        "recipe UUID {} is already app `{}`'s",
+                        r.uuid, other.name
+                    )));
+                }
                 let mut app = App {
                     name: req.name,
                     spec: req.spec,
@@ -389,6 +400,7 @@ impl Ops {
                     .ok_or_else(|| OpError::NotFound(format!("app `{name}` does not exist")))?;
                 let mut app = old.clone();
                 edit(&mut app)?;
+                recipe_uuid_free(c, &app)?;
                 // A new replica count, groups or selector can move replicas.
                 (app.placements, app.handoff) = if app.spec.is_replicated() {
                     c.placements_for(&app, &sched.views(c), &sched.weights)
@@ -500,5 +512,23 @@ fn check_digest(d: Option<String>) -> Result<Option<String>, OpError> {
         Err(OpError::BadRequest(format!(
             "digest `{d}` is not of the form sha256:<64 hex digits>"
         )))
+    }
+}
+
+/// A recipe UUID names one app: refused when another app has it.
+fn recipe_uuid_free(c: &crate::state::Cluster, app: &App) -> Result<(), OpError> {
+    let Some(r) = &app.spec.recipe else {
+        return Ok(());
+    };
+    match c
+        .apps
+        .values()
+        .find(|a| a.name != app.name && a.spec.recipe.as_ref().is_some_and(|o| o.uuid == r.uuid))
+    {
+        Some(other) => Err(OpError::Conflict(format!(
+            "recipe UUID {} is already app `{}`'s",
+            r.uuid, other.name
+        ))),
+        None => Ok(()),
     }
 }

@@ -38,4 +38,7 @@ pub enum OpError {
     Unavailable(&'static str),
     #[error("{0}")]
     Internal(String),
+    /// Too many requests from one client (anonymous deploys); try again in N s.
+    #[error("too many requests from this client; try again in {0} s")]
+    RateLimited(u64),
 }

@@ -10,6 +10,7 @@
 
 pub mod agents;
 pub mod apps;
+pub mod deployments;
 mod error;
 pub mod exec;
 pub mod groups;
@@ -18,6 +19,7 @@ pub mod nodes;
 pub mod rollouts;
 pub mod security;
 pub mod services;
+pub mod sites;
 
 use std::sync::Arc;
 
@@ -31,6 +33,8 @@ use crate::state::Shared;
 pub struct Ops {
     pub shared: Arc<Shared>,
     pub sec: Arc<Security>,
+    /// The deploy API's settings and rate limits (`deployments`).
+    pub sinfonia: Arc<deployments::SinfoniaState>,
 }
 
 /// Not found, to someone who may not see the object (so names cannot be probed).

@@ -6,6 +6,8 @@ mod audit;
 mod bench;
 mod cache;
 mod completion;
+mod deploy;
+mod deployments;
 mod docker;
 mod events;
 mod exec;
@@ -16,6 +18,7 @@ mod login;
 mod nodes;
 mod rollouts;
 mod server;
+mod sites;
 mod tokens;
 mod users;
 
@@ -65,6 +68,9 @@ async fn dispatch(cli: &Cli) -> Result<()> {
         Command::Exec(args) => exec::run(cli, args, gustavo_model::exec::ExecKind::Shell).await,
         Command::Docker(args) => docker::run(cli, args).await,
         Command::Hosts(cmd) => hosts::run(cli, cmd).await,
+        Command::Sites(cmd) => sites::run(cli, cmd).await,
+        Command::Deploy(args) => deploy::run(cli, args).await,
+        Command::Deployments(cmd) => deployments::run(cli, cmd).await,
         Command::Completion { shell } => {
             completion::run(*shell);
             Ok(())

@@ -74,6 +74,7 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
             extra_sans: args.tls_sans.clone(),
         }
     };
+    let sinfonia = sinfonia_config(args)?;
     let replica_grace = crate::output::parse_duration("replica-grace", &args.replica_grace)?;
     if replica_grace < std::time::Duration::from_secs(1) {
         return Err(Exit(EXIT_USAGE, "--replica-grace must be at least 1s".into()).into());
@@ -129,6 +130,7 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
         weights,
         replica_grace,
         callback_expiry,
+        sinfonia,
     })
     .await?;
     let addr = server.addr;
@@ -249,4 +251,40 @@ fn connection_budget(wanted: Option<usize>) -> usize {
     };
     tracing::info!("at most {max} client connections (open-file limit {limit})");
     max
+}
+
+/// The deploy API's settings from the flags, each bad one named.
+fn sinfonia_config(args: &ServerArgs) -> Result<gustavo_server::ops::deployments::SinfoniaConfig> {
+    use gustavo_model::lease::LeaseConfig;
+    use gustavo_model::matcher::Matcher;
+    use gustavo_model::sites::Cidr;
+    let usage = |m: String| anyhow::Error::from(Exit(EXIT_USAGE, m));
+    let duration = crate::output::parse_duration("lease-duration", &args.lease_duration)?;
+    let grace = crate::output::parse_duration("lease-grace", &args.lease_grace)?;
+    if duration.as_secs() < 1 {
+        return Err(usage("--lease-duration must be at least 1s".into()));
+    }
+    let client_network =
+        Cidr::parse(&args.client_network).map_err(|e| usage(format!("--client-network: {e}")))?;
+    if client_network.v4_hosts().is_none() {
+        return Err(usage("--client-network must be an IPv4 network".into()));
+    }
+    let matchers =
+        Matcher::parse_chain(&args.matchers).map_err(|e| usage(format!("--matchers: {e}")))?;
+    for d in &args.client_dns {
+        if d.is_empty() || d.len() > 253 || d.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(usage(format!("--client-dns `{d}`: an address or a domain")));
+        }
+    }
+    Ok(gustavo_server::ops::deployments::SinfoniaConfig {
+        lease: LeaseConfig {
+            duration_s: duration.as_secs(),
+            grace_s: grace.as_secs(),
+        },
+        client_network,
+        matchers,
+        dns: args.client_dns.clone(),
+        anonymous_per_minute: args.anonymous_deploys_per_minute.max(1),
+        ..Default::default()
+    })
 }

@@ -1,0 +1,104 @@
+//! The leases controller: every tick it walks the deployments and moves each lease along
+//! (`gustavo_model::lease`): Initializing → Deployed once the node reports the backend
+//! running, → Expiring when the lease runs out, → Expired after the grace, when the record
+//! is deleted and the backend leaves its node's desired state. A deployment whose recipe
+//! app or node is gone expires at once. Every transition is committed (so it survives a
+//! restart) and is an event.
+//!
+//! What renews a lease: requests for the same (uuid, key) (`POST /api/v1/deploy/…`).
+//! Tunnel activity cannot renew it yet — no WireGuard runs on the sites (see
+//! `ops::deployments::NO_TUNNEL`).
+
+use gustavo_model::lease::LeaseState;
+use gustavo_store::Change;
+
+use crate::ops::Ops;
+use crate::ops::deployments::backend_running;
+
+/// Runs until the server closes.
+pub async fn run(ops: Ops) {
+    let mut closing = ops.shared.closing.subscribe();
+    let tick = ops.sinfonia.config.tick;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = closing.changed() => return,
+        }
+        if let Err(e) = step(&ops).await {
+            tracing::warn!(error = %e, "lease step failed; retrying next tick");
+        }
+    }
+}
+
+/// One pass: commits every due transition in one mutation.
+pub async fn step(ops: &Ops) -> Result<(), crate::ops::OpError> {
+    let cfg = ops.sinfonia.config.lease;
+    let started = ops.shared.sched.started;
+    let now = crate::now();
+    // A cheap look first, under the read lock: most ticks have nothing to do.
+    let due = {
+        let c = ops.shared.read();
+        c.deployments.values().any(|d| {
+            !c.apps.contains_key(&d.app)
+                || !c.nodes.contains_key(&d.node)
+                || d.next_state(now, started, &cfg, backend_running(&c, d))
+                    .is_some()
+        })
+    };
+    if !due {
+        return Ok(());
+    }
+    let moved = ops
+        .shared
+        .mutate(move |c, revision| {
+            let mut changes = Vec::new();
+            let mut log = Vec::new();
+            for d in c.deployments.values() {
+                let orphan = if !c.apps.contains_key(&d.app) {
+                    Some("its recipe app was deleted")
+                } else if !c.nodes.contains_key(&d.node) {
+                    Some("its node was removed")
+                } else {
+                    None
+                };
+                let next = match orphan {
+                    Some(_) => LeaseState::Expired,
+                    None => match d.next_state(now, started, &cfg, backend_running(c, d)) {
+                        Some(n) => n,
+                        None => continue,
+                    },
+                };
+                if next == LeaseState::Expired {
+                    if let Some(n) = c.nodes.get(&d.node) {
+                        let mut n = n.clone();
+                        n.revision = revision;
+                        changes.push(Change::PutNode(n));
+                    }
+                    changes.push(Change::DeleteDeployment(d.name.clone()));
+                } else {
+                    let mut d2 = d.clone();
+                    d2.state = next;
+                    d2.since = now;
+                    d2.revision = revision;
+                    changes.push(Change::PutDeployment(Box::new(d2)));
+                }
+                let why = orphan.unwrap_or(match next {
+                    LeaseState::Deployed => "the backend runs",
+                    LeaseState::Expiring => "the lease ran out; grace before removal",
+                    LeaseState::Expired => "not renewed within the grace; backend removed",
+                    LeaseState::Initializing => "renewed; waiting for the backend",
+                });
+                log.push((d.name.clone(), d.state, next, why));
+            }
+            Ok((changes, log))
+        })
+        .await?;
+    for (name, from, to, why) in moved {
+        ops.shared.events.push(
+            "deployment",
+            format!("deployment:{name}"),
+            format!("{name} {} → {} ({why})", from.as_str(), to.as_str()),
+        );
+    }
+    Ok(())
+}
