@@ -321,19 +321,8 @@ pub fn parse_file(yaml: &str) -> Result<Vec<(String, JobSpec)>, JobError> {
 
 /// Parses a job file and picks the job called `name` (the CLI's `-n`).
 pub fn parse_one(yaml: &str, name: &str) -> Result<JobSpec, JobError> {
-    let jobs = parse_file(yaml)?;
-    let found = jobs
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    jobs.into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, s)| s)
-        .ok_or(JobError::NotInFile {
-            wanted: name.to_string(),
-            found,
-        })
+    crate::names::pick(parse_file(yaml)?, name)
+        .map_err(|(wanted, found)| JobError::NotInFile { wanted, found })
 }
 
 struct OrderedJobs(Vec<(String, JobSpec)>);

@@ -13,6 +13,39 @@ pub struct NameError {
     pub why: &'static str,
 }
 
+/// Makes a valid name out of any text (a display name, a host name): characters outside
+/// `[A-Za-z0-9_-]` become `-`, at most 63 are kept, and leading `-`/`_` are dropped. The
+/// result may be empty.
+pub fn sanitize(text: &str) -> String {
+    let out: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    out.trim_start_matches(['-', '_']).to_string()
+}
+
+/// Picks the entry called `name` from a file's `(name, value)` entries; when it is not there,
+/// the error carries the names that are (`wanted`, `found`) for the caller's own error type.
+pub fn pick<T>(entries: Vec<(String, T)>, name: &str) -> Result<T, (String, String)> {
+    let found = entries
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    entries
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
+        .ok_or_else(|| (name.to_string(), found))
+}
+
 /// Checks an app, group or node name: 1–63 characters of `[A-Za-z0-9_-]`, starting with a
 /// letter or digit.
 pub fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
@@ -48,6 +81,21 @@ pub fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sanitize_makes_valid_names() {
+        assert_eq!(sanitize("Orchestrator@CMU"), "Orchestrator-CMU");
+        assert_eq!(sanitize("-_pi 4.local"), "pi-4-local");
+        assert_eq!(sanitize(&"x".repeat(80)).len(), 63);
+        assert_eq!(sanitize("@@"), "");
+    }
+
+    #[test]
+    fn pick_names_what_the_file_has() {
+        let entries = vec![("a".to_string(), 1), ("b".to_string(), 2)];
+        assert_eq!(pick(entries.clone(), "b"), Ok(2));
+        assert_eq!(pick(entries, "c"), Err(("c".into(), "a, b".into())));
+    }
 
     #[test]
     fn accepts_seed_names() {

@@ -298,19 +298,8 @@ pub fn parse_file(yaml: &str) -> Result<Vec<(String, AppSpec)>, SpecError> {
 
 /// Parses a spec file and picks the app called `name` (the CLI's `-n`).
 pub fn parse_one(yaml: &str, name: &str) -> Result<AppSpec, SpecError> {
-    let apps = parse_file(yaml)?;
-    let found = apps
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    apps.into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, s)| s)
-        .ok_or(SpecError::NotInFile {
-            wanted: name.to_string(),
-            found,
-        })
+    crate::names::pick(parse_file(yaml)?, name)
+        .map_err(|(wanted, found)| SpecError::NotInFile { wanted, found })
 }
 
 /// Parses one spec sent as JSON over the API.

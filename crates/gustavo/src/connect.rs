@@ -271,16 +271,6 @@ pub fn host_name() -> String {
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .unwrap_or_else(|_| "node".into());
     let first = raw.trim().split('.').next().unwrap_or("node");
-    let name: String = first
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(63)
-        .collect();
+    let name = gustavo_model::names::sanitize(first);
     if name.is_empty() { "node".into() } else { name }
 }

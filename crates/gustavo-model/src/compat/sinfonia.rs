@@ -133,21 +133,7 @@ pub struct CloudletDoc {
 
 /// Turns a display name (`Orchestrator@CMU`) into a site name (`Orchestrator-CMU`).
 pub fn site_name(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(63)
-        .collect();
-    while out.starts_with(['-', '_']) {
-        out.remove(0);
-    }
-    out
+    crate::names::sanitize(text)
 }
 
 /// The host of a URL (`http://host:port/path` → `host`), without brackets.
