@@ -35,6 +35,7 @@ pub mod matcher;
 pub mod names;
 pub mod plan;
 pub mod ports;
+pub mod pressure;
 pub mod rollout;
 pub mod schedule;
 pub mod sites;
