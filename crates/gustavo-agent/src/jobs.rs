@@ -422,6 +422,7 @@ mod tests {
             apps: vec![],
             jobs,
             exec: Vec::new(),
+            pressure: None,
         }));
         let (runs_tx, runs) = watch::channel(Vec::new());
         let runner = JobRunner::new(rt.clone(), "n".into(), persist.clone(), rx, runs_tx);

@@ -526,6 +526,7 @@ async fn heartbeat(
         tick.tick().await;
         let hb = Heartbeat {
             vitals: sampler.sample(),
+            pressure: None,
         };
         match client.heartbeat(node, &hb).await {
             Ok(true) => need_report.notify_one(),

@@ -489,6 +489,8 @@ mod tests {
             name: name.into(),
             revision,
             rolling_restart: spec.rolling_restart,
+            priority: 0,
+            critical: false,
             containers: expand(name, &spec, 0, &node)
                 .into_iter()
                 .map(|c| DesiredContainer {
@@ -507,6 +509,7 @@ mod tests {
             apps,
             jobs: Vec::new(),
             exec: Vec::new(),
+            pressure: None,
         })
     }
 

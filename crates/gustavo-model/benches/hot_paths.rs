@@ -42,6 +42,8 @@ fn desired_json(app: &str, spec: &gustavo_model::AppSpec, node: &NodeFacts) -> V
             name: app.to_string(),
             revision: 7,
             rolling_restart: spec.rolling_restart,
+            priority: 0,
+            critical: false,
             containers: expand(app, spec, 0, node)
                 .into_iter()
                 .map(|c| DesiredContainer {
@@ -53,6 +55,7 @@ fn desired_json(app: &str, spec: &gustavo_model::AppSpec, node: &NodeFacts) -> V
         }],
         jobs: Vec::new(),
         exec: Vec::new(),
+        pressure: None,
     };
     serde_json::to_vec(&state).expect("serializes")
 }
@@ -102,6 +105,7 @@ fn placement(c: &mut Criterion) {
             liveness: Liveness::Ready,
             cordoned: i % 50 == 0,
             draining: false,
+            pressure: Default::default(),
         })
         .collect();
     let selector = BTreeMap::new();

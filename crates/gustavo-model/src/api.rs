@@ -176,6 +176,9 @@ pub struct Node {
     /// Being drained (`gustavo nodes drain`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// The pressure level the node reported, why, and what it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pressure: Option<crate::pressure::Status>,
 }
 
 /// Something the control plane did or saw (`GET /api/v1/events`).
@@ -243,6 +246,9 @@ pub struct DesiredState {
     /// one is waiting, at the node's current revision. Never stored by the agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exec: Vec<crate::exec::ExecCommand>,
+    /// The node's pressure thresholds (its groups' or the server's); none: pressure is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pressure: Option<crate::pressure::Thresholds>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,6 +258,15 @@ pub struct DesiredApp {
     pub revision: u64,
     pub rolling_restart: bool,
     pub containers: Vec<DesiredContainer>,
+    /// The app's `priority` and `critical`, for node pressure on the device.
+    #[serde(default, skip_serializing_if = "is_zero_i32")]
+    pub priority: i32,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub critical: bool,
+}
+
+fn is_zero_i32(v: &i32) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -353,6 +368,9 @@ pub struct StatusReport {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub vitals: Vitals,
+    /// The node's pressure level and what it did (absent from agents before pressure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pressure: Option<crate::pressure::Status>,
 }
 
 /// The answer to a heartbeat: `need_status` asks the agent to send its status report again

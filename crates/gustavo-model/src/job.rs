@@ -258,6 +258,8 @@ impl JobSpec {
             devices: self.devices.clone(),
             command: self.command.clone(),
             entrypoint: self.entrypoint.clone(),
+            priority: 0,
+            critical: false,
             cpus: self.cpus,
             memory: self.memory,
             restart: RestartPolicy::No,

@@ -325,6 +325,8 @@ mod tests {
             name: "a".into(),
             revision: 1,
             rolling_restart: spec.rolling_restart,
+            priority: 0,
+            critical: false,
             containers: expand("a", &spec, 0, &node)
                 .into_iter()
                 .map(|c| DesiredContainer {

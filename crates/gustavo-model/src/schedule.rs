@@ -63,7 +63,13 @@ pub struct NodeView {
     pub cordoned: bool,
     /// Being drained (`gustavo nodes drain`): its replicas move off, one at a time.
     pub draining: bool,
+    /// The pressure level the node reported: `tainted` takes no new work, `pressured` is
+    /// ranked after every node that is not.
+    pub pressure: crate::pressure::Level,
 }
+
+/// Taken off a pressured node's score, so it ranks after every node that is not.
+pub const PRESSURED_PENALTY: f64 = 1e6;
 
 /// The score's weights (server config `score-cpu`, `score-memory`, `score-disk`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -116,7 +122,12 @@ pub fn score(n: &NodeView, w: &Weights) -> Score {
         free_cores,
         free_memory_gb,
         free_disk_gb,
-        total: w.cpu * free_cores + w.memory * free_memory_gb + w.disk * free_disk_gb,
+        total: w.cpu * free_cores + w.memory * free_memory_gb + w.disk * free_disk_gb
+            - if n.pressure == crate::pressure::Level::Pressured {
+                PRESSURED_PENALTY
+            } else {
+                0.0
+            },
         ineligible: None,
     }
 }
@@ -159,6 +170,9 @@ impl Want<'_> {
 pub fn not_schedulable(n: &NodeView) -> Option<String> {
     match n.liveness {
         Liveness::Ready if n.cordoned => Some("cordoned".into()),
+        Liveness::Ready if n.pressure == crate::pressure::Level::Tainted => {
+            Some("tainted (node pressure)".into())
+        }
         Liveness::Ready => None,
         Liveness::Offline => Some("offline".into()),
         Liveness::Lost => Some("lost".into()),
@@ -176,6 +190,8 @@ pub fn place(
     let max = want.max_per_node.max(1);
     let mut out: BTreeMap<u32, String> = BTreeMap::new();
     let mut count: BTreeMap<&str, u32> = BTreeMap::new();
+    // Replicas on a tainted node move when another node has room, and stay otherwise.
+    let mut tainted: BTreeMap<u32, String> = BTreeMap::new();
     // Kept first, so a kept replica is never displaced by a new one.
     for (&i, node) in current
         .iter()
@@ -186,6 +202,10 @@ pub fn place(
         };
         let c = count.entry(n.name.as_str()).or_default();
         if want.fits(n) && n.liveness != Liveness::Lost && *c < max {
+            if n.pressure == crate::pressure::Level::Tainted {
+                tainted.insert(i, node.clone());
+                continue;
+            }
             *c += 1;
             out.insert(i, node.clone());
         }
@@ -203,8 +223,10 @@ pub fn place(
         })
         .filter(|s| s.count < max)
         .collect();
+    // Missing replicas first, then those on tainted nodes.
     let missing: Vec<u32> = (1..=want.replicas)
-        .filter(|i| !out.contains_key(i))
+        .filter(|i| !out.contains_key(i) && !tainted.contains_key(i))
+        .chain(tainted.keys().copied())
         .collect();
     for i in missing {
         let Some(mut best) = heap.pop() else {
@@ -215,6 +237,10 @@ pub fn place(
         if best.count < max {
             heap.push(best);
         }
+    }
+    // No room elsewhere: they stay where they are.
+    for (i, node) in tainted {
+        out.entry(i).or_insert(node);
     }
     out
 }
@@ -311,7 +337,36 @@ mod tests {
             liveness: Liveness::Ready,
             cordoned: false,
             draining: false,
+            pressure: Default::default(),
         }
+    }
+
+    #[test]
+    fn tainted_nodes_take_nothing_new_and_lose_replicas_only_to_a_node_with_room() {
+        let g = vec!["g".to_string()];
+        let sel = BTreeMap::new();
+        let want = Want {
+            groups: &g,
+            replicas: 1,
+            max_per_node: 1,
+            selector: &sel,
+        };
+        let w = Weights::default();
+        let mut a = node("a", 8, 0.0, 8192);
+        a.pressure = crate::pressure::Level::Tainted;
+        let mut b = node("b", 1, 90.0, 100);
+        b.pressure = crate::pressure::Level::Pressured;
+        let on_a = BTreeMap::from([(1, "a".to_string())]);
+        // Only a tainted node: the replica stays; nothing new goes there.
+        assert_eq!(place(&want, &on_a, std::slice::from_ref(&a), &w), on_a);
+        assert!(place(&want, &BTreeMap::new(), std::slice::from_ref(&a), &w).is_empty());
+        // A pressured node has room: the replica moves there, ranked last but taken.
+        let got = place(&want, &on_a, &[a.clone(), b.clone()], &w);
+        assert_eq!(got[&1], "b");
+        // A ready node beats a pressured one whatever the score.
+        let c = node("c", 1, 99.0, 10);
+        let got = place(&want, &BTreeMap::new(), &[b, c], &w);
+        assert_eq!(got[&1], "c");
     }
 
     #[test]

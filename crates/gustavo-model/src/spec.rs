@@ -89,6 +89,12 @@ pub struct AppSpec {
     /// The user the command runs as, `NAME`, `UID` or `UID:GID` (`docker run -u`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Under node pressure, lower priorities are throttled and stopped first (default 0).
+    #[serde(default, skip_serializing_if = "is_zero_i32")]
+    pub priority: i32,
+    /// Never stopped (nor throttled) by node pressure.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub critical: bool,
     /// CPU limit in cores, e.g. `0.5`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<Cpus>,
@@ -1134,6 +1140,10 @@ impl<'de> Deserialize<'de> for Duration {
         let Scalar(s) = Scalar::deserialize(d)?;
         Duration::parse(&s).map(Duration).map_err(de::Error::custom)
     }
+}
+
+fn is_zero_i32(v: &i32) -> bool {
+    *v == 0
 }
 
 #[cfg(test)]

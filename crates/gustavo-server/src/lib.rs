@@ -88,6 +88,8 @@ pub struct ServerConfig {
     pub callback_expiry: std::time::Duration,
     /// The Sinfonia deploy API and leases.
     pub sinfonia: ops::deployments::SinfoniaConfig,
+    /// Node pressure thresholds for nodes whose groups set none; none: off.
+    pub pressure: Option<gustavo_model::pressure::Thresholds>,
 }
 
 /// What every handler shares.
@@ -230,6 +232,7 @@ impl Server {
                 weights: config.weights,
                 grace_s: config.replica_grace.as_secs().max(1),
                 started: now(),
+                pressure: config.pressure.clone(),
             },
         )?;
         let _ = shared.outbox.set(outbox);

@@ -35,6 +35,9 @@ pub struct SchedConfig {
     pub grace_s: u64,
     /// When this server started (Unix seconds): nobody counts as silent from before.
     pub started: u64,
+    /// Node pressure thresholds for nodes whose groups set none (`server --pressure`);
+    /// none: pressure is off for them.
+    pub pressure: Option<gustavo_model::pressure::Thresholds>,
 }
 
 impl Default for SchedConfig {
@@ -43,6 +46,7 @@ impl Default for SchedConfig {
             weights: Weights::default(),
             grace_s: 20,
             started: crate::now(),
+            pressure: Some(gustavo_model::pressure::Thresholds::default()),
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct Live {
     pub report: StatusReport,
     /// False until the node's first status report since this server started.
     pub has_report: bool,
+    /// The node's pressure level and actions, from its heartbeats.
+    pub pressure: Option<gustavo_model::pressure::Status>,
 }
 
 /// An app deleted while this server ran: which nodes had it, so `delete --wait` can follow
@@ -127,6 +133,8 @@ pub struct Cluster {
     pub sites: BTreeMap<String, gustavo_model::sites::Site>,
     /// Per-client deployments on leases (`ops/deployments.rs`).
     pub deployments: BTreeMap<String, gustavo_model::lease::Deployment>,
+    /// Pressure thresholds for nodes whose groups set none (server config, not stored).
+    pub pressure_default: Option<gustavo_model::pressure::Thresholds>,
 }
 
 impl Cluster {
@@ -254,6 +262,7 @@ impl Cluster {
                 Change::PutGroup(GroupRecord {
                     name: name.clone(),
                     revision,
+                    pressure: self.groups.get(name).and_then(|g| g.pressure.clone()),
                 })
             })
             .collect()
@@ -311,6 +320,7 @@ impl Cluster {
                     liveness,
                     cordoned: n.cordoned,
                     draining: n.draining,
+                    pressure: self.pressure_level(&n.name),
                 }
             })
             .collect()
@@ -394,6 +404,8 @@ impl Cluster {
                     name: app.name.clone(),
                     revision: v.revision,
                     rolling_restart: v.spec.rolling_restart,
+                    priority: v.spec.priority,
+                    critical: v.spec.critical,
                     containers: specs
                         .into_iter()
                         .map(|spec| DesiredContainer {
@@ -420,6 +432,39 @@ impl Cluster {
             apps,
             jobs,
             exec: Vec::new(),
+            pressure: self.pressure_for(node),
+        }
+    }
+
+    /// The pressure thresholds a node acts on: those of the first of its groups (by name)
+    /// that sets some, else the server's default.
+    pub fn pressure_for(&self, node: &NodeRecord) -> Option<gustavo_model::pressure::Thresholds> {
+        let mut groups: Vec<&String> = node.groups.iter().collect();
+        groups.sort();
+        groups
+            .into_iter()
+            .find_map(|g| self.groups.get(g).and_then(|g| g.pressure.clone()))
+            .or_else(|| self.pressure_default.clone())
+    }
+
+    /// The pressure level a node last reported (ready when it reported none).
+    pub fn pressure_level(&self, name: &str) -> gustavo_model::pressure::Level {
+        self.live
+            .get(name)
+            .and_then(|l| l.pressure.as_ref().map(|p| p.level))
+            .unwrap_or_default()
+    }
+
+    /// The status people see: offline, or else the node's pressure level.
+    pub fn shown_status(&self, name: &str, now: u64) -> NodeStatus {
+        use gustavo_model::pressure::Level;
+        match self.node_status(name, now) {
+            NodeStatus::Ready => match self.pressure_level(name) {
+                Level::Ready => NodeStatus::Ready,
+                Level::Pressured => NodeStatus::Pressured,
+                Level::Tainted => NodeStatus::Tainted,
+            },
+            other => other,
         }
     }
 
@@ -450,12 +495,13 @@ impl Cluster {
             agent_version: n.agent_version.clone(),
             cpus: n.cpus,
             memory_mb: n.memory_mb,
-            status: self.node_status(&n.name, now),
+            status: self.shown_status(&n.name, now),
             last_seen: live.map(|l| l.last_seen).unwrap_or(0),
             registered_at: n.registered_at,
             applied_revision: live.map(|l| l.report.applied_revision).unwrap_or(0),
             cordoned: n.cordoned,
             draining: n.draining,
+            pressure: live.and_then(|l| l.pressure.clone()),
         }
     }
 
@@ -867,7 +913,8 @@ impl Shared {
         store: Arc<dyn Store>,
         sched: SchedConfig,
     ) -> Result<Arc<Shared>, crate::ServerError> {
-        let cluster = Cluster::from_snapshot(store.load()?);
+        let mut cluster = Cluster::from_snapshot(store.load()?);
+        cluster.pressure_default = sched.pressure.clone();
         let (revision_tx, _) = tokio::sync::watch::channel(cluster.revision);
         let (closing, _) = tokio::sync::watch::channel(false);
         let (reports, _) = tokio::sync::watch::channel(0);

@@ -43,11 +43,14 @@ pub enum StoreError {
     },
 }
 
-/// A group as stored: its name and the revision of its last change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A group as stored: its name, the revision of its last change, and its settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupRecord {
     pub name: String,
     pub revision: u64,
+    /// Node pressure thresholds for the group's nodes (`gustavo groups set-pressure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pressure: Option<gustavo_model::pressure::Thresholds>,
 }
 
 /// A node as stored: identity, declared facts and the hash of its credential.
@@ -186,6 +189,7 @@ pub(crate) mod suite {
                 Change::PutGroup(GroupRecord {
                     name: "g".into(),
                     revision: 1,
+                    pressure: None,
                 }),
                 Change::PutNode(node("n1")),
             ],
@@ -207,6 +211,7 @@ pub(crate) mod suite {
                 Change::PutGroup(GroupRecord {
                     name: "empty".into(),
                     revision: 3,
+                    pressure: Some(gustavo_model::pressure::Thresholds::default()),
                 }),
             ],
         )

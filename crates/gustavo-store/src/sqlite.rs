@@ -62,6 +62,13 @@ impl SqliteStore {
         if !has_revision {
             conn.execute_batch("ALTER TABLE audit ADD COLUMN revision INTEGER")?;
         }
+        // Data dirs made before groups carried settings (node pressure).
+        let has_group_doc: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('groups') WHERE name = 'doc'")?
+            .exists([])?;
+        if !has_group_doc {
+            conn.execute_batch("ALTER TABLE groups ADD COLUMN doc TEXT")?;
+        }
         // Migration: edge sites and per-client deployments (issue 13).
         conn.execute_batch(SCHEMA_SITES)?;
         Ok(SqliteStore {
@@ -102,15 +109,25 @@ impl Store for SqliteStore {
             let (name, doc) = row?;
             snap.apps.push(decode("app", name, &doc)?);
         }
-        let mut stmt = conn.prepare("SELECT name, revision FROM groups ORDER BY name")?;
+        let mut stmt = conn.prepare("SELECT name, revision, doc FROM groups ORDER BY name")?;
         let rows = stmt.query_map([], |r| {
-            Ok(GroupRecord {
-                name: r.get(0)?,
-                revision: r.get::<_, i64>(1)? as u64,
-            })
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, Option<String>>(2)?,
+            ))
         })?;
         for row in rows {
-            snap.groups.push(row?);
+            let (name, revision, doc) = row?;
+            let pressure = match doc {
+                Some(doc) => decode("group", name.clone(), &doc)?,
+                None => None,
+            };
+            snap.groups.push(GroupRecord {
+                name,
+                revision,
+                pressure,
+            });
         }
         let mut stmt = conn.prepare("SELECT name, doc FROM nodes ORDER BY name")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
@@ -182,10 +199,15 @@ impl Store for SqliteStore {
                     )?;
                 }
                 Change::PutGroup(g) => {
+                    let doc = g
+                        .pressure
+                        .as_ref()
+                        .map(|p| serde_json::to_string(p).expect("settings always serialize"));
                     tx.execute(
-                        "INSERT INTO groups (name, revision) VALUES (?1, ?2)
-                         ON CONFLICT (name) DO UPDATE SET revision = excluded.revision",
-                        params![g.name, g.revision as i64],
+                        "INSERT INTO groups (name, revision, doc) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (name) DO UPDATE SET revision = excluded.revision,
+                         doc = excluded.doc",
+                        params![g.name, g.revision as i64, doc],
                     )?;
                 }
                 Change::DeleteGroup(name) => {

@@ -528,6 +528,11 @@ pub struct ServerArgs {
     /// Deploy requests without a token, per client key and address, per minute.
     #[arg(long, default_value_t = 30)]
     pub anonymous_deploys_per_minute: u32,
+    /// Node pressure for nodes whose groups set none: `on` (the defaults), `off`, or
+    /// settings such as `cpu=80/65,memory=80/70,load=1.5/1.0,disk=90/85,samples=3,
+    /// hold-down=30s,stop-interval=10s,throttle-cpus=0.5` (unnamed ones keep their default).
+    #[arg(long, default_value = "on")]
+    pub pressure: String,
 }
 
 #[derive(Debug, Args)]

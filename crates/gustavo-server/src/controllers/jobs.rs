@@ -100,6 +100,7 @@ mod tests {
             liveness,
             cordoned: false,
             draining: false,
+            pressure: Default::default(),
         }
     }
 

@@ -242,10 +242,34 @@ impl Ops {
     ) -> Result<HeartbeatReply, OpError> {
         p.require_node(name)?;
         let mut need_status = false;
+        let mut changed = None;
         self.seen(name, from, |l| {
             l.vitals = Some(hb.vitals);
             need_status = !l.has_report;
+            if let Some(p) = hb.pressure {
+                let before = l.pressure.as_ref().map(|o| o.level).unwrap_or_default();
+                if before != p.level {
+                    changed = Some((before, p.clone()));
+                }
+                l.pressure = Some(p);
+            }
         });
+        if let Some((before, p)) = changed {
+            let why = p
+                .reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            let done = match (p.throttled.len(), p.stopped.len()) {
+                (0, 0) => String::new(),
+                (t, s) => format!(" ({t} containers throttled, {s} stopped)"),
+            };
+            self.shared.events.push(
+                "pressure",
+                format!("node:{name}"),
+                format!("{before} → {}{why}{done}", p.level),
+            );
+        }
         Ok(HeartbeatReply { need_status })
     }
 

@@ -271,6 +271,8 @@ pub(crate) fn desired_instances(
                 revision: app.revision,
                 rolling_restart: false,
                 containers,
+                priority: 0,
+                critical: false,
             })
         })
         .collect()

@@ -98,6 +98,14 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
         )
         .into());
     }
+    let pressure = match args.pressure.as_str() {
+        "off" => None,
+        "on" => Some(gustavo_model::pressure::Thresholds::default()),
+        s => Some(
+            gustavo_model::pressure::Thresholds::parse(s)
+                .map_err(|e| Exit(EXIT_USAGE, format!("--pressure: {e}")))?,
+        ),
+    };
     if args.print_config {
         println!("{}", crate::config_file::print("server"));
         return Ok(());
@@ -131,6 +139,7 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
         replica_grace,
         callback_expiry,
         sinfonia,
+        pressure,
     })
     .await?;
     let addr = server.addr;
