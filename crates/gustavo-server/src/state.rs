@@ -1094,6 +1094,7 @@ mod tests {
             groups: vec![GroupRecord {
                 name: "g".into(),
                 revision: 5,
+                pressure: None,
             }],
             nodes: vec![
                 node("n1", "g"),
