@@ -561,6 +561,21 @@ impl Client {
             .await
     }
 
+    /// Sets (or, with `None`, clears) a group's node pressure thresholds; returns the
+    /// revision.
+    pub async fn set_group_pressure(
+        &self,
+        name: &str,
+        t: Option<&gustavo_model::pressure::Thresholds>,
+    ) -> Result<u64, ClientError> {
+        let path = format!("/api/v1/groups/{name}/pressure");
+        let v: serde_json::Value = match t {
+            Some(t) => self.call(Method::PUT, &path, Some(t)).await?,
+            None => self.call(Method::DELETE, &path, Self::NONE).await?,
+        };
+        Ok(v["revision"].as_u64().unwrap_or(0))
+    }
+
     /// Deletes a device group that no app or node uses; returns the revision.
     pub async fn delete_group(&self, name: &str) -> Result<u64, ClientError> {
         let v: serde_json::Value = self

@@ -131,6 +131,9 @@ pub struct Group {
     pub apps: Vec<String>,
     pub nodes: Vec<String>,
     pub revision: u64,
+    /// The group's node pressure thresholds (`groups set-pressure`); none: the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pressure: Option<crate::pressure::Thresholds>,
 }
 
 /// A node's health as the server sees it.

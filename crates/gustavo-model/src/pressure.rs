@@ -472,14 +472,14 @@ pub fn plan(t: &Thresholds, record: &Record, containers: &[Candidate], now: u64)
                     });
                 }
             }
-            if level == Level::Tainted && now.saturating_sub(record.last_stop) >= t.stop_interval_s
+            if level == Level::Tainted
+                && now.saturating_sub(record.last_stop) >= t.stop_interval_s
+                && let Some(c) = order.iter().find(|c| c.running)
             {
-                if let Some(c) = order.iter().find(|c| c.running) {
-                    actions.push(Action::Stop {
-                        name: c.name.clone(),
-                        id: c.id.clone(),
-                    });
-                }
+                actions.push(Action::Stop {
+                    name: c.name.clone(),
+                    id: c.id.clone(),
+                });
             }
         }
     }

@@ -283,6 +283,27 @@ pub async fn get_group(
     Ok(Json(s.ops.get_group(&p.person()?, &name)?).into_response())
 }
 
+/// `PUT /api/v1/groups/{name}/pressure`: the group's node pressure thresholds.
+pub async fn set_group_pressure(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(t): JsonBody<gustavo_model::pressure::Thresholds>,
+) -> Response {
+    let r = async { s.ops.set_group_pressure(&p.person()?, name, Some(t)).await }.await;
+    revision_answer(r)
+}
+
+/// `DELETE /api/v1/groups/{name}/pressure`: back to the server's thresholds.
+pub async fn clear_group_pressure(
+    p: Principal,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Response {
+    let r = async { s.ops.set_group_pressure(&p.person()?, name, None).await }.await;
+    revision_answer(r)
+}
+
 /// `DELETE /api/v1/groups/{name}`: see [`crate::ops::Ops::delete_group`].
 pub async fn delete_group(
     p: Principal,

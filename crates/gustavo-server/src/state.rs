@@ -529,6 +529,7 @@ impl Cluster {
                 .map(|n| n.name.clone())
                 .collect(),
             revision: self.groups.get(name).map(|g| g.revision).unwrap_or(0),
+            pressure: self.groups.get(name).and_then(|g| g.pressure.clone()),
         }
     }
 

@@ -830,6 +830,23 @@ pub enum GroupsCmd {
         #[command(flatten)]
         name: GroupName,
     },
+    /// Set the node pressure thresholds of a group's devices, e.g. `--settings
+    /// cpu=80/65,memory=80/70,load=1.5/1.0,disk=90/85,samples=3,hold-down=30s,
+    /// stop-interval=10s,throttle-cpus=0.5` (HIGH/LOW; unnamed ones keep their default).
+    #[command(name = "set-pressure")]
+    SetPressure {
+        #[command(flatten)]
+        name: GroupName,
+        /// The thresholds, KEY=VALUE separated by commas.
+        #[arg(long)]
+        settings: String,
+    },
+    /// Clear a group's node pressure thresholds: its devices use the server's.
+    #[command(name = "clear-pressure")]
+    ClearPressure {
+        #[command(flatten)]
+        name: GroupName,
+    },
 }
 
 #[derive(Debug, Subcommand)]

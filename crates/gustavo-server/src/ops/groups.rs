@@ -25,6 +25,39 @@ impl Ops {
         Ok(c.group_view(name))
     }
 
+    /// Sets (or, with `None`, clears) a group's node pressure thresholds; returns the
+    /// revision. The group's nodes get them in their next desired state.
+    pub async fn set_group_pressure(
+        &self,
+        who: &Subject,
+        name: String,
+        pressure: Option<gustavo_model::pressure::Thresholds>,
+    ) -> Result<u64, OpError> {
+        check_name("group", &name)?;
+        let who = who.clone();
+        self.shared
+            .mutate(move |c, rev| {
+                if !c.group_exists(&name) || !who.can_read_group(&name) {
+                    return Err(OpError::NotFound(format!("group `{name}` does not exist")));
+                }
+                if who.role == Role::Viewer || !who.can_write_group(&name) {
+                    return Err(OpError::Denied(format!(
+                        "user `{}` may not change device group `{name}`",
+                        who.name
+                    )));
+                }
+                Ok((
+                    vec![Change::PutGroup(gustavo_store::GroupRecord {
+                        name,
+                        revision: rev,
+                        pressure,
+                    })],
+                    rev,
+                ))
+            })
+            .await
+    }
+
     /// Forgets a device group that nothing uses; returns the revision. A group still named
     /// by an app or a node is a conflict that lists them: deleting it would silently move
     /// work (detach apps, orphan devices), which `apps update -d` and `nodes remove` do

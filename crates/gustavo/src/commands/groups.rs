@@ -1,4 +1,4 @@
-//! `gustavo groups list|get|delete`.
+//! `gustavo groups list|get|delete|set-pressure|clear-pressure`.
 
 use anyhow::Result;
 
@@ -17,6 +17,16 @@ pub async fn run(cli: &Cli, cmd: &GroupsCmd) -> Result<()> {
                 return Ok(());
             }
             vec![g]
+        }
+        GroupsCmd::SetPressure { name, settings } => {
+            let t = gustavo_model::pressure::Thresholds::parse(settings)
+                .map_err(|e| crate::Exit(crate::EXIT_USAGE, e.to_string()))?;
+            let revision = client.set_group_pressure(name.get(), Some(&t)).await?;
+            return pressure_changed(cli, name.get(), Some(&t), revision);
+        }
+        GroupsCmd::ClearPressure { name } => {
+            let revision = client.set_group_pressure(name.get(), None).await?;
+            return pressure_changed(cli, name.get(), None, revision);
         }
         GroupsCmd::Delete { name } => {
             let name = name.get();
@@ -39,14 +49,40 @@ pub async fn run(cli: &Cli, cmd: &GroupsCmd) -> Result<()> {
                 g.apps.join(","),
                 g.nodes.join(","),
                 g.revision.to_string(),
+                g.pressure
+                    .as_ref()
+                    .map(|t| t.describe())
+                    .unwrap_or_else(|| "server's".into()),
             ]
         })
         .collect();
     show(
         cli.output,
         &groups,
-        &["group", "apps", "devices", "revision"],
+        &["group", "apps", "devices", "revision", "pressure"],
         rows,
     );
+    Ok(())
+}
+
+fn pressure_changed(
+    cli: &Cli,
+    name: &str,
+    t: Option<&gustavo_model::pressure::Thresholds>,
+    revision: u64,
+) -> Result<()> {
+    match cli.output {
+        Format::Table => {
+            let what = match t {
+                Some(t) => format!("pressure set to {}", t.describe()),
+                None => "pressure cleared (the server's thresholds apply)".into(),
+            };
+            changed("group", name, &what, Some(revision));
+        }
+        f => data(
+            f,
+            &serde_json::json!({"group": name, "pressure": t, "revision": revision}),
+        ),
+    }
     Ok(())
 }
