@@ -323,6 +323,7 @@ struct Details {
     started_ms: u64,
     exit_code: Option<i64>,
     detail: Option<String>,
+    nano_cpus: i64,
 }
 
 /// The most of a container's log or health output kept in a status report.
@@ -358,6 +359,7 @@ impl DockerRuntime {
             started_ms,
             exit_code: st.exit_code,
             detail: None,
+            nano_cpus: c.host_config.and_then(|h| h.nano_cpus).unwrap_or(0),
         };
         let mut probe = o.clone();
         probe.restarts = d.restarts;
@@ -438,6 +440,7 @@ impl Runtime for DockerRuntime {
                 };
                 let (health, exit_code) = parse_status(c.status.as_deref().unwrap_or(""));
                 Some(Observed {
+                    nano_cpus: 0,
                     restarts: 0,
                     started_ms: 0,
                     detail: None,
@@ -468,6 +471,7 @@ impl Runtime for DockerRuntime {
                         o.exit_code = code;
                     }
                     o.detail = d.detail;
+                    o.nano_cpus = d.nano_cpus;
                 }
                 o
             })
@@ -511,6 +515,46 @@ impl Runtime for DockerRuntime {
                 reason: message(&e),
             }),
         }
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        let opts = StopContainerOptions {
+            t: Some(STOP_TIMEOUT_S),
+            signal: None,
+        };
+        match self.docker.stop_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_code(&e) == Some(304) => Ok(()),
+            Err(e) => Err(RuntimeError::Container {
+                name: id.into(),
+                reason: message(&e),
+            }),
+        }
+    }
+
+    async fn set_cpus(&self, id: &str, nano_cpus: i64) -> Result<(), RuntimeError> {
+        // The engine reads 0 as "unchanged" and cannot clear a limit on a running
+        // container: lifting one sets it to every core of the host, which limits nothing.
+        let nano_cpus = if nano_cpus > 0 {
+            nano_cpus
+        } else {
+            let cores = match self.docker.info().await {
+                Ok(i) => i.ncpu.unwrap_or(1),
+                Err(e) => return Err(RuntimeError::Unavailable(message(&e))),
+            };
+            cores.max(1) * 1_000_000_000
+        };
+        let body = bollard::models::ContainerUpdateBody {
+            nano_cpus: Some(nano_cpus),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(id, body)
+            .await
+            .map_err(|e| RuntimeError::Container {
+                name: id.into(),
+                reason: message(&e),
+            })
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {

@@ -7,7 +7,10 @@
 //!   status report on the `report` channel;
 //! - **report** sends each new report to the server (and again whenever the server says it
 //!   lost it);
-//! - **heartbeat** samples [`vitals`] and sends them every period.
+//! - **pressure** ([`pressure::PressureLoop`]) samples [`vitals`] every few seconds, decides
+//!   the node's pressure level and acts on it;
+//! - **heartbeat** sends the latest vitals and pressure level every period, and at once on a
+//!   level change.
 //!
 //! The server is never needed to keep running: with the server away, the reconciler keeps
 //! working from the last desired state (from disk after a restart); reports and heartbeats
@@ -21,6 +24,7 @@ pub mod jobs;
 pub mod metrics;
 mod networks;
 pub mod persist;
+pub mod pressure;
 pub mod reconcile;
 pub mod runtime;
 pub mod samsung;
@@ -97,6 +101,9 @@ fn jitter() -> f64 {
     h.write_u64(0);
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
+
+/// How often the host is sampled for node pressure while it is on.
+const PRESSURE_EVERY: Duration = Duration::from_secs(2);
 
 /// The least time between two status reports, so a burst of changes (a container created,
 /// then running) goes out as one report while a lone change is sent at once.
@@ -320,14 +327,32 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
         runs_tx,
     );
     let job_runner = tokio::spawn(job_runner.run());
+    let record = persist.pressure().unwrap_or_default();
+    if !record.done.is_empty() || record.machine.level != gustavo_model::pressure::Level::Ready {
+        tracing::info!(level = %record.machine.level, held = record.done.len(), "restored node pressure record from disk");
+    }
+    let outputs = pressure::Outputs::new(&record);
     let reconciler = Reconciler::new(
-        runtime,
+        runtime.clone(),
         cfg.name.clone(),
         cfg.reconcile.clone(),
-        desired_rx,
+        desired_rx.clone(),
         report_tx,
-    );
+    )
+    .with_held(outputs.held.subscribe());
     let reconcile = tokio::spawn(reconciler.run());
+    let pressure_loop = pressure::PressureLoop {
+        runtime,
+        node: cfg.name.clone(),
+        host,
+        persist: persist.clone(),
+        desired: desired_rx,
+        out: outputs.clone(),
+        record,
+        every: PRESSURE_EVERY,
+        idle: cfg.heartbeat,
+    };
+    let pressure_task = tokio::spawn(pressure_loop.run());
 
     let work = async {
         // Registration may wait for the server; the cached desired state is already being
@@ -351,7 +376,7 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
         tokio::join!(
             sync(&cfg, &client, &req, fresh, persist.as_ref(), &desired_tx),
             report(&client, &id.node, report_rx, runs_rx, need_report.clone()),
-            heartbeat(&client, &id.node, cfg.heartbeat, host, need_report),
+            heartbeat(&client, &id.node, cfg.heartbeat, &outputs, need_report),
         );
         Ok::<(), AgentError>(())
     };
@@ -361,6 +386,7 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
     };
     reconcile.abort();
     job_runner.abort();
+    pressure_task.abort();
     result
 }
 
@@ -515,18 +541,27 @@ async fn heartbeat(
     client: &Client,
     node: &str,
     period: Duration,
-    mut sampler: impl HostProbe,
+    out: &pressure::Outputs,
     need_report: Arc<tokio::sync::Notify>,
 ) {
+    let mut vitals = out.vitals.subscribe();
+    let status = out.status.subscribe();
     // Start at a random point of the period, so a fleet's heartbeats are spread out.
     let first = tokio::time::Instant::now() + period.mul_f64(jitter());
     let mut tick = tokio::time::interval_at(first, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            // A pressure level change goes out at once.
+            _ = out.changed.notified() => {}
+        }
+        if vitals.wait_for(Option::is_some).await.is_err() {
+            return;
+        }
         let hb = Heartbeat {
-            vitals: sampler.sample(),
-            pressure: None,
+            vitals: vitals.borrow_and_update().clone().unwrap_or_default(),
+            pressure: status.borrow().clone(),
         };
         match client.heartbeat(node, &hb).await {
             Ok(true) => need_report.notify_one(),

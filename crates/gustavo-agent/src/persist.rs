@@ -1,6 +1,6 @@
 //! What the agent keeps: its credential and the last desired state it received, so it keeps
 //! running its apps through a server outage and its own restart. On a device that is the
-//! data dir ([`DataDir`]: `node.json`, `desired.json` and `jobs.json`, mode 0600, written atomically by
+//! data dir ([`DataDir`]: `node.json`, `desired.json`, `jobs.json` and `pressure.json`, mode 0600, written atomically by
 //! temp file + rename); simulated agents keep it in memory ([`MemoryPersist`]).
 
 use std::path::{Path, PathBuf};
@@ -33,6 +33,15 @@ pub trait Persist: Send + Sync + 'static {
     }
     fn save_jobs(&self, j: &crate::jobs::LocalJobs) -> std::io::Result<()> {
         let _ = j;
+        Ok(())
+    }
+    /// What node pressure did (level, throttled and stopped containers); none when never
+    /// saved.
+    fn pressure(&self) -> Option<gustavo_model::pressure::Record> {
+        None
+    }
+    fn save_pressure(&self, r: &gustavo_model::pressure::Record) -> std::io::Result<()> {
+        let _ = r;
         Ok(())
     }
 }
@@ -109,6 +118,28 @@ impl Persist for DataDir {
 
     fn save_jobs(&self, j: &crate::jobs::LocalJobs) -> std::io::Result<()> {
         write_atomic(&self.0.join("jobs.json"), &serde_json::to_vec(j)?, 0o600)
+    }
+
+    fn pressure(&self) -> Option<gustavo_model::pressure::Record> {
+        let path = self.0.join("pressure.json");
+        let bytes = std::fs::read(&path).ok()?;
+        match serde_json::from_slice(&bytes) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                // Unreadable: what it held cannot be undone exactly. Said loudly; the
+                // containers keep their state and the level starts again from `ready`.
+                tracing::error!(path = %path.display(), error = %e, "ignoring unreadable node pressure record");
+                None
+            }
+        }
+    }
+
+    fn save_pressure(&self, r: &gustavo_model::pressure::Record) -> std::io::Result<()> {
+        write_atomic(
+            &self.0.join("pressure.json"),
+            &serde_json::to_vec_pretty(r)?,
+            0o600,
+        )
     }
 }
 

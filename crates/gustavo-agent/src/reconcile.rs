@@ -168,6 +168,8 @@ pub struct Reconciler<R: Runtime> {
     /// When a pass must look again without any trigger: a container about to count as
     /// ready or stable, or the settle look after an engine event.
     recheck: Option<Instant>,
+    /// Containers node pressure stopped, by name: left stopped until it starts them.
+    held: watch::Receiver<BTreeSet<String>>,
 }
 
 impl<R: Runtime> Reconciler<R> {
@@ -191,7 +193,14 @@ impl<R: Runtime> Reconciler<R> {
             done_rx,
             networks_named: None,
             recheck: None,
+            held: watch::channel(BTreeSet::new()).1,
         }
+    }
+
+    /// Leaves the containers named on `held` stopped (node pressure stopped them).
+    pub fn with_held(mut self, held: watch::Receiver<BTreeSet<String>>) -> Self {
+        self.held = held;
+        self
     }
 
     /// Runs until the desired-state channel closes.
@@ -218,6 +227,7 @@ impl<R: Runtime> Reconciler<R> {
                 biased;
                 Some((app, fp, result)) = self.done_rx.recv() => self.finished(app, fp, result),
                 r = self.desired.changed() => if r.is_err() { return },
+                Ok(()) = self.held.changed() => {}
                 Some(()) = events.recv() => {
                     // Events come in bursts (create, start…); the one-slot channel already
                     // folds them, so a pass runs at once, and at most once more per burst.
@@ -283,9 +293,18 @@ impl<R: Runtime> Reconciler<R> {
                 return;
             }
         };
+        let held = self.held.borrow_and_update().clone();
         let mut by_app: BTreeMap<&str, Vec<Observed>> = BTreeMap::new();
-        for o in &observed {
-            by_app.entry(o.app.as_str()).or_default().push(o.clone());
+        for orig in &observed {
+            let mut o = orig.clone();
+            if held.contains(&o.name) && o.state != RunState::Running {
+                // Stopped by node pressure: to the planner it is as good as running, so
+                // nothing starts it; a new spec still replaces it.
+                o.state = RunState::Running;
+                o.exit_code = 0;
+                o.started_ms = 0;
+            }
+            by_app.entry(orig.app.as_str()).or_default().push(o);
         }
         let wanted: BTreeMap<&str, &DesiredApp> =
             desired.apps.iter().map(|a| (a.name.as_str(), a)).collect();
@@ -332,7 +351,7 @@ impl<R: Runtime> Reconciler<R> {
         if let Some(ms) = observed.iter().filter_map(|o| o.recheck_at_ms(now)).min() {
             self.recheck_no_later(Instant::now() + Duration::from_millis(ms.saturating_sub(now)));
         }
-        self.publish(&desired, &observed);
+        self.publish(&desired, &observed, &held);
         if idle {
             self.prune_networks(&desired).await;
         }
@@ -363,7 +382,7 @@ impl<R: Runtime> Reconciler<R> {
     }
 
     /// Builds the status report from what was observed and sends it if it changed.
-    fn publish(&self, desired: &DesiredState, observed: &[Observed]) {
+    fn publish(&self, desired: &DesiredState, observed: &[Observed], held: &BTreeSet<String>) {
         let now = now_ms();
         let apps = desired
             .apps
@@ -389,14 +408,22 @@ impl<R: Runtime> Reconciler<R> {
                 // at it right now (starting an exited container, replacing it).
                 let trouble = (!self.busy.contains(&a.name))
                     .then(|| {
-                        a.containers.iter().find_map(|c| {
-                            mine.iter()
-                                .find(|o| o.name == c.name && o.hash == c.hash)
-                                .and_then(|o| o.trouble(now))
-                                .map(|t| format!("container `{}`: {t}", c.name))
-                        })
+                        a.containers
+                            .iter()
+                            .filter(|c| !held.contains(&c.name))
+                            .find_map(|c| {
+                                mine.iter()
+                                    .find(|o| o.name == c.name && o.hash == c.hash)
+                                    .and_then(|o| o.trouble(now))
+                                    .map(|t| format!("container `{}`: {t}", c.name))
+                            })
                     })
                     .flatten();
+                let stopped = a
+                    .containers
+                    .iter()
+                    .find(|c| held.contains(&c.name))
+                    .map(|c| format!("container `{}` stopped by node pressure", c.name));
                 let failure = failure.or(trouble);
                 let state = if failure.is_some() {
                     AppState::Failed
@@ -418,7 +445,7 @@ impl<R: Runtime> Reconciler<R> {
                     state,
                     ready,
                     desired: desired_n,
-                    error: failure,
+                    error: failure.or(stopped),
                 }
             })
             .collect();
@@ -426,12 +453,15 @@ impl<R: Runtime> Reconciler<R> {
             .iter()
             .map(|o| {
                 let looping = o.crash_looping(now);
+                let pressed = held.contains(&o.name) && o.state != RunState::Running;
                 ContainerStatus {
                     app: o.app.clone(),
                     name: o.name.clone(),
                     id: o.id.chars().take(12).collect(),
                     image: o.image.clone(),
-                    state: if looping {
+                    state: if pressed {
+                        "stopped-by-pressure".to_string()
+                    } else if looping {
                         "crashlooping".to_string()
                     } else {
                         o.state.as_str().to_string()
@@ -445,7 +475,7 @@ impl<R: Runtime> Reconciler<R> {
                         ))
                     .then_some(o.exit_code),
                     restarts: o.restarts,
-                    error: o.trouble(now),
+                    error: o.trouble(now).filter(|_| !pressed),
                 }
             })
             .collect();

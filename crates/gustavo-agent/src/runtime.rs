@@ -51,6 +51,17 @@ pub trait Runtime: Send + Sync + 'static {
 
     fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
+    /// Stops a container (gracefully, then by force) and leaves it in place: node pressure
+    /// stops containers it will start again.
+    fn stop(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Sets a running container's CPU limit in nano-CPUs; 0 lifts it.
+    fn set_cpus(
+        &self,
+        id: &str,
+        nano_cpus: i64,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
     /// Stops (gracefully, then by force) and removes a container; a missing one is fine.
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 

@@ -76,6 +76,39 @@ impl SimRuntime {
 }
 
 impl Runtime for SimRuntime {
+    async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut g = self.lock();
+        let c = g
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::Container {
+                name: id.into(),
+                reason: "no such container".into(),
+            })?;
+        c.state = RunState::Exited;
+        c.exit_code = 0;
+        let name = c.name.clone();
+        g.log.push(format!("stop {name}"));
+        g.watchers
+            .retain(|w| w.try_send(()).is_ok() || !w.is_closed());
+        Ok(())
+    }
+
+    async fn set_cpus(&self, id: &str, nano_cpus: i64) -> Result<(), RuntimeError> {
+        let mut g = self.lock();
+        let c = g
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::Container {
+                name: id.into(),
+                reason: "no such container".into(),
+            })?;
+        c.nano_cpus = nano_cpus;
+        let name = c.name.clone();
+        g.log.push(format!("cpus {name} {nano_cpus}"));
+        Ok(())
+    }
+
     async fn list(&self, node: &str) -> Result<Vec<Observed>, RuntimeError> {
         let prefix = format!("{node}.");
         let g = self.lock();
@@ -125,6 +158,7 @@ impl Runtime for SimRuntime {
         g.containers.insert(
             id.clone(),
             Observed {
+                nano_cpus: 0,
                 id: id.clone(),
                 name: c.name.clone(),
                 app: c.spec.app.clone(),

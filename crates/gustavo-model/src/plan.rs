@@ -40,6 +40,9 @@ pub struct Observed {
     /// For a container in trouble: its last log lines, or the healthcheck's last output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Its CPU limit now, in nano-CPUs (0 = none); node pressure changes it.
+    #[serde(default)]
+    pub nano_cpus: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -351,6 +354,7 @@ mod tests {
             exit_code: 0,
             created: 0,
             restarts: 0,
+            nano_cpus: 0,
             started_ms: 0,
             detail: None,
         }

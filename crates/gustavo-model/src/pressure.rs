@@ -224,6 +224,24 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// The sample a set of host vitals makes.
+    pub fn of(v: &crate::api::Vitals) -> Sample {
+        let pct = |used: u64, total: u64| {
+            if total == 0 {
+                0.0
+            } else {
+                used as f64 * 100.0 / total as f64
+            }
+        };
+        Sample {
+            at: v.at,
+            cpu_percent: f64::from(v.cpu_percent),
+            memory_percent: pct(v.memory_used_mb, v.memory_total_mb),
+            load_per_core: f64::from(v.load1) / f64::from(v.cpus.max(1)),
+            disk_percent: pct(v.disk_used_mb, v.disk_total_mb),
+        }
+    }
+
     /// The metrics with their bands, in the order they are reported.
     fn metrics<'a>(&self, t: &'a Thresholds) -> [(&'static str, f64, &'a Band); 4] {
         [
@@ -331,6 +349,14 @@ impl Machine {
             });
         }
         None
+    }
+
+    /// Back to `ready` at once (pressure turned off): everything done is to be undone.
+    pub fn reset(&mut self, at: u64) {
+        *self = Machine {
+            since: at,
+            ..Machine::default()
+        };
     }
 
     fn step(&mut self, to: Level, at: u64, reason: Option<Reason>) {
@@ -536,6 +562,32 @@ pub struct Status {
     /// Containers stopped by pressure.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stopped: Vec<String>,
+}
+
+impl Status {
+    /// One line for tables: why the node is at its level and what was done, e.g.
+    /// `memory 83.0 over 80; throttled 2, stopped 1`; `-` at `ready` with nothing done.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(r) = &self.reason {
+            parts.push(r.to_string());
+        }
+        let mut done = Vec::new();
+        if !self.throttled.is_empty() {
+            done.push(format!("throttled {}", self.throttled.len()));
+        }
+        if !self.stopped.is_empty() {
+            done.push(format!("stopped {}", self.stopped.len()));
+        }
+        if !done.is_empty() {
+            parts.push(done.join(", "));
+        }
+        if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join("; ")
+        }
+    }
 }
 
 impl Record {

@@ -853,6 +853,11 @@ pub enum GroupsCmd {
 pub enum NodesCmd {
     /// List registered devices.
     List,
+    /// One device in full: status, pressure level and why, what pressure did.
+    Get {
+        /// The device's name.
+        name: String,
+    },
     /// Remove a device: its credential stops working at once.
     Remove {
         /// The device's name.

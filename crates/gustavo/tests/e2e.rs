@@ -9,6 +9,7 @@ mod foundation;
 mod jobs;
 mod metrics;
 mod networks;
+mod pressure;
 mod rollouts;
 mod samsung;
 mod scheduler;

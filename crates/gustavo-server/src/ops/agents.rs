@@ -246,13 +246,13 @@ impl Ops {
         self.seen(name, from, |l| {
             l.vitals = Some(hb.vitals);
             need_status = !l.has_report;
-            if let Some(p) = hb.pressure {
-                let before = l.pressure.as_ref().map(|o| o.level).unwrap_or_default();
-                if before != p.level {
-                    changed = Some((before, p.clone()));
-                }
-                l.pressure = Some(p);
+            // None: pressure is off on the node (or the agent predates it).
+            let before = l.pressure.as_ref().map(|o| o.level).unwrap_or_default();
+            let after = hb.pressure.as_ref().map(|o| o.level).unwrap_or_default();
+            if before != after {
+                changed = Some((before, hb.pressure.clone().unwrap_or_default()));
             }
+            l.pressure = hb.pressure;
         });
         if let Some((before, p)) = changed {
             let why = p

@@ -162,8 +162,11 @@ fn sample(c: &Cluster, n: &NodeRecord, app: &App, now: u64) -> NodeSample {
     let vitals = live.as_ref().and_then(|l| l.vitals.clone());
     NodeSample {
         name: n.name.clone(),
-        eligible: c.node_status(&n.name, now) == NodeStatus::Ready
-            && !n.cordoned
+        // A tainted node takes no new deployments (node pressure).
+        eligible: matches!(
+            c.shown_status(&n.name, now),
+            NodeStatus::Ready | NodeStatus::Pressured
+        ) && !n.cordoned
             && n.groups.iter().any(|g| app.groups.contains(g)),
         cpus: vitals
             .as_ref()

@@ -92,7 +92,7 @@ impl Ops {
             .filter(|n| who.can_read_node(&n.groups))
             .map(|n| NodeVitals {
                 node: n.name.clone(),
-                status: c.node_status(&n.name, t),
+                status: c.shown_status(&n.name, t),
                 vitals: c.live.get(&n.name).and_then(|l| l.vitals.clone()),
             })
             .collect()

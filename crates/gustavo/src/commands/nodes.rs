@@ -1,4 +1,4 @@
-//! `gustavo nodes list|remove|score|cordon|drain|uncordon`.
+//! `gustavo nodes list|get|remove|score|cordon|drain|uncordon`.
 
 use anyhow::Result;
 
@@ -31,6 +31,10 @@ pub async fn run(cli: &Cli, cmd: &NodesCmd) -> Result<()> {
                             .join(","),
                         format!("{} cpu / {} MB", n.cpus, n.memory_mb),
                         ago(n.last_seen),
+                        n.pressure
+                            .as_ref()
+                            .map(|p| p.summary())
+                            .unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
@@ -44,9 +48,20 @@ pub async fn run(cli: &Cli, cmd: &NodesCmd) -> Result<()> {
                     "labels",
                     "capacity",
                     "last seen",
+                    "pressure",
                 ],
                 rows,
             );
+        }
+        NodesCmd::Get { name } => {
+            let nodes = client.list_nodes(None, Some(name)).await?;
+            let Some(n) = nodes.into_iter().find(|n| &n.name == name) else {
+                anyhow::bail!("no node named `{name}`");
+            };
+            match cli.output {
+                Format::Table => print_node(&n),
+                f => data(f, &n),
+            }
         }
         NodesCmd::Score { app } => {
             let scores = client.scores(app.as_deref()).await?;
@@ -157,5 +172,50 @@ async fn wait_drained(
             .into());
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// `nodes get` as a person reads it.
+fn print_node(n: &gustavo_model::api::Node) {
+    let mut lines = vec![
+        ("node", n.name.clone()),
+        ("status", n.status.as_str().to_string()),
+        ("groups", n.groups.join(",")),
+        ("address", n.address.clone()),
+        ("agent", n.agent_version.clone()),
+        ("capacity", format!("{} cpu / {} MB", n.cpus, n.memory_mb)),
+        ("last seen", ago(n.last_seen)),
+        ("applied revision", n.applied_revision.to_string()),
+    ];
+    if n.cordoned || n.draining {
+        let what = if n.draining { "draining" } else { "cordoned" };
+        lines.push(("scheduling", what.into()));
+    }
+    match &n.pressure {
+        None => lines.push(("pressure", "off".into())),
+        Some(p) => {
+            lines.push(("pressure", format!("{} since {}", p.level, ago(p.since))));
+            if let Some(r) = &p.reason {
+                lines.push((
+                    "why",
+                    format!(
+                        "{} {:.1} over {} (since {})",
+                        r.metric,
+                        r.value,
+                        r.threshold,
+                        ago(r.since)
+                    ),
+                ));
+            }
+            if !p.throttled.is_empty() {
+                lines.push(("throttled", p.throttled.join(", ")));
+            }
+            if !p.stopped.is_empty() {
+                lines.push(("stopped", p.stopped.join(", ")));
+            }
+        }
+    }
+    for (k, v) in lines {
+        println!("{:<17} {v}", format!("{k}:"));
     }
 }

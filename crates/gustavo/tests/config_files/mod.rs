@@ -58,7 +58,7 @@ fn server_and_agent_start_from_config_files() {
     std::fs::write(
         &server_toml,
         format!(
-            "# a server from a file\ndata_dir = {:?}\nlisten = \"127.0.0.1:0\"\nno-agent = true\ninsecure-http = true\n",
+            "# a server from a file\ndata_dir = {:?}\nlisten = \"127.0.0.1:0\"\nno-agent = true\ninsecure-http = true\npressure = \"off\"\n",
             data.display().to_string()
         ),
     )

@@ -302,6 +302,11 @@ impl Server {
             "--listen",
             &self.listen,
         ];
+        // Node pressure acts on the whole machine's load, which the suite's parallel tests
+        // drive up: off unless a test asks for it.
+        if !self.extra.iter().any(|a| a.starts_with("--pressure")) {
+            args.extend(["--pressure", "off"]);
+        }
         args.extend(self.extra.iter().map(String::as_str));
         let child = spawn_wrapped(&self.wrapper, &args, &self.dir.path().join("server.log"));
         self.child = Some(child);

@@ -1,0 +1,241 @@
+//! Node pressure on the device.
+//!
+//! One task owns the host probe. Every few seconds it samples the host, publishes the
+//! vitals for heartbeats, feeds the sample to the level machine
+//! ([`gustavo_model::pressure::Machine`]) with the thresholds from the last desired state
+//! (so it works offline), and carries out what the level wants
+//! ([`gustavo_model::pressure::plan`]): throttle, stop one container per interval, and on
+//! the way back undo exactly what it did. The record of what it did is written to disk
+//! before the reconciler can see it, so an agent restart loses nothing; containers it
+//! stopped are published on the `held` channel so the reconciler leaves them stopped.
+//!
+//! With no thresholds (pressure off) it only samples, at the heartbeat period, after
+//! undoing anything still in its record.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gustavo_model::api::{DesiredState, Vitals};
+use gustavo_model::pressure::{self, Action, Candidate, Level, Record, Sample, Status, Thresholds};
+use tokio::sync::{Notify, watch};
+
+use crate::persist::Persist;
+use crate::runtime::Runtime;
+use crate::vitals::HostProbe;
+
+/// What the pressure task shares with the rest of the agent.
+#[derive(Clone)]
+pub struct Outputs {
+    /// The latest host sample, for heartbeats.
+    pub vitals: watch::Sender<Option<Vitals>>,
+    /// The node's level and what pressure did; none while pressure is off and idle.
+    pub status: watch::Sender<Option<Status>>,
+    /// Containers pressure stopped, by name: the reconciler does not start them.
+    pub held: watch::Sender<BTreeSet<String>>,
+    /// Told on every level change, so a heartbeat goes out at once.
+    pub changed: Arc<Notify>,
+}
+
+impl Outputs {
+    /// Channels seeded from the record kept on disk, so the reconciler holds the right
+    /// containers from its first pass.
+    pub fn new(record: &Record) -> Outputs {
+        Outputs {
+            vitals: watch::channel(None).0,
+            status: watch::channel(None).0,
+            held: watch::channel(record.held().map(str::to_string).collect()).0,
+            changed: Arc::new(Notify::new()),
+        }
+    }
+}
+
+pub struct PressureLoop<R: Runtime, H: HostProbe> {
+    pub runtime: Arc<R>,
+    pub node: String,
+    pub host: H,
+    pub persist: Arc<dyn Persist>,
+    pub desired: watch::Receiver<Option<DesiredState>>,
+    pub out: Outputs,
+    pub record: Record,
+    /// How often the host is sampled while pressure is on.
+    pub every: Duration,
+    /// How often while it is off (the heartbeat period).
+    pub idle: Duration,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl<R: Runtime, H: HostProbe> PressureLoop<R, H> {
+    pub async fn run(mut self) {
+        loop {
+            let (thresholds, apps) = {
+                let d = self.desired.borrow();
+                let t = d.as_ref().and_then(|d| d.pressure.clone());
+                let apps: BTreeMap<String, (i32, bool)> = d
+                    .as_ref()
+                    .map(|d| {
+                        d.apps
+                            .iter()
+                            .map(|a| (a.name.clone(), (a.priority, a.critical)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (t, apps)
+            };
+            let mut v = self.host.sample();
+            if v.at == 0 {
+                v.at = unix_now();
+            }
+            self.out.vitals.send_replace(Some(v.clone()));
+            self.tick(thresholds.as_ref(), &apps, &Sample::of(&v)).await;
+            let wait = if thresholds.is_some() {
+                self.every
+            } else {
+                self.idle
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                // New thresholds (or pressure turned off) act at once.
+                r = self.desired.changed() => if r.is_err() { return },
+            }
+        }
+    }
+
+    /// One sample: the level, then the actions it wants.
+    async fn tick(
+        &mut self,
+        thresholds: Option<&Thresholds>,
+        apps: &BTreeMap<String, (i32, bool)>,
+        sample: &Sample,
+    ) {
+        let before = self.record.clone();
+        let m = &mut self.record.machine;
+        match thresholds {
+            Some(t) => {
+                if let Some(tr) = m.observe(t, sample) {
+                    match &tr.reason {
+                        Some(r) => {
+                            tracing::warn!(from = %tr.from, to = %tr.to, reason = %r, "node pressure level changed")
+                        }
+                        None => {
+                            tracing::info!(from = %tr.from, to = %tr.to, "node pressure level changed")
+                        }
+                    }
+                }
+            }
+            None if m.level != Level::Ready => {
+                tracing::info!(from = %m.level, "node pressure turned off; releasing");
+                m.reset(sample.at);
+            }
+            None => {}
+        }
+        if self.record.machine.level != Level::Ready || !self.record.done.is_empty() {
+            let t = thresholds.cloned().unwrap_or_default();
+            self.act(&t, apps, sample.at).await;
+        }
+        if self.record != before
+            && let Err(e) = self.persist.save_pressure(&self.record)
+        {
+            tracing::error!(error = %e, "cannot keep the node pressure record on disk");
+        }
+        let status =
+            (thresholds.is_some() || !self.record.done.is_empty()).then(|| self.record.status());
+        let level_changed = before.machine.level != self.record.machine.level;
+        self.out.status.send_if_modified(|s| {
+            let changed = *s != status;
+            *s = status;
+            changed
+        });
+        self.publish_held();
+        if level_changed {
+            self.out.changed.notify_one();
+        }
+    }
+
+    fn publish_held(&self) {
+        let held: BTreeSet<String> = self.record.held().map(str::to_string).collect();
+        self.out.held.send_if_modified(|h| {
+            let changed = *h != held;
+            *h = held;
+            changed
+        });
+    }
+
+    /// Lists the node's containers and carries out the plan, noting each action done.
+    async fn act(&mut self, t: &Thresholds, apps: &BTreeMap<String, (i32, bool)>, now: u64) {
+        let observed = match self.runtime.list(&self.node).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "node pressure: cannot list containers");
+                return;
+            }
+        };
+        let candidates: Vec<Candidate> = observed
+            .iter()
+            .map(|o| {
+                let (priority, critical) = apps.get(&o.app).copied().unwrap_or((0, false));
+                Candidate {
+                    name: o.name.clone(),
+                    id: o.id.clone(),
+                    priority,
+                    critical,
+                    running: o.state == gustavo_model::plan::RunState::Running,
+                    nano_cpus: o.nano_cpus,
+                }
+            })
+            .collect();
+        for action in pressure::plan(t, &self.record, &candidates, now) {
+            let before = candidates.iter().find(|c| match &action {
+                Action::Limit { name, .. } | Action::Stop { name, .. } => &c.name == name,
+                _ => false,
+            });
+            let done = match &action {
+                Action::Forget { name } => {
+                    tracing::info!(container = %name, "node pressure: container gone or recreated; forgetting what was done to it");
+                    Ok(())
+                }
+                Action::Limit {
+                    name,
+                    id,
+                    nano_cpus,
+                } => {
+                    tracing::info!(container = %name, cpus = *nano_cpus as f64 / 1e9, "node pressure: setting CPU limit");
+                    self.runtime.set_cpus(id, *nano_cpus).await
+                }
+                Action::Stop { name, id } => {
+                    // Held (on disk and for the reconciler) before it stops, so nothing
+                    // starts it again in between.
+                    pressure::apply(&mut self.record, &action, before, now);
+                    if let Err(e) = self.persist.save_pressure(&self.record) {
+                        tracing::error!(error = %e, "cannot keep the node pressure record on disk");
+                    }
+                    self.publish_held();
+                    tracing::warn!(container = %name, "node pressure: stopping container");
+                    match self.runtime.stop(id).await {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            tracing::warn!(container = %name, error = %e, "node pressure: cannot stop container");
+                            continue;
+                        }
+                    }
+                }
+                Action::Start { name, id } => {
+                    tracing::info!(container = %name, "node pressure: starting container it stopped");
+                    self.runtime.start(id).await
+                }
+            };
+            match done {
+                Ok(()) => pressure::apply(&mut self.record, &action, before, now),
+                Err(e) => {
+                    tracing::warn!(action = ?action, error = %e, "node pressure: action failed; retrying next sample")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Issue 11: node pressure on a real node. A CPU-burner container pushes the node to
+//! `pressured` (its containers throttled), thresholds push it on to `tainted` (containers
+//! stopped one per interval, lowest priority first, never a critical one), and release
+//! undoes exactly what was done — across an agent restart and a server restart.
+//!
+//! The CPU step is driven by real load; the later steps by thresholds set through the
+//! group, so the test does not depend on what else loads the machine.
+
+use std::time::Duration;
+
+use crate::util::*;
+
+fn nano_cpus(container: &str) -> i64 {
+    inspect(container, "{{.HostConfig.NanoCpus}}")
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(-1)
+}
+
+fn state(container: &str) -> String {
+    inspect(container, "{{.State.Status}}").unwrap_or_default()
+}
+
+fn pressure(server: &Server, node: &str) -> serde_json::Value {
+    server.json(&["nodes", "get", node])["pressure"].clone()
+}
+
+fn names(v: &serde_json::Value) -> Vec<String> {
+    let mut n: Vec<String> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    n.sort();
+    n
+}
+
+fn set_pressure(server: &Server, group: &str, settings: &str) {
+    server.ok(&["groups", "set-pressure", group, "--settings", settings]);
+}
+
+const SLEEPER: &str = "[\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 3600 & wait\"]";
+
+#[test]
+fn a_burning_node_is_throttled_tainted_and_restored_exactly() {
+    require_docker_and_registry();
+    let mut server = Server::start();
+    let group = unique("prs");
+    let node = unique("prn");
+    let mut agent = Agent::start(&server, &node, &[&group], &[]);
+    let burner =
+        "[\"sh\", \"-c\", \"trap 'exit 0' TERM; yes > /dev/null & yes > /dev/null & wait\"]";
+    for (app, extra) in [
+        (
+            "burn",
+            format!("priority: -5\n  cpus: 1.5\n  command: {burner}"),
+        ),
+        (
+            "web",
+            format!("priority: 5\n  cpus: 1.0\n  command: {SLEEPER}"),
+        ),
+        (
+            "vital",
+            format!("critical: true\n  cpus: 1.0\n  command: {SLEEPER}"),
+        ),
+        ("byhand", format!("restart: \"no\"\n  command: {SLEEPER}")),
+    ] {
+        let f = server.spec(
+            &format!("{app}.yml"),
+            &format!("{app}:\n  docker_image: gustavo-test/busybox:latest\n  {extra}\n"),
+        );
+        server.ok(&[
+            "apps",
+            "create",
+            app,
+            "-f",
+            &f,
+            "-d",
+            &group,
+            "--wait",
+            "--timeout",
+            "90s",
+        ]);
+    }
+    let c = |app: &str| format!("{node}.{app}.1");
+    let (burn, web, vital, byhand) = (c("burn"), c("web"), c("vital"), c("byhand"));
+    // A container stopped by hand before any pressure stays stopped throughout.
+    docker(&["stop", "-t", "1", &byhand]);
+    assert_eq!(state(&byhand), "exited");
+    let before: Vec<i64> = [&burn, &web, &vital, &byhand]
+        .iter()
+        .map(|n| nano_cpus(n))
+        .collect();
+    assert_eq!(before, vec![1_500_000_000, 1_000_000_000, 1_000_000_000, 0]);
+
+    // 1. Real load: the burner takes both cores; CPU over 50 % for two samples.
+    set_pressure(
+        &server,
+        &group,
+        "cpu=50/1,memory=100/100,load=1000/1000,disk=100/100,samples=2,hold-down=1s,stop-interval=4s,throttle-cpus=0.2",
+    );
+    wait_for("the node to be pressured", Duration::from_secs(60), || {
+        pressure(&server, &node)["level"] != "ready" && !pressure(&server, &node)["level"].is_null()
+    });
+    let p = pressure(&server, &node);
+    assert_eq!(p["reason"]["metric"], "cpu", "{p}");
+    assert!(p["reason"]["value"].as_f64().unwrap() > 50.0, "{p}");
+    wait_for("burn and web throttled", Duration::from_secs(30), || {
+        nano_cpus(&burn) == 200_000_000 && nano_cpus(&web) == 200_000_000
+    });
+    assert_eq!(
+        nano_cpus(&vital),
+        1_000_000_000,
+        "a critical app is never throttled"
+    );
+    assert_eq!(nano_cpus(&byhand), 0, "a stopped container is not touched");
+    let listed = server.ok(&["nodes", "list"]);
+    assert!(listed.contains("cpu "), "the list says why: {listed}");
+
+    // 2. Tainted (memory is over 1 % on any machine): stop one per interval, lowest
+    //    priority first, never the critical app.
+    set_pressure(
+        &server,
+        &group,
+        "cpu=50/1,memory=1/0.5,load=1000/1000,disk=100/100,samples=2,hold-down=1s,stop-interval=4s,throttle-cpus=0.2",
+    );
+    wait_for("the burner stopped", Duration::from_secs(60), || {
+        state(&burn) == "exited"
+    });
+    assert_eq!(
+        state(&web),
+        "running",
+        "one container per interval, lowest priority first"
+    );
+    wait_for("web stopped next", Duration::from_secs(30), || {
+        state(&web) == "exited"
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(state(&vital), "running", "a critical app is never stopped");
+    wait_for(
+        "the server to show what was done",
+        Duration::from_secs(20),
+        || {
+            let p = pressure(&server, &node);
+            p["level"] == "tainted" && names(&p["stopped"]) == vec![burn.clone(), web.clone()]
+        },
+    );
+    let vitals = server.ok(&["cache", "vitals", "-h", &node]);
+    assert!(vitals.contains("tainted"), "{vitals}");
+    let shown = server.ok(&["nodes", "get", &node]);
+    assert!(
+        shown.contains("tainted") && shown.contains("memory") && shown.contains(&burn),
+        "{shown}"
+    );
+
+    let events = server.ok(&["events"]);
+    for step in ["ready → pressured", "pressured → tainted"] {
+        assert!(events.contains(step), "no `{step}` event:\n{events}");
+    }
+
+    // 3. Agent and server restart while tainted: the record is on the device's disk.
+    agent.kill();
+    server.restart();
+    agent.restart();
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        state(&burn),
+        "exited",
+        "the reconciler leaves held containers stopped"
+    );
+    assert_eq!(state(&web), "exited");
+    wait_for(
+        "the restarted server to see the record",
+        Duration::from_secs(30),
+        || {
+            let p = pressure(&server, &node);
+            p["level"] == "tainted" && names(&p["stopped"]) == vec![burn.clone(), web.clone()]
+        },
+    );
+
+    // 4. Release, one level at a time: pressured starts what pressure stopped, ready lifts
+    //    the limits to exactly what they were. The hand-stopped container stays stopped.
+    set_pressure(
+        &server,
+        &group,
+        "cpu=100/100,memory=100/100,load=1000/1000,disk=100/100,samples=2,hold-down=1s,stop-interval=4s,throttle-cpus=0.2",
+    );
+    wait_for(
+        "the node to be ready again",
+        Duration::from_secs(60),
+        || {
+            let p = pressure(&server, &node);
+            p["level"] == "ready"
+                && names(&p["stopped"]).is_empty()
+                && names(&p["throttled"]).is_empty()
+        },
+    );
+    wait_for(
+        "burn and web running again",
+        Duration::from_secs(30),
+        || state(&burn) == "running" && state(&web) == "running",
+    );
+    let after: Vec<i64> = [&burn, &web, &vital, &byhand]
+        .iter()
+        .map(|n| nano_cpus(n))
+        .collect();
+    assert_eq!(after, before, "limits back to the spec's values");
+    assert_eq!(
+        state(&byhand),
+        "exited",
+        "only containers pressure stopped are started"
+    );
+
+    // Every transition is an event (the server keeps events in memory: these are the
+    // ones since its restart).
+    let events = server.ok(&["events"]);
+    for step in ["tainted → pressured", "pressured → ready"] {
+        assert!(events.contains(step), "no `{step}` event:\n{events}");
+    }
+}
