@@ -30,13 +30,17 @@ done
 # prometheus: for promtool, which checks the /metrics output (the daemon is not used).
 # openssh-client, debootstrap, systemd: `gustavo hosts install` tests (ssh/ssh-keygen, the
 # Debian test-host image, systemd-analyze verify of the agent's unit).
-# python3-venv: a virtualenv for the real Sinfonia client (sinfonia-tier3 from PyPI).
-PACKAGES=(busybox-static docker-registry curl jq prometheus openssh-client debootstrap systemd python3-venv)
+# python3-venv: virtualenvs for the real Sinfonia client (sinfonia-tier3 from PyPI) and the
+# real Glances 4 and glances-api client.
+# glances, python3-bottle: Debian's real Glances 3.3 (API v3; bottle is only a Recommends).
+PACKAGES=(busybox-static docker-registry curl jq prometheus openssh-client debootstrap systemd python3-venv glances python3-bottle)
 # Crates that must never be linked into Gustavo (no OpenSSL, no aws-lc).
 FORBIDDEN_CRATES=(aws-lc-rs aws-lc-sys openssl-sys)
 
 export GUSTAVO_TEST_REGISTRY=127.0.0.1:5000
 SINFONIA_TIER3_VERSION=0.7.4
+GLANCES_VERSION=4.5.8
+GLANCES_API_VERSION=0.9.0
 
 TIMINGS=()
 CURRENT_PHASE=""
@@ -109,6 +113,21 @@ if ! "$SINFONIA_VENV/bin/sinfonia-tier3" --version 2>/dev/null | grep -q "$SINFO
 fi
 export GUSTAVO_SINFONIA_TIER3="$SINFONIA_VENV/bin/sinfonia-tier3"
 log "sinfonia-tier3: $("$GUSTAVO_SINFONIA_TIER3" --version)"
+
+phase "Glances $GLANCES_VERSION and glances-api $GLANCES_API_VERSION (PyPI)"
+# Real Glances 4 (API v4) beside Debian's Glances 3 (API v3), and Home Assistant's
+# glances-api client, for crates/gustavo/tests/glances; they fail loudly without them.
+GLANCES_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/gustavo-test/glances-venv"
+if ! "$GLANCES_VENV/bin/glances" --version 2>/dev/null | grep -q "$GLANCES_VERSION" \
+    || ! "$GLANCES_VENV/bin/python" -c "import glances_api" 2>/dev/null; then
+    python3 -m venv "$GLANCES_VENV" || die "cannot create a virtualenv at $GLANCES_VENV"
+    "$GLANCES_VENV/bin/pip" install --quiet "glances[web]==$GLANCES_VERSION" "glances-api==$GLANCES_API_VERSION" \
+        || die "pip install glances[web]==$GLANCES_VERSION glances-api==$GLANCES_API_VERSION failed"
+fi
+export GUSTAVO_GLANCES4="$GLANCES_VENV/bin/glances"
+export GUSTAVO_GLANCES_PYTHON="$GLANCES_VENV/bin/python"
+export GUSTAVO_GLANCES3=/usr/bin/glances
+log "glances: $("$GUSTAVO_GLANCES4" --version | head -1 | tr -s '\t' ' '); $("$GUSTAVO_GLANCES3" --version | head -1)"
 
 phase "Test images"
 bash scripts/test-images.sh

@@ -64,6 +64,11 @@ impl DockerRuntime {
         })
     }
 
+    /// The engine client, for the agent's other readers (the Glances API's containers).
+    pub fn docker(&self) -> Docker {
+        self.docker.clone()
+    }
+
     async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
         tracing::info!(image, "pulling image");
         let mut stream = self.docker.create_image(

@@ -19,6 +19,7 @@
 pub mod docker;
 pub mod exec;
 pub mod fleet;
+pub mod glances;
 pub mod http;
 pub mod jobs;
 pub mod metrics;

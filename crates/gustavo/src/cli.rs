@@ -592,6 +592,12 @@ pub struct AgentArgs {
     /// repeat for several. Default: none, so native requests are refused.
     #[arg(long = "samsung-native", value_name = "PROGRAM")]
     pub samsung_native: Vec<String>,
+    /// Serve a Glances-compatible REST API (`/api/4` as Glances 4.5.8, `/api/3` as Glances
+    /// 3.3) on IP or IP:PORT (port 61208 when left out), for FRACTAL, Home Assistant and
+    /// other Glances collectors. No authentication: bind it to loopback or a trusted
+    /// network. Off by default.
+    #[arg(long, env = "GUSTAVO_GLANCES_LISTEN", value_name = "ADDR")]
+    pub glances_listen: Option<String>,
     /// Run commands sent by `gustavo exec` / `gustavo docker` as this agent's user (remote
     /// code execution for the cluster's admins; off by default, refused when off).
     #[arg(long)]

@@ -6,6 +6,7 @@ mod config_files;
 mod connections;
 mod fleetops;
 mod foundation;
+mod glances;
 mod jobs;
 mod metrics;
 mod networks;

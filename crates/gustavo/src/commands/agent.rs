@@ -209,6 +209,27 @@ pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
             },
         ));
     }
+    if let Some(text) = &args.glances_listen {
+        let addr = glances_addr(text)?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Exit(EXIT_USAGE, format!("--glances-listen {addr}: {e}")))?;
+        if let Ok(a) = l.local_addr() {
+            tracing::info!("Glances-compatible API on http://{a}/api/4/ and /api/3/");
+        }
+        let router = gustavo_agent::glances::router(Some(runtime.docker()));
+        let mut stop = stop_rx.clone();
+        tokio::spawn(gustavo_server::serve::serve(
+            l,
+            router,
+            None,
+            gustavo_server::Timeouts::default(),
+            gustavo_server::conns::ConnTable::new(LOCAL_MAX_CONNECTIONS),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+    }
     let result = gustavo_agent::run(
         cfg,
         runtime,
@@ -219,6 +240,23 @@ pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
     stop_tx.send_replace(true);
     result?;
     Ok(())
+}
+
+/// `--glances-listen`: IP:PORT, or an IP alone for Glances' port.
+fn glances_addr(text: &str) -> Result<std::net::SocketAddr> {
+    if let Ok(a) = text.parse() {
+        return Ok(a);
+    }
+    let ip: std::net::IpAddr = text.trim_matches(['[', ']']).parse().map_err(|_| {
+        usage(format!(
+            "--glances-listen `{text}`: expected IP or IP:PORT, e.g. 127.0.0.1:{}",
+            gustavo_agent::glances::DEFAULT_PORT
+        ))
+    })?;
+    Ok(std::net::SocketAddr::new(
+        ip,
+        gustavo_agent::glances::DEFAULT_PORT,
+    ))
 }
 
 /// Connections the agent's local listener holds at most.
