@@ -33,7 +33,8 @@ done
 # python3-venv: virtualenvs for the real Sinfonia client (sinfonia-tier3 from PyPI) and the
 # real Glances 4 and glances-api client.
 # glances, python3-bottle: Debian's real Glances 3.3 (API v3; bottle is only a Recommends).
-PACKAGES=(busybox-static docker-registry curl jq prometheus openssh-client debootstrap systemd python3-venv glances python3-bottle)
+# stunnel4, openssl: a Docker API over TLS with client certificates (watched hosts).
+PACKAGES=(busybox-static docker-registry curl jq prometheus openssh-client debootstrap systemd python3-venv glances python3-bottle stunnel4 openssl)
 # Crates that must never be linked into Gustavo (no OpenSSL, no aws-lc).
 FORBIDDEN_CRATES=(aws-lc-rs aws-lc-sys openssl-sys)
 

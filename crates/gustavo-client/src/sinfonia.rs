@@ -29,6 +29,14 @@ pub struct DeployHints {
 }
 
 impl Client {
+    /// Watches agentless hosts through Glances (`gustavo nodes import`).
+    pub async fn import_watched(
+        &self,
+        req: &gustavo_model::watched::ImportRequest,
+    ) -> Result<gustavo_model::watched::ImportResult, ClientError> {
+        self.call(Method::PUT, "/api/v1/watched", Some(req)).await
+    }
+
     pub async fn list_sites(&self) -> Result<Vec<SiteView>, ClientError> {
         self.call(Method::GET, "/api/v1/sites", Self::NONE).await
     }

@@ -40,6 +40,7 @@ pub mod rollout;
 pub mod schedule;
 pub mod sites;
 pub mod spec;
+pub mod watched;
 pub mod wireguard;
 mod written;
 

@@ -565,6 +565,21 @@ pub struct Status {
 }
 
 impl Status {
+    /// The event of a level change to this status: `pressured → tainted: memory 83.0
+    /// over 80 (2 containers throttled, 1 stopped)`.
+    pub fn event(&self, before: Level) -> String {
+        let why = self
+            .reason
+            .as_ref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        let done = match (self.throttled.len(), self.stopped.len()) {
+            (0, 0) => String::new(),
+            (t, s) => format!(" ({t} containers throttled, {s} stopped)"),
+        };
+        format!("{before} → {}{why}{done}", self.level)
+    }
+
     /// One line for tables: why the node is at its level and what was done, e.g.
     /// `memory 83.0 over 80; throttled 2, stopped 1`; `-` at `ready` with nothing done.
     pub fn summary(&self) -> String {

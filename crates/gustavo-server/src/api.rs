@@ -532,3 +532,20 @@ pub async fn status(
     s.ops.job_runs(&name, runs).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `PUT /api/v1/watched` (admin): watch agentless hosts through Glances.
+pub async fn import_watched(
+    p: Principal,
+    State(s): State<AppState>,
+    JsonBody(req): JsonBody<crate::ops::watched::ImportRequest>,
+) -> Result<Json<crate::ops::watched::ImportResult>, ApiError> {
+    s.ops.import_watched(&p.person()?, req).await.map(Json)
+}
+
+/// `GET /api/v1/watched` (admin).
+pub async fn list_watched(
+    p: Principal,
+    State(s): State<AppState>,
+) -> Result<Json<Vec<gustavo_model::watched::WatchedHost>>, ApiError> {
+    s.ops.list_watched(&p.person()?).map(Json)
+}

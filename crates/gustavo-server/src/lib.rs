@@ -66,6 +66,8 @@ pub enum ServerError {
     Thread(std::io::Error),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Validated server settings.
@@ -90,6 +92,11 @@ pub struct ServerConfig {
     pub sinfonia: ops::deployments::SinfoniaConfig,
     /// Node pressure thresholds for nodes whose groups set none; none: off.
     pub pressure: Option<gustavo_model::pressure::Thresholds>,
+    /// How agentless hosts' Docker APIs are reached.
+    pub watch: controllers::watched::WatchConfig,
+    /// Hosts to watch through Glances from the start (`--watch nodes.yaml`), added or
+    /// updated at start like `gustavo nodes import`.
+    pub watch_hosts: Vec<gustavo_model::watched::WatchedHost>,
 }
 
 /// What every handler shares.
@@ -148,6 +155,8 @@ pub struct Server {
     tls: Option<Arc<rustls::ServerConfig>>,
     timeouts: Timeouts,
     conns: Arc<conns::ConnTable>,
+    watch: controllers::watched::WatchConfig,
+    watch_hosts: Vec<gustavo_model::watched::WatchedHost>,
 }
 
 /// Reads the initial join token, or creates it on first start (and records its hash, so it
@@ -296,6 +305,8 @@ impl Server {
             router: router(state),
             timeouts: config.timeouts,
             conns: conns::ConnTable::new(config.max_connections),
+            watch: config.watch,
+            watch_hosts: config.watch_hosts,
         })
     }
 
@@ -323,6 +334,26 @@ impl Server {
             controllers::callbacks::HttpSender::new(),
         ));
         tokio::spawn(controllers::leases::run(self.ops.clone()));
+        if !self.watch_hosts.is_empty() {
+            let req = ops::watched::ImportRequest {
+                hosts: self.watch_hosts.clone(),
+                pressure: None,
+            };
+            match self
+                .ops
+                .import_watched(&security::bootstrap_admin(), req)
+                .await
+            {
+                Ok(r) => {
+                    tracing::info!(added = ?r.added, updated = ?r.updated, "watching hosts through Glances")
+                }
+                Err(e) => return Err(ServerError::Config(format!("--watch: {e}"))),
+            }
+        }
+        tokio::spawn(controllers::watched::run(
+            self.shared.clone(),
+            self.watch.clone(),
+        ));
         let closing = self.shared.closing.clone();
         let shutdown = async move {
             shutdown.await;

@@ -70,6 +70,8 @@ routes! {
     GET "/api/v1/nodes" => list_nodes, token, "List nodes (?group=&host=)", { 200 => "nodes" };
     POST "/api/v1/nodes/register" => register, token, "Register a node with the join token; returns the node's own token", { 200 => "{node, token, groups}: the credential and the groups the node is in", 401 => "bad token" };
     GET "/api/v1/nodes/{name}" => get_node, token, "Get a node", { 200 => "node" };
+    PUT "/api/v1/watched" => import_watched, token, "Watch agentless hosts through their Glances API (FRACTAL's nodes.yaml as JSON) {hosts: [{name, address, port, orchestrator?, resources?, docker?, scope?}], pressure?} (admin); importing again updates them and keeps what pressure did", { 200 => "{added, updated, revision}", 400 => "invalid", 409 => "a node with an agent has that name" } body "{\"type\": \"object\", \"required\": [\"hosts\"], \"properties\": {\"hosts\": {\"type\": \"array\", \"items\": {\"type\": \"object\"}}, \"pressure\": {\"type\": \"object\"}}}";
+    GET "/api/v1/watched" => list_watched, token, "The agentless hosts watched through Glances, with their API version and pressure records (admin)", { 200 => "hosts" };
     DELETE "/api/v1/nodes/{name}" => delete_node, token, "Remove a node; its token stops working at once", { 200 => "{revision}" };
     GET "/api/v1/nodes/{name}/desired" => desired, token, "The node's desired state; long-polls with ?after=REVISION&wait=SECONDS", { 200 => "desired state", 304 => "no newer revision within the wait" };
     POST "/api/v1/nodes/{name}/heartbeat" => heartbeat, token, "Vitals from the node; the answer {need_status} asks for the status report again", { 200 => "{need_status: bool}" };

@@ -133,6 +133,8 @@ pub struct Cluster {
     pub sites: BTreeMap<String, gustavo_model::sites::Site>,
     /// Per-client deployments on leases (`ops/deployments.rs`).
     pub deployments: BTreeMap<String, gustavo_model::lease::Deployment>,
+    /// Agentless hosts watched through Glances (`ops/watched.rs`), by node name.
+    pub watched: BTreeMap<String, gustavo_model::watched::WatchedHost>,
     /// Pressure thresholds for nodes whose groups set none (server config, not stored).
     pub pressure_default: Option<gustavo_model::pressure::Thresholds>,
 }
@@ -161,6 +163,9 @@ impl Cluster {
         }
         for d in s.deployments {
             c.deployments.insert(d.name.clone(), d);
+        }
+        for h in s.watched {
+            c.watched.insert(h.name.clone(), h);
         }
         c
     }
@@ -218,6 +223,12 @@ impl Cluster {
             }
             Change::DeleteDeployment(name) => {
                 self.deployments.remove(&name);
+            }
+            Change::PutWatched(h) => {
+                self.watched.insert(h.name.clone(), *h);
+            }
+            Change::DeleteWatched(name) => {
+                self.watched.remove(&name);
             }
         }
     }

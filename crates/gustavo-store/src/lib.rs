@@ -98,6 +98,8 @@ pub struct Snapshot {
     pub sites: Vec<gustavo_model::sites::Site>,
     /// Per-client deployments and their leases.
     pub deployments: Vec<gustavo_model::lease::Deployment>,
+    /// Agentless hosts watched through Glances, with their pressure records.
+    pub watched: Vec<gustavo_model::watched::WatchedHost>,
 }
 
 /// One change inside a commit.
@@ -127,6 +129,8 @@ pub enum Change {
     DeleteSite(String),
     PutDeployment(Box<gustavo_model::lease::Deployment>),
     DeleteDeployment(String),
+    PutWatched(Box<gustavo_model::watched::WatchedHost>),
+    DeleteWatched(String),
 }
 
 /// Durable storage. Implementations must make `commit` atomic and durable: after it returns

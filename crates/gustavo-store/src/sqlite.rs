@@ -36,6 +36,7 @@ CREATE INDEX IF NOT EXISTS outbox_next ON outbox (next_at);
 const SCHEMA_SITES: &str = "
 CREATE TABLE IF NOT EXISTS sites (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS deployments (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS watched (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 ";
 
 /// SQLite storage. One connection behind a mutex: the server serialises writes anyway, and
@@ -153,6 +154,12 @@ impl Store for SqliteStore {
             let (name, doc) = row?;
             snap.deployments.push(decode("deployment", name, &doc)?);
         }
+        let mut stmt = conn.prepare("SELECT name, doc FROM watched ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (name, doc) = row?;
+            snap.watched.push(decode("watched host", name, &doc)?);
+        }
         Ok(snap)
     }
 
@@ -257,6 +264,17 @@ impl Store for SqliteStore {
                 }
                 Change::DeleteDeployment(name) => {
                     tx.execute("DELETE FROM deployments WHERE name = ?1", params![name])?;
+                }
+                Change::PutWatched(h) => {
+                    let doc = serde_json::to_string(h).expect("watched hosts always serialize");
+                    tx.execute(
+                        "INSERT INTO watched (name, doc) VALUES (?1, ?2)
+                         ON CONFLICT(name) DO UPDATE SET doc = excluded.doc",
+                        params![h.name, doc],
+                    )?;
+                }
+                Change::DeleteWatched(name) => {
+                    tx.execute("DELETE FROM watched WHERE name = ?1", params![name])?;
                 }
             }
         }

@@ -533,6 +533,15 @@ pub struct ServerArgs {
     /// hold-down=30s,stop-interval=10s,throttle-cpus=0.5` (unnamed ones keep their default).
     #[arg(long, default_value = "on")]
     pub pressure: String,
+    /// Watch the agentless hosts of FRACTAL's nodes.yaml through their Glances API from
+    /// the start (as `gustavo nodes import` does).
+    #[arg(long, value_name = "FILE")]
+    pub watch: Option<PathBuf>,
+    /// Where the client certificate for watched hosts' Docker APIs is: a directory with
+    /// `ca.pem`, `cert.pem` and `key.pem` (Docker's DOCKER_CERT_PATH layout). Without it,
+    /// hosts with `orchestrator: docker` are watched only.
+    #[arg(long, value_name = "DIR")]
+    pub docker_cert_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -863,6 +872,19 @@ pub enum NodesCmd {
     Get {
         /// The device's name.
         name: String,
+    },
+    /// Watch agentless hosts through their Glances API, from FRACTAL's nodes.yaml: they
+    /// show in `cache hosts` and `cache vitals` and get pressure levels; with
+    /// `orchestrator: docker` the server acts on their containers through the Docker API
+    /// over TLS. Nothing is ever placed on them. Importing again updates them.
+    Import {
+        /// FRACTAL's nodes.yaml (`- node: {hostname, IP, port, orchestrator?,
+        /// resources?}`; Gustavo also reads `docker: URL` and `scope: KEY=VALUE`).
+        file: PathBuf,
+        /// Pressure thresholds for these hosts, as `groups set-pressure --settings`
+        /// takes them; default: the server's.
+        #[arg(long, value_name = "SETTINGS")]
+        pressure: Option<String>,
     },
     /// Remove a device: its credential stops working at once.
     Remove {

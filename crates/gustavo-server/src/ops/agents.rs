@@ -255,20 +255,9 @@ impl Ops {
             l.pressure = hb.pressure;
         });
         if let Some((before, p)) = changed {
-            let why = p
-                .reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default();
-            let done = match (p.throttled.len(), p.stopped.len()) {
-                (0, 0) => String::new(),
-                (t, s) => format!(" ({t} containers throttled, {s} stopped)"),
-            };
-            self.shared.events.push(
-                "pressure",
-                format!("node:{name}"),
-                format!("{before} → {}{why}{done}", p.level),
-            );
+            self.shared
+                .events
+                .push("pressure", format!("node:{name}"), p.event(before));
         }
         Ok(HeartbeatReply { need_status })
     }

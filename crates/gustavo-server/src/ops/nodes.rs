@@ -58,6 +58,9 @@ impl Ops {
                         OpError::NotFound(format!("node `{name}` does not exist"))
                     })?;
                     let mut changes = c.touch_groups(&node.groups, rev);
+                    if c.watched.contains_key(&name) {
+                        changes.push(Change::DeleteWatched(name.clone()));
+                    }
                     changes.push(Change::DeleteNode(name));
                     Ok((changes, rev))
                 })

@@ -1,4 +1,4 @@
-//! `gustavo nodes list|get|remove|score|cordon|drain|uncordon`.
+//! `gustavo nodes list|get|import|remove|score|cordon|drain|uncordon`.
 
 use anyhow::Result;
 
@@ -7,8 +7,12 @@ use crate::connect;
 use crate::output::{ago, changed, data, show};
 
 pub async fn run(cli: &Cli, cmd: &NodesCmd) -> Result<()> {
+    if let NodesCmd::Import { file, pressure } = cmd {
+        return import(cli, file, pressure.as_deref()).await;
+    }
     let client = connect::client(cli)?;
     match cmd {
+        NodesCmd::Import { .. } => unreachable!("handled above"),
         NodesCmd::List => {
             let nodes = client.list_nodes(None, None).await?;
             let rows = nodes
@@ -173,6 +177,39 @@ async fn wait_drained(
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
+}
+
+/// `nodes import nodes.yaml`: the whole file is checked before anything is sent.
+async fn import(cli: &Cli, file: &std::path::Path, pressure: Option<&str>) -> Result<()> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let usage = |e: String| crate::Exit(crate::EXIT_USAGE, e);
+    let hosts = gustavo_model::watched::parse_nodes_yaml(&text)
+        .map_err(|e| usage(format!("{}: {e}", file.display())))?;
+    let pressure = pressure
+        .map(gustavo_model::pressure::Thresholds::parse)
+        .transpose()
+        .map_err(|e| usage(format!("--pressure: {e}")))?;
+    let client = connect::client(cli)?;
+    let req = gustavo_model::watched::ImportRequest { hosts, pressure };
+    let r = client.import_watched(&req).await?;
+    match cli.output {
+        Format::Table => {
+            for n in &r.added {
+                changed("node", n, "watched through Glances", Some(r.revision));
+            }
+            for n in &r.updated {
+                changed("node", n, "updated", Some(r.revision));
+            }
+            let same = req.hosts.len() - r.added.len() - r.updated.len();
+            if same > 0 {
+                println!("{same} host(s) unchanged");
+            }
+        }
+        f => data(f, &r),
+    }
+    Ok(())
 }
 
 /// `nodes get` as a person reads it.

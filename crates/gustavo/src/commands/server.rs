@@ -106,6 +106,26 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
                 .map_err(|e| Exit(EXIT_USAGE, format!("--pressure: {e}")))?,
         ),
     };
+    let watch_hosts = match &args.watch {
+        None => Vec::new(),
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| Exit(EXIT_USAGE, format!("--watch {}: {e}", file.display())))?;
+            gustavo_model::watched::parse_nodes_yaml(&text)
+                .map_err(|e| Exit(EXIT_USAGE, format!("--watch {}: {e}", file.display())))?
+        }
+    };
+    if let Some(dir) = &args.docker_cert_path {
+        for f in ["ca.pem", "cert.pem", "key.pem"] {
+            if !dir.join(f).is_file() {
+                return Err(Exit(
+                    EXIT_USAGE,
+                    format!("--docker-cert-path {}: no {f} there", dir.display()),
+                )
+                .into());
+            }
+        }
+    }
     if args.print_config {
         println!("{}", crate::config_file::print("server"));
         return Ok(());
@@ -140,6 +160,10 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
         callback_expiry,
         sinfonia,
         pressure,
+        watch: gustavo_server::controllers::watched::WatchConfig {
+            docker_cert_path: args.docker_cert_path.clone(),
+        },
+        watch_hosts,
     })
     .await?;
     let addr = server.addr;

@@ -294,3 +294,275 @@ fn the_agent_serves_glances_as_real_glances_does() {
         .expect("the agent is among the processes");
     assert_eq!(agent["cmdline"], serde_json::json!(["gustavo"]), "{agent}");
 }
+
+/// A TLS front (stunnel, client certificates required) for the engine's socket: a Docker
+/// API over TLS as `dockerd --tlsverify` serves it, on a free loopback port.
+struct DockerTls {
+    child: Child,
+    port: u16,
+    certs: tempfile::TempDir,
+}
+
+impl DockerTls {
+    fn start() -> DockerTls {
+        let certs = tempfile::tempdir().unwrap();
+        let d = certs.path();
+        let sh = |cmd: &str| {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .current_dir(d)
+                .output()
+                .expect("sh runs");
+            assert!(
+                out.status.success(),
+                "{cmd}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+        sh(&format!(
+            "openssl req -x509 {key} -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem"
+        ));
+        sh(&format!(
+            "openssl req {key} -subj /CN=127.0.0.1 -keyout server.key -out server.csr && \
+             printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > server.ext && \
+             openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile server.ext -out server.pem"
+        ));
+        sh(&format!(
+            "openssl req {key} -subj /CN=gustavo -keyout key.pem -out client.csr && \
+             printf 'extendedKeyUsage=clientAuth\\n' > client.ext && \
+             openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile client.ext -out cert.pem"
+        ));
+        let socket = "/var/run/docker.sock";
+        assert!(std::path::Path::new(socket).exists(), "{socket} is missing");
+        let port = free_ports(1);
+        let dir = d.display().to_string();
+        std::fs::write(
+            d.join("stunnel.conf"),
+            format!(
+                "foreground = yes\npid =\n[docker]\naccept = 127.0.0.1:{port}\nconnect = {socket}\n\
+                 cert = {dir}/server.pem\nkey = {dir}/server.key\nCAfile = {dir}/ca.pem\n\
+                 verifyChain = yes\nrequireCert = yes\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("stunnel4")
+            .arg(d.join("stunnel.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("stunnel4 is installed (apt-get install stunnel4)");
+        let t = DockerTls { child, port, certs };
+        let ping = format!(
+            "curl -sf --cacert {dir}/ca.pem --cert {dir}/cert.pem --key {dir}/key.pem https://127.0.0.1:{port}/_ping"
+        );
+        wait_for("the Docker API over TLS", Duration::from_secs(20), || {
+            Command::new("sh")
+                .arg("-c")
+                .arg(&ping)
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        t
+    }
+}
+
+impl Drop for DockerTls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Containers made for one test, removed at the end.
+struct Containers(Vec<String>);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let mut args = vec!["rm", "-f"];
+        args.extend(self.0.iter().map(String::as_str));
+        docker(&args);
+    }
+}
+
+fn nano_cpus(container: &str) -> i64 {
+    inspect(container, "{{.HostConfig.NanoCpus}}")
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(-1)
+}
+
+fn state(container: &str) -> String {
+    inspect(container, "{{.State.Status}}").unwrap_or_default()
+}
+
+#[test]
+fn agentless_hosts_are_watched_through_glances_and_acted_on_through_docker_tls() {
+    require_docker_and_registry();
+    let real3 = RealGlances::start(3);
+    let real4 = RealGlances::start(4);
+    let tls = DockerTls::start();
+    let mut server =
+        Server::start_with(&["--docker-cert-path", tls.certs.path().to_str().unwrap()]);
+    let scope = unique("wscope");
+    let sleeper = "trap 'exit 0' TERM; sleep 3600 & wait";
+    let name = |s: &str| format!("{scope}-{s}");
+    let (low, high, vital, byhand) = (name("low"), name("high"), name("vital"), name("byhand"));
+    let _cleanup = Containers(vec![
+        low.clone(),
+        high.clone(),
+        vital.clone(),
+        byhand.clone(),
+    ]);
+    for (c, extra) in [
+        (
+            &low,
+            vec!["--label", "gustavo.priority=-1", "--cpus", "1.5"],
+        ),
+        (&high, vec!["--label", "gustavo.priority=3", "--cpus", "1"]),
+        (
+            &vital,
+            vec!["--label", "gustavo.critical=true", "--cpus", "1"],
+        ),
+        (&byhand, vec![]),
+    ] {
+        let label = format!("scope={scope}");
+        let mut args = vec!["run", "-d", "--name", c.as_str(), "--label", &label];
+        args.extend(extra);
+        args.extend(["gustavo-test/busybox:latest", "sh", "-c", sleeper]);
+        docker(&args);
+    }
+    docker(&["stop", "-t", "1", &byhand]);
+    let before: Vec<i64> = [&low, &high, &vital, &byhand]
+        .iter()
+        .map(|c| nano_cpus(c))
+        .collect();
+    assert_eq!(before, vec![1_500_000_000, 1_000_000_000, 1_000_000_000, 0]);
+
+    let (v3, v4) = (unique("gimli"), unique("legolas"));
+    let port = |g: &RealGlances| g.url.rsplit(':').next().unwrap().to_string();
+    let yaml = format!(
+        "- node:\n    hostname: {v3}\n    IP: 127.0.0.1\n    port: {}\n\
+         - node:\n    hostname: {v4}\n    IP: 127.0.0.1\n    port: {}\n    orchestrator: docker\n    docker: tcp://127.0.0.1:{}\n    scope: scope={scope}\n\
+         - custom-orchestrator:\n    hostname: gandalf\n    IP: 192.168.0.53\n    port: 9999\n",
+        port(&real3),
+        port(&real4),
+        tls.port
+    );
+    let file = server.spec("nodes.yaml", &yaml);
+    let import = |server: &Server, settings: &str| {
+        server.ok(&["nodes", "import", &file, "--pressure", settings]);
+    };
+
+    // A bad file is refused whole, naming the problem.
+    let bad = server.spec("bad.yaml", "- node: {hostname: x, IP: 1.2.3.4}\n");
+    let out = server.cli(&["nodes", "import", &bad]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("port"), "{}", stderr(&out));
+
+    // Memory is over 1 % on any machine: pressured, then tainted.
+    import(
+        &server,
+        "memory=1/0.5,samples=1,hold-down=1s,stop-interval=4s,throttle-cpus=0.2",
+    );
+    wait_for(
+        "both hosts seen, v3 and v4 told apart",
+        Duration::from_secs(60),
+        || {
+            let hosts = server.ok(&["cache", "hosts"]);
+            hosts.contains("glances api 3") && hosts.contains("glances api 4")
+        },
+    );
+    let vitals = server.json(&["cache", "vitals"]);
+    for n in [&v3, &v4] {
+        let v = vitals
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["node"] == n.as_str())
+            .unwrap_or_else(|| panic!("{n} not in {vitals}"));
+        assert!(
+            v["vitals"]["memory_total_mb"].as_u64().unwrap() > 0
+                && v["vitals"]["cpus"].as_u64().unwrap() >= 1,
+            "{v}"
+        );
+    }
+    wait_for(
+        "the low-priority container throttled",
+        Duration::from_secs(60),
+        || nano_cpus(&low) == 200_000_000,
+    );
+    wait_for(
+        "the low-priority container stopped first",
+        Duration::from_secs(60),
+        || state(&low) == "exited",
+    );
+    assert_eq!(
+        state(&high),
+        "running",
+        "one per interval, lowest priority first"
+    );
+    wait_for("the next one stopped", Duration::from_secs(60), || {
+        state(&high) == "exited"
+    });
+    assert_eq!(
+        state(&vital),
+        "running",
+        "a critical container is never stopped"
+    );
+    assert_eq!(nano_cpus(&vital), 1_000_000_000, "nor throttled");
+    wait_for("both hosts tainted", Duration::from_secs(30), || {
+        let v = server.ok(&["cache", "vitals"]);
+        v.lines()
+            .filter(|l| (l.contains(&v3) || l.contains(&v4)) && l.contains("tainted"))
+            .count()
+            == 2
+    });
+    // Nothing is ever placed on a watched host: it is in no group.
+    let node = server.json(&["nodes", "get", &v4]);
+    assert_eq!(node["groups"], serde_json::json!([]), "{node}");
+    assert_eq!(node["pressure"]["level"], "tainted", "{node}");
+
+    // A server restart in the middle: the record is stored with the host.
+    server.restart();
+    wait_for(
+        "the record back after the restart",
+        Duration::from_secs(60),
+        || {
+            let p = &server.json(&["nodes", "get", &v4])["pressure"];
+            p["level"] == "tainted" && p["stopped"].as_array().is_some_and(|s| s.len() == 2)
+        },
+    );
+
+    // Release: one level at a time, exactly what was done undone.
+    import(
+        &server,
+        "cpu=100/100,memory=100/100,load=1000/1000,disk=100/100,samples=1,hold-down=1s",
+    );
+    wait_for("the host ready again", Duration::from_secs(90), || {
+        let p = &server.json(&["nodes", "get", &v4])["pressure"];
+        p["level"] == "ready" && p.get("stopped").is_none() && p.get("throttled").is_none()
+    });
+    let after: Vec<i64> = [&low, &high, &vital, &byhand]
+        .iter()
+        .map(|c| nano_cpus(c))
+        .collect();
+    assert_eq!(after, before, "limits back to what they were");
+    assert_eq!(state(&low), "running");
+    assert_eq!(state(&high), "running");
+    assert_eq!(
+        state(&byhand),
+        "exited",
+        "a container stopped by hand stays stopped"
+    );
+    let events = server.ok(&["events"]);
+    assert!(
+        events.contains("tainted → pressured") && events.contains("pressured → ready"),
+        "{events}"
+    );
+
+    // Removing the node stops the watching.
+    server.ok(&["nodes", "remove", &v3]);
+    let hosts = server.ok(&["cache", "hosts"]);
+    assert!(!hosts.contains(&v3), "{hosts}");
+}
