@@ -329,6 +329,8 @@ struct Details {
     exit_code: Option<i64>,
     detail: Option<String>,
     nano_cpus: i64,
+    memory: i64,
+    memory_swap: i64,
 }
 
 /// The most of a container's log or health output kept in a status report.
@@ -364,7 +366,17 @@ impl DockerRuntime {
             started_ms,
             exit_code: st.exit_code,
             detail: None,
-            nano_cpus: c.host_config.and_then(|h| h.nano_cpus).unwrap_or(0),
+            nano_cpus: c
+                .host_config
+                .as_ref()
+                .and_then(|h| h.nano_cpus)
+                .unwrap_or(0),
+            memory: c.host_config.as_ref().and_then(|h| h.memory).unwrap_or(0),
+            memory_swap: c
+                .host_config
+                .as_ref()
+                .and_then(|h| h.memory_swap)
+                .unwrap_or(0),
         };
         let mut probe = o.clone();
         probe.restarts = d.restarts;
@@ -446,6 +458,8 @@ impl Runtime for DockerRuntime {
                 let (health, exit_code) = parse_status(c.status.as_deref().unwrap_or(""));
                 Some(Observed {
                     nano_cpus: 0,
+                    memory: 0,
+                    memory_swap: 0,
                     restarts: 0,
                     started_ms: 0,
                     detail: None,
@@ -477,6 +491,8 @@ impl Runtime for DockerRuntime {
                     }
                     o.detail = d.detail;
                     o.nano_cpus = d.nano_cpus;
+                    o.memory = d.memory;
+                    o.memory_swap = d.memory_swap;
                 }
                 o
             })
@@ -534,6 +550,59 @@ impl Runtime for DockerRuntime {
                 name: id.into(),
                 reason: message(&e),
             }),
+        }
+    }
+
+    async fn set_memory(&self, id: &str, memory: i64, swap: i64) -> Result<(), RuntimeError> {
+        // As for CPUs, 0 reads "unchanged": lifting sets the host's whole memory, with
+        // unlimited swap.
+        let (memory, swap) = if memory > 0 {
+            (memory, swap)
+        } else {
+            match self.docker.info().await {
+                Ok(i) => (i.mem_total.unwrap_or(0), -1),
+                Err(e) => return Err(RuntimeError::Unavailable(message(&e))),
+            }
+        };
+        let body = bollard::models::ContainerUpdateBody {
+            memory: Some(memory),
+            memory_swap: Some(if swap == 0 { -1 } else { swap }),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(id, body)
+            .await
+            .map_err(|e| RuntimeError::Container {
+                name: id.into(),
+                reason: message(&e),
+            })
+    }
+
+    async fn memory_usage(&self, id: &str) -> u64 {
+        let mut stats = self.docker.stats(
+            id,
+            Some(bollard::query_parameters::StatsOptions {
+                stream: false,
+                one_shot: true,
+            }),
+        );
+        match stats.next().await {
+            Some(Ok(s)) => s
+                .memory_stats
+                .map(|m| {
+                    let cache = m
+                        .stats
+                        .as_ref()
+                        .and_then(|s| {
+                            s.get("inactive_file")
+                                .or_else(|| s.get("total_inactive_file"))
+                        })
+                        .copied()
+                        .unwrap_or(0);
+                    m.usage.unwrap_or(0).saturating_sub(cache)
+                })
+                .unwrap_or(0),
+            _ => 0,
         }
     }
 

@@ -176,23 +176,32 @@ impl<R: Runtime, H: HostProbe> PressureLoop<R, H> {
                 return;
             }
         };
-        let candidates: Vec<Candidate> = observed
-            .iter()
-            .map(|o| {
-                let (priority, critical) = apps.get(&o.app).copied().unwrap_or((0, false));
-                Candidate {
-                    name: o.name.clone(),
-                    id: o.id.clone(),
-                    priority,
-                    critical,
-                    running: o.state == gustavo_model::plan::RunState::Running,
-                    nano_cpus: o.nano_cpus,
-                }
-            })
-            .collect();
+        let mut candidates = Vec::new();
+        for o in &observed {
+            let (priority, critical) = apps.get(&o.app).copied().unwrap_or((0, false));
+            let running = o.state == gustavo_model::plan::RunState::Running;
+            let memory_usage = if running && t.throttle_memory > 0.0 {
+                self.runtime.memory_usage(&o.id).await
+            } else {
+                0
+            };
+            candidates.push(Candidate {
+                name: o.name.clone(),
+                id: o.id.clone(),
+                priority,
+                critical,
+                running,
+                nano_cpus: o.nano_cpus,
+                memory: o.memory,
+                memory_swap: o.memory_swap,
+                memory_usage,
+            });
+        }
         for action in pressure::plan(t, &self.record, &candidates, now) {
             let before = candidates.iter().find(|c| match &action {
-                Action::Limit { name, .. } | Action::Stop { name, .. } => &c.name == name,
+                Action::Limit { name, .. }
+                | Action::LimitMemory { name, .. }
+                | Action::Stop { name, .. } => &c.name == name,
                 _ => false,
             });
             let done = match &action {
@@ -207,6 +216,15 @@ impl<R: Runtime, H: HostProbe> PressureLoop<R, H> {
                 } => {
                     tracing::info!(container = %name, cpus = *nano_cpus as f64 / 1e9, "node pressure: setting CPU limit");
                     self.runtime.set_cpus(id, *nano_cpus).await
+                }
+                Action::LimitMemory {
+                    name,
+                    id,
+                    memory,
+                    swap,
+                } => {
+                    tracing::info!(container = %name, memory, swap, "node pressure: setting memory limit");
+                    self.runtime.set_memory(id, *memory, *swap).await
                 }
                 Action::Stop { name, id } => {
                     // Held (on disk and for the reconciler) before it stops, so nothing

@@ -55,6 +55,22 @@ pub trait Runtime: Send + Sync + 'static {
     /// stops containers it will start again.
     fn stop(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
+    /// Sets a container's memory and memory+swap limits in bytes; 0 lifts them (swap -1:
+    /// unlimited).
+    fn set_memory(
+        &self,
+        id: &str,
+        memory: i64,
+        swap: i64,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// The memory a running container uses now, in bytes (without reclaimable page
+    /// cache); 0 when the runtime cannot say.
+    fn memory_usage(&self, id: &str) -> impl Future<Output = u64> + Send {
+        let _ = id;
+        async { 0 }
+    }
+
     /// Sets a running container's CPU limit in nano-CPUs; 0 lifts it.
     fn set_cpus(
         &self,

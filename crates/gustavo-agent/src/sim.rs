@@ -94,6 +94,22 @@ impl Runtime for SimRuntime {
         Ok(())
     }
 
+    async fn set_memory(&self, id: &str, memory: i64, swap: i64) -> Result<(), RuntimeError> {
+        let mut g = self.lock();
+        let c = g
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::Container {
+                name: id.into(),
+                reason: "no such container".into(),
+            })?;
+        c.memory = memory;
+        c.memory_swap = swap;
+        let name = c.name.clone();
+        g.log.push(format!("memory {name} {memory} {swap}"));
+        Ok(())
+    }
+
     async fn set_cpus(&self, id: &str, nano_cpus: i64) -> Result<(), RuntimeError> {
         let mut g = self.lock();
         let c = g
@@ -159,6 +175,8 @@ impl Runtime for SimRuntime {
             id.clone(),
             Observed {
                 nano_cpus: 0,
+                memory: 0,
+                memory_swap: 0,
                 id: id.clone(),
                 name: c.name.clone(),
                 app: c.spec.app.clone(),

@@ -43,6 +43,11 @@ pub struct Observed {
     /// Its CPU limit now, in nano-CPUs (0 = none); node pressure changes it.
     #[serde(default)]
     pub nano_cpus: i64,
+    /// Its memory and memory+swap limits now, in bytes (0 = none).
+    #[serde(default)]
+    pub memory: i64,
+    #[serde(default)]
+    pub memory_swap: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -355,6 +360,8 @@ mod tests {
             created: 0,
             restarts: 0,
             nano_cpus: 0,
+            memory: 0,
+            memory_swap: 0,
             started_ms: 0,
             detail: None,
         }

@@ -87,7 +87,18 @@ pub struct Thresholds {
     pub stop_interval_s: u64,
     /// CPU limit (cores) a throttled container gets, unless its spec asks for less.
     pub throttle_cpus: f64,
+    /// A throttled container's memory limit, as a multiple of what it uses at that moment
+    /// (it keeps what it has and cannot grow much); 0: memory is not limited.
+    #[serde(default = "default_throttle_memory")]
+    pub throttle_memory: f64,
 }
+
+fn default_throttle_memory() -> f64 {
+    1.25
+}
+
+/// The smallest memory limit Docker accepts (6 MiB).
+pub const MIN_MEMORY_LIMIT: i64 = 6 * 1024 * 1024;
 
 impl Default for Thresholds {
     fn default() -> Self {
@@ -112,6 +123,7 @@ impl Default for Thresholds {
             hold_down_s: 30,
             stop_interval_s: 10,
             throttle_cpus: 0.5,
+            throttle_memory: default_throttle_memory(),
         }
     }
 }
@@ -122,7 +134,7 @@ pub enum ThresholdError {
     #[error("pressure setting `{0}`: expected KEY=VALUE")]
     NotKeyValue(String),
     #[error(
-        "unknown pressure setting `{0}` (cpu, memory, load, disk, samples, hold-down, stop-interval, throttle-cpus)"
+        "unknown pressure setting `{0}` (cpu, memory, load, disk, samples, hold-down, stop-interval, throttle-cpus, throttle-memory)"
     )]
     Unknown(String),
     #[error("pressure setting `{key}`: {why}")]
@@ -131,7 +143,7 @@ pub enum ThresholdError {
 
 impl Thresholds {
     /// Parses `cpu=80/65,memory=80/70,load=1.5/1.0,disk=90/85,samples=3,hold-down=30s,
-    /// stop-interval=10s,throttle-cpus=0.5`; every key is optional and starts from the
+    /// stop-interval=10s,throttle-cpus=0.5,throttle-memory=1.25`; every key is optional and starts from the
     /// defaults.
     pub fn parse(text: &str) -> Result<Thresholds, ThresholdError> {
         let mut t = Thresholds::default();
@@ -179,6 +191,17 @@ impl Thresholds {
                 }
                 "hold-down" => t.hold_down_s = secs()?,
                 "stop-interval" => t.stop_interval_s = secs()?,
+                "throttle-memory" => {
+                    t.throttle_memory = value
+                        .parse()
+                        .ok()
+                        .filter(|v: &f64| *v == 0.0 || (v.is_finite() && *v >= 1.0 && *v <= 100.0))
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "`{value}` is not 0 (off) or a factor from 1 to 100"
+                            ))
+                        })?
+                }
                 "throttle-cpus" => {
                     t.throttle_cpus = value
                         .parse()
@@ -195,7 +218,7 @@ impl Thresholds {
     /// The settings written back in the form [`Thresholds::parse`] reads.
     pub fn describe(&self) -> String {
         format!(
-            "cpu={}/{},memory={}/{},load={}/{},disk={}/{},samples={},hold-down={}s,stop-interval={}s,throttle-cpus={}",
+            "cpu={}/{},memory={}/{},load={}/{},disk={}/{},samples={},hold-down={}s,stop-interval={}s,throttle-cpus={},throttle-memory={}",
             self.cpu.high,
             self.cpu.low,
             self.memory.high,
@@ -207,7 +230,8 @@ impl Thresholds {
             self.samples,
             self.hold_down_s,
             self.stop_interval_s,
-            self.throttle_cpus
+            self.throttle_cpus,
+            self.throttle_memory
         )
     }
 }
@@ -374,9 +398,20 @@ pub struct Done {
     /// The CPU limit (nano-CPUs, 0 = none) it had before it was throttled, if throttled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttled_from: Option<i64>,
+    /// The memory limit and memory+swap limit (bytes, 0 = none) it had before its memory
+    /// was limited, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_from: Option<(i64, i64)>,
     /// Stopped by pressure (and so to be started again on release).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped: bool,
+}
+
+impl Done {
+    /// Nothing left to undo.
+    fn is_empty(&self) -> bool {
+        self.throttled_from.is_none() && self.memory_from.is_none() && !self.stopped
+    }
 }
 
 /// What pressure has done on a node, by container name. Kept on disk by the agent and
@@ -411,6 +446,11 @@ pub struct Candidate {
     pub running: bool,
     /// Its current CPU limit in nano-CPUs (0 = none).
     pub nano_cpus: i64,
+    /// Its current memory and memory+swap limits in bytes (0 = none).
+    pub memory: i64,
+    pub memory_swap: i64,
+    /// The memory it uses now, in bytes (0 when unknown: then it is not memory-limited).
+    pub memory_usage: u64,
 }
 
 /// One thing to do to a container.
@@ -421,6 +461,13 @@ pub enum Action {
         name: String,
         id: String,
         nano_cpus: i64,
+    },
+    /// Set the memory and memory+swap limits (bytes; 0 = none, -1 swap = unlimited).
+    LimitMemory {
+        name: String,
+        id: String,
+        memory: i64,
+        swap: i64,
     },
     Stop {
         name: String,
@@ -472,6 +519,14 @@ pub fn plan(t: &Thresholds, record: &Record, containers: &[Candidate], now: u64)
                             nano_cpus: from,
                         });
                     }
+                    if let Some((memory, swap)) = d.memory_from {
+                        actions.push(Action::LimitMemory {
+                            name: c.name.clone(),
+                            id: c.id.clone(),
+                            memory,
+                            swap,
+                        });
+                    }
                 }
             }
         }
@@ -496,6 +551,19 @@ pub fn plan(t: &Thresholds, record: &Record, containers: &[Candidate], now: u64)
                         id: c.id.clone(),
                         nano_cpus: throttle,
                     });
+                }
+                let limited = kept(c).is_some_and(|d| d.memory_from.is_some());
+                if c.running && !limited && t.throttle_memory > 0.0 && c.memory_usage > 0 {
+                    let cap =
+                        ((c.memory_usage as f64 * t.throttle_memory) as i64).max(MIN_MEMORY_LIMIT);
+                    if c.memory == 0 || c.memory > cap {
+                        actions.push(Action::LimitMemory {
+                            name: c.name.clone(),
+                            id: c.id.clone(),
+                            memory: cap,
+                            swap: -1,
+                        });
+                    }
                 }
             }
             if level == Level::Tainted
@@ -527,7 +595,19 @@ pub fn apply(record: &mut Record, action: &Action, before: Option<&Candidate>, n
             } else {
                 d.throttled_from = Some(before.map(|c| c.nano_cpus).unwrap_or(0));
             }
-            if d.throttled_from.is_none() && !d.stopped {
+            if d.is_empty() {
+                record.done.remove(name);
+            }
+        }
+        Action::LimitMemory { name, id, .. } => {
+            let d = record.done.entry(name.clone()).or_default();
+            d.id = id.clone();
+            if d.memory_from.is_some() {
+                d.memory_from = None;
+            } else {
+                d.memory_from = Some(before.map(|c| (c.memory, c.memory_swap)).unwrap_or((0, 0)));
+            }
+            if d.is_empty() {
                 record.done.remove(name);
             }
         }
@@ -540,7 +620,7 @@ pub fn apply(record: &mut Record, action: &Action, before: Option<&Candidate>, n
         Action::Start { name, .. } => {
             if let Some(d) = record.done.get_mut(name) {
                 d.stopped = false;
-                if d.throttled_from.is_none() {
+                if d.is_empty() {
                     record.done.remove(name);
                 }
             }
@@ -614,7 +694,7 @@ impl Record {
             throttled: self
                 .done
                 .iter()
-                .filter(|(_, d)| d.throttled_from.is_some())
+                .filter(|(_, d)| d.throttled_from.is_some() || d.memory_from.is_some())
                 .map(|(n, _)| n.clone())
                 .collect(),
             stopped: self.held().map(str::to_string).collect(),
@@ -716,7 +796,69 @@ mod tests {
             critical,
             running: true,
             nano_cpus: if name == "a" { 2_000_000_000 } else { 0 },
+            memory: 0,
+            memory_swap: 0,
+            memory_usage: 0,
         }
+    }
+
+    #[test]
+    fn memory_is_capped_near_what_it_uses_and_restored_exactly() {
+        let t = t();
+        let mut cs = vec![
+            Candidate {
+                memory: 256 << 20,
+                memory_swap: 512 << 20,
+                memory_usage: 100 << 20,
+                ..c("m", 0, false)
+            },
+            Candidate {
+                memory: 100 << 20,
+                memory_swap: 200 << 20,
+                memory_usage: 90 << 20,
+                ..c("tight", 1, false)
+            },
+        ];
+        let mut r = Record::default();
+        r.machine.level = Level::Pressured;
+        let acts: Vec<Action> = plan(&t, &r, &cs, 1)
+            .into_iter()
+            .filter(|a| matches!(a, Action::LimitMemory { .. }))
+            .collect();
+        // 1.25 × 100 MiB for `m`; `tight` is already under 1.25 × 90 MiB.
+        assert_eq!(
+            acts,
+            vec![Action::LimitMemory {
+                name: "m".into(),
+                id: "id-m".into(),
+                memory: 125 << 20,
+                swap: -1
+            }]
+        );
+        apply(&mut r, &acts[0], Some(&cs[0]), 1);
+        cs[0].memory = 125 << 20;
+        cs[0].memory_swap = -1;
+        r.machine.level = Level::Ready;
+        let back = plan(&t, &r, &cs, 2);
+        assert_eq!(
+            back,
+            vec![Action::LimitMemory {
+                name: "m".into(),
+                id: "id-m".into(),
+                memory: 256 << 20,
+                swap: 512 << 20
+            }]
+        );
+        apply(&mut r, &back[0], None, 2);
+        assert!(r.done.is_empty(), "{r:?}");
+        // Off with throttle-memory=0.
+        let off = Thresholds::parse("throttle-memory=0").unwrap();
+        r.machine.level = Level::Pressured;
+        assert!(
+            plan(&off, &r, &cs, 3)
+                .iter()
+                .all(|a| !matches!(a, Action::LimitMemory { .. }))
+        );
     }
 
     #[test]
@@ -820,6 +962,7 @@ mod tests {
             Done {
                 id: "old".into(),
                 throttled_from: Some(0),
+                memory_from: None,
                 stopped: true,
             },
         );

@@ -530,7 +530,7 @@ pub struct ServerArgs {
     pub anonymous_deploys_per_minute: u32,
     /// Node pressure for nodes whose groups set none: `on` (the defaults), `off`, or
     /// settings such as `cpu=80/65,memory=80/70,load=1.5/1.0,disk=90/85,samples=3,
-    /// hold-down=30s,stop-interval=10s,throttle-cpus=0.5` (unnamed ones keep their default).
+    /// hold-down=30s,stop-interval=10s,throttle-cpus=0.5,throttle-memory=1.25` (unnamed ones keep their default).
     #[arg(long, default_value = "on")]
     pub pressure: String,
     /// Watch the agentless hosts of FRACTAL's nodes.yaml through their Glances API from
@@ -847,7 +847,7 @@ pub enum GroupsCmd {
     },
     /// Set the node pressure thresholds of a group's devices, e.g. `--settings
     /// cpu=80/65,memory=80/70,load=1.5/1.0,disk=90/85,samples=3,hold-down=30s,
-    /// stop-interval=10s,throttle-cpus=0.5` (HIGH/LOW; unnamed ones keep their default).
+    /// stop-interval=10s,throttle-cpus=0.5,throttle-memory=1.25` (HIGH/LOW; unnamed ones keep their default).
     #[command(name = "set-pressure")]
     SetPressure {
         #[command(flatten)]

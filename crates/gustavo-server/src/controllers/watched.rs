@@ -260,13 +260,18 @@ async fn act(d: &Docker, h: &WatchedHost, t: &pressure::Thresholds, record: &mut
             continue;
         }
         let labels = c.labels.unwrap_or_default();
-        let nano_cpus = d
+        let hc = d
             .inspect_container(&id, None)
             .await
             .ok()
             .and_then(|i| i.host_config)
-            .and_then(|hc| hc.nano_cpus)
-            .unwrap_or(0);
+            .unwrap_or_default();
+        let running = c.state.map(|s| s.to_string()).as_deref() == Some("running");
+        let memory_usage = if running && t.throttle_memory > 0.0 {
+            memory_usage(d, &id).await
+        } else {
+            0
+        };
         candidates.push(Candidate {
             name,
             id,
@@ -275,13 +280,18 @@ async fn act(d: &Docker, h: &WatchedHost, t: &pressure::Thresholds, record: &mut
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(0),
             critical: labels.get("gustavo.critical").map(String::as_str) == Some("true"),
-            running: c.state.map(|s| s.to_string()).as_deref() == Some("running"),
-            nano_cpus,
+            running,
+            nano_cpus: hc.nano_cpus.unwrap_or(0),
+            memory: hc.memory.unwrap_or(0),
+            memory_swap: hc.memory_swap.unwrap_or(0),
+            memory_usage,
         });
     }
     for action in pressure::plan(t, record, &candidates, now) {
         let before = candidates.iter().find(|c| match &action {
-            Action::Limit { name, .. } | Action::Stop { name, .. } => &c.name == name,
+            Action::Limit { name, .. }
+            | Action::LimitMemory { name, .. }
+            | Action::Stop { name, .. } => &c.name == name,
             _ => false,
         });
         let done = match &action {
@@ -308,6 +318,31 @@ async fn act(d: &Docker, h: &WatchedHost, t: &pressure::Thresholds, record: &mut
                 )
                 .await
             }
+            Action::LimitMemory {
+                id, memory, swap, ..
+            } => {
+                let (memory, swap) = if *memory > 0 {
+                    (*memory, if *swap == 0 { -1 } else { *swap })
+                } else {
+                    // As for CPUs: lifting a limit sets the host's whole memory.
+                    match d.info().await {
+                        Ok(i) => (i.mem_total.unwrap_or(0), -1),
+                        Err(e) => {
+                            tracing::warn!(host = %h.name, error = %e, "node pressure: cannot read the host's memory");
+                            continue;
+                        }
+                    }
+                };
+                d.update_container(
+                    id,
+                    ContainerUpdateBody {
+                        memory: Some(memory),
+                        memory_swap: Some(swap),
+                        ..Default::default()
+                    },
+                )
+                .await
+            }
             Action::Stop { id, .. } => not_modified_is_done(
                 d.stop_container(
                     id,
@@ -329,6 +364,36 @@ async fn act(d: &Docker, h: &WatchedHost, t: &pressure::Thresholds, record: &mut
                 tracing::warn!(host = %h.name, action = ?action, error = %e, "node pressure: action failed; retrying next poll")
             }
         }
+    }
+}
+
+/// What a running container uses, without reclaimable page cache (0 when unknown).
+async fn memory_usage(d: &Docker, id: &str) -> u64 {
+    use futures::StreamExt;
+    let mut stats = d.stats(
+        id,
+        Some(bollard::query_parameters::StatsOptions {
+            stream: false,
+            one_shot: true,
+        }),
+    );
+    match stats.next().await {
+        Some(Ok(s)) => s
+            .memory_stats
+            .map(|m| {
+                let cache = m
+                    .stats
+                    .as_ref()
+                    .and_then(|s| {
+                        s.get("inactive_file")
+                            .or_else(|| s.get("total_inactive_file"))
+                    })
+                    .copied()
+                    .unwrap_or(0);
+                m.usage.unwrap_or(0).saturating_sub(cache)
+            })
+            .unwrap_or(0),
+        _ => 0,
     }
 }
 

@@ -419,7 +419,17 @@ fn agentless_hosts_are_watched_through_glances_and_acted_on_through_docker_tls()
             &low,
             vec!["--label", "gustavo.priority=-1", "--cpus", "1.5"],
         ),
-        (&high, vec!["--label", "gustavo.priority=3", "--cpus", "1"]),
+        (
+            &high,
+            vec![
+                "--label",
+                "gustavo.priority=3",
+                "--cpus",
+                "1",
+                "--memory",
+                "256m",
+            ],
+        ),
         (
             &vital,
             vec!["--label", "gustavo.critical=true", "--cpus", "1"],
@@ -438,6 +448,8 @@ fn agentless_hosts_are_watched_through_glances_and_acted_on_through_docker_tls()
         .map(|c| nano_cpus(c))
         .collect();
     assert_eq!(before, vec![1_500_000_000, 1_000_000_000, 1_000_000_000, 0]);
+    let memory = |c: &str| inspect(c, "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}}");
+    let high_memory = memory(&high);
 
     let (v3, v4) = (unique("gimli"), unique("legolas"));
     let port = |g: &RealGlances| g.url.rsplit(':').next().unwrap().to_string();
@@ -548,6 +560,7 @@ fn agentless_hosts_are_watched_through_glances_and_acted_on_through_docker_tls()
         .map(|c| nano_cpus(c))
         .collect();
     assert_eq!(after, before, "limits back to what they were");
+    assert_eq!(memory(&high), high_memory, "memory limits too");
     assert_eq!(state(&low), "running");
     assert_eq!(state(&high), "running");
     assert_eq!(

@@ -16,6 +16,17 @@ fn nano_cpus(container: &str) -> i64 {
         .unwrap_or(-1)
 }
 
+/// Memory and memory+swap limits.
+fn memory(container: &str) -> (i64, i64) {
+    let v = inspect(
+        container,
+        "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}}",
+    )
+    .unwrap_or_default();
+    let mut it = v.split_whitespace().map(|x| x.parse().unwrap_or(-2));
+    (it.next().unwrap_or(-2), it.next().unwrap_or(-2))
+}
+
 fn state(container: &str) -> String {
     inspect(container, "{{.State.Status}}").unwrap_or_default()
 }
@@ -59,7 +70,7 @@ fn a_burning_node_is_throttled_tainted_and_restored_exactly() {
         ),
         (
             "web",
-            format!("priority: 5\n  cpus: 1.0\n  command: {SLEEPER}"),
+            format!("priority: 5\n  cpus: 1.0\n  memory: 256m\n  command: {SLEEPER}"),
         ),
         (
             "vital",
@@ -94,6 +105,8 @@ fn a_burning_node_is_throttled_tainted_and_restored_exactly() {
         .map(|n| nano_cpus(n))
         .collect();
     assert_eq!(before, vec![1_500_000_000, 1_000_000_000, 1_000_000_000, 0]);
+    let web_memory = memory(&web);
+    assert_eq!(web_memory.0, 256 << 20);
 
     // 1. Real load: the burner takes both cores; CPU over 50 % for two samples.
     set_pressure(
@@ -207,6 +220,11 @@ fn a_burning_node_is_throttled_tainted_and_restored_exactly() {
         .map(|n| nano_cpus(n))
         .collect();
     assert_eq!(after, before, "limits back to the spec's values");
+    assert_eq!(
+        memory(&web),
+        web_memory,
+        "memory limits back to the spec's values"
+    );
     assert_eq!(
         state(&byhand),
         "exited",
