@@ -578,6 +578,25 @@ impl Runtime for DockerRuntime {
             })
     }
 
+    async fn net_sent(&self, id: &str) -> u64 {
+        let mut stats = self.docker.stats(
+            id,
+            Some(bollard::query_parameters::StatsOptions {
+                stream: false,
+                one_shot: true,
+            }),
+        );
+        match stats.next().await {
+            Some(Ok(s)) => s
+                .networks
+                .unwrap_or_default()
+                .values()
+                .map(|n| n.tx_bytes.unwrap_or(0))
+                .sum(),
+            _ => 0,
+        }
+    }
+
     async fn memory_usage(&self, id: &str) -> u64 {
         let mut stats = self.docker.stats(
             id,

@@ -563,6 +563,7 @@ async fn heartbeat(
         let hb = Heartbeat {
             vitals: vitals.borrow_and_update().clone().unwrap_or_default(),
             pressure: status.borrow().clone(),
+            traffic: out.traffic.borrow().clone(),
         };
         match client.heartbeat(node, &hb).await {
             Ok(true) => need_report.notify_one(),

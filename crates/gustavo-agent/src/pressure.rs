@@ -35,6 +35,9 @@ pub struct Outputs {
     pub held: watch::Sender<BTreeSet<String>>,
     /// Told on every level change, so a heartbeat goes out at once.
     pub changed: Arc<Notify>,
+    /// Bytes sent by each leased app's containers (per-client backends), for heartbeats:
+    /// their growth renews the lease.
+    pub traffic: watch::Sender<BTreeMap<String, u64>>,
 }
 
 impl Outputs {
@@ -46,6 +49,7 @@ impl Outputs {
             status: watch::channel(None).0,
             held: watch::channel(record.held().map(str::to_string).collect()).0,
             changed: Arc::new(Notify::new()),
+            traffic: watch::channel(BTreeMap::new()).0,
         }
     }
 }
@@ -93,6 +97,17 @@ impl<R: Runtime, H: HostProbe> PressureLoop<R, H> {
                 v.at = unix_now();
             }
             self.out.vitals.send_replace(Some(v.clone()));
+            let traffic = measure_traffic(
+                self.runtime.clone(),
+                self.node.clone(),
+                leased_apps(&self.desired),
+            )
+            .await;
+            self.out.traffic.send_if_modified(|t| {
+                let changed = *t != traffic;
+                *t = traffic;
+                changed
+            });
             self.tick(thresholds.as_ref(), &apps, &Sample::of(&v)).await;
             let wait = if thresholds.is_some() {
                 self.every
@@ -256,4 +271,42 @@ impl<R: Runtime, H: HostProbe> PressureLoop<R, H> {
             }
         }
     }
+}
+
+/// The leased apps (per-client backends) of the desired state.
+fn leased_apps(desired: &watch::Receiver<Option<DesiredState>>) -> Vec<String> {
+    desired
+        .borrow()
+        .as_ref()
+        .map(|d| {
+            d.apps
+                .iter()
+                .filter(|a| a.leased)
+                .map(|a| a.name.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sums what the running containers of leased apps have sent (one engine call per
+/// container of a per-client backend; nothing when the node runs none).
+async fn measure_traffic<R: Runtime>(
+    runtime: Arc<R>,
+    node: String,
+    leased: Vec<String>,
+) -> BTreeMap<String, u64> {
+    let mut traffic = BTreeMap::new();
+    if leased.is_empty() {
+        return traffic;
+    }
+    let Ok(observed) = runtime.list(&node).await else {
+        return traffic;
+    };
+    for o in observed
+        .iter()
+        .filter(|o| leased.contains(&o.app) && o.state == gustavo_model::plan::RunState::Running)
+    {
+        *traffic.entry(o.app.clone()).or_insert(0) += runtime.net_sent(&o.id).await;
+    }
+    traffic
 }

@@ -521,6 +521,7 @@ mod tests {
             rolling_restart: spec.rolling_restart,
             priority: 0,
             critical: false,
+            leased: false,
             containers: expand(name, &spec, 0, &node)
                 .into_iter()
                 .map(|c| DesiredContainer {

@@ -71,6 +71,13 @@ pub trait Runtime: Send + Sync + 'static {
         async { 0 }
     }
 
+    /// Bytes a running container has sent on its networks since it started; 0 when the
+    /// runtime cannot say.
+    fn net_sent(&self, id: &str) -> impl Future<Output = u64> + Send {
+        let _ = id;
+        async { 0 }
+    }
+
     /// Sets a running container's CPU limit in nano-CPUs; 0 lifts it.
     fn set_cpus(
         &self,

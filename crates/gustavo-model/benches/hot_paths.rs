@@ -44,6 +44,7 @@ fn desired_json(app: &str, spec: &gustavo_model::AppSpec, node: &NodeFacts) -> V
             rolling_restart: spec.rolling_restart,
             priority: 0,
             critical: false,
+            leased: false,
             containers: expand(app, spec, 0, node)
                 .into_iter()
                 .map(|c| DesiredContainer {

@@ -266,6 +266,10 @@ pub struct DesiredApp {
     pub priority: i32,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub critical: bool,
+    /// A per-client backend on a lease (Sinfonia): the agent reports how many bytes its
+    /// containers have sent, which renews the lease.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leased: bool,
 }
 
 fn is_zero_i32(v: &i32) -> bool {
@@ -374,6 +378,10 @@ pub struct Heartbeat {
     /// The node's pressure level and what it did (absent from agents before pressure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pressure: Option<crate::pressure::Status>,
+    /// Bytes sent so far by the containers of each leased app (per-client backends), by
+    /// app name: growth is activity that renews the app's lease.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub traffic: std::collections::BTreeMap<String, u64>,
 }
 
 /// The answer to a heartbeat: `need_status` asks the agent to send its status report again

@@ -107,6 +107,8 @@ pub struct Live {
     pub has_report: bool,
     /// The node's pressure level and actions, from its heartbeats.
     pub pressure: Option<gustavo_model::pressure::Status>,
+    /// Bytes sent by its leased backends, by app (deployment) name, from its heartbeats.
+    pub traffic: BTreeMap<String, u64>,
 }
 
 /// An app deleted while this server ran: which nodes had it, so `delete --wait` can follow
@@ -417,6 +419,7 @@ impl Cluster {
                     rolling_restart: v.spec.rolling_restart,
                     priority: v.spec.priority,
                     critical: v.spec.critical,
+                    leased: false,
                     containers: specs
                         .into_iter()
                         .map(|spec| DesiredContainer {

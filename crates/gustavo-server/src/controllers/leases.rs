@@ -5,9 +5,15 @@
 //! app or node is gone expires at once. Every transition is committed (so it survives a
 //! restart) and is an event.
 //!
-//! What renews a lease: requests for the same (uuid, key) (`POST /api/v1/deploy/…`).
+//! What renews a lease: requests for the same (uuid, key) (`POST /api/v1/deploy/…`), and
+//! activity — the backend's containers sending bytes, as its node's heartbeats report
+//! (received bytes are not counted: a container on a shared bridge receives other
+//! containers' broadcasts). A lease is renewed by activity at most once a quarter of its
+//! duration, so a busy backend costs a commit every few minutes, not every heartbeat.
 //! Tunnel activity cannot renew it yet — no WireGuard runs on the sites (see
 //! `ops::deployments::NO_TUNNEL`).
+
+use std::collections::HashMap;
 
 use gustavo_model::lease::LeaseState;
 use gustavo_store::Change;
@@ -19,15 +25,87 @@ use crate::ops::deployments::backend_running;
 pub async fn run(ops: Ops) {
     let mut closing = ops.shared.closing.subscribe();
     let tick = ops.sinfonia.config.tick;
+    let mut sent: HashMap<String, u64> = HashMap::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = closing.changed() => return,
         }
+        if let Err(e) = renew_by_activity(&ops, &mut sent).await {
+            tracing::warn!(error = %e, "lease renewal by activity failed; retrying next tick");
+        }
         if let Err(e) = step(&ops).await {
             tracing::warn!(error = %e, "lease step failed; retrying next tick");
         }
     }
+}
+
+/// Renews the leases whose backends sent bytes since the last look (`sent`: what each
+/// deployment's backend had sent then).
+pub async fn renew_by_activity(
+    ops: &Ops,
+    sent: &mut HashMap<String, u64>,
+) -> Result<(), crate::ops::OpError> {
+    let cfg = ops.sinfonia.config.lease;
+    let now = crate::now();
+    let active: Vec<String> = {
+        let c = ops.shared.read();
+        sent.retain(|name, _| c.deployments.contains_key(name));
+        let mut active = Vec::new();
+        for d in c.deployments.values().filter(|d| d.is_live()) {
+            let Some(bytes) = c
+                .live
+                .get(&d.node)
+                .and_then(|l| l.traffic.get(&d.name).copied())
+            else {
+                continue;
+            };
+            let before = sent.insert(d.name.clone(), bytes);
+            let grew = before.is_some_and(|b| bytes > b);
+            let due = now.saturating_sub(d.renewed_at) >= (cfg.duration_s / 4).max(1);
+            if grew && due {
+                active.push(d.name.clone());
+            }
+        }
+        active
+    };
+    if active.is_empty() {
+        return Ok(());
+    }
+    let back = ops
+        .shared
+        .mutate(move |c, revision| {
+            let mut back = Vec::new();
+            let changes = active
+                .iter()
+                .filter_map(|n| c.deployments.get(n))
+                .filter(|d| d.is_live())
+                .map(|d| {
+                    let mut d = d.clone();
+                    let was = d.state;
+                    d.renew(now);
+                    if d.state != was {
+                        back.push(format!(
+                            "{} {} → {} (backend activity)",
+                            d.name,
+                            was.as_str(),
+                            d.state.as_str()
+                        ));
+                    }
+                    d.revision = revision;
+                    Change::PutDeployment(Box::new(d))
+                })
+                .collect();
+            Ok((changes, back))
+        })
+        .await?;
+    for line in back {
+        let name = line.split(' ').next().unwrap_or_default().to_string();
+        ops.shared
+            .events
+            .push("deployment", format!("deployment:{name}"), line);
+    }
+    Ok(())
 }
 
 /// One pass: commits every due transition in one mutation.

@@ -276,6 +276,7 @@ pub(crate) fn desired_instances(
                 containers,
                 priority: 0,
                 critical: false,
+                leased: true,
             })
         })
         .collect()

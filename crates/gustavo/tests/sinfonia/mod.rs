@@ -610,3 +610,74 @@ fn leases_expire_without_renewal_and_live_with_it_across_a_restart() {
     // A new request after expiry starts a new deployment.
     assert_ne!(deploy(&server, &busy), busy_name);
 }
+
+/// Activity renews a lease too: a backend that sends keeps its deployment, an idle one
+/// expires, and the busy one expires once it falls quiet.
+#[test]
+fn backend_activity_renews_a_lease() {
+    require_docker_and_registry();
+    let server = Server::start_with(&["--lease-duration", "6s", "--lease-grace", "4s"]);
+    let group = unique("act");
+    let node = unique("asite");
+    let _agent = Agent::start(&server, &node, &[&group], &[]);
+    import(
+        &server,
+        &format!("name: {node}\nendpoint: http://x.example/api/v1/deploy\n"),
+    );
+    let id = uuid();
+    recipe_app(&server, "chatty", &id, true, "", &group);
+    let rt = rt();
+    let deploy = |key: &str| -> String {
+        rt.block_on(
+            server
+                .client("")
+                .sinfonia_deploy(&id, key, &DeployHints::default()),
+        )
+        .expect("deploy")[0]
+            .deployment_name
+            .clone()
+    };
+    let idle = deploy(&KeyPair::from_secret(rand::random()).public.to_urlsafe());
+    let busy = deploy(&KeyPair::from_secret(rand::random()).public.to_urlsafe());
+    let container = format!("{node}.{busy}.1");
+    wait_for("the busy backend to run", WAIT, || {
+        inspect(&container, "{{.State.Running}}").as_deref() == Some("true")
+    });
+    let gateway = inspect(
+        &container,
+        "{{range .NetworkSettings.Networks}}{{.Gateway}}{{end}}",
+    )
+    .expect("the backend has a network");
+    // The busy backend sends a packet every second; the idle one nothing.
+    let start = std::time::Instant::now();
+    while deployment(&server, &idle).is_some() {
+        assert!(
+            start.elapsed() < WAIT,
+            "the idle lease never expired: {:?}",
+            deployment(&server, &idle)
+        );
+        let _ = std::process::Command::new("docker")
+            .args(["exec", &container, "ping", "-c", "1", "-W", "1", &gateway])
+            .output();
+        assert!(
+            deployment(&server, &busy).is_some(),
+            "activity keeps the busy lease: {}",
+            server.ok(&["events"])
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(
+        start.elapsed() > Duration::from_secs(6),
+        "the idle lease lived its duration"
+    );
+    let d = deployment(&server, &busy).expect("the busy lease is alive");
+    assert_eq!(d["state"], "Deployed", "{d}");
+    assert!(
+        d["renewals"].as_u64().unwrap_or(0) > 0,
+        "renewed by activity: {d}"
+    );
+    // Quiet now: it expires like any other.
+    wait_for("the quiet lease to expire", WAIT, || {
+        deployment(&server, &busy).is_none()
+    });
+}
