@@ -130,6 +130,11 @@ fn read_token_file(path: &Path) -> Result<String> {
 pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
     let cfg = config(cli, args)?;
     listen_addr(args)?;
+    let glances = args
+        .glances_listen
+        .as_deref()
+        .map(glances_addr)
+        .transpose()?;
     if args.print_config {
         println!("{}", crate::config_file::print("agent"));
         return Ok(());
@@ -209,8 +214,7 @@ pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
             },
         ));
     }
-    if let Some(text) = &args.glances_listen {
-        let addr = glances_addr(text)?;
+    if let Some(addr) = glances {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Exit(EXIT_USAGE, format!("--glances-listen {addr}: {e}")))?;

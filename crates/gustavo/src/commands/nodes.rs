@@ -217,7 +217,14 @@ fn print_node(n: &gustavo_model::api::Node) {
     let mut lines = vec![
         ("node", n.name.clone()),
         ("status", n.status.as_str().to_string()),
-        ("groups", n.groups.join(",")),
+        (
+            "groups",
+            if n.groups.is_empty() {
+                "- (none: nothing is placed here)".into()
+            } else {
+                n.groups.join(",")
+            },
+        ),
         ("address", n.address.clone()),
         ("agent", n.agent_version.clone()),
         ("capacity", format!("{} cpu / {} MB", n.cpus, n.memory_mb)),
