@@ -419,6 +419,22 @@ impl DockerRuntime {
     }
 }
 
+/// One reading of a container's stats (no second sample, so no CPU percentage); `None`
+/// when the engine gives none.
+pub(crate) async fn one_shot_stats(
+    docker: &Docker,
+    id: &str,
+) -> Option<bollard::models::ContainerStatsResponse> {
+    let mut stats = docker.stats(
+        id,
+        Some(bollard::query_parameters::StatsOptions {
+            stream: false,
+            one_shot: true,
+        }),
+    );
+    stats.next().await?.ok()
+}
+
 /// Unix milliseconds now.
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -579,50 +595,20 @@ impl Runtime for DockerRuntime {
     }
 
     async fn net_sent(&self, id: &str) -> u64 {
-        let mut stats = self.docker.stats(
-            id,
-            Some(bollard::query_parameters::StatsOptions {
-                stream: false,
-                one_shot: true,
-            }),
-        );
-        match stats.next().await {
-            Some(Ok(s)) => s
-                .networks
-                .unwrap_or_default()
-                .values()
-                .map(|n| n.tx_bytes.unwrap_or(0))
-                .sum(),
-            _ => 0,
-        }
+        one_shot_stats(&self.docker, id)
+            .await
+            .and_then(|s| s.networks)
+            .map_or(0, |n| n.values().map(|n| n.tx_bytes.unwrap_or(0)).sum())
     }
 
     async fn memory_usage(&self, id: &str) -> u64 {
-        let mut stats = self.docker.stats(
-            id,
-            Some(bollard::query_parameters::StatsOptions {
-                stream: false,
-                one_shot: true,
-            }),
-        );
-        match stats.next().await {
-            Some(Ok(s)) => s
-                .memory_stats
-                .map(|m| {
-                    let cache = m
-                        .stats
-                        .as_ref()
-                        .and_then(|s| {
-                            s.get("inactive_file")
-                                .or_else(|| s.get("total_inactive_file"))
-                        })
-                        .copied()
-                        .unwrap_or(0);
-                    m.usage.unwrap_or(0).saturating_sub(cache)
-                })
-                .unwrap_or(0),
-            _ => 0,
-        }
+        one_shot_stats(&self.docker, id)
+            .await
+            .and_then(|s| s.memory_stats)
+            .map_or(0, |m| {
+                let cache = gustavo_model::pressure::inactive_file(m.stats.as_ref());
+                m.usage.unwrap_or(0).saturating_sub(cache)
+            })
     }
 
     async fn set_cpus(&self, id: &str, nano_cpus: i64) -> Result<(), RuntimeError> {

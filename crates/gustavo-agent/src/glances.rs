@@ -17,8 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bollard::Docker;
-use bollard::query_parameters::{ListContainersOptions, StatsOptions};
-use futures::StreamExt;
+use bollard::query_parameters::ListContainersOptions;
 use gustavo_model::compat::glances::{
     self as model, Api, Container, CpuTimes, Disk, FileSystem, Interface, Memory, Process, Route,
     Since, Snapshot,
@@ -478,11 +477,7 @@ async fn read_containers(d: &Docker) -> Result<Vec<Container>, bollard::errors::
             .unwrap_or_else(|| "unknown".into());
         let created = c
             .created
-            .map(|t| {
-                let t = t.max(0) as u64;
-                let (y, mo, da, h, mi, _) = civil(t);
-                format!("{y:04}-{mo:02}-{da:02}T{h:02}:{mi:02}:{:02}Z", t % 60)
-            })
+            .map(|t| gustavo_model::compat::sinfonia::rfc3339(t.max(0) as u64))
             .unwrap_or_default();
         let mut out = Container {
             name: c
@@ -509,14 +504,7 @@ async fn read_containers(d: &Docker) -> Result<Vec<Container>, bollard::errors::
                 .and_then(crate::networks::parse_rfc3339)
                 .map_or(0, |(s, _)| s.max(0) as u64);
         }
-        let mut stats = d.stats(
-            &id,
-            Some(StatsOptions {
-                stream: false,
-                one_shot: true,
-            }),
-        );
-        if let Some(Ok(st)) = stats.next().await {
+        if let Some(st) = crate::docker::one_shot_stats(d, &id).await {
             out.cpu_ns = st
                 .cpu_stats
                 .and_then(|c| c.cpu_usage)
@@ -525,15 +513,7 @@ async fn read_containers(d: &Docker) -> Result<Vec<Container>, bollard::errors::
             if let Some(m) = st.memory_stats {
                 out.memory_usage = m.usage.unwrap_or(0);
                 out.memory_limit = m.limit.unwrap_or(0);
-                out.memory_inactive_file = m
-                    .stats
-                    .as_ref()
-                    .and_then(|s| {
-                        s.get("inactive_file")
-                            .or_else(|| s.get("total_inactive_file"))
-                    })
-                    .copied()
-                    .unwrap_or(0);
+                out.memory_inactive_file = gustavo_model::pressure::inactive_file(m.stats.as_ref());
             }
             for e in st
                 .blkio_stats
@@ -554,9 +534,4 @@ async fn read_containers(d: &Docker) -> Result<Vec<Container>, bollard::errors::
         out
     };
     Ok(futures::future::join_all(list.into_iter().map(read_one)).await)
-}
-
-/// (year, month, day, hour, minute, weekday) of Unix seconds, UTC.
-fn civil(t: u64) -> (i64, u32, u32, u32, u32, u32) {
-    gustavo_model::cron::civil(t)
 }

@@ -195,11 +195,12 @@ impl<R: Runtime, H: HostProbe> PressureLoop<R, H> {
         for o in &observed {
             let (priority, critical) = apps.get(&o.app).copied().unwrap_or((0, false));
             let running = o.state == gustavo_model::plan::RunState::Running;
-            let memory_usage = if running && t.throttle_memory > 0.0 {
-                self.runtime.memory_usage(&o.id).await
-            } else {
-                0
-            };
+            let memory_usage =
+                if running && self.record.needs_memory_usage(t, &o.name, &o.id, critical) {
+                    self.runtime.memory_usage(&o.id).await
+                } else {
+                    0
+                };
             candidates.push(Candidate {
                 name: o.name.clone(),
                 id: o.id.clone(),

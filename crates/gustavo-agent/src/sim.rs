@@ -66,6 +66,29 @@ impl SimRuntime {
             .retain(|w| w.try_send(()).is_ok() || !w.is_closed());
     }
 
+    /// Changes one container in place, logs `what` with its name and tells the watchers.
+    fn change(
+        &self,
+        id: &str,
+        what: &str,
+        f: impl FnOnce(&mut Observed),
+    ) -> Result<(), RuntimeError> {
+        let mut g = self.lock();
+        let c = g
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::Container {
+                name: id.into(),
+                reason: "no such container".into(),
+            })?;
+        f(c);
+        let name = c.name.clone();
+        g.log.push(format!("{what} {name}"));
+        g.watchers
+            .retain(|w| w.try_send(()).is_ok() || !w.is_closed());
+        Ok(())
+    }
+
     pub fn containers(&self) -> Vec<Observed> {
         self.lock().containers.values().cloned().collect()
     }
@@ -77,52 +100,23 @@ impl SimRuntime {
 
 impl Runtime for SimRuntime {
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
-        let mut g = self.lock();
-        let c = g
-            .containers
-            .get_mut(id)
-            .ok_or_else(|| RuntimeError::Container {
-                name: id.into(),
-                reason: "no such container".into(),
-            })?;
-        c.state = RunState::Exited;
-        c.exit_code = 0;
-        let name = c.name.clone();
-        g.log.push(format!("stop {name}"));
-        g.watchers
-            .retain(|w| w.try_send(()).is_ok() || !w.is_closed());
-        Ok(())
+        self.change(id, "stop", |c| {
+            c.state = RunState::Exited;
+            c.exit_code = 0;
+        })
     }
 
     async fn set_memory(&self, id: &str, memory: i64, swap: i64) -> Result<(), RuntimeError> {
-        let mut g = self.lock();
-        let c = g
-            .containers
-            .get_mut(id)
-            .ok_or_else(|| RuntimeError::Container {
-                name: id.into(),
-                reason: "no such container".into(),
-            })?;
-        c.memory = memory;
-        c.memory_swap = swap;
-        let name = c.name.clone();
-        g.log.push(format!("memory {name} {memory} {swap}"));
-        Ok(())
+        self.change(id, &format!("memory {memory} {swap}"), |c| {
+            c.memory = memory;
+            c.memory_swap = swap;
+        })
     }
 
     async fn set_cpus(&self, id: &str, nano_cpus: i64) -> Result<(), RuntimeError> {
-        let mut g = self.lock();
-        let c = g
-            .containers
-            .get_mut(id)
-            .ok_or_else(|| RuntimeError::Container {
-                name: id.into(),
-                reason: "no such container".into(),
-            })?;
-        c.nano_cpus = nano_cpus;
-        let name = c.name.clone();
-        g.log.push(format!("cpus {name} {nano_cpus}"));
-        Ok(())
+        self.change(id, &format!("cpus {nano_cpus}"), |c| {
+            c.nano_cpus = nano_cpus
+        })
     }
 
     async fn list(&self, node: &str) -> Result<Vec<Observed>, RuntimeError> {

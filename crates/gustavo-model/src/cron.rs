@@ -219,7 +219,7 @@ impl Schedule {
 }
 
 /// (year, month 1-12, day 1-31, hour, minute, weekday 0 = Sunday) of Unix seconds, UTC.
-pub fn civil(t: u64) -> (i64, u32, u32, u32, u32, u32) {
+fn civil(t: u64) -> (i64, u32, u32, u32, u32, u32) {
     let days = (t / 86_400) as i64;
     let secs = t % 86_400;
     // Howard Hinnant's days-to-civil algorithm.

@@ -97,6 +97,18 @@ fn default_throttle_memory() -> f64 {
     1.25
 }
 
+/// The page cache the kernel may reclaim, from Docker's memory stats map (`inactive_file`
+/// on cgroup v2, `total_inactive_file` on v1): what `docker stats` leaves out of "usage".
+pub fn inactive_file(stats: Option<&std::collections::HashMap<String, u64>>) -> u64 {
+    stats
+        .and_then(|s| {
+            s.get("inactive_file")
+                .or_else(|| s.get("total_inactive_file"))
+        })
+        .copied()
+        .unwrap_or(0)
+}
+
 /// The smallest memory limit Docker accepts (6 MiB).
 pub const MIN_MEMORY_LIMIT: i64 = 6 * 1024 * 1024;
 
@@ -427,6 +439,19 @@ pub struct Record {
 }
 
 impl Record {
+    /// Whether the planner may cap this running container's memory now, and so needs what
+    /// it uses (an engine call the caller skips otherwise): under pressure, memory capping
+    /// on, not critical, not capped already.
+    pub fn needs_memory_usage(&self, t: &Thresholds, name: &str, id: &str, critical: bool) -> bool {
+        self.machine.level != Level::Ready
+            && t.throttle_memory > 0.0
+            && !critical
+            && !self
+                .done
+                .get(name)
+                .is_some_and(|d| d.id == id && d.memory_from.is_some())
+    }
+
     /// Names of the containers pressure stopped: the reconciler leaves them stopped.
     pub fn held(&self) -> impl Iterator<Item = &str> {
         self.done

@@ -300,8 +300,9 @@ fn human_age(secs: u64) -> String {
 
 /// `YYYY-MM-DD HH:MM:SS` of Unix seconds, UTC.
 fn datetime(t: u64) -> String {
-    let (y, mo, d, h, mi, _) = crate::cron::civil(t);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{:02}", t % 60)
+    super::sinfonia::rfc3339(t)
+        .trim_end_matches('Z')
+        .replace('T', " ")
 }
 
 /// The previous reading of a plugin and the time since it, for deltas.

@@ -46,7 +46,7 @@ pub async fn run(shared: Arc<Shared>, cfg: WatchConfig) {
         }
     };
     let mut closing = shared.closing.subscribe();
-    let mut dockers: HashMap<String, Docker> = HashMap::new();
+    let mut dockers: HashMap<String, Option<Docker>> = HashMap::new();
     loop {
         let hosts: Vec<WatchedHost> = shared.read().watched.values().cloned().collect();
         let polls = hosts.into_iter().map(|h| {
@@ -61,38 +61,35 @@ pub async fn run(shared: Arc<Shared>, cfg: WatchConfig) {
     }
 }
 
-/// The Docker client of a host orchestrated by Docker (made once per host and URL).
+/// The Docker client of a host orchestrated by Docker, made once per host and URL (a
+/// failure too: it is a matter of configuration, said once).
 fn docker_for(
     cfg: &WatchConfig,
     h: &WatchedHost,
-    cache: &mut HashMap<String, Docker>,
+    cache: &mut HashMap<String, Option<Docker>>,
 ) -> Option<Docker> {
     let url = h.docker_url()?;
-    let key = format!("{}|{url}", h.name);
-    if let Some(d) = cache.get(&key) {
-        return Some(d.clone());
-    }
-    let Some(dir) = &cfg.docker_cert_path else {
-        tracing::warn!(host = %h.name, "orchestrator docker, but the server has no --docker-cert-path: watching only");
-        return None;
-    };
-    match Docker::connect_with_ssl(
-        &url,
-        &dir.join("key.pem"),
-        &dir.join("cert.pem"),
-        &dir.join("ca.pem"),
-        30,
-        bollard::API_DEFAULT_VERSION,
-    ) {
-        Ok(d) => {
-            cache.insert(key, d.clone());
-            Some(d)
-        }
-        Err(e) => {
-            tracing::warn!(host = %h.name, url, error = %e, "cannot set up the Docker API client");
-            None
-        }
-    }
+    cache
+        .entry(format!("{}|{url}", h.name))
+        .or_insert_with(|| {
+            let Some(dir) = &cfg.docker_cert_path else {
+                tracing::warn!(host = %h.name, "orchestrator docker, but the server has no --docker-cert-path: watching only");
+                return None;
+            };
+            Docker::connect_with_ssl(
+                &url,
+                &dir.join("key.pem"),
+                &dir.join("cert.pem"),
+                &dir.join("ca.pem"),
+                30,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .inspect_err(|e| {
+                tracing::warn!(host = %h.name, url, error = %e, "cannot set up the Docker API client: watching only");
+            })
+            .ok()
+        })
+        .clone()
 }
 
 async fn get_json(http: &reqwest::Client, url: String) -> Option<Value> {
@@ -267,7 +264,8 @@ async fn act(d: &Docker, h: &WatchedHost, t: &pressure::Thresholds, record: &mut
             .and_then(|i| i.host_config)
             .unwrap_or_default();
         let running = c.state.map(|s| s.to_string()).as_deref() == Some("running");
-        let memory_usage = if running && t.throttle_memory > 0.0 {
+        let critical = labels.get("gustavo.critical").map(String::as_str) == Some("true");
+        let memory_usage = if running && record.needs_memory_usage(t, &name, &id, critical) {
             memory_usage(d, &id).await
         } else {
             0
@@ -279,7 +277,7 @@ async fn act(d: &Docker, h: &WatchedHost, t: &pressure::Thresholds, record: &mut
                 .get("gustavo.priority")
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(0),
-            critical: labels.get("gustavo.critical").map(String::as_str) == Some("true"),
+            critical,
             running,
             nano_cpus: hc.nano_cpus.unwrap_or(0),
             memory: hc.memory.unwrap_or(0),
@@ -370,29 +368,15 @@ async fn act(d: &Docker, h: &WatchedHost, t: &pressure::Thresholds, record: &mut
 /// What a running container uses, without reclaimable page cache (0 when unknown).
 async fn memory_usage(d: &Docker, id: &str) -> u64 {
     use futures::StreamExt;
-    let mut stats = d.stats(
-        id,
-        Some(bollard::query_parameters::StatsOptions {
-            stream: false,
-            one_shot: true,
+    let opts = bollard::query_parameters::StatsOptions {
+        stream: false,
+        one_shot: true,
+    };
+    match d.stats(id, Some(opts)).next().await {
+        Some(Ok(s)) => s.memory_stats.map_or(0, |m| {
+            let cache = gustavo_model::pressure::inactive_file(m.stats.as_ref());
+            m.usage.unwrap_or(0).saturating_sub(cache)
         }),
-    );
-    match stats.next().await {
-        Some(Ok(s)) => s
-            .memory_stats
-            .map(|m| {
-                let cache = m
-                    .stats
-                    .as_ref()
-                    .and_then(|s| {
-                        s.get("inactive_file")
-                            .or_else(|| s.get("total_inactive_file"))
-                    })
-                    .copied()
-                    .unwrap_or(0);
-                m.usage.unwrap_or(0).saturating_sub(cache)
-            })
-            .unwrap_or(0),
         _ => 0,
     }
 }

@@ -166,18 +166,7 @@ pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
         let router = gustavo_agent::http::router(gustavo_agent::http::Local {
             node: cfg.name.clone(),
         });
-        let mut stop = stop_rx.clone();
-        tokio::spawn(gustavo_server::serve::serve(
-            l,
-            router,
-            None,
-            gustavo_server::Timeouts::default(),
-            // A local listener for a few local callers: a small cap bounds its descriptors.
-            gustavo_server::conns::ConnTable::new(LOCAL_MAX_CONNECTIONS),
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-        ));
+        serve_local(l, router, &stop_rx);
     }
     let (client_tx, client_rx) = tokio::sync::watch::channel(None);
     if let Some(text) = &args.samsung_listen {
@@ -202,17 +191,7 @@ pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
             },
             client_rx,
         );
-        let mut stop = stop_rx.clone();
-        tokio::spawn(gustavo_server::serve::serve(
-            l,
-            router,
-            None,
-            gustavo_server::Timeouts::default(),
-            gustavo_server::conns::ConnTable::new(LOCAL_MAX_CONNECTIONS),
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-        ));
+        serve_local(l, router, &stop_rx);
     }
     if let Some(addr) = glances {
         let l = tokio::net::TcpListener::bind(addr)
@@ -222,17 +201,7 @@ pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
             tracing::info!("Glances-compatible API on http://{a}/api/4/ and /api/3/");
         }
         let router = gustavo_agent::glances::router(Some(runtime.docker()));
-        let mut stop = stop_rx.clone();
-        tokio::spawn(gustavo_server::serve::serve(
-            l,
-            router,
-            None,
-            gustavo_server::Timeouts::default(),
-            gustavo_server::conns::ConnTable::new(LOCAL_MAX_CONNECTIONS),
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-        ));
+        serve_local(l, router, &stop_rx);
     }
     let result = gustavo_agent::run(
         cfg,
@@ -244,6 +213,26 @@ pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
     stop_tx.send_replace(true);
     result?;
     Ok(())
+}
+
+/// Serves one of the agent's local APIs until `stop` turns true. A local listener has a few
+/// local callers: a small connection cap bounds its descriptors.
+fn serve_local(
+    l: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) {
+    let mut stop = stop.clone();
+    tokio::spawn(gustavo_server::serve::serve(
+        l,
+        router,
+        None,
+        gustavo_server::Timeouts::default(),
+        gustavo_server::conns::ConnTable::new(LOCAL_MAX_CONNECTIONS),
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    ));
 }
 
 /// `--glances-listen`: IP:PORT, or an IP alone for Glances' port.

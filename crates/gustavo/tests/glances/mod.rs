@@ -386,16 +386,6 @@ impl Drop for Containers {
     }
 }
 
-fn nano_cpus(container: &str) -> i64 {
-    inspect(container, "{{.HostConfig.NanoCpus}}")
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(-1)
-}
-
-fn state(container: &str) -> String {
-    inspect(container, "{{.State.Status}}").unwrap_or_default()
-}
-
 #[test]
 fn agentless_hosts_are_watched_through_glances_and_acted_on_through_docker_tls() {
     require_docker_and_registry();
@@ -448,8 +438,7 @@ fn agentless_hosts_are_watched_through_glances_and_acted_on_through_docker_tls()
         .map(|c| nano_cpus(c))
         .collect();
     assert_eq!(before, vec![1_500_000_000, 1_000_000_000, 1_000_000_000, 0]);
-    let memory = |c: &str| inspect(c, "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}}");
-    let high_memory = memory(&high);
+    let high_memory = memory_limits(&high);
 
     let (v3, v4) = (unique("gimli"), unique("legolas"));
     let port = |g: &RealGlances| g.url.rsplit(':').next().unwrap().to_string();
@@ -560,7 +549,7 @@ fn agentless_hosts_are_watched_through_glances_and_acted_on_through_docker_tls()
         .map(|c| nano_cpus(c))
         .collect();
     assert_eq!(after, before, "limits back to what they were");
-    assert_eq!(memory(&high), high_memory, "memory limits too");
+    assert_eq!(memory_limits(&high), high_memory, "memory limits too");
     assert_eq!(state(&low), "running");
     assert_eq!(state(&high), "running");
     assert_eq!(

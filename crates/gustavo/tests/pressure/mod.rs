@@ -10,27 +10,6 @@ use std::time::Duration;
 
 use crate::util::*;
 
-fn nano_cpus(container: &str) -> i64 {
-    inspect(container, "{{.HostConfig.NanoCpus}}")
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(-1)
-}
-
-/// Memory and memory+swap limits.
-fn memory(container: &str) -> (i64, i64) {
-    let v = inspect(
-        container,
-        "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}}",
-    )
-    .unwrap_or_default();
-    let mut it = v.split_whitespace().map(|x| x.parse().unwrap_or(-2));
-    (it.next().unwrap_or(-2), it.next().unwrap_or(-2))
-}
-
-fn state(container: &str) -> String {
-    inspect(container, "{{.State.Status}}").unwrap_or_default()
-}
-
 fn pressure(server: &Server, node: &str) -> serde_json::Value {
     server.json(&["nodes", "get", node])["pressure"].clone()
 }
@@ -105,7 +84,7 @@ fn a_burning_node_is_throttled_tainted_and_restored_exactly() {
         .map(|n| nano_cpus(n))
         .collect();
     assert_eq!(before, vec![1_500_000_000, 1_000_000_000, 1_000_000_000, 0]);
-    let web_memory = memory(&web);
+    let web_memory = memory_limits(&web);
     assert_eq!(web_memory.0, 256 << 20);
 
     // 1. Real load: the burner takes both cores; CPU over 50 % for two samples.
@@ -222,7 +201,7 @@ fn a_burning_node_is_throttled_tainted_and_restored_exactly() {
         .collect();
     assert_eq!(after, before, "limits back to the spec's values");
     assert_eq!(
-        memory(&web),
+        memory_limits(&web),
         web_memory,
         "memory limits back to the spec's values"
     );

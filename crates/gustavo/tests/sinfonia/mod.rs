@@ -71,6 +71,23 @@ fn recipe_app(server: &Server, app: &str, uuid: &str, public: bool, requires: &s
     server.ok(&["apps", "create", "-n", app, "-f", &f, "-d", group]);
 }
 
+/// An anonymous client deploys recipe `uuid` with `key`: the first deployment's name.
+fn anonymous_deploy(
+    rt: &tokio::runtime::Runtime,
+    server: &Server,
+    uuid: &str,
+    key: &str,
+) -> String {
+    rt.block_on(
+        server
+            .client("")
+            .sinfonia_deploy(uuid, key, &DeployHints::default()),
+    )
+    .expect("deploy")[0]
+        .deployment_name
+        .clone()
+}
+
 fn import(server: &Server, yaml: &str) {
     let f = server.spec(&format!("{}.yaml", unique("cloudlets")), yaml);
     server.ok(&["sites", "import", &f]);
@@ -538,16 +555,7 @@ fn leases_expire_without_renewal_and_live_with_it_across_a_restart() {
     let rt = rt();
     let idle = KeyPair::from_secret(rand::random()).public.to_urlsafe();
     let busy = KeyPair::from_secret(rand::random()).public.to_urlsafe();
-    let deploy = |server: &Server, key: &str| -> String {
-        rt.block_on(
-            server
-                .client("")
-                .sinfonia_deploy(&id, key, &DeployHints::default()),
-        )
-        .expect("deploy")[0]
-            .deployment_name
-            .clone()
-    };
+    let deploy = |server: &Server, key: &str| anonymous_deploy(&rt, server, &id, key);
     let idle_name = deploy(&server, &idle);
     let busy_name = deploy(&server, &busy);
     assert_ne!(idle_name, busy_name);
@@ -627,16 +635,7 @@ fn backend_activity_renews_a_lease() {
     let id = uuid();
     recipe_app(&server, "chatty", &id, true, "", &group);
     let rt = rt();
-    let deploy = |key: &str| -> String {
-        rt.block_on(
-            server
-                .client("")
-                .sinfonia_deploy(&id, key, &DeployHints::default()),
-        )
-        .expect("deploy")[0]
-            .deployment_name
-            .clone()
-    };
+    let deploy = |key: &str| anonymous_deploy(&rt, &server, &id, key);
     let idle = deploy(&KeyPair::from_secret(rand::random()).public.to_urlsafe());
     let busy = deploy(&KeyPair::from_secret(rand::random()).public.to_urlsafe());
     let container = format!("{node}.{busy}.1");

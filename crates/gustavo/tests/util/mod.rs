@@ -120,6 +120,29 @@ pub fn containers_of(node: &str, status: Option<&str>) -> Vec<String> {
     v
 }
 
+/// A container's CPU limit in nano-CPUs, as `docker inspect` shows it (-1: no such container).
+pub fn nano_cpus(container: &str) -> i64 {
+    inspect(container, "{{.HostConfig.NanoCpus}}")
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(-1)
+}
+
+/// A container's memory and memory+swap limits in bytes (-2: unreadable).
+pub fn memory_limits(container: &str) -> (i64, i64) {
+    let v = inspect(
+        container,
+        "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}}",
+    )
+    .unwrap_or_default();
+    let mut it = v.split_whitespace().map(|x| x.parse().unwrap_or(-2));
+    (it.next().unwrap_or(-2), it.next().unwrap_or(-2))
+}
+
+/// A container's state (`running`, `exited`…; empty: no such container).
+pub fn state(container: &str) -> String {
+    inspect(container, "{{.State.Status}}").unwrap_or_default()
+}
+
 /// A plain HTTP GET on loopback, returning the body ("" when nothing answers).
 pub fn http_get(port: u16) -> String {
     let Ok(mut s) = std::net::TcpStream::connect_timeout(
