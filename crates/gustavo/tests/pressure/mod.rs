@@ -93,10 +93,14 @@ fn a_burning_node_is_throttled_tainted_and_restored_exactly() {
         &group,
         "cpu=50/1,memory=100/100,load=1000/1000,disk=100/100,samples=2,hold-down=1s,stop-interval=4s,throttle-cpus=0.2",
     );
+    // One read per try: the level is null until the first report, then `ready`. On a
+    // busy machine the CPU can stay over 50 % after throttling and take the node on to
+    // `tainted` (still for CPU) before this loop looks; both count.
+    let mut p = serde_json::Value::Null;
     wait_for("the node to be pressured", Duration::from_secs(60), || {
-        pressure(&server, &node)["level"] != "ready" && !pressure(&server, &node)["level"].is_null()
+        p = pressure(&server, &node);
+        p["level"] == "pressured" || p["level"] == "tainted"
     });
-    let p = pressure(&server, &node);
     assert_eq!(p["reason"]["metric"], "cpu", "{p}");
     assert!(p["reason"]["value"].as_f64().unwrap() > 50.0, "{p}");
     wait_for("burn and web throttled", Duration::from_secs(30), || {
