@@ -157,6 +157,11 @@ impl Fleet {
                         ..ReconcileConfig::default()
                     },
                     allow_exec: false,
+                    // Simulated devices have no host network to put an interface on.
+                    wireguard: crate::wireguard::WireguardConfig {
+                        enabled: false,
+                        ..Default::default()
+                    },
                 };
                 let http = HttpParts {
                     pool: Some(pools[i / per].clone()),

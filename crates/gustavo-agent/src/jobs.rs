@@ -423,6 +423,7 @@ mod tests {
             jobs,
             exec: Vec::new(),
             pressure: None,
+            tunnel: None,
         }));
         let (runs_tx, runs) = watch::channel(Vec::new());
         let runner = JobRunner::new(rt.clone(), "n".into(), persist.clone(), rx, runs_tx);

@@ -32,6 +32,7 @@ pub mod samsung;
 pub mod sim;
 pub mod trust;
 pub mod vitals;
+pub mod wireguard;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -92,6 +93,8 @@ pub struct AgentConfig {
     pub reconcile: ReconcileConfig,
     /// Run commands sent by `gustavo exec` / `gustavo docker` (off: they are refused).
     pub allow_exec: bool,
+    /// The site's WireGuard interface for Sinfonia clients.
+    pub wireguard: wireguard::WireguardConfig,
 }
 
 /// A random fraction in [0, 1): spreads agents that start together (a fleet after a server
@@ -354,6 +357,34 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
         idle: cfg.heartbeat,
     };
     let pressure_task = tokio::spawn(pressure_loop.run());
+    let wg = &cfg.wireguard;
+    let tunnel_task = if wg.enabled {
+        tokio::spawn(
+            wireguard::TunnelLoop {
+                host: wireguard::WgTools {
+                    interface: wg.interface.clone(),
+                    port: wg.port,
+                },
+                desired: desired_tx.subscribe(),
+                out: outputs.clone(),
+                every: wireguard::CHECK_EVERY,
+            }
+            .run(),
+        )
+    } else {
+        tokio::spawn(
+            wireguard::TunnelLoop {
+                host: wireguard::Disabled {
+                    interface: wg.interface.clone(),
+                },
+                desired: desired_tx.subscribe(),
+                out: outputs.clone(),
+                // Nothing to read back: it answers changes of the desired state only.
+                every: Duration::from_secs(24 * 3600),
+            }
+            .run(),
+        )
+    };
 
     let work = async {
         // Registration may wait for the server; the cached desired state is already being
@@ -388,6 +419,7 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
     reconcile.abort();
     job_runner.abort();
     pressure_task.abort();
+    tunnel_task.abort();
     result
 }
 
@@ -564,6 +596,7 @@ async fn heartbeat(
             vitals: vitals.borrow_and_update().clone().unwrap_or_default(),
             pressure: status.borrow().clone(),
             traffic: out.traffic.borrow().clone(),
+            tunnel: out.tunnel.borrow().clone(),
         };
         match client.heartbeat(node, &hb).await {
             Ok(true) => need_report.notify_one(),

@@ -38,6 +38,8 @@ pub struct Outputs {
     /// Bytes sent by each leased app's containers (per-client backends), for heartbeats:
     /// their growth renews the lease.
     pub traffic: watch::Sender<BTreeMap<String, u64>>,
+    /// The site's WireGuard interface, when the node runs one (`wireguard`).
+    pub tunnel: watch::Sender<Option<gustavo_model::wireguard::TunnelStatus>>,
 }
 
 impl Outputs {
@@ -50,6 +52,7 @@ impl Outputs {
             held: watch::channel(record.held().map(str::to_string).collect()).0,
             changed: Arc::new(Notify::new()),
             traffic: watch::channel(BTreeMap::new()).0,
+            tunnel: watch::channel(None).0,
         }
     }
 }

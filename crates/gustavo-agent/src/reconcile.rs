@@ -541,6 +541,7 @@ mod tests {
             jobs: Vec::new(),
             exec: Vec::new(),
             pressure: None,
+            tunnel: None,
         })
     }
 

@@ -57,6 +57,7 @@ fn desired_json(app: &str, spec: &gustavo_model::AppSpec, node: &NodeFacts) -> V
         jobs: Vec::new(),
         exec: Vec::new(),
         pressure: None,
+        tunnel: None,
     };
     serde_json::to_vec(&state).expect("serializes")
 }

@@ -252,6 +252,10 @@ pub struct DesiredState {
     /// The node's pressure thresholds (its groups' or the server's); none: pressure is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pressure: Option<crate::pressure::Thresholds>,
+    /// The WireGuard interface this node runs for a site's clients (Sinfonia deployments
+    /// placed here); none: the node runs none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<crate::wireguard::DesiredTunnel>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -382,6 +386,9 @@ pub struct Heartbeat {
     /// app name: growth is activity that renews the app's lease.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub traffic: std::collections::BTreeMap<String, u64>,
+    /// The node's WireGuard interface for a site's clients, when it was asked to run one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<crate::wireguard::TunnelStatus>,
 }
 
 /// The answer to a heartbeat: `need_status` asks the agent to send its status report again

@@ -21,6 +21,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde::{Deserialize, Serialize};
 
 use crate::sites::{Cidr, GeoPoint};
+use crate::wireguard::TunnelStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LeaseState {
@@ -65,6 +66,61 @@ impl Default for LeaseConfig {
 pub struct Tunnel {
     pub set_up: bool,
     pub reason: String,
+    /// Unix seconds of the client's last WireGuard handshake with the site (0: none yet).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub latest_handshake: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl Tunnel {
+    /// The state of `d`'s tunnel from what its node last reported (`None`: no report of a
+    /// tunnel since the server started).
+    pub fn from_status(d: &Deployment, status: Option<&TunnelStatus>) -> Tunnel {
+        let down = |why: String| Tunnel {
+            set_up: false,
+            reason: format!("the tunnel is not set up: {why}"),
+            latest_handshake: 0,
+        };
+        let Some(t) = status else {
+            return down(format!(
+                "node {} has not reported a WireGuard interface yet",
+                d.node
+            ));
+        };
+        if let Some(e) = &t.error {
+            return down(format!("on node {}: {e}", d.node));
+        }
+        if t.site != d.site {
+            return down(format!(
+                "node {} runs the tunnel of site {} (one site's tunnel per node)",
+                d.node, t.site
+            ));
+        }
+        match t.peer(&d.key) {
+            None => down(format!(
+                "node {} has not added this client to {} yet",
+                d.node, t.interface
+            )),
+            Some(p) => Tunnel {
+                set_up: true,
+                reason: if p.latest_handshake == 0 {
+                    format!(
+                        "peer added on {} of node {}; no handshake from the client yet",
+                        t.interface, d.node
+                    )
+                } else {
+                    format!(
+                        "client connected through {} of node {}",
+                        t.interface, d.node
+                    )
+                },
+                latest_handshake: p.latest_handshake,
+            },
+        }
+    }
 }
 
 /// One client's deployment, as stored.
@@ -152,12 +208,19 @@ impl Deployment {
     }
 }
 
-/// The lowest free host address of `pool` not in `used` (IPv4 pools only). The lowest, not
-/// a random one (Sinfonia samples 32 at random and can give up on a busy pool): a free
-/// address is always found while one exists, and allocation is reproducible.
+/// The site's own side of every tunnel: the pool's first host address. Never given to a
+/// client; a client reaches its backend's ports at this address through the tunnel.
+pub fn site_address(pool: &Cidr) -> Option<Ipv4Addr> {
+    pool.v4_hosts().map(|(first, _)| Ipv4Addr::from(first))
+}
+
+/// The lowest free host address of `pool` not in `used` (IPv4 pools only), after the
+/// site's own ([`site_address`]). The lowest, not a random one (Sinfonia samples 32 at
+/// random and can give up on a busy pool): a free address is always found while one
+/// exists, and allocation is reproducible.
 pub fn allocate(pool: &Cidr, used: &BTreeSet<IpAddr>) -> Option<IpAddr> {
     let (first, last) = pool.v4_hosts()?;
-    (first..=last)
+    (first.checked_add(1)?..=last)
         .map(|a| IpAddr::V4(Ipv4Addr::from(a)))
         .find(|a| !used.contains(a))
 }
@@ -258,6 +321,7 @@ mod tests {
             tunnel: Tunnel {
                 set_up: false,
                 reason: String::new(),
+                latest_handshake: 0,
             },
             revision: 1,
             slot: 0,
@@ -339,16 +403,58 @@ mod tests {
     }
 
     #[test]
+    fn tunnel_state_follows_the_node_report() {
+        use crate::wireguard::PeerStatus;
+        let d = dep(100);
+        let t = Tunnel::from_status(&d, None);
+        assert!(!t.set_up && t.reason.contains("has not reported"), "{t:?}");
+        let mut st = TunnelStatus {
+            site: "s".into(),
+            interface: "gw0".into(),
+            listen_port: 51820,
+            ..TunnelStatus::default()
+        };
+        assert!(
+            Tunnel::from_status(&d, Some(&st))
+                .reason
+                .contains("not added")
+        );
+        st.peers.push(PeerStatus {
+            public_key: "k".into(),
+            ..PeerStatus::default()
+        });
+        let t = Tunnel::from_status(&d, Some(&st));
+        assert!(t.set_up && t.reason.contains("no handshake"), "{t:?}");
+        st.peers[0].latest_handshake = 150;
+        let t = Tunnel::from_status(&d, Some(&st));
+        assert!(t.set_up && t.latest_handshake == 150, "{t:?}");
+        st.error = Some("no WireGuard here".into());
+        let t = Tunnel::from_status(&d, Some(&st));
+        assert!(!t.set_up && t.reason.contains("no WireGuard here"), "{t:?}");
+        st.error = None;
+        st.site = "other".into();
+        assert!(
+            Tunnel::from_status(&d, Some(&st))
+                .reason
+                .contains("site other")
+        );
+    }
+
+    #[test]
     fn allocation_never_collides() {
-        let pool = Cidr::parse("10.5.0.0/30").unwrap();
-        let mut used = BTreeSet::new();
+        let pool = Cidr::parse("10.5.0.0/29").unwrap();
+        assert_eq!(site_address(&pool).unwrap().to_string(), "10.5.0.1");
+        let mut used: BTreeSet<IpAddr> = ["10.5.0.4", "10.5.0.5", "10.5.0.6"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
         let a = allocate(&pool, &used).unwrap();
         used.insert(a);
         let b = allocate(&pool, &used).unwrap();
         used.insert(b);
         assert_eq!(
             (a.to_string(), b.to_string()),
-            ("10.5.0.1".into(), "10.5.0.2".into())
+            ("10.5.0.2".into(), "10.5.0.3".into())
         );
         assert_eq!(allocate(&pool, &used), None);
         used.remove(&a);

@@ -103,6 +103,119 @@ impl std::fmt::Debug for KeyPair {
     }
 }
 
+/// The WireGuard interface a site's node runs for its clients (part of the node's desired
+/// state): the site's key pair, the site's address in the client pool, one peer per live
+/// deployment of that site on the node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DesiredTunnel {
+    pub site: String,
+    /// The site's private key (standard base64). Travels only to the site's own nodes,
+    /// over their authenticated channel.
+    pub private_key: String,
+    /// The site's side of the tunnel, `10.5.0.1/16`: the pool's first host, never given to
+    /// a client.
+    pub address: String,
+    pub peers: Vec<TunnelPeer>,
+}
+
+/// One client of a site's tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TunnelPeer {
+    /// The deployment it belongs to.
+    pub deployment: String,
+    /// The client's public key (standard base64).
+    pub public_key: String,
+    /// The client's tunnel address, `10.5.0.7/32`.
+    pub allowed_ip: String,
+}
+
+/// What a node reports of its tunnel (in heartbeats).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TunnelStatus {
+    /// The site whose tunnel the node runs (empty: none asked for).
+    #[serde(default)]
+    pub site: String,
+    #[serde(default)]
+    pub interface: String,
+    /// The UDP port the interface listens on (clients' `Endpoint`).
+    #[serde(default)]
+    pub listen_port: u16,
+    /// Kernel module, or `wireguard-go` through /dev/net/tun.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub implementation: String,
+    /// Why the tunnel is not up (none: it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One peer as `wg show IF dump` lists it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerStatus {
+    pub public_key: String,
+    /// Unix seconds of the last handshake (0: never).
+    #[serde(default)]
+    pub latest_handshake: u64,
+    #[serde(default)]
+    pub rx_bytes: u64,
+    #[serde(default)]
+    pub tx_bytes: u64,
+}
+
+impl TunnelStatus {
+    pub fn peer(&self, public_key: &str) -> Option<&PeerStatus> {
+        self.peers.iter().find(|p| p.public_key == public_key)
+    }
+}
+
+/// The interface's configuration in wg(8)'s format, for `wg syncconf` (which adds, changes
+/// and removes peers to match it and leaves live sessions of unchanged peers alone).
+pub fn sync_config(t: &DesiredTunnel, listen_port: u16) -> String {
+    let mut out = format!(
+        "[Interface]\nPrivateKey = {}\nListenPort = {listen_port}\n",
+        t.private_key
+    );
+    for p in &t.peers {
+        out.push_str(&format!(
+            "\n[Peer]\nPublicKey = {}\nAllowedIPs = {}\n",
+            p.public_key, p.allowed_ip
+        ));
+    }
+    out
+}
+
+/// Reads `wg show IF dump`: a line for the interface (private key, public key, port,
+/// fwmark), then one per peer (public key, preshared key, endpoint, allowed IPs, latest
+/// handshake, bytes received, bytes sent, keepalive), tab-separated.
+pub fn parse_dump(text: &str) -> Result<(u16, Vec<PeerStatus>), String> {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let head = lines.next().ok_or("`wg show dump` printed nothing")?;
+    let fields: Vec<&str> = head.split('\t').collect();
+    let port = fields
+        .get(2)
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("`wg show dump`: no listen port in {head:?}"))?;
+    let mut peers = Vec::new();
+    for l in lines {
+        let f: Vec<&str> = l.split('\t').collect();
+        if f.len() < 7 {
+            return Err(format!(
+                "`wg show dump`: a peer line with {} fields",
+                f.len()
+            ));
+        }
+        let num = |i: usize| f[i].parse::<u64>().unwrap_or(0);
+        peers.push(PeerStatus {
+            public_key: f[0].to_string(),
+            latest_handshake: num(4),
+            rx_bytes: num(5),
+            tx_bytes: num(6),
+        });
+    }
+    Ok((port, peers))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +245,37 @@ mod tests {
         assert_eq!(PublicKey::parse(&std).unwrap(), k);
         assert_eq!(PublicKey::parse(&url).unwrap(), k);
         assert_eq!(PublicKey::parse(std.trim_end_matches('=')).unwrap(), k);
+    }
+
+    #[test]
+    fn config_and_dump_round_trip() {
+        let t = DesiredTunnel {
+            site: "s".into(),
+            private_key: "cHJpdmF0ZQ==".into(),
+            address: "10.5.0.1/16".into(),
+            peers: vec![TunnelPeer {
+                deployment: "d".into(),
+                public_key: "cGVlcg==".into(),
+                allowed_ip: "10.5.0.2/32".into(),
+            }],
+        };
+        let c = sync_config(&t, 51820);
+        assert!(c.starts_with("[Interface]\nPrivateKey = cHJpdmF0ZQ==\nListenPort = 51820\n"));
+        assert!(c.contains("[Peer]\nPublicKey = cGVlcg==\nAllowedIPs = 10.5.0.2/32\n"));
+        let dump = "priv\tpub\t51820\toff\ncGVlcg==\t(none)\t10.0.0.2:40000\t10.5.0.2/32\t1700000000\t1234\t5678\t30\n";
+        let (port, peers) = parse_dump(dump).unwrap();
+        assert_eq!(port, 51820);
+        assert_eq!(
+            peers,
+            vec![PeerStatus {
+                public_key: "cGVlcg==".into(),
+                latest_handshake: 1_700_000_000,
+                rx_bytes: 1234,
+                tx_bytes: 5678,
+            }]
+        );
+        assert!(parse_dump("").is_err());
+        assert!(parse_dump("a\tb\t1\toff\nshort\tline\n").is_err());
     }
 
     #[test]

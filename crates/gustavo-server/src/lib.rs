@@ -244,6 +244,7 @@ impl Server {
                 pressure: config.pressure.clone(),
             },
         )?;
+        shared.write().tunnel_pool = Some(config.sinfonia.client_network);
         let _ = shared.outbox.set(outbox);
         shared.callback_expiry.store(
             config.callback_expiry.as_secs().max(1),

@@ -109,6 +109,8 @@ pub struct Live {
     pub pressure: Option<gustavo_model::pressure::Status>,
     /// Bytes sent by its leased backends, by app (deployment) name, from its heartbeats.
     pub traffic: BTreeMap<String, u64>,
+    /// Its WireGuard interface for a site's clients, from its heartbeats.
+    pub tunnel: Option<gustavo_model::wireguard::TunnelStatus>,
 }
 
 /// An app deleted while this server ran: which nodes had it, so `delete --wait` can follow
@@ -139,6 +141,8 @@ pub struct Cluster {
     pub watched: BTreeMap<String, gustavo_model::watched::WatchedHost>,
     /// Pressure thresholds for nodes whose groups set none (server config, not stored).
     pub pressure_default: Option<gustavo_model::pressure::Thresholds>,
+    /// The client tunnel pool (server config, not stored); none: nodes run no tunnels.
+    pub tunnel_pool: Option<gustavo_model::sites::Cidr>,
 }
 
 impl Cluster {
@@ -447,6 +451,7 @@ impl Cluster {
             jobs,
             exec: Vec::new(),
             pressure: self.pressure_for(node),
+            tunnel: crate::ops::deployments::desired_tunnel(self, &node.name),
         }
     }
 

@@ -611,6 +611,17 @@ pub struct AgentArgs {
     /// code execution for the cluster's admins; off by default, refused when off).
     #[arg(long)]
     pub allow_exec: bool,
+    /// Run the site's WireGuard interface for Sinfonia clients when deployments are placed
+    /// here: `auto` (the kernel's WireGuard, else wireguard-go through /dev/net/tun; needs
+    /// root or CAP_NET_ADMIN) or `off` (deployments here say their tunnel is not set up).
+    #[arg(long, env = "GUSTAVO_WIREGUARD", default_value = "auto", value_parser = ["auto", "off"])]
+    pub wireguard: String,
+    /// The name of that interface (at most 15 characters).
+    #[arg(long, default_value = "gustavo-wg", value_name = "NAME")]
+    pub wireguard_interface: String,
+    /// The UDP port that interface listens on (clients' Endpoint).
+    #[arg(long, default_value_t = 51820, value_name = "PORT")]
+    pub wireguard_port: u16,
 }
 
 #[derive(Debug, Args)]

@@ -346,6 +346,7 @@ accepted_clients:
             tunnel: crate::lease::Tunnel {
                 set_up: false,
                 reason: "x".into(),
+                latest_handshake: 0,
             },
             revision: 1,
             slot: 0,

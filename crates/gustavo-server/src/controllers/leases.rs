@@ -10,8 +10,9 @@
 //! (received bytes are not counted: a container on a shared bridge receives other
 //! containers' broadcasts). A lease is renewed by activity at most once a quarter of its
 //! duration, so a busy backend costs a commit every few minutes, not every heartbeat.
-//! Tunnel activity cannot renew it yet — no WireGuard runs on the sites (see
-//! `ops::deployments::NO_TUNNEL`).
+//! Where the site's node runs the client's WireGuard peer, what the peer received (the
+//! client's traffic and its 30 s keepalives) and its handshakes count as activity too: a
+//! client with its tunnel up keeps its deployment.
 
 use std::collections::HashMap;
 
@@ -40,8 +41,8 @@ pub async fn run(ops: Ops) {
     }
 }
 
-/// Renews the leases whose backends sent bytes since the last look (`sent`: what each
-/// deployment's backend had sent then).
+/// Renews the leases whose backends sent bytes, or whose clients' tunnels carried
+/// anything, since the last look (`sent`: each deployment's counters then).
 pub async fn renew_by_activity(
     ops: &Ops,
     sent: &mut HashMap<String, u64>,
@@ -50,18 +51,34 @@ pub async fn renew_by_activity(
     let now = crate::now();
     let active: Vec<String> = {
         let c = ops.shared.read();
-        sent.retain(|name, _| c.deployments.contains_key(name));
+        sent.retain(|key, _| {
+            let name = key.strip_suffix("#tunnel").unwrap_or(key);
+            c.deployments.contains_key(name)
+        });
         let mut active = Vec::new();
         for d in c.deployments.values().filter(|d| d.is_live()) {
-            let Some(bytes) = c
-                .live
-                .get(&d.node)
-                .and_then(|l| l.traffic.get(&d.name).copied())
-            else {
+            let Some(live) = c.live.get(&d.node) else {
                 continue;
             };
-            let before = sent.insert(d.name.clone(), bytes);
-            let grew = before.is_some_and(|b| bytes > b);
+            // Activity is growth of a counter: bytes the backend sent, or what came from
+            // the client through the site's tunnel (its keepalives count: a connected
+            // client keeps its deployment) plus its handshake time.
+            let backend = live.traffic.get(&d.name).copied();
+            let tunnel = live
+                .tunnel
+                .as_ref()
+                .filter(|t| t.site == d.site)
+                .and_then(|t| t.peer(&d.key))
+                .map(|p| p.rx_bytes.saturating_add(p.latest_handshake));
+            let mut grew = false;
+            for (key, value) in [
+                (d.name.clone(), backend),
+                (format!("{}#tunnel", d.name), tunnel),
+            ] {
+                if let Some(v) = value {
+                    grew |= sent.insert(key, v).is_some_and(|b| v > b);
+                }
+            }
             let due = now.saturating_sub(d.renewed_at) >= (cfg.duration_s / 4).max(1);
             if grew && due {
                 active.push(d.name.clone());
@@ -86,7 +103,7 @@ pub async fn renew_by_activity(
                     d.renew(now);
                     if d.state != was {
                         back.push(format!(
-                            "{} {} → {} (backend activity)",
+                            "{} {} → {} (backend or tunnel activity)",
                             d.name,
                             was.as_str(),
                             d.state.as_str()

@@ -246,6 +246,7 @@ impl Ops {
         self.seen(name, from, |l| {
             l.vitals = Some(hb.vitals);
             l.traffic = hb.traffic;
+            l.tunnel = hb.tunnel;
             need_status = !l.has_report;
             // None: pressure is off on the node (or the agent predates it).
             let before = l.pressure.as_ref().map(|o| o.level).unwrap_or_default();

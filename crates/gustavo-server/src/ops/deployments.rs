@@ -22,12 +22,12 @@ use gustavo_model::compat::sinfonia::{CloudletDeployment, DeploymentRecipe, Tunn
 use gustavo_model::desired::{NodeFacts, container_name, expand_replicas};
 use gustavo_model::lease::{
     Deployment, DeploymentView, Explain, LeaseConfig, LeaseState, RateLimit, Tunnel, allocate,
-    free_slot,
+    free_slot, site_address,
 };
 use gustavo_model::matcher::{Candidate, Client, Matcher, NodeSample, rank};
 use gustavo_model::sites::{Cidr, GeoPoint, parse_uuid};
 use gustavo_model::spec::EnvValue;
-use gustavo_model::wireguard::PublicKey;
+use gustavo_model::wireguard::{DesiredTunnel, PublicKey, TunnelPeer, TunnelStatus};
 use gustavo_store::{Change, NodeRecord};
 
 use super::sites::site_nodes;
@@ -84,12 +84,6 @@ impl SinfoniaState {
         }
     }
 }
-
-/// Why the tunnel a deployment names is not up: said in every answer, never hidden.
-pub const NO_TUNNEL: &str = "the tunnel is not set up: Gustavo agents do not run WireGuard \
-yet (no kernel module is managed and no userspace implementation is built in), so the \
-site's peer for this client is not configured; the backend runs, reachable only on the \
-site's own networks";
 
 /// Who asks for a deployment.
 #[derive(Debug, Clone)]
@@ -195,10 +189,18 @@ fn tunnel_settings(c: &Cluster, cfg: &SinfoniaConfig, d: &Deployment) -> TunnelS
     let endpoint = site
         .and_then(|s| s.tunnel_endpoint.clone())
         .or_else(|| {
-            let addr = c.live.get(&d.node)?.address?;
+            let live = c.live.get(&d.node)?;
+            let addr = live.address?;
+            // The port the node's interface listens on, once it reported one.
+            let port = live
+                .tunnel
+                .as_ref()
+                .map(|t| t.listen_port)
+                .filter(|p| *p > 0)
+                .unwrap_or(cfg.wg_port);
             Some(match addr {
-                IpAddr::V6(a) => format!("[{a}]:{}", cfg.wg_port),
-                a => format!("{a}:{}", cfg.wg_port),
+                IpAddr::V6(a) => format!("[{a}]:{port}"),
+                a => format!("{a}:{port}"),
             })
         })
         .unwrap_or_default();
@@ -211,11 +213,53 @@ fn tunnel_settings(c: &Cluster, cfg: &SinfoniaConfig, d: &Deployment) -> TunnelS
 }
 
 fn view(c: &Cluster, cfg: &SinfoniaConfig, started: u64, d: &Deployment) -> DeploymentView {
+    let mut deployment = d.clone();
+    deployment.tunnel = Tunnel::from_status(d, tunnel_report(c, &d.node).as_ref());
     DeploymentView {
         lease_ends_at: d.lease_end(&cfg.lease, started),
         sinfonia: CloudletDeployment::from_deployment(d, &tunnel_settings(c, cfg, d)),
-        deployment: d.clone(),
+        deployment,
     }
+}
+
+/// What a node last reported of its tunnel (since this server started).
+fn tunnel_report(c: &Cluster, node: &str) -> Option<TunnelStatus> {
+    c.live.get(node).and_then(|l| l.tunnel.clone())
+}
+
+/// The WireGuard interface a node runs: for the first site (by name) with live
+/// deployments on the node, with one peer per such deployment of that site. A node in two
+/// sites with clients of both serves the first; the other's deployments say so.
+pub(crate) fn desired_tunnel(c: &Cluster, node: &str) -> Option<DesiredTunnel> {
+    let pool = c.tunnel_pool?;
+    let address = site_address(&pool)?;
+    let mine = || {
+        c.deployments
+            .values()
+            .filter(move |d| d.node == node && d.is_live())
+    };
+    let site = c.sites.get(mine().map(|d| &d.site).min()?)?;
+    if site.wg_private_key.is_empty() {
+        return None;
+    }
+    let peers = mine()
+        .filter(|d| d.site == site.name)
+        .map(|d| TunnelPeer {
+            deployment: d.name.clone(),
+            public_key: d.key.clone(),
+            allowed_ip: format!(
+                "{}/{}",
+                d.address,
+                if d.address.is_ipv4() { 32 } else { 128 }
+            ),
+        })
+        .collect();
+    Some(DesiredTunnel {
+        site: site.name.clone(),
+        private_key: site.wg_private_key.clone(),
+        address: format!("{address}/{}", pool.prefix),
+        peers,
+    })
 }
 
 /// Whether the node reports the deployment's backend running.
@@ -418,13 +462,17 @@ impl Ops {
                             renewed_at: now,
                             since: now,
                             renewals: 0,
+                            // Shown from the node's reports (`view`); stored as first known.
                             tunnel: Tunnel {
                                 set_up: false,
-                                reason: NO_TUNNEL.into(),
+                                reason: String::new(),
+                                latest_handshake: 0,
                             },
                             revision,
                             slot,
                         };
+                        let mut d = d;
+                        d.tunnel = Tunnel::from_status(&d, None);
                         changes.extend(touch_node(c, &r.node, revision));
                         changes.push(Change::PutDeployment(Box::new(d)));
                         created.push((name.clone(), r.site.clone(), r.node.clone()));

@@ -71,6 +71,20 @@ pub fn config(cli: &Cli, args: &AgentArgs) -> Result<AgentConfig> {
         (None, Some(p)) => Some(read_token_file(p)?),
         (None, None) => None,
     };
+    let iface = &args.wireguard_interface;
+    if iface.is_empty()
+        || iface.len() > 15
+        || !iface
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(usage(format!(
+            "--wireguard-interface `{iface}`: a Linux interface name is 1-15 letters, digits, `-`, `_` or `.`"
+        )));
+    }
+    if args.wireguard_port == 0 {
+        return Err(usage("--wireguard-port must be 1-65535".into()));
+    }
     Ok(AgentConfig {
         server,
         join_token,
@@ -87,6 +101,11 @@ pub fn config(cli: &Cli, args: &AgentArgs) -> Result<AgentConfig> {
             ..ReconcileConfig::default()
         },
         allow_exec: args.allow_exec,
+        wireguard: gustavo_agent::wireguard::WireguardConfig {
+            enabled: args.wireguard == "auto",
+            interface: iface.clone(),
+            port: args.wireguard_port,
+        },
     })
 }
 

@@ -233,6 +233,7 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
             wait: std::time::Duration::from_secs(30),
             reconcile: ReconcileConfig::default(),
             allow_exec: false,
+            wireguard: Default::default(),
         };
         tokio::spawn(async move {
             if let Err(e) = gustavo_agent::run(cfg, runtime, None, std::future::pending()).await {

@@ -680,3 +680,300 @@ fn backend_activity_renews_a_lease() {
         deployment(&server, &busy).is_none()
     });
 }
+
+/// Runs `ip`/`wg`/`wireguard-go`/`curl` and the like; panics with what it printed.
+fn sh(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} is required (scripts/test.sh installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        stderr(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What the test made on the host: the client's network namespace (its WireGuard interface
+/// lives and dies with it), the veth pair, and the site's interface.
+struct HostNet {
+    ns: String,
+    veth: String,
+    site_if: String,
+}
+
+impl Drop for HostNet {
+    fn drop(&mut self) {
+        for args in [
+            vec!["netns", "del", self.ns.as_str()],
+            vec!["link", "del", self.veth.as_str()],
+            vec!["link", "del", self.site_if.as_str()],
+        ] {
+            let _ = Command::new("ip").args(&args).output();
+        }
+    }
+}
+
+/// A real tunnel: the site's agent runs WireGuard (userspace wireguard-go here: this
+/// machine has no kernel module), the real client's wg.conf brought up in a network
+/// namespace reaches the backend's published port at the site address through it, the
+/// handshake shows in the deployment, the client's traffic keeps the lease alive, and once
+/// the client is gone the lease expires and the site's interface goes.
+#[test]
+fn a_client_reaches_its_backend_through_the_sites_wireguard_tunnel() {
+    require_docker_and_registry();
+    let client_bin = tier3();
+    for tool in ["wg", "wireguard-go", "curl"] {
+        sh("sh", &["-c", &format!("command -v {tool}")]);
+    }
+    // A pool, a veth subnet, names and ports of this run's own: parallel tests share the
+    // host's routes, interfaces and UDP ports.
+    let r: [u8; 2] = rand::random();
+    let (a, b) = (200 + r[0] % 50, r[1]);
+    let pool = format!("10.{a}.{b}.0/24");
+    let site_ip = format!("10.{a}.{b}.1");
+    let tag = unique("");
+    let net = HostNet {
+        ns: format!("gtc{tag}"),
+        veth: format!("gth{tag}"),
+        site_if: format!("gtw{tag}"),
+    };
+    let veth_ns = format!("gtn{tag}");
+    let (host_ip, ns_ip) = (format!("172.31.{b}.1"), format!("172.31.{b}.2"));
+    let wg_port = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.local_addr())
+        .unwrap()
+        .port()
+        .to_string();
+    let web_port = free_ports(1);
+
+    let server = Server::start_with(&[
+        "--client-network",
+        &pool,
+        "--lease-duration",
+        "8s",
+        "--lease-grace",
+        "4s",
+    ]);
+    let group = unique("wg");
+    let node = unique("wsite");
+    let _agent = Agent::start_with(
+        &server,
+        &node,
+        &[&group],
+        &[],
+        &[
+            "--wireguard",
+            "auto",
+            "--wireguard-interface",
+            &net.site_if,
+            "--wireguard-port",
+            &wg_port,
+        ],
+    );
+    import(
+        &server,
+        &format!(
+            "name: {node}\nendpoint: http://{node}.example/api/v1/deploy\ntunnel_endpoint: {host_ip}:{wg_port}\n"
+        ),
+    );
+    let id = uuid();
+    let f = server.spec(
+        "tunnelled.yml",
+        &format!(
+            "tunnelled:\n  docker_image: gustavo-test/busybox:latest\n  starting_ports:\n    - \"{web_port}\": 8080\n  command: [\"sh\", \"-c\", \"mkdir -p /www && echo backend-$GUSTAVO_DEPLOYMENT > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n  recipe:\n    uuid: {id}\n    public: true\n"
+        ),
+    );
+    server.ok(&["apps", "create", "-n", "tunnelled", "-f", &f, "-d", &group]);
+
+    // The client's side: a network namespace joined to the host by a veth pair.
+    sh("ip", &["netns", "add", &net.ns]);
+    sh(
+        "ip",
+        &[
+            "link", "add", &net.veth, "type", "veth", "peer", "name", &veth_ns,
+        ],
+    );
+    sh("ip", &["link", "set", &veth_ns, "netns", &net.ns]);
+    sh(
+        "ip",
+        &["address", "add", &format!("{host_ip}/30"), "dev", &net.veth],
+    );
+    sh("ip", &["link", "set", &net.veth, "up"]);
+    sh(
+        "ip",
+        &[
+            "-n",
+            &net.ns,
+            "address",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            &veth_ns,
+        ],
+    );
+    sh("ip", &["-n", &net.ns, "link", "set", &veth_ns, "up"]);
+    sh("ip", &["-n", &net.ns, "link", "set", "lo", "up"]);
+
+    // The real client deploys and writes wg.conf.
+    let work = tempfile::tempdir().unwrap();
+    let out = Command::new(&client_bin)
+        .args(["--config-debug", &server.url, &id])
+        .current_dir(work.path())
+        .env("XDG_CACHE_HOME", work.path().join("cache"))
+        .env("REQUESTS_CA_BUNDLE", server.ca_file())
+        .output()
+        .expect("sinfonia-tier3 runs");
+    assert!(out.status.success(), "sinfonia-tier3: {}", stderr(&out));
+    let conf_path = work.path().join("wg.conf");
+    let conf = std::fs::read_to_string(&conf_path).expect("wg.conf written");
+    assert!(
+        conf.contains(&format!("Endpoint = {host_ip}:{wg_port}")),
+        "{conf}"
+    );
+    let ds = deployments(&server);
+    let d = &ds[0];
+    let name = d["name"].as_str().unwrap().to_string();
+    let address = d["address"].as_str().unwrap().to_string();
+    assert_ne!(address, site_ip, "the site address is never a client's");
+
+    // The site's agent adds the client: the deployment says its tunnel is set up.
+    wait_for("the site to add the client's peer", WAIT, || {
+        deployment(&server, &name).is_some_and(|d| d["tunnel"]["set_up"] == true)
+    });
+    let dump = sh("wg", &["show", &net.site_if, "dump"]);
+    assert!(dump.contains(d["key"].as_str().unwrap()), "{dump}");
+    assert!(dump.contains(&format!("{address}/32")), "{dump}");
+    let shown = sh("ip", &["-o", "address", "show", "dev", &net.site_if]);
+    assert!(shown.contains(&format!("{site_ip}/24")), "{shown}");
+
+    // The client's interface, from the client's own wg.conf, in its namespace.
+    let client_if = "wgc0";
+    sh("ip", &["netns", "exec", &net.ns, "wireguard-go", client_if]);
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &net.ns,
+            "wg",
+            "setconf",
+            client_if,
+            conf_path.to_str().unwrap(),
+        ],
+    );
+    sh(
+        "ip",
+        &[
+            "-n",
+            &net.ns,
+            "address",
+            "add",
+            &format!("{address}/32"),
+            "dev",
+            client_if,
+        ],
+    );
+    sh("ip", &["-n", &net.ns, "link", "set", client_if, "up"]);
+    sh(
+        "ip",
+        &["-n", &net.ns, "route", "add", &pool, "dev", client_if],
+    );
+
+    // Through the tunnel to the backend's published port at the site address.
+    wait_for("the backend to run", WAIT, || {
+        deployment(&server, &name).is_some_and(|d| d["state"] == "Deployed")
+    });
+    let url = format!("http://{site_ip}:{web_port}/");
+    let fetch = || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.ns,
+                "curl",
+                "-sf",
+                "--max-time",
+                "3",
+                &url,
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let mut body = String::new();
+    wait_for(
+        "the backend through the tunnel",
+        Duration::from_secs(30),
+        || {
+            body = fetch();
+            !body.is_empty()
+        },
+    );
+    assert_eq!(body, format!("backend-{name}"));
+    wait_for(
+        "the handshake to be reported",
+        Duration::from_secs(30),
+        || {
+            deployment(&server, &name)
+                .is_some_and(|d| d["tunnel"]["latest_handshake"].as_u64().unwrap_or(0) > 0)
+        },
+    );
+    let d = deployment(&server, &name).unwrap();
+    assert!(
+        d["tunnel"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("connected"),
+        "{d}"
+    );
+
+    // The client's traffic keeps its 8 s lease (+4 s grace) well past its end — traffic
+    // that never reaches the backend (a closed port of the site), so it is the tunnel's
+    // activity that renews, not the backend's.
+    let closed = format!("http://{site_ip}:1/");
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(25) {
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.ns,
+                "curl",
+                "-s",
+                "--max-time",
+                "1",
+                &closed,
+            ])
+            .output();
+        assert!(
+            deployment(&server, &name).is_some(),
+            "tunnel traffic keeps the lease: {}",
+            server.ok(&["events"])
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let d = deployment(&server, &name).expect("traffic keeps the lease");
+    assert!(d["renewals"].as_u64().unwrap_or(0) > 0, "{d}");
+    assert_eq!(fetch(), format!("backend-{name}"));
+
+    // The client goes away: its lease expires, and with the site's last client the
+    // site's interface goes (and wireguard-go with it).
+    sh("ip", &["-n", &net.ns, "link", "del", client_if]);
+    wait_for("the lease to expire", WAIT, || {
+        deployment(&server, &name).is_none()
+    });
+    wait_for(
+        "the site's interface to go",
+        Duration::from_secs(30),
+        || {
+            !Command::new("ip")
+                .args(["link", "show", "dev", &net.site_if])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        },
+    );
+}

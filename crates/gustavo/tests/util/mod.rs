@@ -502,10 +502,13 @@ impl Agent {
             dir.path().join("data").to_str().unwrap().into(),
         ];
         // Every agent gets its own local listener port; `listen_url` finds it in the log.
+        // WireGuard is off unless a test turns it on with its own interface name and port
+        // (parallel tests' agents share one host's interfaces and UDP ports).
         for (flag, value) in [
             ("--heartbeat", "1s"),
             ("--resync", "2s"),
             ("--listen", "127.0.0.1:0"),
+            ("--wireguard", "off"),
         ] {
             if !extra.iter().any(|e| e == flag) {
                 args.extend([flag.into(), value.into()]);
