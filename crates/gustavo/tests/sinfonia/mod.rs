@@ -163,13 +163,20 @@ fn real_sinfonia_client_deploys_and_writes_wg_conf() {
     let name = d["name"].as_str().unwrap().to_string();
     assert!(name.starts_with("hello-"), "{name}");
     assert_eq!(d["site"], node.as_str());
+    // This agent runs with --wireguard off: the deployment says so.
     assert_eq!(d["tunnel"]["set_up"], false);
-    assert!(
-        d["tunnel"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("not set up")
-    );
+    wait_for("the tunnel's reason", WAIT, || {
+        deployment(&server, &name).is_some_and(|d| {
+            d["tunnel"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("not set up: on node")
+                && d["tunnel"]["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("--wireguard off")
+        })
+    });
 
     // A valid WireGuard config (wg(8) format, which has no Address line: the client puts
     // the address on the interface itself): our private key, the site's public key and
@@ -206,7 +213,7 @@ fn real_sinfonia_client_deploys_and_writes_wg_conf() {
             && resolv.contains("ndots:5"),
         "{resolv}"
     );
-    assert_eq!(d["sinfonia"]["TunnelConfig"]["address"][0], "10.5.0.1/32");
+    assert_eq!(d["sinfonia"]["TunnelConfig"]["address"][0], "10.5.0.2/32");
 
     // The backend runs on the site's node, named after the deployment.
     let container = format!("{node}.{name}.1");
@@ -214,7 +221,7 @@ fn real_sinfonia_client_deploys_and_writes_wg_conf() {
         inspect(&container, "{{.State.Running}}").as_deref() == Some("true")
     });
     let env = inspect(&container, "{{json .Config.Env}}").unwrap();
-    assert!(env.contains("GUSTAVO_CLIENT_ADDRESS=10.5.0.1"), "{env}");
+    assert!(env.contains("GUSTAVO_CLIENT_ADDRESS=10.5.0.2"), "{env}");
     wait_for("the lease to say Deployed", WAIT, || {
         deployment(&server, &name).is_some_and(|d| d["state"] == "Deployed")
     });
