@@ -9,8 +9,10 @@
 //!   lost it);
 //! - **pressure** ([`pressure::PressureLoop`]) samples [`vitals`] every few seconds, decides
 //!   the node's pressure level and acts on it;
-//! - **heartbeat** sends the latest vitals and pressure level every period, and at once on a
-//!   level change.
+//! - **tunnel** ([`wireguard::TunnelLoop`]) keeps the site's WireGuard interface as the
+//!   desired state says (when Sinfonia clients' backends run here);
+//! - **heartbeat** sends the latest vitals, pressure level and tunnel status every period,
+//!   and at once on a level change or a change of the tunnel's peers.
 //!
 //! The server is never needed to keep running: with the server away, the reconciler keeps
 //! working from the last desired state (from disk after a restart); reports and heartbeats
