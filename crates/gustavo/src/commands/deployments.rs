@@ -43,7 +43,11 @@ pub async fn run(cli: &Cli, cmd: &DeploymentsCmd) -> Result<()> {
                 } else {
                     "ended".into()
                 },
-                if d.tunnel.set_up { "up" } else { "not set up" }.into(),
+                match (d.tunnel.set_up, d.tunnel.latest_handshake) {
+                    (false, _) => "not set up".into(),
+                    (true, 0) => "up".into(),
+                    (true, at) => format!("connected {}", ago(at)),
+                },
             ]
         })
         .collect();
@@ -64,5 +68,9 @@ pub async fn run(cli: &Cli, cmd: &DeploymentsCmd) -> Result<()> {
         ],
         rows,
     );
+    // One deployment: the tunnel's state in words (why it is not up, or how it is).
+    if let (DeploymentsCmd::Get { .. }, [v]) = (cmd, list.as_slice()) {
+        println!("tunnel: {}", v.deployment.tunnel.reason);
+    }
     Ok(())
 }
