@@ -19,12 +19,15 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7421";
 #[derive(Clone)]
 pub struct Local {
     pub node: String,
+    /// Peer mode: `GET /peers` lists this device and its peers (`gustavo peer list`).
+    pub peer: Option<std::sync::Arc<crate::peer::PeerNode>>,
 }
 
 pub fn router(local: Local) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/peers", get(peers))
         .fallback(|| async {
             (
                 axum::http::StatusCode::NOT_FOUND,
@@ -42,6 +45,20 @@ async fn health(axum::extract::State(l): axum::extract::State<Local>) -> Respons
         "applied_revision": METRICS.applied_revision.get(),
     }))
     .into_response()
+}
+
+async fn peers(axum::extract::State(l): axum::extract::State<Local>) -> Response {
+    match &l.peer {
+        Some(p) => axum::Json(p.list()).into_response(),
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({
+                "error": "not_peer",
+                "message": "this agent is not in peer mode (gustavo agent --peer)",
+            })),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(headers: HeaderMap) -> Response {

@@ -26,6 +26,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 mod networks;
+pub mod peer;
 pub mod persist;
 pub mod pressure;
 pub mod reconcile;

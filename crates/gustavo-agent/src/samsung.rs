@@ -50,11 +50,17 @@ struct Api {
     cfg: Arc<SamsungConfig>,
     /// The node's name and server client, once registered.
     control: watch::Receiver<Option<(String, Client)>>,
+    /// Peer mode: services go to the best peer instead of through the server.
+    peer: Option<Arc<crate::peer::PeerNode>>,
     http: reqwest::Client,
 }
 
 /// The router of the Samsung API.
-pub fn router(cfg: SamsungConfig, control: watch::Receiver<Option<(String, Client)>>) -> Router {
+pub fn router(
+    cfg: SamsungConfig,
+    control: watch::Receiver<Option<(String, Client)>>,
+    peer: Option<Arc<crate::peer::PeerNode>>,
+) -> Router {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -72,6 +78,7 @@ pub fn router(cfg: SamsungConfig, control: watch::Receiver<Option<(String, Clien
         .with_state(Api {
             cfg: Arc::new(cfg),
             control,
+            peer,
             http,
         })
 }
@@ -259,6 +266,16 @@ async fn container(
             ),
         );
     }
+    if let Some(peer) = &api.peer {
+        let self_selection = req.self_selection.unwrap_or(true);
+        let callback = req.status_callback_uri.clone();
+        return match peer.request(name, job, self_selection, callback).await {
+            Ok((node, address)) => ok(name, if address.is_empty() { node } else { address }),
+            Err(crate::peer::RequestError::NoTarget(why)) => {
+                reply(StatusCode::NOT_FOUND, "SERVICE_NOT_FOUND", name, &why)
+            }
+        };
+    }
     let Some((node, client)) = api.control.borrow().clone() else {
         return reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -311,6 +328,11 @@ async fn container(
     } else {
         started.address.clone()
     };
+    ok(name, target)
+}
+
+/// The seed's success body: where the service runs.
+fn ok(name: &str, target: String) -> Response {
     (
         [(header::CONNECTION, "close")],
         axum::Json(ServiceResponse {
@@ -381,7 +403,7 @@ async fn follow(
     }
 }
 
-async fn deliver(http: &reqwest::Client, uri: &str, note: &StatusNotification) {
+pub(crate) async fn deliver(http: &reqwest::Client, uri: &str, note: &StatusNotification) {
     for attempt in 0..5u32 {
         match http.post(uri).json(note).send().await {
             Ok(r) if r.status().is_success() => return,

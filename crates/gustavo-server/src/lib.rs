@@ -329,7 +329,8 @@ impl Server {
         tokio::spawn(controllers::scheduler::run(self.shared.clone()));
         tokio::spawn(controllers::rollouts::run(self.ops.clone()));
         tokio::spawn(controllers::jobs::run(self.ops.clone()));
-        tokio::spawn(controllers::rollout_events::run(self.shared.clone()));
+        let seen = controllers::rollout_events::first_look(&self.shared);
+        tokio::spawn(controllers::rollout_events::run(self.shared.clone(), seen));
         tokio::spawn(controllers::callbacks::run(
             self.shared.clone(),
             controllers::callbacks::HttpSender::new(),

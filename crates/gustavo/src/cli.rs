@@ -120,6 +120,10 @@ pub enum Command {
     /// Per-client deployments and their leases.
     #[command(subcommand)]
     Deployments(DeploymentsCmd),
+    /// Peer mode (devices that run services for each other with no server): make a
+    /// cluster, join a device to it, list a device's peers.
+    #[command(subcommand)]
+    Peer(PeerCmd),
     /// Print a shell completion script: `gustavo completion bash > /etc/bash_completion.d/gustavo`.
     Completion {
         /// The shell to complete for.
@@ -238,6 +242,31 @@ pub enum SitesCmd {
     Delete {
         /// The site's name.
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeerCmd {
+    /// Make a new peer cluster: its CA (certificate and key, one PEM file, mode 0600).
+    /// Copy the file to every device and run `gustavo peer join FILE` there.
+    Init {
+        /// Where to write the cluster file.
+        #[arg(long, default_value = "gustavo-peer-cluster.pem", value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Join this device to a peer cluster: keeps the cluster file in the agent's data dir.
+    Join {
+        /// The file `gustavo peer init` wrote.
+        file: PathBuf,
+        /// The agent's data dir (as `gustavo agent --data-dir`).
+        #[arg(long, env = "GUSTAVO_AGENT_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// This device and its peers as its agent sees them: address, score, last seen.
+    List {
+        /// The agent's local listener.
+        #[arg(long, default_value = "127.0.0.1:7421", value_name = "ADDR")]
+        agent: String,
     },
 }
 
@@ -622,6 +651,20 @@ pub struct AgentArgs {
     /// The UDP port that interface listens on (clients' Endpoint).
     #[arg(long, default_value_t = 51820, value_name = "PORT")]
     pub wireguard_port: u16,
+    /// Peer mode: find this device's peers on the LAN (mDNS) and run services among them
+    /// with no server (the cluster file from `gustavo peer join` is needed). Without
+    /// `--server` the device is a peer only; with it, also its server's agent.
+    #[arg(long)]
+    pub peer: bool,
+    /// The peer port (TLS 1.3, peers' certificates required).
+    #[arg(long, default_value = "0.0.0.0:7422", value_name = "ADDR")]
+    pub peer_listen: String,
+    /// Announce and browse peers over mDNS (`_gustavo._tcp`): `on` or `off`.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub peer_mdns: String,
+    /// A peer named by hand, `NAME@IP:PORT` (repeatable), for networks without multicast.
+    #[arg(long = "peer-static", value_name = "NAME@ADDR")]
+    pub peer_static: Vec<String>,
 }
 
 #[derive(Debug, Args)]

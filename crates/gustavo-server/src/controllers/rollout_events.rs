@@ -2,7 +2,7 @@
 //! rollout started (the revision first seen), converged (every node that should run it
 //! reports it), and failed on a node (with the node's error) — once each per revision
 //! and node. Apps whose current revision has converged cost nothing until they change.
-//! Revisions already there when the server starts are not announced.
+//! Revisions already there when the server starts are not announced ([`first_look`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -12,16 +12,35 @@ use crate::state::Shared;
 
 /// How far the rollout of one app revision has been told.
 #[derive(Debug, Default)]
-struct Told {
+pub struct Told {
     revision: u64,
     converged: bool,
     failed: BTreeSet<String>,
 }
 
+/// What is there when the server starts: not news. Taken before the server accepts its
+/// first request, so an app created at once is still announced.
+pub fn first_look(shared: &Shared) -> BTreeMap<String, Told> {
+    shared
+        .read()
+        .apps
+        .values()
+        .map(|a| {
+            (
+                a.name.clone(),
+                Told {
+                    revision: a.revision,
+                    converged: true,
+                    failed: BTreeSet::new(),
+                },
+            )
+        })
+        .collect()
+}
+
 /// Runs until the server closes.
-pub async fn run(shared: Arc<Shared>) {
+pub async fn run(shared: Arc<Shared>, mut told: BTreeMap<String, Told>) {
     let mut closing = shared.closing.subscribe();
-    let mut told: Option<BTreeMap<String, Told>> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -31,29 +50,10 @@ pub async fn run(shared: Arc<Shared>) {
     }
 }
 
-fn tick(shared: &Shared, told: &mut Option<BTreeMap<String, Told>>) {
+fn tick(shared: &Shared, told: &mut BTreeMap<String, Told>) {
     let mut events = Vec::new();
     {
         let c = shared.read();
-        let Some(told) = told else {
-            // First look: what is there is not news.
-            *told = Some(
-                c.apps
-                    .values()
-                    .map(|a| {
-                        (
-                            a.name.clone(),
-                            Told {
-                                revision: a.revision,
-                                converged: true,
-                                failed: BTreeSet::new(),
-                            },
-                        )
-                    })
-                    .collect(),
-            );
-            return;
-        };
         told.retain(|name, _| c.apps.contains_key(name));
         let now = crate::now();
         for app in c.apps.values() {

@@ -159,7 +159,33 @@ pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
         return Ok(());
     }
     let listen = listen_addr(args)?;
+    let peer_settings = peer_settings(cli, args, &cfg)?;
     let runtime = Arc::new(DockerRuntime::connect().await?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let peer = match peer_settings {
+        Some((mut settings, addr)) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Exit(EXIT_USAGE, format!("--peer-listen {addr}: {e}")))?;
+            // The port peers are told: the bound one (`:0` picks a free one).
+            settings.port = l.local_addr().map(|a| a.port()).unwrap_or(addr.port());
+            let started = gustavo_agent::peer::start(settings, runtime.clone())
+                .map_err(|e| Exit(EXIT_USAGE, format!("--peer: {e}")))?;
+            let mut stop = stop_rx.clone();
+            tokio::spawn(gustavo_server::serve::serve(
+                l,
+                gustavo_agent::peer::router(started.node.clone()),
+                Some(started.tls),
+                gustavo_server::Timeouts::default(),
+                gustavo_server::conns::ConnTable::new(PEER_MAX_CONNECTIONS),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ));
+            Some(started.node)
+        }
+        None => None,
+    };
     let listener = match listen {
         Listen::Off => None,
         Listen::At(addr, explicit) => match tokio::net::TcpListener::bind(addr).await {
@@ -177,13 +203,13 @@ pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
     };
     // The groups joined are logged once the server has answered (a join token may bind them).
     tracing::info!(node = %cfg.name, server = %cfg.server, requested_groups = ?cfg.groups, "agent starting");
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(l) = listener {
         if let Ok(a) = l.local_addr() {
             tracing::info!("local listener on http://{a} (/health, /metrics)");
         }
         let router = gustavo_agent::http::router(gustavo_agent::http::Local {
             node: cfg.name.clone(),
+            peer: peer.clone(),
         });
         serve_local(l, router, &stop_rx);
     }
@@ -209,6 +235,7 @@ pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
                 native: args.samsung_native.clone(),
             },
             client_rx,
+            peer.clone(),
         );
         serve_local(l, router, &stop_rx);
     }
@@ -222,13 +249,19 @@ pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
         let router = gustavo_agent::glances::router(Some(runtime.docker()));
         serve_local(l, router, &stop_rx);
     }
-    let result = gustavo_agent::run(
-        cfg,
-        runtime,
-        Some(std::sync::Arc::new(client_tx)),
-        super::shutdown_signal(),
-    )
-    .await;
+    // A peer only (no --server): no control plane to join.
+    let result = if peer.is_some() && cli.server.is_none() {
+        super::shutdown_signal().await;
+        Ok(())
+    } else {
+        gustavo_agent::run(
+            cfg,
+            runtime,
+            Some(std::sync::Arc::new(client_tx)),
+            super::shutdown_signal(),
+        )
+        .await
+    };
     stop_tx.send_replace(true);
     result?;
     Ok(())
@@ -252,6 +285,52 @@ fn serve_local(
             let _ = stop.wait_for(|s| *s).await;
         },
     ));
+}
+
+/// Peers call each other on the peer port; a LAN has few devices.
+const PEER_MAX_CONNECTIONS: usize = 256;
+
+/// `--peer` and its flags, checked before anything starts.
+fn peer_settings(
+    cli: &Cli,
+    args: &AgentArgs,
+    cfg: &AgentConfig,
+) -> Result<Option<(gustavo_agent::peer::PeerSettings, std::net::SocketAddr)>> {
+    if !args.peer {
+        if !args.peer_static.is_empty() {
+            return Err(usage("--peer-static needs --peer".into()));
+        }
+        return Ok(None);
+    }
+    let _ = cli;
+    let addr: std::net::SocketAddr = args.peer_listen.parse().map_err(|e| {
+        usage(format!(
+            "--peer-listen `{}`: {e} (expected IP:PORT, e.g. 0.0.0.0:7422)",
+            args.peer_listen
+        ))
+    })?;
+    let mut static_peers = Vec::new();
+    for p in &args.peer_static {
+        let parsed = p.split_once('@').and_then(|(n, a)| {
+            names::validate("node", n).ok()?;
+            Some((n.to_string(), a.parse::<std::net::SocketAddr>().ok()?))
+        });
+        static_peers.push(parsed.ok_or_else(|| {
+            usage(format!(
+                "--peer-static `{p}`: expected NAME@IP:PORT, e.g. pi-2@192.168.1.12:7422"
+            ))
+        })?);
+    }
+    Ok(Some((
+        gustavo_agent::peer::PeerSettings {
+            node: cfg.name.clone(),
+            data_dir: cfg.data_dir.clone(),
+            port: addr.port(),
+            mdns: args.peer_mdns == "on",
+            static_peers,
+        },
+        addr,
+    )))
 }
 
 /// `--glances-listen`: IP:PORT, or an IP alone for Glances' port.

@@ -16,6 +16,7 @@ mod hosts;
 mod jobs;
 mod login;
 mod nodes;
+mod peer;
 mod rollouts;
 mod server;
 mod sites;
@@ -71,6 +72,7 @@ async fn dispatch(cli: &Cli) -> Result<()> {
         Command::Sites(cmd) => sites::run(cli, cmd).await,
         Command::Deploy(args) => deploy::run(cli, args).await,
         Command::Deployments(cmd) => deployments::run(cli, cmd).await,
+        Command::Peer(cmd) => peer::run(cli, cmd).await,
         Command::Completion { shell } => {
             completion::run(*shell);
             Ok(())

@@ -219,10 +219,19 @@ fn a_one_shot_job_runs_once_on_the_best_node_and_its_callbacks_arrive() {
         "--timeout",
         "90s",
     ]);
-    wait_for("rollout events", Duration::from_secs(30), || {
+    let start = std::time::Instant::now();
+    loop {
         let ev = server.ok(&["events"]);
-        ev.contains("rollout of tick revision") && ev.contains("converged on 2/2 nodes")
-    });
+        if ev.contains("rollout of tick revision") && ev.contains("converged on 2/2 nodes") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no rollout events:\n{ev}\nrollout: {}",
+            server.ok(&["apps", "get", "tick"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let ev = server.ok(&["events"]);
     assert!(
         ev.contains("hello run 1 on") && ev.contains("succeeded"),

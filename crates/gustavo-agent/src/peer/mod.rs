@@ -1,0 +1,788 @@
+//! Peer mode (`gustavo agent --peer`): devices on a LAN run services for each other with
+//! no server, as Samsung's Edge Orchestration did.
+//!
+//! Devices find each other through a [`discovery::Discovery`] (mDNS/DNS-SD, or a static
+//! list) and trust each other through a shared cluster CA ([`trust`]): every call between
+//! peers is TLS 1.3 with both certificates checked, so a device without the cluster's CA is
+//! ignored by discovery (its record names another cluster) and refused by TLS. A candidate
+//! is a peer once it answers `ping`; it stops being one when its record goes, or after
+//! [`MAX_FAILURES`] failed health checks, or when nothing was heard from it for [`TTL`].
+//!
+//! A service request on any device (the Samsung API) gathers the peers' scores (the
+//! scheduler's explicit score, over the authenticated channel, within [`SCORE_TIME`]),
+//! gives the service to the best (not itself with `SelfSelection: false`), and the device
+//! that runs it tells the requesting device `Started`, `Finished` or `Failed`, which calls
+//! the caller's `StatusCallbackURI` (a URI only meaningful on the caller's device).
+//!
+//! The seed's internal routes, in authenticated form on the peer port:
+//! `GET /peer/v1/ping` (the seed's `/api/v1/ping`), `GET /peer/v1/score`
+//! (`/api/v1/scoringmgr/score`), `POST /peer/v1/services` (`/api/v1/servicemgr/services`:
+//! run this service here) and `POST /peer/v1/notification`
+//! (`/api/v1/servicemgr/services/notification/{id}`: a service's state).
+
+pub mod discovery;
+pub mod trust;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use gustavo_model::api::{DesiredState, Vitals};
+use gustavo_model::compat::samsung::StatusNotification;
+use gustavo_model::desired::{NodeFacts, expand_replicas};
+use gustavo_model::job::{DesiredJob, JobRun, JobSpec, RunState};
+use gustavo_model::schedule::{Liveness, NodeView, Usage, Weights, score};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use self::discovery::{Candidate, Event};
+
+/// How often peers are health-checked (and their scores refreshed for `peer list`).
+pub const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// Failed health checks in a row that drop a peer.
+pub const MAX_FAILURES: u32 = 3;
+/// A peer not heard from for this long is dropped, whatever discovery says.
+pub const TTL: Duration = Duration::from_secs(10);
+/// How long a request waits for the peers' scores.
+pub const SCORE_TIME: Duration = Duration::from_secs(3);
+
+/// A peer as this device knows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerView {
+    pub node: String,
+    pub address: String,
+    /// Its last score (higher is better).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// Seconds since it last answered (0 for this device).
+    pub last_seen_s: u64,
+    /// `self`, `peer` (answered over TLS) or `candidate` (found, not verified yet).
+    pub state: String,
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    addr: SocketAddr,
+    verified: bool,
+    last_ok: Option<tokio::time::Instant>,
+    found: tokio::time::Instant,
+    failures: u32,
+    score: Option<f64>,
+}
+
+/// `POST /peer/v1/services`: run this service here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assignment {
+    /// The job's name, unique across the cluster (`svc-<service>-<hex>`).
+    pub id: String,
+    pub service: String,
+    pub spec: JobSpec,
+    /// The requesting device, and the peer port to tell it on.
+    pub origin: String,
+    pub origin_port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Ping {
+    node: String,
+    cluster: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ScoreReply {
+    node: String,
+    score: f64,
+}
+
+/// Where a finished request's states go: the requester's callback URI.
+struct Pending {
+    service: String,
+    uri: String,
+}
+
+/// Who a running assignment reports to.
+#[derive(Clone)]
+struct Origin {
+    node: String,
+    addr: SocketAddr,
+    service: String,
+    told: Vec<&'static str>,
+}
+
+/// A request's outcome for the Samsung API.
+#[derive(Debug)]
+pub enum RequestError {
+    /// No device could take it (the seed's `SERVICE_NOT_FOUND`).
+    NoTarget(String),
+}
+
+/// This device in its peer cluster.
+pub struct PeerNode {
+    me: String,
+    port: u16,
+    cluster: String,
+    table: Mutex<BTreeMap<String, Peer>>,
+    tls: rustls::ClientConfig,
+    clients: Mutex<HashMap<(String, SocketAddr), reqwest::Client>>,
+    vitals: watch::Receiver<Option<Vitals>>,
+    weights: Weights,
+    callbacks: reqwest::Client,
+    pending: Mutex<HashMap<String, Pending>>,
+    /// The services this device runs for peers: the job runner's desired state.
+    desired: watch::Sender<Option<DesiredState>>,
+    running: Mutex<BTreeMap<String, (DesiredJob, Origin)>>,
+    facts: NodeFacts,
+}
+
+impl PeerNode {
+    /// `vitals`: this host's samples; `desired`: what the job runner runs.
+    pub fn new(
+        me: String,
+        port: u16,
+        ca: &trust::ClusterCa,
+        identity: &trust::Identity,
+        vitals: watch::Receiver<Option<Vitals>>,
+        desired: watch::Sender<Option<DesiredState>>,
+        facts: NodeFacts,
+    ) -> Result<Arc<PeerNode>, String> {
+        Ok(Arc::new(PeerNode {
+            me,
+            port,
+            cluster: ca.fingerprint()[..16].to_string(),
+            table: Mutex::default(),
+            tls: identity.client_config()?,
+            clients: Mutex::default(),
+            vitals,
+            weights: Weights::default(),
+            callbacks: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| e.to_string())?,
+            pending: Mutex::default(),
+            desired,
+            running: Mutex::default(),
+            facts,
+        }))
+    }
+
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    pub fn node(&self) -> &str {
+        &self.me
+    }
+
+    /// This device's score now (the scheduler's explicit score from its latest sample).
+    pub fn own_score(&self) -> f64 {
+        let v = self.vitals.borrow().clone().unwrap_or_default();
+        let view = NodeView {
+            name: self.me.clone(),
+            groups: Vec::new(),
+            labels: BTreeMap::new(),
+            cpus: v.cpus.max(1),
+            memory_mb: v.memory_total_mb,
+            usage: Some(Usage {
+                cpu_percent: f64::from(v.cpu_percent),
+                memory_free_mb: v.memory_total_mb.saturating_sub(v.memory_used_mb),
+                disk_free_mb: v.disk_total_mb.saturating_sub(v.disk_used_mb),
+            }),
+            liveness: Liveness::Ready,
+            cordoned: false,
+            draining: false,
+            pressure: gustavo_model::pressure::Level::Ready,
+        };
+        score(&view, &self.weights).total
+    }
+
+    fn client(&self, node: &str, addr: SocketAddr) -> Option<reqwest::Client> {
+        let mut clients = self.clients.lock().ok()?;
+        if let Some(c) = clients.get(&(node.to_string(), addr)) {
+            return Some(c.clone());
+        }
+        let c = reqwest::Client::builder()
+            .use_preconfigured_tls(self.tls.clone())
+            .resolve(&format!("{node}.{}", trust::NAME_SUFFIX), addr)
+            .timeout(SCORE_TIME)
+            .build()
+            .ok()?;
+        clients.insert((node.to_string(), addr), c.clone());
+        Some(c)
+    }
+
+    fn url(node: &str, addr: SocketAddr, path: &str) -> String {
+        format!(
+            "https://{node}.{}:{}{path}",
+            trust::NAME_SUFFIX,
+            addr.port()
+        )
+    }
+
+    async fn call<T: for<'de> Deserialize<'de>>(
+        &self,
+        node: &str,
+        addr: SocketAddr,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, String> {
+        let c = self
+            .client(node, addr)
+            .ok_or("cannot make a TLS client for the peer")?;
+        let url = Self::url(node, addr, path);
+        let req = match body {
+            Some(b) => c.post(&url).json(b),
+            None => c.get(&url),
+        };
+        let r = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+        if !r.status().is_success() {
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            return Err(format!("{url}: {status} {text}"));
+        }
+        r.json().await.map_err(|e| format!("{url}: {e}"))
+    }
+
+    /// Takes what discovery found or lost.
+    pub fn discovered(&self, ev: Event) {
+        let Ok(mut t) = self.table.lock() else {
+            return;
+        };
+        match ev {
+            Event::Found(Candidate {
+                node,
+                addrs,
+                cluster,
+            }) => {
+                if node.is_empty() || node == self.me || addrs.is_empty() {
+                    return;
+                }
+                if cluster != self.cluster {
+                    tracing::debug!(%node, %cluster, "ignoring a device of another peer cluster");
+                    return;
+                }
+                let now = tokio::time::Instant::now();
+                let e = t.entry(node.clone()).or_insert_with(|| {
+                    tracing::info!(%node, addr = %addrs[0], "peer candidate found");
+                    Peer {
+                        addr: addrs[0],
+                        verified: false,
+                        last_ok: None,
+                        found: now,
+                        failures: 0,
+                        score: None,
+                    }
+                });
+                e.addr = addrs[0];
+                e.found = now;
+            }
+            Event::Gone(node) => {
+                if t.remove(&node).is_some() {
+                    tracing::info!(%node, "peer said goodbye");
+                }
+            }
+        }
+    }
+
+    /// One round of health checks: ping and score every peer and candidate; drop the dead.
+    pub async fn check(&self) {
+        let peers: Vec<(String, SocketAddr)> = match self.table.lock() {
+            Ok(t) => t.iter().map(|(n, p)| (n.clone(), p.addr)).collect(),
+            Err(_) => return,
+        };
+        let checks = peers.into_iter().map(|(node, addr)| async move {
+            let ping: Result<Ping, String> =
+                self.call(&node, addr, "/peer/v1/ping", None::<&()>).await;
+            let score = match &ping {
+                Ok(_) => self
+                    .call::<ScoreReply>(&node, addr, "/peer/v1/score", None::<&()>)
+                    .await
+                    .ok()
+                    .map(|s| s.score),
+                Err(_) => None,
+            };
+            (node, ping, score)
+        });
+        let results = futures::future::join_all(checks).await;
+        let Ok(mut t) = self.table.lock() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        for (node, ping, score) in results {
+            let Some(p) = t.get_mut(&node) else { continue };
+            match ping {
+                Ok(ping) if ping.node == node && ping.cluster == self.cluster => {
+                    if !p.verified {
+                        tracing::info!(%node, addr = %p.addr, "peer verified over TLS");
+                    }
+                    p.verified = true;
+                    p.last_ok = Some(now);
+                    p.failures = 0;
+                    p.score = score.or(p.score);
+                }
+                Ok(ping) => {
+                    p.failures += 1;
+                    tracing::warn!(%node, answered = %ping.node, "a peer answered with another name");
+                }
+                Err(e) => {
+                    p.failures += 1;
+                    tracing::debug!(%node, error = %e, "peer health check failed");
+                }
+            }
+        }
+        t.retain(|node, p| {
+            let heard = p.last_ok.unwrap_or(p.found);
+            let keep = p.failures < MAX_FAILURES && now.duration_since(heard) < TTL;
+            if !keep {
+                tracing::info!(%node, failures = p.failures, "peer dropped");
+            }
+            keep
+        });
+    }
+
+    /// This device and its peers, for `gustavo peer list`.
+    pub fn list(&self) -> Vec<PeerView> {
+        let now = tokio::time::Instant::now();
+        let mut out = vec![PeerView {
+            node: self.me.clone(),
+            address: format!("port {}", self.port),
+            score: Some(self.own_score()),
+            last_seen_s: 0,
+            state: "self".into(),
+        }];
+        if let Ok(t) = self.table.lock() {
+            out.extend(t.iter().map(|(node, p)| {
+                PeerView {
+                    node: node.clone(),
+                    address: p.addr.to_string(),
+                    score: p.score,
+                    last_seen_s: p
+                        .last_ok
+                        .map(|at| now.duration_since(at).as_secs())
+                        .unwrap_or(u64::MAX),
+                    state: if p.verified { "peer" } else { "candidate" }.into(),
+                }
+            }));
+        }
+        out
+    }
+
+    /// Runs `spec` on the best device; returns the device's name and address.
+    pub async fn request(
+        self: &Arc<Self>,
+        service: &str,
+        spec: JobSpec,
+        self_selection: bool,
+        callback: Option<String>,
+    ) -> Result<(String, String), RequestError> {
+        let peers: Vec<(String, SocketAddr)> = self
+            .table
+            .lock()
+            .map(|t| {
+                t.iter()
+                    .filter(|(_, p)| p.verified)
+                    .map(|(n, p)| (n.clone(), p.addr))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let asks = peers.iter().map(|(node, addr)| async move {
+            let s: Result<ScoreReply, String> =
+                self.call(node, *addr, "/peer/v1/score", None::<&()>).await;
+            (node.clone(), Some(*addr), s.map(|s| s.score))
+        });
+        let mut ranked: Vec<(String, Option<SocketAddr>, f64)> =
+            match tokio::time::timeout(SCORE_TIME, futures::future::join_all(asks)).await {
+                Ok(all) => all
+                    .into_iter()
+                    .filter_map(|(n, a, s)| s.ok().map(|s| (n, a, s)))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+        if self_selection {
+            ranked.push((self.me.clone(), None, self.own_score()));
+        }
+        ranked.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+        let shown: Vec<String> = ranked
+            .iter()
+            .map(|(n, _, s)| format!("{n}={s:.3}"))
+            .collect();
+        tracing::info!(service, scores = %shown.join(" "), "peer scores gathered");
+        let tag = hex::encode(rand::random::<[u8; 4]>());
+        let base: String = service
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .take(40)
+            .collect();
+        let id = format!("svc-{}-{tag}", base.trim_matches('-'));
+        let assignment = Assignment {
+            id: id.clone(),
+            service: service.to_string(),
+            spec,
+            origin: self.me.clone(),
+            origin_port: self.port,
+        };
+        if let Some(uri) = callback
+            && let Ok(mut p) = self.pending.lock()
+        {
+            p.insert(
+                id.clone(),
+                Pending {
+                    service: service.to_string(),
+                    uri,
+                },
+            );
+        }
+        let mut refusals = Vec::new();
+        for (node, addr, _) in &ranked {
+            let outcome = match addr {
+                None => self
+                    .accept(
+                        assignment.clone(),
+                        SocketAddr::from(([127, 0, 0, 1], self.port)),
+                    )
+                    .map(|_| ()),
+                Some(a) => self
+                    .call::<serde_json::Value>(node, *a, "/peer/v1/services", Some(&assignment))
+                    .await
+                    .map(|_| ()),
+            };
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(service, job = %id, target = %node, "service given to the best device");
+                    let address = addr.map(|a| a.ip().to_string()).unwrap_or_default();
+                    return Ok((node.clone(), address));
+                }
+                Err(e) => refusals.push(format!("{node}: {e}")),
+            }
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&id);
+        }
+        Err(RequestError::NoTarget(if ranked.is_empty() {
+            if self_selection {
+                "no device could score the service".into()
+            } else {
+                "no peer could take it (SelfSelection is false and no peer answered)".into()
+            }
+        } else {
+            format!("every device refused it: {}", refusals.join("; "))
+        }))
+    }
+
+    /// Takes a service to run here; `from` is where its origin's peer port is.
+    fn accept(&self, a: Assignment, from: SocketAddr) -> Result<(), String> {
+        let app = a.spec.as_app();
+        let mut container = expand_replicas(&a.id, &app, 0, &self.facts, &[1])
+            .pop()
+            .ok_or("the service expands to no container")?;
+        container.env.remove("GUSTAVO_APP");
+        container.env.remove("GUSTAVO_REPLICA");
+        container.env.insert("GUSTAVO_JOB".into(), a.id.clone());
+        let job = DesiredJob {
+            name: a.id.clone(),
+            revision: 1,
+            run: Some(1),
+            schedule: None,
+            deadline_s: a.spec.deadline_s(),
+            container,
+        };
+        let origin = Origin {
+            node: a.origin.clone(),
+            addr: SocketAddr::new(from.ip(), a.origin_port),
+            service: a.service.clone(),
+            told: Vec::new(),
+        };
+        {
+            let mut r = self.running.lock().map_err(|_| "poisoned")?;
+            r.insert(a.id.clone(), (job, origin));
+        }
+        self.publish();
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let jobs: Vec<DesiredJob> = self
+            .running
+            .lock()
+            .map(|r| r.values().map(|(j, _)| j.clone()).collect())
+            .unwrap_or_default();
+        self.desired.send_modify(|d| {
+            let revision = d.as_ref().map(|d| d.revision).unwrap_or(0) + 1;
+            *d = Some(DesiredState {
+                node: self.me.clone(),
+                revision,
+                apps: Vec::new(),
+                jobs,
+                exec: Vec::new(),
+                pressure: None,
+                tunnel: None,
+            });
+        });
+    }
+
+    /// Follows the job runner's runs and tells each service's origin its states.
+    pub async fn follow_runs(self: Arc<Self>, mut runs: watch::Receiver<Vec<JobRun>>) {
+        loop {
+            let current = runs.borrow_and_update().clone();
+            let mut notes = Vec::new();
+            let mut finished = Vec::new();
+            if let Ok(mut r) = self.running.lock() {
+                for run in &current {
+                    let Some((_, origin)) = r.get_mut(&run.job) else {
+                        continue;
+                    };
+                    let states: &[&'static str] = match run.state {
+                        RunState::Pending => &[],
+                        RunState::Running => &["Started"],
+                        RunState::Succeeded => &["Started", "Finished"],
+                        RunState::Failed => &["Started", "Failed"],
+                    };
+                    for s in states {
+                        if origin.told.contains(s) {
+                            continue;
+                        }
+                        origin.told.push(s);
+                        notes.push((
+                            origin.clone(),
+                            StatusNotification {
+                                service_name: origin.service.clone(),
+                                status: s.to_string(),
+                                exit_code: (*s != "Started").then_some(run.exit_code).flatten(),
+                                target: self.me.clone(),
+                                job: run.job.clone(),
+                            },
+                        ));
+                    }
+                    if run.state.is_final() {
+                        finished.push(run.job.clone());
+                    }
+                }
+                for j in &finished {
+                    r.remove(j);
+                }
+            }
+            if !finished.is_empty() {
+                self.publish();
+            }
+            for (origin, note) in notes {
+                let me = self.clone();
+                tokio::spawn(async move { me.tell(origin, note).await });
+            }
+            if runs.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Sends a state to the service's origin (itself: straight to the callback).
+    async fn tell(self: Arc<Self>, origin: Origin, note: StatusNotification) {
+        if origin.node == self.me {
+            self.notified(note).await;
+            return;
+        }
+        for attempt in 0..5u32 {
+            match self
+                .call::<serde_json::Value>(
+                    &origin.node,
+                    origin.addr,
+                    "/peer/v1/notification",
+                    Some(&note),
+                )
+                .await
+            {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(origin = %origin.node, error = %e, "cannot tell the requesting device")
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+        }
+    }
+
+    /// A state of a service this device asked for: to the caller's callback URI.
+    async fn notified(&self, note: StatusNotification) {
+        let uri = {
+            let Ok(mut p) = self.pending.lock() else {
+                return;
+            };
+            let final_state = note.status != "Started";
+            let uri = p.get(&note.job).map(|x| (x.uri.clone(), x.service.clone()));
+            if final_state {
+                p.remove(&note.job);
+            }
+            uri
+        };
+        let Some((uri, _service)) = uri else {
+            return;
+        };
+        crate::samsung::deliver(&self.callbacks, &uri, &note).await;
+    }
+}
+
+/// Keeps the table: discovery events and health checks, until the task is aborted.
+pub async fn maintain(node: Arc<PeerNode>, mut events: tokio::sync::mpsc::Receiver<Event>) {
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => node.discovered(ev),
+                // Discovery ended: health checks go on alone.
+                None => loop {
+                    tick.tick().await;
+                    node.check().await;
+                },
+            },
+            _ = tick.tick() => node.check().await,
+        }
+    }
+}
+
+/// The peer port's routes (behind mutual TLS).
+pub fn router(node: Arc<PeerNode>) -> Router {
+    Router::new()
+        .route("/peer/v1/ping", get(ping))
+        .route("/peer/v1/score", get(score_route))
+        .route("/peer/v1/services", post(services))
+        .route("/peer/v1/notification", post(notification))
+        .with_state(node)
+}
+
+async fn ping(State(n): State<Arc<PeerNode>>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"node": n.me, "cluster": n.cluster}))
+}
+
+async fn score_route(State(n): State<Arc<PeerNode>>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"node": n.me, "score": n.own_score()}))
+}
+
+async fn services(
+    State(n): State<Arc<PeerNode>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    axum::Json(a): axum::Json<Assignment>,
+) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let id = a.id.clone();
+    match n.accept(a, from) {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({"node": n.me, "job": id})),
+        ),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({"error": {"code": "bad_request", "message": e}})),
+        ),
+    }
+}
+
+async fn notification(
+    State(n): State<Arc<PeerNode>>,
+    axum::Json(note): axum::Json<StatusNotification>,
+) -> axum::Json<serde_json::Value> {
+    n.notified(note).await;
+    axum::Json(serde_json::json!({}))
+}
+
+/// Where a peer's cluster file lives in the agent's data dir (`gustavo peer join`).
+pub fn cluster_file(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("peer").join("cluster.pem")
+}
+
+/// How a device takes part in its peer cluster.
+pub struct PeerSettings {
+    pub node: String,
+    pub data_dir: std::path::PathBuf,
+    /// The peer port (TLS); peers call it.
+    pub port: u16,
+    /// Announce and browse over mDNS.
+    pub mdns: bool,
+    /// Peers named by hand: `NAME@ADDR:PORT`.
+    pub static_peers: Vec<(String, SocketAddr)>,
+}
+
+/// A running peer: its state and the peer port's TLS configuration.
+pub struct Started {
+    pub node: Arc<PeerNode>,
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+/// Starts this device's peer side: the host sampler, the job runner for services given to
+/// this device (its own data dir `peer/`, its own container label, so it never touches what
+/// a server's agent runs), discovery and health checks.
+pub fn start<R: crate::runtime::Runtime>(
+    s: PeerSettings,
+    runtime: Arc<R>,
+) -> Result<Started, String> {
+    use crate::vitals::HostProbe;
+    let ca = trust::ClusterCa::load(&cluster_file(&s.data_dir)).map_err(|e| {
+        format!("{e}; make a cluster with `gustavo peer init`, then `gustavo peer join FILE` on every device")
+    })?;
+    let identity = ca.identity(&s.node)?;
+    let tls = identity.server_config()?;
+    let mut sampler = crate::vitals::Sampler::new()?;
+    let (cpus, memory_mb) = sampler.capacity();
+    let (vitals_tx, vitals_rx) = watch::channel(Some(sampler.sample()));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if vitals_tx.send(Some(sampler.sample())).is_err() {
+                return;
+            }
+        }
+    });
+    let dir = s.data_dir.join("peer");
+    let persist: Arc<dyn crate::persist::Persist> = Arc::new(
+        crate::persist::DataDir::create(&dir).map_err(|e| format!("{}: {e}", dir.display()))?,
+    );
+    let (desired_tx, desired_rx) = watch::channel(None);
+    let (runs_tx, runs_rx) = watch::channel(Vec::new());
+    let runner_node = format!("{}-peer", s.node);
+    tokio::spawn(
+        crate::jobs::JobRunner::new(runtime, runner_node, persist, desired_rx, runs_tx).run(),
+    );
+    let node = PeerNode::new(
+        s.node.clone(),
+        s.port,
+        &ca,
+        &identity,
+        vitals_rx,
+        desired_tx,
+        NodeFacts {
+            name: s.node.clone(),
+            cpus,
+            memory_mb,
+            labels: BTreeMap::new(),
+        },
+    )?;
+    tokio::spawn(node.clone().follow_runs(runs_rx));
+    let me = discovery::Announce {
+        node: s.node.clone(),
+        port: s.port,
+        cluster: node.cluster().to_string(),
+    };
+    let events = if s.mdns {
+        discovery::Discovery::start(discovery::Mdns, me.clone())?
+    } else {
+        discovery::Discovery::start(discovery::Nothing, me.clone())?
+    };
+    for (name, addr) in s.static_peers {
+        node.discovered(Event::Found(Candidate {
+            node: name,
+            addrs: vec![addr],
+            cluster: node.cluster().to_string(),
+        }));
+    }
+    tokio::spawn(maintain(node.clone(), events));
+    tracing::info!(node = %s.node, port = s.port, cluster = %node.cluster(), mdns = s.mdns, "peer mode on");
+    Ok(Started { node, tls })
+}
