@@ -34,7 +34,7 @@ done
 # real Glances 4 and glances-api client.
 # glances, python3-bottle: Debian's real Glances 3.3 (API v3; bottle is only a Recommends).
 # stunnel4, openssl: a Docker API over TLS with client certificates (watched hosts).
-PACKAGES=(busybox-static docker-registry curl jq prometheus openssh-client debootstrap systemd python3-venv glances python3-bottle stunnel4 openssl wireguard-go wireguard-tools iproute2)
+PACKAGES=(busybox-static docker-registry curl jq prometheus openssh-client debootstrap systemd python3-venv glances python3-bottle stunnel4 openssl wireguard-go wireguard-tools iproute2 iptables)
 # Crates that must never be linked into Gustavo (no OpenSSL, no aws-lc).
 FORBIDDEN_CRATES=(aws-lc-rs aws-lc-sys openssl-sys)
 

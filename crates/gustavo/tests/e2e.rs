@@ -10,6 +10,7 @@ mod glances;
 mod jobs;
 mod metrics;
 mod networks;
+mod peer;
 mod pressure;
 mod rollouts;
 mod samsung;

@@ -6,7 +6,8 @@
 //! peers is TLS 1.3 with both certificates checked, so a device without the cluster's CA is
 //! ignored by discovery (its record names another cluster) and refused by TLS. A candidate
 //! is a peer once it answers `ping`; it stops being one when its record goes, or after
-//! [`MAX_FAILURES`] failed health checks, or when nothing was heard from it for [`TTL`].
+//! [`MAX_FAILURES`] failed health checks, or when nothing was heard from it for [`TTL`]
+//! (then it is probed as a candidate again, and forgotten after [`CANDIDATE_TTL`]).
 //!
 //! A service request on any device (the Samsung API) gathers the peers' scores (the
 //! scheduler's explicit score, over the authenticated channel, within [`SCORE_TIME`]),
@@ -48,6 +49,8 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 pub const MAX_FAILURES: u32 = 3;
 /// A peer not heard from for this long is dropped, whatever discovery says.
 pub const TTL: Duration = Duration::from_secs(10);
+/// A candidate (found, or dropped as a peer) that never answers is forgotten after this.
+pub const CANDIDATE_TTL: Duration = Duration::from_secs(60);
 /// How long a request waits for the peers' scores.
 pub const SCORE_TIME: Duration = Duration::from_secs(3);
 
@@ -335,11 +338,20 @@ impl PeerNode {
                 }
             }
         }
-        t.retain(|node, p| {
+        for (node, p) in t.iter_mut() {
             let heard = p.last_ok.unwrap_or(p.found);
-            let keep = p.failures < MAX_FAILURES && now.duration_since(heard) < TTL;
-            if !keep {
+            if p.verified && (p.failures >= MAX_FAILURES || now.duration_since(heard) >= TTL) {
+                // No longer a peer: nothing goes to it. It stays a candidate for a while,
+                // probed like a new one, in case it was only away.
+                p.verified = false;
                 tracing::info!(%node, failures = p.failures, "peer dropped");
+            }
+        }
+        t.retain(|node, p| {
+            let keep =
+                p.verified || now.duration_since(p.last_ok.unwrap_or(p.found)) < CANDIDATE_TTL;
+            if !keep {
+                tracing::info!(%node, "candidate forgotten");
             }
             keep
         });

@@ -7,7 +7,7 @@ use crate::jobs::{JobContainers, Receiver};
 use crate::util::*;
 
 /// The seed's example runs `hello-world`: a local image of that name that prints and exits.
-fn hello_world_image() {
+pub(crate) fn hello_world_image() {
     let present = std::process::Command::new("docker")
         .args(["image", "inspect", "hello-world:latest"])
         .output()

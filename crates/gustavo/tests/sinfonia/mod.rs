@@ -747,7 +747,7 @@ fn a_client_reaches_its_backend_through_the_sites_wireguard_tunnel() {
         site_if: format!("gtw{tag}"),
     };
     let veth_ns = format!("gtn{tag}");
-    let (host_ip, ns_ip) = (format!("172.31.{b}.1"), format!("172.31.{b}.2"));
+    let (host_ip, ns_ip) = (format!("10.197.{b}.1"), format!("10.197.{b}.2"));
     let wg_port = std::net::UdpSocket::bind("0.0.0.0:0")
         .and_then(|s| s.local_addr())
         .unwrap()

@@ -1,0 +1,344 @@
+//! Issue 12, peer mode: devices with no server find each other over mDNS and run services
+//! for each other. Four agents in their own network namespaces on one bridge (multicast
+//! crosses it): three share a cluster CA, the fourth has another. The seed README's request
+//! on one runs on the best device and its caller hears `Finished`; `SelfSelection: "false"`
+//! runs it elsewhere; the stranger is ignored and refused; a killed peer goes within the TTL.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(out.status.success(), "ip {args:?}: {}", stderr(&out));
+}
+
+/// What the test made on the host, undone when it ends (also on failure).
+struct Lan {
+    bridge: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+    rule: Vec<String>,
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+        let mut del = vec!["-D".to_string()];
+        del.extend(self.rule.iter().cloned());
+        let _ = Command::new("iptables").args(&del).output();
+        let _ = Command::new("sh")
+            .args(["-c", "docker ps -aq --filter label=gustavo.node | xargs -r docker inspect --format '{{.Id}} {{index .Config.Labels \"gustavo.node\"}}' | grep -- '-peer/jobs' | cut -d' ' -f1 | xargs -r docker rm -f"])
+            .output();
+    }
+}
+
+impl Lan {
+    /// A bridge and `n` namespaces on it, 10.198.X.i/24. Docker's FORWARD policy drops
+    /// bridged traffic when br_netfilter is loaded: the test's own bridge is let through.
+    fn new(n: usize) -> (Lan, String) {
+        let tag = std::process::id() % 10_000;
+        // Outside Docker's address pools (172.17-31, 192.168): its NAT rules would rewrite
+        // bridged packets of an overlapping subnet.
+        let net = format!("10.198.{}", 1 + rand::random::<u8>() % 250);
+        let bridge = format!("gpb{tag}");
+        let rule: Vec<String> = ["FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut lan = Lan {
+            bridge: bridge.clone(),
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            rule: rule.clone(),
+        };
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        ip(&["link", "set", &bridge, "up"]);
+        let mut ins = vec!["-I".to_string()];
+        ins.extend(rule);
+        let out = Command::new("iptables")
+            .args(&ins)
+            .output()
+            .expect("iptables runs");
+        assert!(out.status.success(), "iptables: {}", stderr(&out));
+        for i in 1..=n {
+            let ns = format!("gpn{tag}-{i}");
+            let host = format!("gpv{tag}-{i}");
+            let inside = format!("gpe{tag}-{i}");
+            ip(&["netns", "add", &ns]);
+            lan.namespaces.push(ns.clone());
+            ip(&[
+                "link", "add", &host, "type", "veth", "peer", "name", &inside,
+            ]);
+            ip(&["link", "set", &host, "master", &bridge, "up"]);
+            ip(&["link", "set", &inside, "netns", &ns]);
+            ip(&[
+                "-n",
+                &ns,
+                "address",
+                "add",
+                &format!("{net}.{i}/24"),
+                "dev",
+                &inside,
+            ]);
+            ip(&["-n", &ns, "link", "set", &inside, "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            // Multicast out of the LAN interface (there is no default route).
+            ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", &inside]);
+        }
+        (lan, net)
+    }
+
+    fn ns(&self, i: usize) -> &str {
+        &self.namespaces[i - 1]
+    }
+
+    /// Runs the gustavo CLI in namespace `i`.
+    fn cli(&self, i: usize, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", self.ns(i), BIN])
+            .args(args)
+            .output()
+            .expect("gustavo runs")
+    }
+
+    fn peers(&self, i: usize) -> Vec<serde_json::Value> {
+        let out = self.cli(i, &["peer", "list", "-o", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    fn verified(&self, i: usize) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .peers(i)
+            .iter()
+            .filter(|p| p["state"] == "peer")
+            .filter_map(|p| p["node"].as_str().map(String::from))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn start_peer(&mut self, i: usize, dir: &Path, extra: &[&str]) {
+        let log = std::fs::File::create(dir.join(format!("peer{i}.log"))).unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.ns(i), BIN, "agent", "--peer"])
+            .args(["--name", &format!("pe{i}")])
+            .args(["--data-dir", dir.join(format!("a{i}")).to_str().unwrap()])
+            .args(["--peer-listen", "0.0.0.0:7422"])
+            .args(["--samsung-listen", "127.0.0.1:56001"])
+            .args(extra)
+            .env("RUST_LOG", "info,gustavo_agent::peer=debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.children.push(cmd.spawn().expect("the agent starts"));
+    }
+}
+
+fn post(lan: &Lan, i: usize, body: &str) -> serde_json::Value {
+    let out = Command::new("ip")
+        .args(["netns", "exec", lan.ns(i), "curl", "-s", "-X", "POST"])
+        .args(["http://127.0.0.1:56001/api/v1/orchestration/services"])
+        .args(["-H", "Content-Type: application/json", "-d", body])
+        .output()
+        .expect("curl runs");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The best device by the scores the requesting peer logged for `service` (ties go to
+/// the first name, as the agent breaks them).
+fn best_by_log(log: &Path, service: &str) -> String {
+    let text = std::fs::read_to_string(log).unwrap();
+    let line = text
+        .lines()
+        .rfind(|l| {
+            l.contains("peer scores gathered") && l.contains(&format!("service=\"{service}\""))
+        })
+        .unwrap_or_else(|| panic!("no scores logged for {service}:\n{text}"));
+    let scores = line.split("scores=").nth(1).unwrap();
+    let mut all: Vec<(String, f64)> = scores
+        .split_whitespace()
+        .filter_map(|s| {
+            let (n, v) = s.split_once('=')?;
+            Some((n.to_string(), v.parse().ok()?))
+        })
+        .collect();
+    all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    all[0].0.clone()
+}
+
+#[test]
+fn peers_find_each_other_run_services_on_the_best_and_refuse_strangers() {
+    require_docker_and_registry();
+    crate::samsung::hello_world_image();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let cluster = dir.join("cluster.pem");
+    let stranger = dir.join("stranger.pem");
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    };
+    run(&["peer", "init", "--out", cluster.to_str().unwrap()]);
+    run(&["peer", "init", "--out", stranger.to_str().unwrap()]);
+    for i in 1..=4 {
+        let file = if i == 4 { &stranger } else { &cluster };
+        let data = dir.join(format!("a{i}"));
+        run(&[
+            "peer",
+            "join",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+    }
+    let (mut lan, net) = Lan::new(4);
+    for i in 1..=3 {
+        lan.start_peer(i, dir, &[]);
+    }
+    // The stranger is also told where pe1 is, so it tries TLS too.
+    let pe1 = format!("pe1@{net}.1:7422");
+    lan.start_peer(4, dir, &["--peer-static", &pe1]);
+
+    // 1. The three find and verify each other; nobody takes the stranger, nor it them.
+    let start = Instant::now();
+    for i in 1..=3 {
+        let want: Vec<String> = (1..=3)
+            .filter(|j| *j != i)
+            .map(|j| format!("pe{j}"))
+            .collect();
+        while lan.verified(i) != want {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "pe{i} sees {:?}, wants {want:?}; log:\n{}",
+                lan.peers(i),
+                tail(
+                    &std::fs::read_to_string(dir.join(format!("peer{i}.log"))).unwrap(),
+                    30
+                )
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        lan.verified(4).is_empty(),
+        "the stranger has peers: {:?}",
+        lan.peers(4)
+    );
+    for i in 1..=3 {
+        assert!(
+            !lan.peers(i).iter().any(|p| p["node"] == "pe4"),
+            "pe{i} lists the stranger"
+        );
+    }
+    // Its TLS is refused: no client certificate from the cluster's CA.
+    let out = Command::new("ip")
+        .args(["netns", "exec", lan.ns(4), "curl", "-sk", "--max-time", "3"])
+        .arg(format!("https://{net}.1:7422/peer/v1/ping"))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "pe1 answered without a client certificate"
+    );
+    let listed = String::from_utf8_lossy(&lan.cli(1, &["peer", "list"]).stdout).to_string();
+    assert!(
+        listed.contains("pe2") && listed.contains("SCORE"),
+        "{listed}"
+    );
+
+    // 2. The seed README's request, verbatim, on pe1; the callback receiver is on pe1.
+    let got = dir.join("got");
+    let receiver = Command::new("ip")
+        .args(["netns", "exec", lan.ns(1), "python3", "-c"])
+        .arg(format!(
+            "import http.server\n\
+             class H(http.server.BaseHTTPRequestHandler):\n\
+             \x20   def do_POST(self):\n\
+             \x20       b=self.rfile.read(int(self.headers.get('Content-Length',0)))\n\
+             \x20       open({got:?},'a').write(b.decode()+'\\n'); self.send_response(200); self.end_headers()\n\
+             \x20   def log_message(self,*a): pass\n\
+             http.server.HTTPServer(('127.0.0.1',8999),H).serve_forever()\n",
+            got = got.to_str().unwrap()
+        ))
+        .spawn()
+        .unwrap();
+    lan.children.push(receiver);
+    std::thread::sleep(Duration::from_millis(500));
+    let notes = |service: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&got)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["ServiceName"] == service)
+            .collect()
+    };
+    let v = post(
+        &lan,
+        1,
+        "{ \"ServiceName\": \"hello-world\", \"ServiceInfo\": [{ \"ExecutionType\": \"container\", \"ExecCmd\": [ \"docker\", \"run\", \"-v\", \"/var/run:/var/run:rw\", \"hello-world\"]}], \"StatusCallbackURI\": \"http://localhost:8999/api/v1/services/notification\"}",
+    );
+    assert_eq!(v["Message"], "ERROR_NONE", "{v}");
+    wait_for("Finished for hello-world", Duration::from_secs(60), || {
+        notes("hello-world")
+            .iter()
+            .any(|n| n["Status"] == "Finished")
+    });
+    let n = notes("hello-world");
+    let states: Vec<&str> = n.iter().filter_map(|n| n["Status"].as_str()).collect();
+    assert_eq!(states, vec!["Started", "Finished"], "{n:?}");
+    assert_eq!(n[1]["ExitCode"], 0);
+    let best = best_by_log(&dir.join("peer1.log"), "hello-world");
+    assert_eq!(
+        n[1]["Target"],
+        best.as_str(),
+        "it ran on the best-scoring device"
+    );
+
+    // 3. SelfSelection "false": elsewhere, and the caller still hears.
+    let v = post(
+        &lan,
+        1,
+        "{\"ServiceName\": \"elsewhere\", \"SelfSelection\": \"false\", \"ServiceInfo\": [{\"ExecutionType\": \"container\", \"ExecCmd\": [\"docker\", \"run\", \"gustavo-test/busybox:latest\", \"sh\", \"-c\", \"exit 3\"]}], \"StatusCallbackURI\": \"http://127.0.0.1:8999/n\"}",
+    );
+    assert_eq!(v["Message"], "ERROR_NONE", "{v}");
+    wait_for("Failed for elsewhere", Duration::from_secs(60), || {
+        notes("elsewhere").iter().any(|n| n["Status"] == "Failed")
+    });
+    let failed = notes("elsewhere")
+        .into_iter()
+        .find(|n| n["Status"] == "Failed")
+        .unwrap();
+    assert_eq!(failed["ExitCode"], 3, "{failed}");
+    assert_ne!(failed["Target"], "pe1", "{failed}");
+    assert_eq!(
+        failed["Target"].as_str().unwrap(),
+        best_by_log(&dir.join("peer1.log"), "elsewhere")
+    );
+
+    // 4. A killed peer (no goodbye) goes within the TTL.
+    let pe3 = lan.children.remove(2);
+    let mut pe3 = pe3;
+    pe3.kill().unwrap();
+    let _ = pe3.wait();
+    wait_for(
+        "pe3 to go from pe1's peers",
+        Duration::from_secs(20),
+        || lan.verified(1) == vec!["pe2".to_string()],
+    );
+}
