@@ -2,7 +2,8 @@
 //! for each other. Four agents in their own network namespaces on one bridge (multicast
 //! crosses it): three share a cluster CA, the fourth has another. The seed README's request
 //! on one runs on the best device and its caller hears `Finished`; `SelfSelection: "false"`
-//! runs it elsewhere; the stranger is ignored and refused; a killed peer goes within the TTL.
+//! runs it elsewhere; the stranger is ignored and refused; a killed peer goes within the TTL;
+//! one peer is also a server's agent.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -207,9 +208,18 @@ fn peers_find_each_other_run_services_on_the_best_and_refuse_strangers() {
         ]);
     }
     let (mut lan, net) = Lan::new(4);
-    for i in 1..=3 {
-        lan.start_peer(i, dir, &[]);
-    }
+    // pe2 is also the agent of a server (reached on the bridge's own address).
+    ip(&[
+        "address",
+        "add",
+        &format!("{net}.254/24"),
+        "dev",
+        &lan.bridge,
+    ]);
+    let server = Server::start_on(&format!("{net}.254:0"), &[]);
+    lan.start_peer(1, dir, &[]);
+    lan.start_peer(2, dir, &["--server", &server.url, "--token", &server.join]);
+    lan.start_peer(3, dir, &[]);
     // The stranger is also told where pe1 is, so it tries TLS too.
     let pe1 = format!("pe1@{net}.1:7422");
     lan.start_peer(4, dir, &["--peer-static", &pe1]);
@@ -261,6 +271,10 @@ fn peers_find_each_other_run_services_on_the_best_and_refuse_strangers() {
         listed.contains("pe2") && listed.contains("SCORE"),
         "{listed}"
     );
+    // pe2 is a peer and its server's node at once.
+    wait_for("pe2 to join its server", Duration::from_secs(30), || {
+        server.ok(&["nodes", "list"]).contains("pe2")
+    });
 
     // 2. The seed README's request, verbatim, on pe1; the callback receiver is on pe1.
     let got = dir.join("got");
