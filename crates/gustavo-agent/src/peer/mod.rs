@@ -13,7 +13,9 @@
 //! scheduler's explicit score, over the authenticated channel, within [`SCORE_TIME`]),
 //! gives the service to the best (not itself with `SelfSelection: false`), and the device
 //! that runs it tells the requesting device `Started`, `Finished` or `Failed`, which calls
-//! the caller's `StatusCallbackURI` (a URI only meaningful on the caller's device).
+//! the caller's `StatusCallbackURI` (a URI only meaningful on the caller's device). When
+//! the device running a service stops being a peer before the service ends, the requester
+//! gives it to the next best device (at most [`MAX_PLACEMENTS`] devices in all).
 //!
 //! The seed's internal routes, in authenticated form on the peer port:
 //! `GET /peer/v1/ping` (the seed's `/api/v1/ping`), `GET /peer/v1/score`
@@ -103,11 +105,21 @@ struct ScoreReply {
     score: f64,
 }
 
-/// Where a finished request's states go: the requester's callback URI.
+/// A service this device asked for, until it ends.
 struct Pending {
-    service: String,
-    uri: String,
+    assignment: Assignment,
+    /// The caller's `StatusCallbackURI`.
+    uri: Option<String>,
+    self_selection: bool,
+    /// The device running it now, and every device it was given to.
+    target: String,
+    tried: Vec<String>,
+    /// The states the caller was told (a service placed again starts again).
+    told: Vec<String>,
 }
+
+/// Devices one service is given to at most (the first and two more after losses).
+pub const MAX_PLACEMENTS: usize = 3;
 
 /// Who a running assignment reports to.
 #[derive(Clone)]
@@ -384,20 +396,20 @@ impl PeerNode {
         out
     }
 
-    /// Runs `spec` on the best device; returns the device's name and address.
-    pub async fn request(
-        self: &Arc<Self>,
+    /// The devices that may run a service, best first (scores gathered within
+    /// [`SCORE_TIME`]; ties go to the first name). `except`: devices not to use.
+    async fn rank(
+        &self,
         service: &str,
-        spec: JobSpec,
         self_selection: bool,
-        callback: Option<String>,
-    ) -> Result<(String, String), RequestError> {
+        except: &[String],
+    ) -> Vec<(String, Option<SocketAddr>, f64)> {
         let peers: Vec<(String, SocketAddr)> = self
             .table
             .lock()
             .map(|t| {
                 t.iter()
-                    .filter(|(_, p)| p.verified)
+                    .filter(|(n, p)| p.verified && !except.contains(n))
                     .map(|(n, p)| (n.clone(), p.addr))
                     .collect()
             })
@@ -415,7 +427,7 @@ impl PeerNode {
                     .collect(),
                 Err(_) => Vec::new(),
             };
-        if self_selection {
+        if self_selection && !except.contains(&self.me) {
             ranked.push((self.me.clone(), None, self.own_score()));
         }
         ranked.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
@@ -424,6 +436,45 @@ impl PeerNode {
             .map(|(n, _, s)| format!("{n}={s:.3}"))
             .collect();
         tracing::info!(service, scores = %shown.join(" "), "peer scores gathered");
+        ranked
+    }
+
+    /// Gives `a` to the first device of `ranked` that takes it.
+    async fn assign(
+        &self,
+        ranked: &[(String, Option<SocketAddr>, f64)],
+        a: &Assignment,
+    ) -> Result<(String, String), Vec<String>> {
+        let mut refusals = Vec::new();
+        for (node, addr, _) in ranked {
+            let outcome = match addr {
+                None => self.accept(a.clone(), SocketAddr::from(([127, 0, 0, 1], self.port))),
+                Some(at) => self
+                    .call::<serde_json::Value>(node, *at, "/peer/v1/services", Some(a))
+                    .await
+                    .map(|_| ()),
+            };
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(service = %a.service, job = %a.id, target = %node, "service given to the best device");
+                    let address = addr.map(|x| x.ip().to_string()).unwrap_or_default();
+                    return Ok((node.clone(), address));
+                }
+                Err(e) => refusals.push(format!("{node}: {e}")),
+            }
+        }
+        Err(refusals)
+    }
+
+    /// Runs `spec` on the best device; returns the device's name and address.
+    pub async fn request(
+        self: &Arc<Self>,
+        service: &str,
+        spec: JobSpec,
+        self_selection: bool,
+        callback: Option<String>,
+    ) -> Result<(String, String), RequestError> {
+        let ranked = self.rank(service, self_selection, &[]).await;
         let tag = hex::encode(rand::random::<[u8; 4]>());
         let base: String = service
             .chars()
@@ -444,52 +495,108 @@ impl PeerNode {
             origin: self.me.clone(),
             origin_port: self.port,
         };
-        if let Some(uri) = callback
-            && let Ok(mut p) = self.pending.lock()
-        {
+        // Kept before it is given away: a fast service can finish before `assign` returns.
+        if let Ok(mut p) = self.pending.lock() {
             p.insert(
                 id.clone(),
                 Pending {
-                    service: service.to_string(),
-                    uri,
+                    assignment: assignment.clone(),
+                    uri: callback,
+                    self_selection,
+                    target: String::new(),
+                    tried: Vec::new(),
+                    told: Vec::new(),
                 },
             );
         }
-        let mut refusals = Vec::new();
-        for (node, addr, _) in &ranked {
-            let outcome = match addr {
-                None => self
-                    .accept(
-                        assignment.clone(),
-                        SocketAddr::from(([127, 0, 0, 1], self.port)),
-                    )
-                    .map(|_| ()),
-                Some(a) => self
-                    .call::<serde_json::Value>(node, *a, "/peer/v1/services", Some(&assignment))
-                    .await
-                    .map(|_| ()),
-            };
-            match outcome {
-                Ok(()) => {
-                    tracing::info!(service, job = %id, target = %node, "service given to the best device");
-                    let address = addr.map(|a| a.ip().to_string()).unwrap_or_default();
-                    return Ok((node.clone(), address));
+        match self.assign(&ranked, &assignment).await {
+            Ok((node, address)) => {
+                if let Ok(mut p) = self.pending.lock()
+                    && let Some(x) = p.get_mut(&id)
+                {
+                    x.target = node.clone();
+                    x.tried.push(node.clone());
                 }
-                Err(e) => refusals.push(format!("{node}: {e}")),
+                Ok((node, address))
+            }
+            Err(refusals) => {
+                if let Ok(mut p) = self.pending.lock() {
+                    p.remove(&id);
+                }
+                Err(RequestError::NoTarget(if ranked.is_empty() {
+                    if self_selection {
+                        "no device could score the service".into()
+                    } else {
+                        "no peer could take it (SelfSelection is false and no peer answered)".into()
+                    }
+                } else {
+                    format!("every device refused it: {}", refusals.join("; "))
+                }))
             }
         }
-        if let Ok(mut p) = self.pending.lock() {
-            p.remove(&id);
-        }
-        Err(RequestError::NoTarget(if ranked.is_empty() {
-            if self_selection {
-                "no device could score the service".into()
+    }
+
+    /// Services this device asked for whose device stopped being a peer before they
+    /// ended: given to the next best device that has not had them, up to
+    /// [`MAX_PLACEMENTS`] devices; after that the caller hears `Failed`.
+    pub async fn replace_lost(self: &Arc<Self>) {
+        let verified: Vec<String> = self
+            .table
+            .lock()
+            .map(|t| {
+                t.iter()
+                    .filter(|(_, p)| p.verified)
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let lost: Vec<(Assignment, bool, Vec<String>, String)> = match self.pending.lock() {
+            Ok(p) => p
+                .values()
+                .filter(|x| {
+                    !x.target.is_empty() && x.target != self.me && !verified.contains(&x.target)
+                })
+                .map(|x| {
+                    (
+                        x.assignment.clone(),
+                        x.self_selection,
+                        x.tried.clone(),
+                        x.target.clone(),
+                    )
+                })
+                .collect(),
+            Err(_) => return,
+        };
+        for (a, self_selection, tried, gone) in lost {
+            tracing::warn!(service = %a.service, job = %a.id, device = %gone, "the device running a service is gone; placing it again");
+            let placed = if tried.len() < MAX_PLACEMENTS {
+                let ranked = self.rank(&a.service, self_selection, &tried).await;
+                self.assign(&ranked, &a).await.ok()
             } else {
-                "no peer could take it (SelfSelection is false and no peer answered)".into()
+                None
+            };
+            match placed {
+                Some((node, _)) => {
+                    if let Ok(mut p) = self.pending.lock()
+                        && let Some(x) = p.get_mut(&a.id)
+                    {
+                        x.target = node.clone();
+                        x.tried.push(node);
+                    }
+                }
+                None => {
+                    // Nothing left to run it: the caller is told it failed.
+                    self.notified(StatusNotification {
+                        service_name: a.service.clone(),
+                        status: "Failed".into(),
+                        exit_code: None,
+                        target: gone,
+                        job: a.id.clone(),
+                    })
+                    .await;
+                }
             }
-        } else {
-            format!("every device refused it: {}", refusals.join("; "))
-        }))
+        }
     }
 
     /// Takes a service to run here; `from` is where its origin's peer port is.
@@ -628,17 +735,25 @@ impl PeerNode {
             let Ok(mut p) = self.pending.lock() else {
                 return;
             };
-            let final_state = note.status != "Started";
-            let uri = p.get(&note.job).map(|x| (x.uri.clone(), x.service.clone()));
-            if final_state {
+            let Some(x) = p.get_mut(&note.job) else {
+                return;
+            };
+            // Only from the device running it now (a lost device may come back late; the
+            // target is unknown for the instant before `assign` returns), each state once.
+            let stale = !x.target.is_empty() && note.target != x.target;
+            if stale || x.told.contains(&note.status) {
+                return;
+            }
+            x.told.push(note.status.clone());
+            let uri = x.uri.clone();
+            if note.status != "Started" {
                 p.remove(&note.job);
             }
             uri
         };
-        let Some((uri, _service)) = uri else {
-            return;
-        };
-        crate::samsung::deliver(&self.callbacks, &uri, &note).await;
+        if let Some(uri) = uri {
+            crate::samsung::deliver(&self.callbacks, &uri, &note).await;
+        }
     }
 }
 
@@ -654,9 +769,13 @@ pub async fn maintain(node: Arc<PeerNode>, mut events: tokio::sync::mpsc::Receiv
                 None => loop {
                     tick.tick().await;
                     node.check().await;
+                    node.replace_lost().await;
                 },
             },
-            _ = tick.tick() => node.check().await,
+            _ = tick.tick() => {
+                node.check().await;
+                node.replace_lost().await;
+            }
         }
     }
 }

@@ -2,8 +2,9 @@
 //! for each other. Four agents in their own network namespaces on one bridge (multicast
 //! crosses it): three share a cluster CA, the fourth has another. The seed README's request
 //! on one runs on the best device and its caller hears `Finished`; `SelfSelection: "false"`
-//! runs it elsewhere; the stranger is ignored and refused; a killed peer goes within the TTL;
-//! one peer is also a server's agent.
+//! runs it elsewhere; the stranger is ignored and refused; the device running a service is
+//! killed: it goes within the TTL and the service runs on the next best device; one peer is
+//! also a server's agent.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -21,12 +22,14 @@ struct Lan {
     bridge: String,
     namespaces: Vec<String>,
     children: Vec<Child>,
+    /// The agents, by node name.
+    peers: std::collections::BTreeMap<String, Child>,
     rule: Vec<String>,
 }
 
 impl Drop for Lan {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in self.children.iter_mut().chain(self.peers.values_mut()) {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -62,6 +65,7 @@ impl Lan {
             bridge: bridge.clone(),
             namespaces: Vec::new(),
             children: Vec::new(),
+            peers: Default::default(),
             rule: rule.clone(),
         };
         ip(&["link", "add", &bridge, "type", "bridge"]);
@@ -145,7 +149,8 @@ impl Lan {
             .env("RUST_LOG", "info,gustavo_agent::peer=debug")
             .stdout(Stdio::null())
             .stderr(log);
-        self.children.push(cmd.spawn().expect("the agent starts"));
+        self.peers
+            .insert(format!("pe{i}"), cmd.spawn().expect("the agent starts"));
     }
 }
 
@@ -345,14 +350,38 @@ fn peers_find_each_other_run_services_on_the_best_and_refuse_strangers() {
         best_by_log(&dir.join("peer1.log"), "elsewhere")
     );
 
-    // 4. A killed peer (no goodbye) goes within the TTL.
-    let pe3 = lan.children.remove(2);
-    let mut pe3 = pe3;
-    pe3.kill().unwrap();
-    let _ = pe3.wait();
-    wait_for(
-        "pe3 to go from pe1's peers",
-        Duration::from_secs(20),
-        || lan.verified(1) == vec!["pe2".to_string()],
+    // 4. The device running a service dies (kill -9, no goodbye): it goes from pe1's
+    //    peers within the TTL, and pe1 gives the service to the next best device, whose
+    //    Finished the caller hears.
+    let v = post(
+        &lan,
+        1,
+        "{\"ServiceName\": \"moved\", \"SelfSelection\": false, \"ServiceInfo\": [{\"ExecutionType\": \"container\", \"ExecCmd\": [\"docker\", \"run\", \"gustavo-test/busybox:latest\", \"sh\", \"-c\", \"sleep 6\"]}], \"StatusCallbackURI\": \"http://127.0.0.1:8999/n\"}",
     );
+    assert_eq!(v["Message"], "ERROR_NONE", "{v}");
+    wait_for("Started for moved", Duration::from_secs(60), || {
+        notes("moved").iter().any(|n| n["Status"] == "Started")
+    });
+    let first = notes("moved")[0]["Target"].as_str().unwrap().to_string();
+    let mut dead = lan
+        .peers
+        .remove(&first)
+        .expect("the target is a peer of the test");
+    dead.kill().unwrap();
+    let _ = dead.wait();
+    let other = if first == "pe2" { "pe3" } else { "pe2" };
+    wait_for(
+        &format!("{first} to go from pe1's peers"),
+        Duration::from_secs(20),
+        || lan.verified(1) == vec![other.to_string()],
+    );
+    wait_for(
+        "Finished for moved, from the next device",
+        Duration::from_secs(60),
+        || notes("moved").iter().any(|n| n["Status"] == "Finished"),
+    );
+    let n = notes("moved");
+    let states: Vec<&str> = n.iter().filter_map(|n| n["Status"].as_str()).collect();
+    assert_eq!(states, vec!["Started", "Finished"], "told once each: {n:?}");
+    assert_eq!(n[1]["Target"], other, "{n:?}");
 }
