@@ -33,6 +33,7 @@ pub mod job;
 pub mod lease;
 pub mod matcher;
 pub mod names;
+pub mod peers;
 pub mod plan;
 pub mod ports;
 pub mod pressure;

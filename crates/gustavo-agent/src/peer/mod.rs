@@ -5,9 +5,8 @@
 //! list) and trust each other through a shared cluster CA ([`trust`]): every call between
 //! peers is TLS 1.3 with both certificates checked, so a device without the cluster's CA is
 //! ignored by discovery (its record names another cluster) and refused by TLS. A candidate
-//! is a peer once it answers `ping`; it stops being one when its record goes, or after
-//! [`MAX_FAILURES`] failed health checks, or when nothing was heard from it for [`TTL`]
-//! (then it is probed as a candidate again, and forgotten after [`CANDIDATE_TTL`]).
+//! is a peer once it answers `ping`; the rules for dropping and forgetting it are
+//! `gustavo_model::peers` (pure, tested on a fake clock).
 //!
 //! A service request on any device (the Samsung API) gathers the peers' scores (the
 //! scheduler's explicit score, over the authenticated channel, within [`SCORE_TIME`]),
@@ -39,6 +38,8 @@ use gustavo_model::api::{DesiredState, Vitals};
 use gustavo_model::compat::samsung::StatusNotification;
 use gustavo_model::desired::{NodeFacts, expand_replicas};
 use gustavo_model::job::{DesiredJob, JobRun, JobSpec, RunState};
+pub use gustavo_model::peers::PeerView;
+use gustavo_model::peers::{Change, Check, Table};
 use gustavo_model::schedule::{Liveness, NodeView, Usage, Weights, score};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -47,38 +48,8 @@ use self::discovery::{Candidate, Event};
 
 /// How often peers are health-checked (and their scores refreshed for `peer list`).
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
-/// Failed health checks in a row that drop a peer.
-pub const MAX_FAILURES: u32 = 3;
-/// A peer not heard from for this long is dropped, whatever discovery says.
-pub const TTL: Duration = Duration::from_secs(10);
-/// A candidate (found, or dropped as a peer) that never answers is forgotten after this.
-pub const CANDIDATE_TTL: Duration = Duration::from_secs(60);
 /// How long a request waits for the peers' scores.
 pub const SCORE_TIME: Duration = Duration::from_secs(3);
-
-/// A peer as this device knows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PeerView {
-    pub node: String,
-    pub address: String,
-    /// Its last score (higher is better).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub score: Option<f64>,
-    /// Seconds since it last answered (0 for this device).
-    pub last_seen_s: u64,
-    /// `self`, `peer` (answered over TLS) or `candidate` (found, not verified yet).
-    pub state: String,
-}
-
-#[derive(Debug, Clone)]
-struct Peer {
-    addr: SocketAddr,
-    verified: bool,
-    last_ok: Option<tokio::time::Instant>,
-    found: tokio::time::Instant,
-    failures: u32,
-    score: Option<f64>,
-}
 
 /// `POST /peer/v1/services`: run this service here.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,7 +113,9 @@ pub struct PeerNode {
     me: String,
     port: u16,
     cluster: String,
-    table: Mutex<BTreeMap<String, Peer>>,
+    table: Mutex<Table>,
+    /// The table's clock: seconds since this started.
+    clock: std::time::Instant,
     tls: rustls::ClientConfig,
     clients: Mutex<HashMap<(String, SocketAddr), reqwest::Client>>,
     vitals: watch::Receiver<Option<Vitals>>,
@@ -166,11 +139,13 @@ impl PeerNode {
         desired: watch::Sender<Option<DesiredState>>,
         facts: NodeFacts,
     ) -> Result<Arc<PeerNode>, String> {
+        let cluster = ca.fingerprint()[..16].to_string();
         Ok(Arc::new(PeerNode {
+            table: Mutex::new(Table::new(&me, &cluster)),
             me,
             port,
-            cluster: ca.fingerprint()[..16].to_string(),
-            table: Mutex::default(),
+            cluster,
+            clock: std::time::Instant::now(),
             tls: identity.client_config()?,
             clients: Mutex::default(),
             vitals,
@@ -263,115 +238,70 @@ impl PeerNode {
         r.json().await.map_err(|e| format!("{url}: {e}"))
     }
 
+    fn now(&self) -> f64 {
+        self.clock.elapsed().as_secs_f64()
+    }
+
     /// Takes what discovery found or lost.
     pub fn discovered(&self, ev: Event) {
+        let now = self.now();
         let Ok(mut t) = self.table.lock() else {
             return;
         };
-        match ev {
+        let change = match ev {
             Event::Found(Candidate {
                 node,
                 addrs,
                 cluster,
             }) => {
-                if node.is_empty() || node == self.me || addrs.is_empty() {
+                let Some(addr) = addrs.first() else {
                     return;
-                }
+                };
                 if cluster != self.cluster {
                     tracing::debug!(%node, %cluster, "ignoring a device of another peer cluster");
-                    return;
                 }
-                let now = tokio::time::Instant::now();
-                let e = t.entry(node.clone()).or_insert_with(|| {
-                    tracing::info!(%node, addr = %addrs[0], "peer candidate found");
-                    Peer {
-                        addr: addrs[0],
-                        verified: false,
-                        last_ok: None,
-                        found: now,
-                        failures: 0,
-                        score: None,
-                    }
-                });
-                e.addr = addrs[0];
-                e.found = now;
+                t.found(&node, *addr, &cluster, now)
             }
-            Event::Gone(node) => {
-                if t.remove(&node).is_some() {
-                    tracing::info!(%node, "peer said goodbye");
-                }
-            }
-        }
+            Event::Gone(node) => t.gone(&node),
+        };
+        log(change.into_iter());
     }
 
     /// One round of health checks: ping and score every peer and candidate; drop the dead.
     pub async fn check(&self) {
-        let peers: Vec<(String, SocketAddr)> = match self.table.lock() {
-            Ok(t) => t.iter().map(|(n, p)| (n.clone(), p.addr)).collect(),
+        let entries = match self.table.lock() {
+            Ok(t) => t.to_check(),
             Err(_) => return,
         };
-        let checks = peers.into_iter().map(|(node, addr)| async move {
+        let checks = entries.into_iter().map(|(node, addr)| async move {
             let ping: Result<Ping, String> =
                 self.call(&node, addr, "/peer/v1/ping", None::<&()>).await;
-            let score = match &ping {
-                Ok(_) => self
-                    .call::<ScoreReply>(&node, addr, "/peer/v1/score", None::<&()>)
-                    .await
-                    .ok()
-                    .map(|s| s.score),
-                Err(_) => None,
+            let check = match ping {
+                Ok(ping) if ping.cluster == self.cluster => Check::Answered {
+                    node: ping.node,
+                    score: self
+                        .call::<ScoreReply>(&node, addr, "/peer/v1/score", None::<&()>)
+                        .await
+                        .ok()
+                        .map(|s| s.score),
+                },
+                Ok(_) => Check::Failed,
+                Err(e) => {
+                    tracing::debug!(%node, error = %e, "peer health check failed");
+                    Check::Failed
+                }
             };
-            (node, ping, score)
+            (node, check)
         });
         let results = futures::future::join_all(checks).await;
-        let Ok(mut t) = self.table.lock() else {
-            return;
-        };
-        let now = tokio::time::Instant::now();
-        for (node, ping, score) in results {
-            let Some(p) = t.get_mut(&node) else { continue };
-            match ping {
-                Ok(ping) if ping.node == node && ping.cluster == self.cluster => {
-                    if !p.verified {
-                        tracing::info!(%node, addr = %p.addr, "peer verified over TLS");
-                    }
-                    p.verified = true;
-                    p.last_ok = Some(now);
-                    p.failures = 0;
-                    p.score = score.or(p.score);
-                }
-                Ok(ping) => {
-                    p.failures += 1;
-                    tracing::warn!(%node, answered = %ping.node, "a peer answered with another name");
-                }
-                Err(e) => {
-                    p.failures += 1;
-                    tracing::debug!(%node, error = %e, "peer health check failed");
-                }
-            }
+        let now = self.now();
+        if let Ok(mut t) = self.table.lock() {
+            log(t.checked(results, now).into_iter());
         }
-        for (node, p) in t.iter_mut() {
-            let heard = p.last_ok.unwrap_or(p.found);
-            if p.verified && (p.failures >= MAX_FAILURES || now.duration_since(heard) >= TTL) {
-                // No longer a peer: nothing goes to it. It stays a candidate for a while,
-                // probed like a new one, in case it was only away.
-                p.verified = false;
-                tracing::info!(%node, failures = p.failures, "peer dropped");
-            }
-        }
-        t.retain(|node, p| {
-            let keep =
-                p.verified || now.duration_since(p.last_ok.unwrap_or(p.found)) < CANDIDATE_TTL;
-            if !keep {
-                tracing::info!(%node, "candidate forgotten");
-            }
-            keep
-        });
     }
 
     /// This device and its peers, for `gustavo peer list`.
     pub fn list(&self) -> Vec<PeerView> {
-        let now = tokio::time::Instant::now();
         let mut out = vec![PeerView {
             node: self.me.clone(),
             address: format!("port {}", self.port),
@@ -380,18 +310,7 @@ impl PeerNode {
             state: "self".into(),
         }];
         if let Ok(t) = self.table.lock() {
-            out.extend(t.iter().map(|(node, p)| {
-                PeerView {
-                    node: node.clone(),
-                    address: p.addr.to_string(),
-                    score: p.score,
-                    last_seen_s: p
-                        .last_ok
-                        .map(|at| now.duration_since(at).as_secs())
-                        .unwrap_or(u64::MAX),
-                    state: if p.verified { "peer" } else { "candidate" }.into(),
-                }
-            }));
+            out.extend(t.views(self.now()));
         }
         out
     }
@@ -407,13 +326,11 @@ impl PeerNode {
         let peers: Vec<(String, SocketAddr)> = self
             .table
             .lock()
-            .map(|t| {
-                t.iter()
-                    .filter(|(n, p)| p.verified && !except.contains(n))
-                    .map(|(n, p)| (n.clone(), p.addr))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .map(|t| t.verified())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(n, _)| !except.contains(n))
+            .collect();
         let asks = peers.iter().map(|(node, addr)| async move {
             let s: Result<ScoreReply, String> =
                 self.call(node, *addr, "/peer/v1/score", None::<&()>).await;
@@ -430,7 +347,7 @@ impl PeerNode {
         if self_selection && !except.contains(&self.me) {
             ranked.push((self.me.clone(), None, self.own_score()));
         }
-        ranked.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+        let ranked = gustavo_model::peers::rank(ranked);
         let shown: Vec<String> = ranked
             .iter()
             .map(|(n, _, s)| format!("{n}={s:.3}"))
@@ -543,12 +460,7 @@ impl PeerNode {
         let verified: Vec<String> = self
             .table
             .lock()
-            .map(|t| {
-                t.iter()
-                    .filter(|(_, p)| p.verified)
-                    .map(|(n, _)| n.clone())
-                    .collect()
-            })
+            .map(|t| t.verified().into_iter().map(|(n, _)| n).collect())
             .unwrap_or_default();
         let lost: Vec<(Assignment, bool, Vec<String>, String)> = match self.pending.lock() {
             Ok(p) => p
@@ -753,6 +665,21 @@ impl PeerNode {
         };
         if let Some(uri) = uri {
             crate::samsung::deliver(&self.callbacks, &uri, &note).await;
+        }
+    }
+}
+
+/// Says what changed in the table.
+fn log(changes: impl Iterator<Item = Change>) {
+    for c in changes {
+        match c {
+            Change::Found(node) => tracing::info!(%node, "peer candidate found"),
+            Change::Verified(node) => tracing::info!(%node, "peer verified over TLS"),
+            Change::Dropped(node) => tracing::info!(%node, "peer dropped"),
+            Change::Forgotten(node) => tracing::info!(%node, "peer forgotten"),
+            Change::WrongName { node, answered } => {
+                tracing::warn!(%node, %answered, "a peer answered with another name")
+            }
         }
     }
 }
