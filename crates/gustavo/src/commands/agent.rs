@@ -303,6 +303,13 @@ fn peer_settings(
         return Ok(None);
     }
     let _ = cli;
+    // The cluster file is checked before anything starts (and loaded again by the peer).
+    let cluster = gustavo_agent::peer::cluster_file(&cfg.data_dir);
+    gustavo_agent::peer::trust::ClusterCa::load(&cluster).map_err(|e| {
+        usage(format!(
+            "--peer: {e}; make a cluster with `gustavo peer init`, then `gustavo peer join FILE` on every device"
+        ))
+    })?;
     let addr: std::net::SocketAddr = args.peer_listen.parse().map_err(|e| {
         usage(format!(
             "--peer-listen `{}`: {e} (expected IP:PORT, e.g. 0.0.0.0:7422)",
