@@ -28,7 +28,6 @@ use gustavo_model::compat::samsung::{
     RemoteTargetInfo, ServiceRequest, ServiceResponse, ServiceRun, StatusNotification,
     parse_exec_cmd, seed_status, service_job,
 };
-use gustavo_model::image::ImageRef;
 use tokio::sync::watch;
 
 /// The largest request body read.
@@ -114,21 +113,13 @@ fn is_local(ip: IpAddr) -> bool {
         .any(|(_, data)| data.ip_networks().iter().any(|n| n.addr == ip))
 }
 
-fn image_allowed(allow: &[String], image: &str) -> bool {
-    if allow.is_empty() {
-        return true;
-    }
-    let got = ImageRef::parse(image);
-    allow.iter().any(|a| {
-        let want = ImageRef::parse(a);
-        let tag_ok = !a.contains(':')
-            || a.rsplit('/').next().is_some_and(|l| !l.contains(':'))
-            || want.tag == got.tag;
-        want.registry == got.registry
-            && want.repository == got.repository
-            && (want.digest.is_none() || want.digest == got.digest)
-            && (a.contains('@') || tag_ok)
-    })
+/// Whether `image` may run here: any image with an empty allowlist, else one that matches
+/// an entry (`gustavo_model::access::image_allowed`: a repository, `repo:tag`, or a digest).
+pub(crate) fn image_allowed(allow: &[String], image: &str) -> bool {
+    allow.is_empty()
+        || allow
+            .iter()
+            .any(|a| gustavo_model::access::image_allowed(a, image))
 }
 
 async fn services(

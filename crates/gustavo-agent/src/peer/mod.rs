@@ -126,6 +126,8 @@ pub struct PeerNode {
     desired: watch::Sender<Option<DesiredState>>,
     running: Mutex<BTreeMap<String, (DesiredJob, Origin)>>,
     facts: NodeFacts,
+    /// Images this device runs (`--samsung-image`); empty: any.
+    images: Vec<String>,
 }
 
 impl PeerNode {
@@ -138,6 +140,7 @@ impl PeerNode {
         vitals: watch::Receiver<Option<Vitals>>,
         desired: watch::Sender<Option<DesiredState>>,
         facts: NodeFacts,
+        images: Vec<String>,
     ) -> Result<Arc<PeerNode>, String> {
         let cluster = ca.fingerprint()[..16].to_string();
         Ok(Arc::new(PeerNode {
@@ -158,6 +161,7 @@ impl PeerNode {
             desired,
             running: Mutex::default(),
             facts,
+            images,
         }))
     }
 
@@ -511,8 +515,15 @@ impl PeerNode {
         }
     }
 
-    /// Takes a service to run here; `from` is where its origin's peer port is.
+    /// Takes a service to run here; `from` is where its origin's peer port is. This
+    /// device's own image allowlist (`--samsung-image`) holds for what peers give it too.
     fn accept(&self, a: Assignment, from: SocketAddr) -> Result<(), String> {
+        if !crate::samsung::image_allowed(&self.images, &a.spec.docker_image) {
+            return Err(format!(
+                "image `{}` is not in {}'s allowlist (agent --samsung-image)",
+                a.spec.docker_image, self.me
+            ));
+        }
         let app = a.spec.as_app();
         let mut container = expand_replicas(&a.id, &app, 0, &self.facts, &[1])
             .pop()
@@ -766,6 +777,8 @@ pub struct PeerSettings {
     pub mdns: bool,
     /// Peers named by hand: `NAME@ADDR:PORT`.
     pub static_peers: Vec<(String, SocketAddr)>,
+    /// Images this device runs for peers (`--samsung-image`); empty: any.
+    pub images: Vec<String>,
 }
 
 /// A running peer: its state and the peer port's TLS configuration.
@@ -821,6 +834,7 @@ pub fn start<R: crate::runtime::Runtime>(
             memory_mb,
             labels: BTreeMap::new(),
         },
+        s.images.clone(),
     )?;
     tokio::spawn(node.clone().follow_runs(runs_rx));
     let me = discovery::Announce {

@@ -335,6 +335,7 @@ fn peer_settings(
             port: addr.port(),
             mdns: args.peer_mdns == "on",
             static_peers,
+            images: args.samsung_images.clone(),
         },
         addr,
     )))

@@ -2,7 +2,8 @@
 //! for each other. Four agents in their own network namespaces on one bridge (multicast
 //! crosses it): three share a cluster CA, the fourth has another. The seed README's request
 //! on one runs on the best device and its caller hears `Finished`; `SelfSelection: "false"`
-//! runs it elsewhere; the stranger is ignored and refused; the device running a service is
+//! runs it elsewhere; a device's own image allowlist holds for what peers give it; the
+//! stranger is ignored and refused; the device running a service is
 //! killed: it goes within the TTL and the service runs on the next best device; one peer is
 //! also a server's agent.
 
@@ -166,8 +167,8 @@ fn post(lan: &Lan, i: usize, body: &str) -> serde_json::Value {
 }
 
 /// The best device by the scores the requesting peer logged for `service` (ties go to
-/// the first name, as the agent breaks them).
-fn best_by_log(log: &Path, service: &str) -> String {
+/// the first name, as the agent breaks them), leaving out devices that refuse it.
+fn best_by_log(log: &Path, service: &str, refusing: &[&str]) -> String {
     let text = std::fs::read_to_string(log).unwrap();
     let line = text
         .lines()
@@ -182,6 +183,7 @@ fn best_by_log(log: &Path, service: &str) -> String {
             let (n, v) = s.split_once('=')?;
             Some((n.to_string(), v.parse().ok()?))
         })
+        .filter(|(n, _)| !refusing.contains(&n.as_str()))
         .collect();
     all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     all[0].0.clone()
@@ -224,7 +226,8 @@ fn peers_find_each_other_run_services_on_the_best_and_refuse_strangers() {
     let server = Server::start_on(&format!("{net}.254:0"), &[]);
     lan.start_peer(1, dir, &[]);
     lan.start_peer(2, dir, &["--server", &server.url, "--token", &server.join]);
-    lan.start_peer(3, dir, &[]);
+    // pe3 runs only busybox, whoever asks.
+    lan.start_peer(3, dir, &["--samsung-image", "gustavo-test/busybox"]);
     // The stranger is also told where pe1 is, so it tries TLS too.
     let pe1 = format!("pe1@{net}.1:7422");
     lan.start_peer(4, dir, &["--peer-static", &pe1]);
@@ -322,12 +325,35 @@ fn peers_find_each_other_run_services_on_the_best_and_refuse_strangers() {
     let states: Vec<&str> = n.iter().filter_map(|n| n["Status"].as_str()).collect();
     assert_eq!(states, vec!["Started", "Finished"], "{n:?}");
     assert_eq!(n[1]["ExitCode"], 0);
-    let best = best_by_log(&dir.join("peer1.log"), "hello-world");
+    let best = best_by_log(&dir.join("peer1.log"), "hello-world", &["pe3"]);
     assert_eq!(
         n[1]["Target"],
         best.as_str(),
-        "it ran on the best-scoring device"
+        "it ran on the best-scoring device that takes it (pe3's allowlist refuses hello-world)"
     );
+
+    // A device's own allowlist holds for what peers give it: hello-world, not on pe1, can
+    // only run on pe2.
+    for k in 0..3 {
+        let service = format!("picky{k}");
+        let v = post(
+            &lan,
+            1,
+            &format!(
+                "{{\"ServiceName\": \"{service}\", \"SelfSelection\": \"false\", \"ServiceInfo\": [{{\"ExecutionType\": \"container\", \"ExecCmd\": [\"docker\", \"run\", \"hello-world\"]}}], \"StatusCallbackURI\": \"http://127.0.0.1:8999/n\"}}"
+            ),
+        );
+        assert_eq!(v["RemoteTargetInfo"]["Target"], format!("{net}.2"), "{v}");
+        wait_for(
+            &format!("Finished for {service}"),
+            Duration::from_secs(60),
+            || {
+                notes(&service)
+                    .iter()
+                    .any(|n| n["Status"] == "Finished" && n["Target"] == "pe2")
+            },
+        );
+    }
 
     // 3. SelfSelection "false": elsewhere, and the caller still hears.
     let v = post(
@@ -347,7 +373,7 @@ fn peers_find_each_other_run_services_on_the_best_and_refuse_strangers() {
     assert_ne!(failed["Target"], "pe1", "{failed}");
     assert_eq!(
         failed["Target"].as_str().unwrap(),
-        best_by_log(&dir.join("peer1.log"), "elsewhere")
+        best_by_log(&dir.join("peer1.log"), "elsewhere", &[])
     );
 
     // 4. The device running a service dies (kill -9, no goodbye): it goes from pe1's
