@@ -130,17 +130,26 @@ pub struct PeerNode {
     images: Vec<String>,
 }
 
+/// What a peer runs services with.
+pub struct Host {
+    /// This host's samples (for its score).
+    pub vitals: watch::Receiver<Option<Vitals>>,
+    /// The job runner's desired state: the services given to this device.
+    pub desired: watch::Sender<Option<DesiredState>>,
+    pub facts: NodeFacts,
+    /// Images it runs (`--samsung-image`); empty: any.
+    pub images: Vec<String>,
+}
+
 impl PeerNode {
-    /// `vitals`: this host's samples; `desired`: what the job runner runs.
+    /// This device as a peer: `host` is what it runs services with (its samples, the job
+    /// runner's desired state, its facts and image allowlist).
     pub fn new(
         me: String,
         port: u16,
         ca: &trust::ClusterCa,
         identity: &trust::Identity,
-        vitals: watch::Receiver<Option<Vitals>>,
-        desired: watch::Sender<Option<DesiredState>>,
-        facts: NodeFacts,
-        images: Vec<String>,
+        host: Host,
     ) -> Result<Arc<PeerNode>, String> {
         let cluster = ca.fingerprint()[..16].to_string();
         Ok(Arc::new(PeerNode {
@@ -151,17 +160,17 @@ impl PeerNode {
             clock: std::time::Instant::now(),
             tls: identity.client_config()?,
             clients: Mutex::default(),
-            vitals,
+            vitals: host.vitals,
             weights: Weights::default(),
             callbacks: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .map_err(|e| e.to_string())?,
             pending: Mutex::default(),
-            desired,
+            desired: host.desired,
             running: Mutex::default(),
-            facts,
-            images,
+            facts: host.facts,
+            images: host.images,
         }))
     }
 
@@ -826,15 +835,17 @@ pub fn start<R: crate::runtime::Runtime>(
         s.port,
         &ca,
         &identity,
-        vitals_rx,
-        desired_tx,
-        NodeFacts {
-            name: s.node.clone(),
-            cpus,
-            memory_mb,
-            labels: BTreeMap::new(),
+        Host {
+            vitals: vitals_rx,
+            desired: desired_tx,
+            facts: NodeFacts {
+                name: s.node.clone(),
+                cpus,
+                memory_mb,
+                labels: BTreeMap::new(),
+            },
+            images: s.images.clone(),
         },
-        s.images.clone(),
     )?;
     tokio::spawn(node.clone().follow_runs(runs_rx));
     let me = discovery::Announce {
