@@ -154,6 +154,21 @@ done
 phase "cargo nextest run"
 log "GUSTAVO_TEST_REGISTRY=$GUSTAVO_TEST_REGISTRY"
 cargo nextest run --workspace --locked --no-fail-fast "${NEXTEST_ARGS[@]}"
+
+phase "Leftovers on the engine"
+# Every test removes what it made; the agents' shared `nebula` network is the product's,
+# made on demand, so it is removed here once no test can be using it. A container left
+# behind is a leak: named, removed, and the run fails.
+leaked=$(docker ps -aq --filter label=gustavo.node)
+if [[ -n $leaked ]]; then
+    docker ps -a --filter label=gustavo.node --format '{{.Names}} ({{.Status}})' >&2
+    docker rm -f $leaked >/dev/null
+    die "the tests left the containers above behind"
+fi
+for net in $(docker network ls -q --filter label=gustavo.managed=true); do
+    docker network rm "$net" >/dev/null || warn "cannot remove network $net"
+done
+log "no Gustavo containers or networks left"
 finish_phase
 
 banner "All checks passed in $((SECONDS - START))s"

@@ -46,6 +46,21 @@ pub(crate) fn message(e: &bollard::errors::Error) -> String {
 }
 
 impl DockerRuntime {
+    /// Changes a container's limits in place (no restart).
+    async fn update_limits(
+        &self,
+        id: &str,
+        body: bollard::models::ContainerUpdateBody,
+    ) -> Result<(), RuntimeError> {
+        self.docker
+            .update_container(id, body)
+            .await
+            .map_err(|e| RuntimeError::Container {
+                name: id.into(),
+                reason: message(&e),
+            })
+    }
+
     /// Connects to `$DOCKER_HOST` or the default socket and checks the engine answers.
     pub async fn connect() -> Result<DockerRuntime, RuntimeError> {
         let docker = Docker::connect_with_unix_defaults()
@@ -585,13 +600,7 @@ impl Runtime for DockerRuntime {
             memory_swap: Some(if swap == 0 { -1 } else { swap }),
             ..Default::default()
         };
-        self.docker
-            .update_container(id, body)
-            .await
-            .map_err(|e| RuntimeError::Container {
-                name: id.into(),
-                reason: message(&e),
-            })
+        self.update_limits(id, body).await
     }
 
     async fn net_sent(&self, id: &str) -> u64 {
@@ -627,13 +636,7 @@ impl Runtime for DockerRuntime {
             nano_cpus: Some(nano_cpus),
             ..Default::default()
         };
-        self.docker
-            .update_container(id, body)
-            .await
-            .map_err(|e| RuntimeError::Container {
-                name: id.into(),
-                reason: message(&e),
-            })
+        self.update_limits(id, body).await
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {

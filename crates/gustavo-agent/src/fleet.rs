@@ -159,7 +159,7 @@ impl Fleet {
                     allow_exec: false,
                     // Simulated devices have no host network to put an interface on.
                     wireguard: crate::wireguard::WireguardConfig {
-                        enabled: false,
+                        mode: crate::wireguard::TunnelMode::Absent,
                         ..Default::default()
                     },
                 };

@@ -361,8 +361,8 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
     };
     let pressure_task = tokio::spawn(pressure_loop.run());
     let wg = &cfg.wireguard;
-    let tunnel_task = if wg.enabled {
-        tokio::spawn(
+    let tunnel_task = match wg.mode {
+        wireguard::TunnelMode::Host => Some(tokio::spawn(
             wireguard::TunnelLoop {
                 host: wireguard::WgTools {
                     interface: wg.interface.clone(),
@@ -373,9 +373,8 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
                 every: wireguard::CHECK_EVERY,
             }
             .run(),
-        )
-    } else {
-        tokio::spawn(
+        )),
+        wireguard::TunnelMode::Off => Some(tokio::spawn(
             wireguard::TunnelLoop {
                 host: wireguard::Disabled {
                     interface: wg.interface.clone(),
@@ -386,7 +385,8 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
                 every: Duration::from_secs(24 * 3600),
             }
             .run(),
-        )
+        )),
+        wireguard::TunnelMode::Absent => None,
     };
 
     let work = async {
@@ -422,7 +422,9 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
     reconcile.abort();
     job_runner.abort();
     pressure_task.abort();
-    tunnel_task.abort();
+    if let Some(t) = tunnel_task {
+        t.abort();
+    }
     result
 }
 

@@ -35,16 +35,27 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// `--wireguard-port`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireguardConfig {
-    /// Off: a tunnel asked for is reported as not set up, and no interface is touched.
-    pub enabled: bool,
+    pub mode: TunnelMode,
     pub interface: String,
     pub port: u16,
+}
+
+/// Whether this agent runs a site's tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelMode {
+    /// With the host's WireGuard (`--wireguard auto`).
+    Host,
+    /// Turned off (`--wireguard off`): a tunnel asked for is reported as not set up, and no
+    /// interface is touched.
+    Off,
+    /// No tunnel task at all (simulated agents: nothing to report, nothing to run).
+    Absent,
 }
 
 impl Default for WireguardConfig {
     fn default() -> Self {
         WireguardConfig {
-            enabled: true,
+            mode: TunnelMode::Host,
             interface: "gustavo-wg".into(),
             port: 51820,
         }
@@ -157,9 +168,6 @@ impl WgTools {
     }
 
     async fn apply_steps(&self, t: &DesiredTunnel, status: &mut TunnelStatus) -> Step<()> {
-        run("wg", &["--version"], None)
-            .await
-            .map_err(|e| format!("{e} (the wireguard-tools package)"))?;
         status.implementation = self.ensure().await?;
         let i = self.interface.as_str();
         run(

@@ -148,7 +148,6 @@ pub struct Deployment {
     /// Requests that renewed it.
     #[serde(default)]
     pub renewals: u64,
-    pub tunnel: Tunnel,
     /// The revision of its last change.
     #[serde(default)]
     pub revision: u64,
@@ -271,6 +270,8 @@ impl RateLimit {
 pub struct DeploymentView {
     #[serde(flatten)]
     pub deployment: Deployment,
+    /// The client's tunnel as the site's node last reported it (never stored: derived).
+    pub tunnel: Tunnel,
     /// When the lease runs out unless renewed (Unix seconds).
     pub lease_ends_at: u64,
     pub sinfonia: crate::compat::sinfonia::CloudletDeployment,
@@ -318,11 +319,6 @@ mod tests {
             renewed_at: now,
             since: now,
             renewals: 0,
-            tunnel: Tunnel {
-                set_up: false,
-                reason: String::new(),
-                latest_handshake: 0,
-            },
             revision: 1,
             slot: 0,
         }

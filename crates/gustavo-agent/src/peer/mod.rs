@@ -178,10 +178,6 @@ impl PeerNode {
         &self.cluster
     }
 
-    pub fn node(&self) -> &str {
-        &self.me
-    }
-
     /// This device's score now (the scheduler's explicit score from its latest sample).
     pub fn own_score(&self) -> f64 {
         let v = self.vitals.borrow().clone().unwrap_or_default();
@@ -737,12 +733,18 @@ pub fn router(node: Arc<PeerNode>) -> Router {
         .with_state(node)
 }
 
-async fn ping(State(n): State<Arc<PeerNode>>) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"node": n.me, "cluster": n.cluster}))
+async fn ping(State(n): State<Arc<PeerNode>>) -> axum::Json<Ping> {
+    axum::Json(Ping {
+        node: n.me.clone(),
+        cluster: n.cluster.clone(),
+    })
 }
 
-async fn score_route(State(n): State<Arc<PeerNode>>) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"node": n.me, "score": n.own_score()}))
+async fn score_route(State(n): State<Arc<PeerNode>>) -> axum::Json<ScoreReply> {
+    axum::Json(ScoreReply {
+        node: n.me.clone(),
+        score: n.own_score(),
+    })
 }
 
 async fn services(
@@ -779,6 +781,9 @@ pub fn cluster_file(data_dir: &std::path::Path) -> std::path::PathBuf {
 /// How a device takes part in its peer cluster.
 pub struct PeerSettings {
     pub node: String,
+    /// The cluster CA (`trust::ClusterCa::load(&cluster_file(data dir))`).
+    pub ca: trust::ClusterCa,
+    /// The agent's data dir: services given to this device keep their record in `peer/`.
     pub data_dir: std::path::PathBuf,
     /// The peer port (TLS); peers call it.
     pub port: u16,
@@ -804,9 +809,7 @@ pub fn start<R: crate::runtime::Runtime>(
     runtime: Arc<R>,
 ) -> Result<Started, String> {
     use crate::vitals::HostProbe;
-    let ca = trust::ClusterCa::load(&cluster_file(&s.data_dir)).map_err(|e| {
-        format!("{e}; make a cluster with `gustavo peer init`, then `gustavo peer join FILE` on every device")
-    })?;
+    let ca = &s.ca;
     let identity = ca.identity(&s.node)?;
     let tls = identity.server_config()?;
     let mut sampler = crate::vitals::Sampler::new()?;
@@ -833,7 +836,7 @@ pub fn start<R: crate::runtime::Runtime>(
     let node = PeerNode::new(
         s.node.clone(),
         s.port,
-        &ca,
+        ca,
         &identity,
         Host {
             vitals: vitals_rx,

@@ -74,14 +74,7 @@ impl ClusterCa {
         let ca = ClusterCa { cert_pem, key_pem };
         // The key must be the certificate's: a peer signed with another key fails later.
         let id = ca.identity("check")?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(id.ca.clone()).map_err(err)?;
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider(),
-        )
-        .build()
-        .map_err(err)?;
+        let verifier = id.client_verifier()?;
         verifier
             .verify_client_cert(&id.cert, &[], rustls::pki_types::UnixTime::now())
             .map_err(|e| format!("the key is not the certificate's ({e})"))?;
@@ -143,18 +136,27 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 impl Identity {
-    fn roots(&self) -> Result<Arc<rustls::RootCertStore>, String> {
+    fn roots(&self) -> Result<rustls::RootCertStore, String> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.clone()).map_err(err)?;
-        Ok(Arc::new(roots))
+        Ok(roots)
+    }
+
+    /// Accepts client certificates signed by the cluster CA.
+    fn client_verifier(
+        &self,
+    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+        rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(self.roots()?),
+            provider(),
+        )
+        .build()
+        .map_err(err)
     }
 
     /// TLS 1.3 only, a client certificate from the cluster CA required.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, String> {
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
-                .build()
-                .map_err(err)?;
+        let verifier = self.client_verifier()?;
         let mut c = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(err)?
@@ -167,11 +169,10 @@ impl Identity {
 
     /// TLS 1.3 only, presenting this peer's certificate, trusting only the cluster CA.
     pub fn client_config(&self) -> Result<rustls::ClientConfig, String> {
-        let roots = Arc::try_unwrap(self.roots()?).unwrap_or_else(|a| (*a).clone());
         rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(err)?
-            .with_root_certificates(roots)
+            .with_root_certificates(self.roots()?)
             .with_client_auth_cert(vec![self.cert.clone()], self.key.clone_key())
             .map_err(err)
     }

@@ -343,11 +343,6 @@ accepted_clients:
             renewed_at: 0,
             since: 0,
             renewals: 0,
-            tunnel: crate::lease::Tunnel {
-                set_up: false,
-                reason: "x".into(),
-                latest_handshake: 0,
-            },
             revision: 1,
             slot: 0,
         };

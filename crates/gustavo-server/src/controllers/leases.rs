@@ -26,7 +26,7 @@ use crate::ops::deployments::backend_running;
 pub async fn run(ops: Ops) {
     let mut closing = ops.shared.closing.subscribe();
     let tick = ops.sinfonia.config.tick;
-    let mut sent: HashMap<String, u64> = HashMap::new();
+    let mut sent: HashMap<String, Counters> = HashMap::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
@@ -41,44 +41,51 @@ pub async fn run(ops: Ops) {
     }
 }
 
+/// A deployment's activity counters at the last look: bytes its backend sent, and what
+/// came from its client through the site's tunnel (bytes received plus the handshake
+/// time, so keepalives and a new handshake both count). Activity is growth of either.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counters {
+    backend: Option<u64>,
+    tunnel: Option<u64>,
+}
+
+impl Counters {
+    /// Whether anything grew since `before`.
+    fn grew(&self, before: &Counters) -> bool {
+        let up =
+            |now: Option<u64>, was: Option<u64>| matches!((now, was), (Some(n), Some(w)) if n > w);
+        up(self.backend, before.backend) || up(self.tunnel, before.tunnel)
+    }
+}
+
 /// Renews the leases whose backends sent bytes, or whose clients' tunnels carried
 /// anything, since the last look (`sent`: each deployment's counters then).
 pub async fn renew_by_activity(
     ops: &Ops,
-    sent: &mut HashMap<String, u64>,
+    sent: &mut HashMap<String, Counters>,
 ) -> Result<(), crate::ops::OpError> {
     let cfg = ops.sinfonia.config.lease;
     let now = crate::now();
     let active: Vec<String> = {
         let c = ops.shared.read();
-        sent.retain(|key, _| {
-            let name = key.strip_suffix("#tunnel").unwrap_or(key);
-            c.deployments.contains_key(name)
-        });
+        sent.retain(|name, _| c.deployments.contains_key(name));
         let mut active = Vec::new();
         for d in c.deployments.values().filter(|d| d.is_live()) {
             let Some(live) = c.live.get(&d.node) else {
                 continue;
             };
-            // Activity is growth of a counter: bytes the backend sent, or what came from
-            // the client through the site's tunnel (its keepalives count: a connected
-            // client keeps its deployment) plus its handshake time.
-            let backend = live.traffic.get(&d.name).copied();
-            let tunnel = live
-                .tunnel
-                .as_ref()
-                .filter(|t| t.site == d.site)
-                .and_then(|t| t.peer(&d.key))
-                .map(|p| p.rx_bytes.saturating_add(p.latest_handshake));
-            let mut grew = false;
-            for (key, value) in [
-                (d.name.clone(), backend),
-                (format!("{}#tunnel", d.name), tunnel),
-            ] {
-                if let Some(v) = value {
-                    grew |= sent.insert(key, v).is_some_and(|b| v > b);
-                }
-            }
+            let now_counters = Counters {
+                backend: live.traffic.get(&d.name).copied(),
+                tunnel: live
+                    .tunnel
+                    .as_ref()
+                    .filter(|t| t.site == d.site)
+                    .and_then(|t| t.peer(&d.key))
+                    .map(|p| p.rx_bytes.saturating_add(p.latest_handshake)),
+            };
+            let before = sent.insert(d.name.clone(), now_counters);
+            let grew = before.is_some_and(|b| now_counters.grew(&b));
             let due = now.saturating_sub(d.renewed_at) >= (cfg.duration_s / 4).max(1);
             if grew && due {
                 active.push(d.name.clone());
@@ -196,4 +203,21 @@ pub async fn step(ops: &Ops) -> Result<(), crate::ops::OpError> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counters;
+
+    #[test]
+    fn activity_is_growth_of_either_counter() {
+        let c = |backend, tunnel| Counters { backend, tunnel };
+        assert!(c(Some(5), None).grew(&c(Some(4), None)));
+        assert!(c(Some(4), Some(9)).grew(&c(Some(4), Some(8))));
+        assert!(!c(Some(4), Some(8)).grew(&c(Some(4), Some(8))));
+        // A counter seen for the first time is a baseline, not activity.
+        assert!(!c(Some(4), Some(100)).grew(&c(Some(4), None)));
+        // A restarted agent's counter falling back is not activity either.
+        assert!(!c(Some(1), None).grew(&c(Some(4), None)));
+    }
 }

@@ -213,12 +213,11 @@ fn tunnel_settings(c: &Cluster, cfg: &SinfoniaConfig, d: &Deployment) -> TunnelS
 }
 
 fn view(c: &Cluster, cfg: &SinfoniaConfig, started: u64, d: &Deployment) -> DeploymentView {
-    let mut deployment = d.clone();
-    deployment.tunnel = Tunnel::from_status(d, tunnel_report(c, &d.node).as_ref());
     DeploymentView {
+        tunnel: Tunnel::from_status(d, tunnel_report(c, &d.node).as_ref()),
         lease_ends_at: d.lease_end(&cfg.lease, started),
         sinfonia: CloudletDeployment::from_deployment(d, &tunnel_settings(c, cfg, d)),
-        deployment,
+        deployment: d.clone(),
     }
 }
 
@@ -462,17 +461,9 @@ impl Ops {
                             renewed_at: now,
                             since: now,
                             renewals: 0,
-                            // Shown from the node's reports (`view`); stored as first known.
-                            tunnel: Tunnel {
-                                set_up: false,
-                                reason: String::new(),
-                                latest_handshake: 0,
-                            },
                             revision,
                             slot,
                         };
-                        let mut d = d;
-                        d.tunnel = Tunnel::from_status(&d, None);
                         changes.extend(touch_node(c, &r.node, revision));
                         changes.push(Change::PutDeployment(Box::new(d)));
                         created.push((name.clone(), r.site.clone(), r.node.clone()));

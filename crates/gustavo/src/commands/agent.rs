@@ -102,7 +102,11 @@ pub fn config(cli: &Cli, args: &AgentArgs) -> Result<AgentConfig> {
         },
         allow_exec: args.allow_exec,
         wireguard: gustavo_agent::wireguard::WireguardConfig {
-            enabled: args.wireguard == "auto",
+            mode: if args.wireguard == "auto" {
+                gustavo_agent::wireguard::TunnelMode::Host
+            } else {
+                gustavo_agent::wireguard::TunnelMode::Off
+            },
             interface: iface.clone(),
             port: args.wireguard_port,
         },
@@ -159,7 +163,7 @@ pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
         return Ok(());
     }
     let listen = listen_addr(args)?;
-    let peer_settings = peer_settings(cli, args, &cfg)?;
+    let peer_settings = peer_settings(args, &cfg)?;
     let runtime = Arc::new(DockerRuntime::connect().await?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let peer = match peer_settings {
@@ -292,7 +296,6 @@ const PEER_MAX_CONNECTIONS: usize = 256;
 
 /// `--peer` and its flags, checked before anything starts.
 fn peer_settings(
-    cli: &Cli,
     args: &AgentArgs,
     cfg: &AgentConfig,
 ) -> Result<Option<(gustavo_agent::peer::PeerSettings, std::net::SocketAddr)>> {
@@ -302,10 +305,9 @@ fn peer_settings(
         }
         return Ok(None);
     }
-    let _ = cli;
-    // The cluster file is checked before anything starts (and loaded again by the peer).
+    // The cluster file is read before anything starts.
     let cluster = gustavo_agent::peer::cluster_file(&cfg.data_dir);
-    gustavo_agent::peer::trust::ClusterCa::load(&cluster).map_err(|e| {
+    let ca = gustavo_agent::peer::trust::ClusterCa::load(&cluster).map_err(|e| {
         usage(format!(
             "--peer: {e}; make a cluster with `gustavo peer init`, then `gustavo peer join FILE` on every device"
         ))
@@ -331,6 +333,7 @@ fn peer_settings(
     Ok(Some((
         gustavo_agent::peer::PeerSettings {
             node: cfg.name.clone(),
+            ca,
             data_dir: cfg.data_dir.clone(),
             port: addr.port(),
             mdns: args.peer_mdns == "on",

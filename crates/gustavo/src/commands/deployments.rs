@@ -43,7 +43,7 @@ pub async fn run(cli: &Cli, cmd: &DeploymentsCmd) -> Result<()> {
                 } else {
                     "ended".into()
                 },
-                match (d.tunnel.set_up, d.tunnel.latest_handshake) {
+                match (v.tunnel.set_up, v.tunnel.latest_handshake) {
                     (false, _) => "not set up".into(),
                     (true, 0) => "up".into(),
                     (true, at) => format!("connected {}", ago(at)),
@@ -70,7 +70,7 @@ pub async fn run(cli: &Cli, cmd: &DeploymentsCmd) -> Result<()> {
     );
     // One deployment: the tunnel's state in words (why it is not up, or how it is).
     if let (DeploymentsCmd::Get { .. }, [v]) = (cmd, list.as_slice()) {
-        println!("tunnel: {}", v.deployment.tunnel.reason);
+        println!("tunnel: {}", v.tunnel.reason);
     }
     Ok(())
 }

@@ -1,6 +1,5 @@
 //! `gustavo peer init|join|list`.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::Result;
@@ -101,17 +100,8 @@ pub async fn run(cli: &Cli, cmd: &PeerCmd) -> Result<()> {
     }
 }
 
-/// Writes a secret file readable by its owner only.
+/// Writes a secret file readable by its owner only (atomically).
 fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Exit(1, format!("{}: {e}", path.display())))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| Exit(1, format!("{}: {e}", path.display())))?;
-    Ok(())
+    gustavo_server::auth::write_private(path, text)
+        .map_err(|e| Exit(1, format!("{}: {e}", path.display())).into())
 }

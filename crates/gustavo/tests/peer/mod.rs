@@ -43,9 +43,14 @@ impl Drop for Lan {
         let mut del = vec!["-D".to_string()];
         del.extend(self.rule.iter().cloned());
         let _ = Command::new("iptables").args(&del).output();
-        let _ = Command::new("sh")
-            .args(["-c", "docker ps -aq --filter label=gustavo.node | xargs -r docker inspect --format '{{.Id}} {{index .Config.Labels \"gustavo.node\"}}' | grep -- '-peer/jobs' | cut -d' ' -f1 | xargs -r docker rm -f"])
-            .output();
+        // The peers' service containers (runtime node `pe<i>-peer/jobs`), twice: a create
+        // a killed agent had sent may land after the first sweep.
+        for pause in [0, 500] {
+            std::thread::sleep(Duration::from_millis(pause));
+            let _ = Command::new("sh")
+                .args(["-c", "docker ps -aq --filter label=gustavo.node | xargs -r docker inspect --format '{{.Id}} {{index .Config.Labels \"gustavo.node\"}}' | grep -- '-peer/jobs' | cut -d' ' -f1 | xargs -r docker rm -f"])
+                .output();
+        }
     }
 }
 
@@ -354,6 +359,43 @@ fn peers_find_each_other_run_services_on_the_best_and_refuse_strangers() {
             },
         );
     }
+
+    // And asked directly, as a member of the cluster (a certificate from its CA) over the
+    // peer port, pe3 refuses hello-world by name — so the loop above could not have passed
+    // with pe3 running it.
+    let ca = gustavo_agent::peer::trust::ClusterCa::load(&cluster).unwrap();
+    let tls = ca.identity("tester").unwrap().client_config().unwrap();
+    let argv: Vec<String> = ["docker", "run", "hello-world"].map(String::from).to_vec();
+    let assignment = gustavo_agent::peer::Assignment {
+        id: "svc-direct-1".into(),
+        service: "direct".into(),
+        spec: gustavo_model::compat::samsung::service_job(
+            gustavo_model::compat::samsung::parse_exec_cmd(&argv).unwrap(),
+        )
+        .unwrap(),
+        origin: "tester".into(),
+        origin_port: 1,
+    };
+    let pe3_addr: std::net::SocketAddr = format!("{net}.3:7422").parse().unwrap();
+    let (status, body) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let r = reqwest::Client::builder()
+                .use_preconfigured_tls(tls)
+                .resolve("pe3.gustavo-peer", pe3_addr)
+                .build()
+                .unwrap()
+                .post("https://pe3.gustavo-peer:7422/peer/v1/services")
+                .json(&assignment)
+                .send()
+                .await
+                .expect("pe3 answers a cluster member");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        });
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not in pe3's allowlist"), "{body}");
 
     // 3. SelfSelection "false": elsewhere, and the caller still hears.
     let v = post(

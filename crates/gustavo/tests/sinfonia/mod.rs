@@ -93,6 +93,17 @@ fn import(server: &Server, yaml: &str) {
     server.ok(&["sites", "import", &f]);
 }
 
+/// A group with one agent, which is a site of its own (no metadata but its endpoint).
+fn one_site(server: &Server, group: &str, node: &str) -> (String, String, Agent) {
+    let (group, node) = (unique(group), unique(node));
+    let agent = Agent::start(server, &node, &[&group], &[]);
+    import(
+        server,
+        &format!("name: {node}\nendpoint: http://x.example/api/v1/deploy\n"),
+    );
+    (group, node, agent)
+}
+
 fn deployments(server: &Server) -> Vec<serde_json::Value> {
     server
         .json(&["deployments", "list"])
@@ -550,13 +561,7 @@ fn leases_expire_without_renewal_and_live_with_it_across_a_restart() {
         "--anonymous-deploys-per-minute",
         "1000",
     ]);
-    let group = unique("lease");
-    let node = unique("lsite");
-    let _agent = Agent::start(&server, &node, &[&group], &[]);
-    import(
-        &server,
-        &format!("name: {node}\nendpoint: http://x.example/api/v1/deploy\n"),
-    );
+    let (group, node, _agent) = one_site(&server, "lease", "lsite");
     let id = uuid();
     recipe_app(&server, "leased", &id, true, "", &group);
     let rt = rt();
@@ -632,13 +637,7 @@ fn leases_expire_without_renewal_and_live_with_it_across_a_restart() {
 fn backend_activity_renews_a_lease() {
     require_docker_and_registry();
     let server = Server::start_with(&["--lease-duration", "6s", "--lease-grace", "4s"]);
-    let group = unique("act");
-    let node = unique("asite");
-    let _agent = Agent::start(&server, &node, &[&group], &[]);
-    import(
-        &server,
-        &format!("name: {node}\nendpoint: http://x.example/api/v1/deploy\n"),
-    );
+    let (group, node, _agent) = one_site(&server, "act", "asite");
     let id = uuid();
     recipe_app(&server, "chatty", &id, true, "", &group);
     let rt = rt();

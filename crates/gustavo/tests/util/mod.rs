@@ -611,17 +611,23 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
-        let ids = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=gustavo.node={}", self.name),
-        ]);
-        let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids);
-            docker(&args);
+        // A create the killed agent had sent may still land in the engine after the first
+        // sweep (the engine finishes a create whose client went away): sweep again after
+        // a moment, so no container of this node outlives the test.
+        for pause in [0, 500] {
+            std::thread::sleep(Duration::from_millis(pause));
+            let ids = docker(&[
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=gustavo.node={}", self.name),
+            ]);
+            let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids);
+                docker(&args);
+            }
         }
     }
 }
