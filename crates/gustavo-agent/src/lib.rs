@@ -1,18 +1,19 @@
 //! Gustavo's device agent.
 //!
-//! Four tasks share two channels:
-//! - **sync** long-polls the server for this node's desired state, keeps it on disk and
-//!   publishes it on the `desired` channel;
-//! - **reconcile** ([`reconcile::Reconciler`]) makes the runtime match it and publishes a
-//!   status report on the `report` channel;
-//! - **report** sends each new report to the server (and again whenever the server says it
-//!   lost it);
+//! Tasks that share watch channels:
+//! - **sync** ([`sync`]) is the agent's one conversation with the server: a long-poll for
+//!   this node's desired state (kept on disk and published on the `desired` channel) that
+//!   carries the node's status report when it changed and its vitals when they changed
+//!   meaningfully or are due ([`gustavo_model::uplink`], every `--heartbeat`, 60 s by
+//!   default). The open poll is the node's liveness; something to say while it waits goes
+//!   on a short sync beside it;
+//! - **reconcile** ([`reconcile::Reconciler`]) makes the runtime match the desired state
+//!   and publishes a status report on the `report` channel;
 //! - **pressure** ([`pressure::PressureLoop`]) samples [`vitals`] every few seconds, decides
 //!   the node's pressure level and acts on it;
 //! - **tunnel** ([`wireguard::TunnelLoop`]) keeps the site's WireGuard interface as the
 //!   desired state says (when Sinfonia clients' backends run here);
-//! - **heartbeat** sends the latest vitals, pressure level and tunnel status every period,
-//!   and at once on a level change or a change of the tunnel's peers.
+//! - **jobs** ([`jobs::JobRunner`]) runs the node's one-shot and scheduled jobs.
 //!
 //! The server is never needed to keep running: with the server away, the reconciler keeps
 //! working from the last desired state (from disk after a restart); reports and heartbeats
@@ -43,7 +44,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gustavo_client::{Client, ClientError};
-use gustavo_model::api::{DesiredState, Heartbeat, RegisterRequest, StatusReport};
+use gustavo_model::api::{
+    AppState, DesiredState, Heartbeat, RegisterRequest, StatusReport, SyncRequest,
+};
+use gustavo_model::uplink;
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -112,9 +116,23 @@ fn jitter() -> f64 {
 /// How often the host is sampled for node pressure while it is on.
 const PRESSURE_EVERY: Duration = Duration::from_secs(2);
 
+/// How often the host is sampled while pressure is off, at the most.
+const IDLE_SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
 /// The least time between two status reports, so a burst of changes (a container created,
 /// then running) goes out as one report while a lone change is sent at once.
 const REPORT_COALESCE: Duration = Duration::from_millis(100);
+
+/// How long, after a new desired state, the next long-poll waits for the reconciler to
+/// settle on it, so the report that says so rides on that poll (one round trip per change)
+/// instead of a request of its own. Longer work (a pull) reports on a short sync later.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// How long one long-poll waits, at most (the server's cap).
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// How long past the vitals period a short sync waits for the long-poll to carry them.
+const PERIOD_GRACE: Duration = Duration::from_secs(3);
 
 /// Exponential backoff between failed calls to the server.
 struct Backoff {
@@ -357,7 +375,8 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
         out: outputs.clone(),
         record,
         every: PRESSURE_EVERY,
-        idle: cfg.heartbeat,
+        // Often enough that a meaningful change of the vitals goes out within seconds.
+        idle: cfg.heartbeat.min(IDLE_SAMPLE_EVERY),
     };
     let pressure_task = tokio::spawn(pressure_loop.run());
     let wg = &cfg.wireguard;
@@ -407,12 +426,17 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
         if let Some(tx) = &http.on_client {
             tx.send_replace(Some((id.node.clone(), client.clone())));
         }
-        let need_report = Arc::new(tokio::sync::Notify::new());
-        tokio::join!(
-            sync(&cfg, &client, &req, fresh, persist.as_ref(), &desired_tx),
-            report(&client, &id.node, report_rx, runs_rx, need_report.clone()),
-            heartbeat(&client, &id.node, cfg.heartbeat, &outputs, need_report),
-        );
+        let uplink = Uplink::new(report_rx, runs_rx, &outputs, cfg.heartbeat);
+        sync(
+            &cfg,
+            &client,
+            &req,
+            fresh,
+            persist.as_ref(),
+            &desired_tx,
+            uplink,
+        )
+        .await;
         Ok::<(), AgentError>(())
     };
     let result = tokio::select! {
@@ -428,7 +452,198 @@ pub async fn run_with<R: Runtime, H: HostProbe>(
     result
 }
 
-/// Long-polls for desired state; updates the node's declared facts first.
+/// What the node has to tell the server, and what it last told it.
+struct Uplink<'a> {
+    report: watch::Receiver<StatusReport>,
+    runs: watch::Receiver<Vec<gustavo_model::job::JobRun>>,
+    /// The report must go (again): it changed, a request carrying it failed, or the server
+    /// asked.
+    report_again: bool,
+    out: &'a pressure::Outputs,
+    vitals: watch::Receiver<Option<gustavo_model::api::Vitals>>,
+    sent: Option<uplink::Sent>,
+    every: Duration,
+    epoch: tokio::time::Instant,
+    /// This process's sync session and the last request's number in it.
+    session: u64,
+    seq: u64,
+}
+
+/// What one request carried, to put back if it failed.
+struct Taken {
+    report: bool,
+    vitals: Option<Option<uplink::Sent>>,
+}
+
+impl<'a> Uplink<'a> {
+    fn new(
+        report: watch::Receiver<StatusReport>,
+        runs: watch::Receiver<Vec<gustavo_model::job::JobRun>>,
+        out: &'a pressure::Outputs,
+        every: Duration,
+    ) -> Uplink<'a> {
+        Uplink {
+            report,
+            runs,
+            report_again: true,
+            out,
+            vitals: out.vitals.subscribe(),
+            sent: None,
+            every,
+            epoch: tokio::time::Instant::now(),
+            session: (jitter() * (1u64 << 53) as f64) as u64 | 1,
+            seq: 0,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The heartbeat as it stands (none before the first host sample).
+    fn heartbeat(&self) -> Option<Heartbeat> {
+        let mut vitals = self.vitals.borrow().clone()?;
+        uplink::compact(&mut vitals);
+        Some(Heartbeat {
+            vitals,
+            pressure: self.out.status.borrow().clone(),
+            traffic: self.out.traffic.borrow().clone(),
+            tunnel: self.out.tunnel.borrow().clone(),
+        })
+    }
+
+    fn report_pending(&self) -> bool {
+        self.report_again
+            || self.report.has_changed().unwrap_or(false)
+            || self.runs.has_changed().unwrap_or(false)
+    }
+
+    fn vitals_pending(&self) -> bool {
+        self.heartbeat().is_some_and(|hb| {
+            uplink::due(
+                self.sent.as_ref(),
+                &hb,
+                self.now_ms(),
+                self.every.as_millis() as u64,
+            )
+        })
+    }
+
+    /// A request with whatever is pending, counted as sent (put back by [`Uplink::failed`]).
+    fn take(&mut self, after: u64, wait: Duration) -> (SyncRequest, Taken) {
+        let report = self.report_pending().then(|| {
+            self.report_again = false;
+            let mut r = self.report.borrow_and_update().clone();
+            r.jobs = self.runs.borrow_and_update().clone();
+            r
+        });
+        let heartbeat = if self.vitals_pending() {
+            self.heartbeat()
+        } else {
+            None
+        };
+        let vitals = heartbeat.as_ref().map(|hb| {
+            let sent = uplink::Sent {
+                at_ms: self.now_ms(),
+                heartbeat: hb.clone(),
+            };
+            self.sent.replace(sent)
+        });
+        let taken = Taken {
+            report: report.is_some(),
+            vitals,
+        };
+        self.seq += 1;
+        let req = SyncRequest {
+            after,
+            // Whole seconds, rounded up: a poll that came back a little before the vitals
+            // are due would cost one more request.
+            wait: (wait.as_millis() as u64).div_ceil(1000),
+            report,
+            heartbeat,
+            session: self.session,
+            seq: self.seq,
+        };
+        (req, taken)
+    }
+
+    fn failed(&mut self, taken: Taken) {
+        self.report_again |= taken.report;
+        if let Some(before) = taken.vitals {
+            self.sent = before;
+        }
+    }
+
+    /// Resolves when something should go out before the long-poll comes back: a new report
+    /// (folded with what follows within [`REPORT_COALESCE`]), a pressure level or tunnel
+    /// change, vitals that moved, or the vitals period running out.
+    async fn next(&mut self) {
+        loop {
+            if self.report_pending() {
+                tokio::time::sleep(REPORT_COALESCE).await;
+                return;
+            }
+            let urgent = self
+                .heartbeat()
+                .is_some_and(|hb| uplink::urgent(self.sent.as_ref(), &hb, self.now_ms()));
+            if urgent {
+                return;
+            }
+            // The long-poll comes back when the period is up and carries the vitals (see
+            // `until_due`); this is for a poll the server held longer.
+            let period_end = self.period_end() + PERIOD_GRACE;
+            tokio::select! {
+                // `changed` marks the value seen: remember that it is news.
+                r = self.report.changed() => match r {
+                    Ok(()) => self.report_again = true,
+                    Err(_) => std::future::pending::<()>().await,
+                },
+                r = self.runs.changed() => match r {
+                    Ok(()) => self.report_again = true,
+                    Err(_) => std::future::pending::<()>().await,
+                },
+                // A level change or a change of the tunnel's peers.
+                _ = self.out.changed.notified() => {
+                    // Wait for the level to show in what is read.
+                    tokio::task::yield_now().await;
+                    if self.heartbeat().is_some() {
+                        self.sent = None;
+                        return;
+                    }
+                }
+                r = self.vitals.changed() => if r.is_err() { std::future::pending::<()>().await },
+                _ = tokio::time::sleep_until(period_end) => {}
+            }
+        }
+    }
+
+    /// When the vitals are due by the period alone.
+    fn period_end(&self) -> tokio::time::Instant {
+        self.sent.as_ref().map_or(self.epoch, |s| {
+            self.epoch + Duration::from_millis(s.at_ms) + self.every
+        })
+    }
+
+    /// How long a long-poll may wait so it comes back when the vitals are due.
+    fn until_due(&self) -> Duration {
+        self.period_end()
+            .saturating_duration_since(tokio::time::Instant::now())
+    }
+
+    /// Waits (up to [`SETTLE`]) until the report says the reconciler is done with
+    /// `revision`: no app still progressing.
+    async fn settle(&mut self, revision: u64) {
+        let settled = |r: &StatusReport| {
+            r.applied_revision >= revision
+                && r.apps.iter().all(|a| a.state != AppState::Progressing)
+        };
+        let mut rx = self.report.clone();
+        let _ = tokio::time::timeout(SETTLE, rx.wait_for(settled)).await;
+    }
+}
+
+/// The sync loop: updates the node's declared facts first, then long-polls for the desired
+/// state with everything the node has to say folded into the polls.
 async fn sync(
     cfg: &AgentConfig,
     client: &Client,
@@ -436,10 +651,35 @@ async fn sync(
     mut facts_sent: bool,
     dir: &dyn Persist,
     desired: &watch::Sender<Option<DesiredState>>,
+    mut up: Uplink<'_>,
 ) {
     let node = &cfg.name;
     let mut backoff = Backoff::new();
     let running = Arc::new(tokio::sync::Semaphore::new(exec::MAX_RUNNING));
+    // Takes a desired state in: runs its commands, keeps and publishes it when it is newer.
+    // Returns the revision to settle on.
+    let accept = |mut d: DesiredState| -> Option<u64> {
+        for cmd in std::mem::take(&mut d.exec) {
+            spawn_exec(client.clone(), node.clone(), cmd, cfg.allow_exec, &running);
+        }
+        let have = desired.borrow().as_ref().map(|d| d.revision);
+        // A long-poll answered for commands alone carries the same revision.
+        if have.is_some_and(|r| d.revision <= r) {
+            return None;
+        }
+        tracing::info!(
+            revision = d.revision,
+            apps = d.apps.len(),
+            "new desired state"
+        );
+        if let Err(e) = dir.save_desired(&d) {
+            tracing::error!(error = %e, "cannot cache desired state on disk");
+        }
+        let revision = d.revision;
+        desired.send_replace(Some(d));
+        Some(revision)
+    };
+    let after = || desired.borrow().as_ref().map(|d| d.revision).unwrap_or(0);
     loop {
         if !facts_sent {
             match client.register(req).await {
@@ -455,38 +695,62 @@ async fn sync(
                 }
             }
         }
-        let after = desired.borrow().as_ref().map(|d| d.revision).unwrap_or(0);
         // Up to 20% shorter, so agents that started together do not all come back at once.
-        let wait = cfg
-            .wait
-            .mul_f64(1.0 - 0.2 * jitter())
-            .max(Duration::from_secs(1));
-        match client.desired(node, after, wait).await {
-            Ok(Some(mut d)) => {
-                backoff.reset();
-                for cmd in std::mem::take(&mut d.exec) {
-                    spawn_exec(client.clone(), node.clone(), cmd, cfg.allow_exec, &running);
+        // It comes back when the vitals are due, so they ride on the next one: with the
+        // default period of 60 s that is one request a minute. Otherwise up to 20% shorter
+        // than the configured wait, so agents that started together do not come back at once.
+        let until_due = up.until_due();
+        let wait = if until_due <= MAX_WAIT {
+            until_due
+        } else {
+            cfg.wait.min(MAX_WAIT).mul_f64(1.0 - 0.2 * jitter())
+        }
+        .max(Duration::from_secs(1));
+        let (poll_req, taken) = up.take(after(), wait);
+        let poll = client.sync(node, &poll_req);
+        tokio::pin!(poll);
+        let answer = loop {
+            tokio::select! {
+                r = &mut poll => break r,
+                _ = up.next() => {
+                    // Said on a short sync beside the waiting poll.
+                    let (side, t) = up.take(after(), Duration::ZERO);
+                    match client.sync(node, &side).await {
+                        Ok((d, need)) => {
+                            up.report_again |= need;
+                            if let Some(d) = d {
+                                accept(d);
+                            }
+                        }
+                        Err(e) => {
+                            up.failed(t);
+                            tracing::debug!(error = %e, "cannot send to the server; retrying");
+                            backoff.wait().await;
+                        }
+                    }
                 }
-                // A long-poll answered for commands alone carries the same revision.
-                if d.revision <= after && desired.borrow().is_some() {
-                    continue;
-                }
-                tracing::info!(
-                    revision = d.revision,
-                    apps = d.apps.len(),
-                    "new desired state"
-                );
-                if let Err(e) = dir.save_desired(&d) {
-                    tracing::error!(error = %e, "cannot cache desired state on disk");
-                }
-                desired.send_replace(Some(d));
             }
-            Ok(None) => backoff.reset(),
+        };
+        match answer {
+            Ok((d, need)) => {
+                backoff.reset();
+                up.report_again |= need;
+                if let Some(revision) = d.and_then(accept) {
+                    up.settle(revision).await;
+                }
+            }
             Err(e) => {
+                up.failed(taken);
                 metrics::METRICS.error("server");
                 if e.is_unauthorized() {
                     tracing::error!(
                         "the server refused this node's credential (was the node removed?); retrying"
+                    );
+                } else if matches!(&e, ClientError::Api { status: 404, message, .. } if message == "no such route")
+                {
+                    tracing::error!(
+                        server = %cfg.server,
+                        "the server does not know POST /api/v1/nodes/{{name}}/sync: it is older than this agent ({VERSION}); upgrade the server"
                     );
                 } else {
                     tracing::warn!(error = %e, "cannot fetch desired state; retrying");
@@ -528,87 +792,6 @@ fn spawn_exec(
             }
         }
     });
-}
-
-/// Sends each new status report (with the job runner's runs), and the current one again
-/// when the server asks.
-async fn report(
-    client: &Client,
-    node: &str,
-    mut rx: watch::Receiver<StatusReport>,
-    mut runs: watch::Receiver<Vec<gustavo_model::job::JobRun>>,
-    need: Arc<tokio::sync::Notify>,
-) {
-    let mut backoff = Backoff::new();
-    loop {
-        let mut r = rx.borrow_and_update().clone();
-        r.jobs = runs.borrow_and_update().clone();
-        match client.report_status(node, &r).await {
-            Ok(()) => {
-                backoff.reset();
-                let sent = tokio::time::Instant::now();
-                tokio::select! {
-                    c = rx.changed() => {
-                        if c.is_err() {
-                            return;
-                        }
-                        // At most one report per REPORT_COALESCE: the first change after a
-                        // quiet spell goes at once, a burst right behind it is folded.
-                        tokio::time::sleep_until(sent + REPORT_COALESCE).await;
-                    }
-                    c = runs.changed() => {
-                        if c.is_err() {
-                            return;
-                        }
-                        // At most one report per REPORT_COALESCE: the first change after a
-                        // quiet spell goes at once, a burst right behind it is folded.
-                        tokio::time::sleep_until(sent + REPORT_COALESCE).await;
-                    }
-                    _ = need.notified() => {}
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot send status; retrying");
-                backoff.wait().await;
-            }
-        }
-    }
-}
-
-async fn heartbeat(
-    client: &Client,
-    node: &str,
-    period: Duration,
-    out: &pressure::Outputs,
-    need_report: Arc<tokio::sync::Notify>,
-) {
-    let mut vitals = out.vitals.subscribe();
-    let status = out.status.subscribe();
-    // Start at a random point of the period, so a fleet's heartbeats are spread out.
-    let first = tokio::time::Instant::now() + period.mul_f64(jitter());
-    let mut tick = tokio::time::interval_at(first, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            // A pressure level change goes out at once.
-            _ = out.changed.notified() => {}
-        }
-        if vitals.wait_for(Option::is_some).await.is_err() {
-            return;
-        }
-        let hb = Heartbeat {
-            vitals: vitals.borrow_and_update().clone().unwrap_or_default(),
-            pressure: status.borrow().clone(),
-            traffic: out.traffic.borrow().clone(),
-            tunnel: out.tunnel.borrow().clone(),
-        };
-        match client.heartbeat(node, &hb).await {
-            Ok(true) => need_report.notify_one(),
-            Ok(false) => {}
-            Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
-        }
-    }
 }
 
 #[cfg(test)]

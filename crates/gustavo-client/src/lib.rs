@@ -89,6 +89,9 @@ pub struct Client {
 
 /// The endpoint a path belongs to, as a fixed label (no node or app names in it).
 pub fn endpoint_label(path: &str) -> &'static str {
+    if path.ends_with("/sync?wait=0") {
+        return "sync-now";
+    }
     let path = path.split('?').next().unwrap_or(path);
     if path.ends_with("/heartbeat") {
         "heartbeat"
@@ -96,6 +99,8 @@ pub fn endpoint_label(path: &str) -> &'static str {
         "desired"
     } else if path.ends_with("/status") {
         "status"
+    } else if path.ends_with("/sync") {
+        "sync"
     } else if path.ends_with("/nodes/register") {
         "register"
     } else if path.starts_with("/api/v1/rollouts") {
@@ -315,6 +320,19 @@ impl Client {
         body: Option<&(impl Serialize + ?Sized)>,
         timeout: Duration,
     ) -> Result<(StatusCode, Vec<u8>), ClientError> {
+        self.send_full(method, path, body, timeout)
+            .await
+            .map(|(s, _, b)| (s, b))
+    }
+
+    /// [`Client::send`] with the answer's headers.
+    async fn send_full(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self
             .http
@@ -338,6 +356,7 @@ impl Client {
             }
         })?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = resp.bytes().await.map_err(|e| {
             observe(0);
             ClientError::Unreachable {
@@ -360,7 +379,7 @@ impl Client {
                 },
             });
         }
-        Ok((status, bytes.to_vec()))
+        Ok((status, headers, bytes.to_vec()))
     }
 
     async fn call<T: DeserializeOwned>(
@@ -801,6 +820,37 @@ impl Client {
         }
         serde_json::from_slice(&bytes)
             .map(Some)
+            .map_err(|e| ClientError::Decode {
+                url: format!("{}{}", self.base, path),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The sync protocol's request: delivers what `req` carries, then waits up to
+    /// `req.wait` seconds for a desired state above `req.after`. Returns it (or `None`)
+    /// and whether the server asks for the status report again.
+    pub async fn sync(
+        &self,
+        node: &str,
+        req: &gustavo_model::api::SyncRequest,
+    ) -> Result<(Option<DesiredState>, bool), ClientError> {
+        // A sync that answers at once is told apart (in logs and latency figures) from
+        // a long-poll by its query.
+        let path = if req.wait == 0 {
+            format!("/api/v1/nodes/{node}/sync?wait=0")
+        } else {
+            format!("/api/v1/nodes/{node}/sync")
+        };
+        let timeout = Duration::from_secs(req.wait) + Duration::from_secs(10);
+        let (status, headers, bytes) = self
+            .send_full(Method::POST, &path, Some(req), timeout)
+            .await?;
+        let need_report = headers.contains_key(gustavo_model::api::NEED_REPORT_HEADER);
+        if status == StatusCode::NOT_MODIFIED {
+            return Ok((None, need_report));
+        }
+        serde_json::from_slice(&bytes)
+            .map(|d| (Some(d), need_report))
             .map_err(|e| ClientError::Decode {
                 url: format!("{}{}", self.base, path),
                 reason: e.to_string(),

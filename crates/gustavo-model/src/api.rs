@@ -391,6 +391,43 @@ pub struct Heartbeat {
     pub tunnel: Option<crate::wireguard::TunnelStatus>,
 }
 
+/// `POST /api/v1/nodes/{name}/sync`: the agent's one request. It carries what the node has
+/// to say (its status report when it changed, its vitals when they changed meaningfully or
+/// are due) and then waits, like `GET …/desired`, for a revision above `after`. The answer
+/// is `200` with the desired state or `304` when nothing newer came within `wait`; a
+/// `gustavo-need-report: 1` header asks for the status report again (the server restarted).
+/// What the request carried is recorded before the wait, so a poll that times out or a
+/// connection that drops after the server read it loses nothing; one the server never read
+/// fails on the agent, which sends it again with the next sync.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    /// The revision the agent has.
+    #[serde(default)]
+    pub after: u64,
+    /// How long to wait for a newer one, in seconds (at most 60; 0: answer at once).
+    #[serde(default)]
+    pub wait: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<StatusReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<Heartbeat>,
+    /// A random number fixed for the agent process, and the request's place in its order:
+    /// a long-poll and a short sync beside it may reach the server in either order, and
+    /// what an older request carried must not overwrite what a newer one did.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub session: u64,
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub seq: u64,
+}
+
+fn is_zero64(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The header of a sync answer asking for the status report again.
+pub const NEED_REPORT_HEADER: &str = "gustavo-need-report";
+
 /// The answer to a heartbeat: `need_status` asks the agent to send its status report again
 /// (the server restarted and lost what it had in memory).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -41,6 +41,7 @@ pub mod rollout;
 pub mod schedule;
 pub mod sites;
 pub mod spec;
+pub mod uplink;
 pub mod watched;
 pub mod wireguard;
 mod written;

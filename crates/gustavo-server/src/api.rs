@@ -509,6 +509,30 @@ pub async fn desired(
     )
 }
 
+/// `POST /api/v1/nodes/{name}/sync`: the status report and vitals the node carries, then
+/// the long-poll for its desired state (`200`, or `304` when nothing newer came); the
+/// `gustavo-need-report: 1` header asks for the status report again.
+pub async fn sync(
+    p: Principal,
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<gustavo_model::api::SyncRequest>,
+) -> Result<Response, ApiError> {
+    let (desired, need_report) = s.ops.sync(&p, addr.ip(), &name, req).await?;
+    let mut resp = match desired {
+        Some(d) => Json(d).into_response(),
+        None => StatusCode::NOT_MODIFIED.into_response(),
+    };
+    if need_report {
+        resp.headers_mut().insert(
+            gustavo_model::api::NEED_REPORT_HEADER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+    }
+    Ok(resp)
+}
+
 pub async fn heartbeat(
     p: Principal,
     State(s): State<AppState>,

@@ -24,6 +24,7 @@ pub mod security;
 pub mod serve;
 pub mod state;
 pub mod tls;
+pub mod wake;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

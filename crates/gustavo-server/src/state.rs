@@ -26,6 +26,11 @@ use crate::error::ApiError;
 /// How long without a request before a node counts as offline, at the least; a node with a
 /// slower heartbeat gets three of its periods.
 pub const OFFLINE_AFTER_S: u64 = 15;
+/// How long a node on the sync protocol may be without an open long-poll before it shows
+/// offline: it re-polls within milliseconds, or within a few seconds of backoff after an
+/// error. With TCP keepalive finding a dead connection within 8 s (`serve.rs`), a device
+/// that loses power shows offline within about 14 s.
+pub const SYNC_GAP_S: u64 = 5;
 
 /// The scheduler's settings (server config).
 #[derive(Debug, Clone)]
@@ -111,6 +116,16 @@ pub struct Live {
     pub traffic: BTreeMap<String, u64>,
     /// Its WireGuard interface for a site's clients, from its heartbeats.
     pub tunnel: Option<gustavo_model::wireguard::TunnelStatus>,
+    /// Long-polls it holds open now: while one is, the node is heard from (a dead device's
+    /// connection is found by TCP keepalive, `serve.rs`).
+    pub polls: u32,
+    /// The sync session and sequence of what set `report` and `vitals` (see
+    /// `api::SyncRequest`): older requests of the same session are not news.
+    pub report_seq: (u64, u64),
+    pub vitals_seq: (u64, u64),
+    /// It speaks the sync protocol (`POST …/sync`): it re-polls at once, so a few seconds
+    /// without an open poll mean it is gone, whatever its vitals period.
+    pub syncs: bool,
 }
 
 /// An app deleted while this server ran: which nodes had it, so `delete --wait` can follow
@@ -495,7 +510,11 @@ impl Cluster {
             .unwrap_or(0)
             .max(OFFLINE_AFTER_S);
         match self.live.get(name) {
-            Some(l) if now.saturating_sub(l.last_seen) <= limit => NodeStatus::Ready,
+            Some(l) if l.polls > 0 => NodeStatus::Ready,
+            Some(l) if l.syncs && now.saturating_sub(l.last_seen) <= SYNC_GAP_S => {
+                NodeStatus::Ready
+            }
+            Some(l) if !l.syncs && now.saturating_sub(l.last_seen) <= limit => NodeStatus::Ready,
             _ => NodeStatus::Offline,
         }
     }
@@ -868,6 +887,8 @@ pub struct Shared {
     jobs: std::sync::mpsc::Sender<Box<dyn Job>>,
     /// Commands waiting for their node's long-poll (`gustavo exec`).
     pub exec: crate::ops::exec::ExecHub,
+    /// Long-polls by what they wait on; a commit wakes only those its changes concern.
+    pub wakers: crate::wake::Wakers,
 }
 
 /// How long a job callback is retried, by default: a day.
@@ -953,6 +974,7 @@ impl Shared {
             callback_expiry: std::sync::atomic::AtomicU64::new(DEFAULT_CALLBACK_EXPIRY_S),
             jobs,
             exec: Default::default(),
+            wakers: Default::default(),
         });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
@@ -1007,6 +1029,7 @@ impl Shared {
         let mut c = self.write();
         let start = c.revision;
         let mut all = Vec::new();
+        let mut wake = BTreeSet::new();
         for job in batch.iter_mut() {
             let next = c.revision + 1;
             let changes = job.prepare(&c, next);
@@ -1015,6 +1038,7 @@ impl Shared {
             }
             c.revision = next;
             for change in &changes {
+                crate::wake::keys_of(&c, change, &mut wake);
                 c.apply(change.clone(), next);
             }
             all.extend(changes);
@@ -1050,6 +1074,13 @@ impl Shared {
             job.finish(outcome.clone());
         }
         if revision != start {
+            // After a failed commit memory went back to the store: wake everyone to re-read.
+            if outcome.is_err() {
+                wake.insert(crate::wake::Key::All);
+            }
+            for key in &wake {
+                self.wakers.wake(key, revision);
+            }
             self.revision_tx.send_replace(revision);
         }
     }

@@ -438,9 +438,16 @@ pub struct FleetArgs {
     /// How many simulated agents.
     #[arg(long, default_value_t = 1000)]
     pub agents: usize,
-    /// How often each agent sends vitals.
-    #[arg(long, default_value = "10s")]
+    /// The longest time between two vitals reports of each agent (the agent's --heartbeat).
+    #[arg(long, default_value = "60s")]
     pub heartbeat: String,
+    /// How many updates between the create and the delete (each is timed).
+    #[arg(long, default_value_t = 3)]
+    pub updates: usize,
+    /// Run the benchmark's own server pinned to these CPUs (`taskset -c LIST`), e.g. 0; run
+    /// the benchmark itself under `taskset -c 1` to keep the simulated fleet off them.
+    #[arg(long)]
+    pub server_cpus: Option<String>,
     /// How long to hold steady state before the changes.
     #[arg(long, default_value = "30s")]
     pub duration: String,
@@ -597,8 +604,10 @@ pub struct AgentArgs {
     /// Where the credential and the desired-state cache live.
     #[arg(long, env = "GUSTAVO_AGENT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// How often vitals are sent, e.g. 5s.
-    #[arg(long, default_value = "5s")]
+    /// The longest time between two vitals reports, e.g. 60s; they go sooner when they
+    /// change meaningfully (CPU by 20 points, memory or disk by 10 % of their size, a
+    /// pressure level). Liveness does not depend on it: the open long-poll is.
+    #[arg(long, default_value = "60s")]
     pub heartbeat: String,
     /// How often containers are relisted even when nothing signals a change, e.g. 10s.
     #[arg(long, default_value = "10s")]

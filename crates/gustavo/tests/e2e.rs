@@ -18,6 +18,7 @@ mod scheduler;
 mod security;
 mod sinfonia;
 mod spec_input;
+mod sync;
 mod util;
 
 use std::time::Duration;
@@ -1030,7 +1031,7 @@ fn bench_fleet(agents: &str, extra: &[&str]) -> serde_json::Value {
 /// and the report's numbers agree with each other.
 #[test]
 fn simulated_fleet_of_50_converges() {
-    let r = bench_fleet("50", &["--per-connection", "20"]);
+    let r = bench_fleet("50", &["--per-connection", "20", "--updates", "2"]);
     assert_eq!(r["agents"], 50);
     assert_eq!(r["connections"], 3, "50 agents at 20 per connection");
     let changes: Vec<_> = r["changes"]
@@ -1049,6 +1050,7 @@ fn simulated_fleet_of_50_converges() {
         vec![
             ("create".into(), 50),
             ("update".into(), 50),
+            ("update".into(), 50),
             ("delete".into(), 50)
         ]
     );
@@ -1065,16 +1067,22 @@ fn simulated_fleet_of_50_converges() {
             && server["peak_rss_mb"].as_f64().unwrap() >= server["rss_mb_idle"].as_f64().unwrap()
     );
     let latency = r["latency"].as_array().unwrap();
-    let hb = latency
+    let sync = latency
         .iter()
-        .find(|l| l["endpoint"] == "heartbeat")
-        .expect("heartbeats were measured");
-    // 50 agents, 1 s heartbeat, a window of at least 2 s: at least 50 heartbeats.
-    assert!(hb["count"].as_u64().unwrap() >= 50, "{hb}");
-    assert_eq!(hb["errors"], 0);
-    assert!(hb["p50_ms"].as_f64().unwrap() <= hb["p99_ms"].as_f64().unwrap());
-    assert!(hb["p99_ms"].as_f64().unwrap() <= hb["max_ms"].as_f64().unwrap());
-    assert!(latency.iter().any(|l| l["endpoint"] == "status"));
+        .find(|l| l["endpoint"] == "sync")
+        .expect("long-polls were measured");
+    // 50 agents with vitals due every second come back at least once each in the window.
+    assert!(sync["count"].as_u64().unwrap() >= 50, "{sync}");
+    assert_eq!(sync["errors"], 0);
+    assert!(sync["p50_ms"].as_f64().unwrap() <= sync["p99_ms"].as_f64().unwrap());
+    assert!(sync["p99_ms"].as_f64().unwrap() <= sync["max_ms"].as_f64().unwrap());
+    // Reports and vitals ride on syncs: the agents use no other request once registered.
+    for l in latency {
+        assert!(
+            ["sync", "sync-now", "register"].contains(&l["endpoint"].as_str().unwrap()),
+            "{l}"
+        );
+    }
 }
 
 /// CI's smoke run of a thousand simulated agents. No timing is asserted.

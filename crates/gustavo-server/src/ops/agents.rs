@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use gustavo_model::api::{
     DesiredState, Heartbeat, HeartbeatReply, RegisterRequest, RegisterResponse, StatusReport,
+    SyncRequest,
 };
 use gustavo_store::{Change, NodeRecord};
 
@@ -128,11 +129,12 @@ impl Ops {
                 if unchanged {
                     return Ok((Vec::new(), (None, record.groups)));
                 }
+                // Only groups that do not exist yet are stored. Bumping existing ones would
+                // hand every member a new desired state for each device that joins: at
+                // 100,000 devices, registration went quadratic. A node's own desired state
+                // follows its record's revision.
                 let mut changes = c.touch_groups(
-                    old.map(|o| o.groups.iter())
-                        .into_iter()
-                        .flatten()
-                        .chain(&record.groups),
+                    record.groups.iter().filter(|g| !c.groups.contains_key(*g)),
                     rev,
                 );
                 let groups = record.groups.clone();
@@ -177,6 +179,9 @@ impl Ops {
     /// `wait` (at most 60 s). Agents wait here instead of polling, so a change reaches
     /// them at once and an idle link carries one small request per wait period. Secrets
     /// go to the node itself only; an admin looking sees them hidden.
+    ///
+    /// The wait is woken only by commits that touch the node's groups or the node itself
+    /// ([`crate::wake`]), and while it lasts the node counts as heard from.
     pub async fn desired(
         &self,
         p: &Principal,
@@ -186,21 +191,22 @@ impl Ops {
         wait: Duration,
     ) -> Result<Option<DesiredState>, OpError> {
         p.require_node(name)?;
-        let mut rx = self.shared.revision_tx.subscribe();
         let mut closing = self.shared.closing.subscribe();
         let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(60));
         let _waiting = crate::metrics::Waiting::new(&self.shared.metrics.long_polls);
         // Commands (`gustavo exec`) go to the node itself only, never to an admin looking.
         let is_node = matches!(p, Principal::Node(_));
         let exec_wake = is_node.then(|| self.shared.exec.wake(name));
+        let _open = is_node.then(|| PollOpen::new(self, name, from));
         loop {
-            self.seen(name, from, |_| {});
-            {
+            let mut woken = {
                 let c = self.shared.read();
                 let node = c
                     .nodes
                     .get(name)
                     .ok_or_else(|| OpError::NotFound(format!("node `{name}` does not exist")))?;
+                // Subscribed before the revision is read: a commit after this read wakes it.
+                let woken = crate::wake::Waiting::new(&self.shared.wakers, name, &node.groups);
                 let exec = if is_node {
                     self.shared.exec.take(name)
                 } else {
@@ -210,25 +216,79 @@ impl Ops {
                     let mut d = c.desired_for(node);
                     d.exec = exec;
                     self.shared.metrics.desired_computed.inc();
-                    if !matches!(p, Principal::Node(_)) {
+                    if !is_node {
                         hide_secrets(&c, &mut d);
                     }
                     return Ok(Some(d));
                 }
-            }
-            rx.borrow_and_update();
+                woken
+            };
             if *closing.borrow_and_update() {
                 return Err(OpError::Unavailable("the server is shutting down"));
             }
             tokio::select! {
-                r = tokio::time::timeout_at(deadline, rx.changed()) => match r {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(_)) | Err(_) => return Ok(None),
+                r = tokio::time::timeout_at(deadline, woken.changed()) => match r {
+                    Ok(()) => continue,
+                    Err(_) => return Ok(None),
                 },
                 _ = closing.changed() => return Err(OpError::Unavailable("the server is shutting down")),
                 _ = async { match &exec_wake { Some(w) => w.notified().await, None => std::future::pending().await } } => continue,
             }
         }
+    }
+
+    /// The sync protocol's one request (`POST …/sync`): records the status report and the
+    /// vitals it carries, then waits like [`Ops::desired`]. Returns the desired state (if
+    /// newer) and whether the server lacks the node's status report (asked for again).
+    /// A node without a report that sent none gets its answer at once, so the report comes
+    /// on the next request rather than after a whole wait.
+    pub async fn sync(
+        &self,
+        p: &Principal,
+        from: IpAddr,
+        name: &str,
+        req: SyncRequest,
+    ) -> Result<(Option<DesiredState>, bool), OpError> {
+        // Only the node itself: a report or vitals from anyone else would be a lie.
+        match p {
+            Principal::Node(n) if n == name => {}
+            _ => return Err(OpError::Forbidden("sync as another node")),
+        }
+        let carried = req.report.is_some();
+        // What a later request of this agent already delivered is kept.
+        let order = (req.session, req.seq);
+        let newer = |last: &mut (u64, u64)| {
+            let stale = order.0 != 0 && last.0 == order.0 && order.1 <= last.1;
+            if !stale {
+                *last = order;
+            }
+            !stale
+        };
+        let (mut vitals_new, mut report_new) = (false, false);
+        self.seen(name, from, |l| {
+            vitals_new = req.heartbeat.is_some() && newer(&mut l.vitals_seq);
+            report_new = req.report.is_some() && newer(&mut l.report_seq);
+        });
+        if let Some(hb) = req.heartbeat.filter(|_| vitals_new) {
+            self.heartbeat(p, from, name, hb)?;
+        }
+        if let Some(report) = req.report.filter(|_| report_new) {
+            let runs = report.jobs.clone();
+            self.status(p, from, name, report)?;
+            self.job_runs(name, runs).await?;
+        }
+        let mut need_report = false;
+        self.seen(name, from, |l| {
+            l.syncs = true;
+            need_report = !l.has_report && !carried;
+        });
+        let wait = if need_report {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(req.wait)
+        };
+        let d = self.desired(p, from, name, req.after, wait).await?;
+        Ok((d, need_report))
     }
 
     /// Vitals from a node; asks for its status report when the server has none (after a
@@ -279,5 +339,30 @@ impl Ops {
         });
         self.shared.reports.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
+    }
+}
+
+/// A long-poll held open by a node: counted in its live state while it lasts, and the
+/// moment it ends (answered, timed out, or its connection gone) is when the node was last
+/// heard from.
+struct PollOpen<'a> {
+    ops: &'a Ops,
+    node: &'a str,
+}
+
+impl<'a> PollOpen<'a> {
+    fn new(ops: &'a Ops, node: &'a str, from: IpAddr) -> PollOpen<'a> {
+        ops.seen(node, from, |l| l.polls += 1);
+        PollOpen { ops, node }
+    }
+}
+
+impl Drop for PollOpen<'_> {
+    fn drop(&mut self) {
+        let c = self.ops.shared.read();
+        if let Some(mut l) = c.live.get_mut(self.node) {
+            l.polls = l.polls.saturating_sub(1);
+            l.last_seen = now();
+        }
     }
 }

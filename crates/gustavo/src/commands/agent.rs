@@ -95,7 +95,7 @@ pub fn config(cli: &Cli, args: &AgentArgs) -> Result<AgentConfig> {
         labels,
         data_dir,
         heartbeat,
-        wait: std::time::Duration::from_secs(30),
+        wait: std::time::Duration::from_secs(60),
         reconcile: ReconcileConfig {
             resync,
             ..ReconcileConfig::default()

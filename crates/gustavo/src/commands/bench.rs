@@ -83,12 +83,21 @@ fn read_token(dir: &Path, file: &str) -> Result<String> {
 
 /// Starts a server over plain HTTP: the simulated agents multiplex over HTTP/2 without TLS
 /// (prior knowledge), so the figures measure the protocol and the server, not TLS.
-fn start_server() -> Result<(OwnServer, String, String, String)> {
+fn start_server(cpus: Option<&str>) -> Result<(OwnServer, String, String, String)> {
     let dir = tempfile::tempdir().context("creating a data dir for the server")?;
     let data = dir.path().join("data");
     let log = std::fs::File::create(dir.path().join("server.log"))?;
     let exe = std::env::current_exe().context("finding the gustavo binary")?;
-    let child = Command::new(exe)
+    // taskset execs the server, so the child's pid is the server's.
+    let mut cmd = match cpus {
+        Some(list) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", list]).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let child = cmd
         .args([
             "server",
             "--no-agent",
@@ -103,7 +112,7 @@ fn start_server() -> Result<(OwnServer, String, String, String)> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .context("starting the server")?;
+        .context("starting the server (with --server-cpus: is taskset installed?)")?;
     let own = OwnServer { child, _dir: dir };
     let started = Instant::now();
     let config = data.join("client.toml");
@@ -197,11 +206,31 @@ async fn wait_converged(
     timeout: Duration,
     what: &str,
 ) -> Result<usize> {
-    // Often enough to time the change well, rarely enough not to load the server.
-    let every = Duration::from_millis(if agents >= 10_000 { 100 } else { 50 });
+    // Often enough to time the change well, rarely enough not to load the server (a
+    // summary over 100,000 nodes is work).
+    let every = Duration::from_millis(match agents {
+        0..10_000 => 50,
+        10_000..50_000 => 100,
+        _ => 250,
+    });
     let mut last = usize::MAX;
     loop {
-        let s = admin.rollout_summary(APP).await?;
+        // A slow or failed look is reported and retried: the benchmark's own polling must
+        // not be what ends the run.
+        let s = match admin.rollout_summary(APP).await {
+            Ok(s) => s,
+            Err(e) => {
+                if started.elapsed() > timeout {
+                    bail!(
+                        "{what}: the rollout summary still fails after {}s: {e}",
+                        timeout.as_secs()
+                    );
+                }
+                eprintln!("  {what}: cannot read the rollout yet: {e}");
+                tokio::time::sleep(every).await;
+                continue;
+            }
+        };
         if s.converged != last {
             eprintln!(
                 "  {what}: {}/{} converged ({:.1}s)",
@@ -251,7 +280,7 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
             (None, normalize_server(s), admin, join)
         }
         None => {
-            let (own, url, admin, join) = start_server()?;
+            let (own, url, admin, join) = start_server(args.server_cpus.as_deref())?;
             (Some(own), url, admin, join)
         }
     };
@@ -274,7 +303,20 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
     let fleet = Fleet::spawn(&cfg);
     let mut last = 0;
     loop {
-        let s = admin.stats().await?;
+        let s = match admin.stats().await {
+            Ok(s) => s,
+            Err(e) => {
+                if started.elapsed() > timeout {
+                    bail!(
+                        "registration: the server's stats still fail after {}s: {e}",
+                        timeout.as_secs()
+                    );
+                }
+                eprintln!("  registration: cannot read the server's stats yet: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
         let registered = s.nodes;
         if registered != last {
             eprintln!(
@@ -331,20 +373,27 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
     let v1 = spec::parse_one(&yaml(IMAGE_V1), APP)?;
     let v2 = spec::parse_one(&yaml(IMAGE_V2), APP)?;
     let (n, group) = (args.agents, [GROUP.to_string()]);
-    let changes = vec![
+    let mut changes = vec![
         timed_change(&admin, "create", pid, n, timeout, async {
             admin.create_app(APP, &v1, &group).await.map(|_| ())
         })
         .await?,
-        timed_change(&admin, "update", pid, n, timeout, async {
-            admin.update_app(APP, &v2, None).await.map(|_| ())
-        })
-        .await?,
+    ];
+    for i in 0..args.updates {
+        let spec = if i % 2 == 0 { &v2 } else { &v1 };
+        changes.push(
+            timed_change(&admin, "update", pid, n, timeout, async {
+                admin.update_app(APP, spec, None).await.map(|_| ())
+            })
+            .await?,
+        );
+    }
+    changes.push(
         timed_change(&admin, "delete", pid, n, timeout, async {
             admin.delete_app(APP).await.map(|_| ())
         })
         .await?,
-    ];
+    );
 
     let peak = pid
         .and_then(proc_sample)
@@ -410,7 +459,7 @@ fn print(format: Format, r: &Report) {
                 format!("{:.2}s", c.seconds),
                 c.converged.to_string(),
                 c.server_cpu_s
-                    .map(|s| format!("{s:.2}s"))
+                    .map(|s| format!("{s:.2}s ({:.0} µs per agent)", s * 1e6 / r.agents as f64))
                     .unwrap_or_else(|| "-".into()),
                 format!("{:.2}s", c.agents_cpu_s),
             ]
@@ -432,8 +481,8 @@ fn print(format: Format, r: &Report) {
         .latency
         .iter()
         .map(|l| {
-            let name = if l.endpoint == "desired" {
-                "desired (long-poll, incl. wait)".to_string()
+            let name = if l.endpoint == "desired" || l.endpoint == "sync" {
+                format!("{} (long-poll, incl. wait)", l.endpoint)
             } else {
                 l.endpoint.clone()
             };

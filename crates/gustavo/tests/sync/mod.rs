@@ -1,0 +1,226 @@
+//! Issue 15: the sync protocol. The agent's status report and vitals ride on its long-poll
+//! (`POST …/sync`); liveness is the open poll; agents on the old protocol (`GET …/desired`,
+//! `PUT …/status`, `POST …/heartbeat`) still work. No timing is asserted.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::*;
+
+/// `curl` against the test server with its CA: (status, headers and body).
+fn curl(
+    server: &Server,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut args: Vec<String> = vec![
+        "-s".into(),
+        "-m".into(),
+        "30".into(),
+        "--cacert".into(),
+        server.ca_file().display().to_string(),
+        "-X".into(),
+        method.into(),
+        "-H".into(),
+        format!("Authorization: Bearer {token}"),
+        "-w".into(),
+        "\n%{http_code}".into(),
+    ];
+    if let Some(b) = body {
+        args.extend([
+            "-H".into(),
+            "content-type: application/json".into(),
+            "--data-binary".into(),
+            b.into(),
+        ]);
+    }
+    args.push(format!("{}{}", server.url, path));
+    let out = Command::new("curl")
+        .args(&args)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn rollout_converged(server: &Server, app: &str, node: &str) -> bool {
+    let r = server.json(&["rollouts", "get", app]);
+    r["nodes"].as_array().is_some_and(|ns| {
+        ns.iter()
+            .any(|n| n["node"] == node && n["converged"] == true)
+    })
+}
+
+fn node_field(server: &Server, node: &str, field: &str) -> serde_json::Value {
+    server.json(&["nodes", "get", node])[field].clone()
+}
+
+/// A report that rode on a long-poll stays with the server while polls time out, and
+/// reaches it again after a server restart (which forgets reports) without anything
+/// changing on the device. The agent sends nothing but syncs.
+#[test]
+fn a_report_on_the_long_poll_survives_poll_timeouts_and_a_server_restart() {
+    require_docker_and_registry();
+    let mut server = Server::start();
+    let node = unique("syncer");
+    let group = unique("syncg");
+    // Vitals every 3 s: each long-poll times out after 3 s and the next one goes.
+    let agent = Agent::start_with(&server, &node, &[&group], &[], &["--heartbeat", "3s"]);
+    let f = server.spec(
+        "s.yml",
+        "s:\n  docker_image: gustavo-test/busybox:latest\n  command: \"sleep 3600\"\n",
+    );
+    server.ok(&[
+        "apps", "create", "-n", "s", "-f", &f, "-d", &group, "--wait",
+    ]);
+    let id = || {
+        let out = Command::new("docker")
+            .args(["ps", "-q", "--filter", &format!("name={node}.s.1")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let container = id();
+    assert!(!container.is_empty());
+    // Several polls time out; the report stands and the node stays ready.
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(rollout_converged(&server, "s", &node));
+    assert_eq!(node_field(&server, &node, "status"), "ready");
+
+    server.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    server.restart();
+    // The restarted server knows the node's report only from the agent's next sync.
+    wait_for(
+        "the report to come back after the restart",
+        Duration::from_secs(60),
+        || rollout_converged(&server, "s", &node),
+    );
+    assert_eq!(id(), container, "nothing was restarted on the device");
+    let log = agent.log();
+    assert!(log.contains("/sync"), "the agent syncs: {log}");
+    for old in ["/heartbeat", "/status", "/desired"] {
+        assert!(!log.contains(old), "no {old} requests: {log}");
+    }
+    server.ok(&["apps", "delete", "-n", "s", "--wait"]);
+}
+
+/// With the default vitals period of 60 s, the node is ready because its long-poll is open,
+/// and shows offline soon after its agent dies (the poll's connection closes) — not after
+/// three 60 s periods.
+#[test]
+fn liveness_is_the_open_long_poll() {
+    require_docker_and_registry();
+    let server = Server::start();
+    let node = unique("liver");
+    let mut agent = Agent::start_with(&server, &node, &[], &[], &["--heartbeat", "60s"]);
+    // Longer than the old rule's 15 s without a request.
+    std::thread::sleep(Duration::from_secs(20));
+    assert_eq!(node_field(&server, &node, "status"), "ready");
+    agent.kill();
+    wait_for("the node to show offline", Duration::from_secs(40), || {
+        node_field(&server, &node, "status") == "offline"
+    });
+}
+
+/// An agent speaking the protocol before sync (GET desired, PUT status, POST heartbeat)
+/// still runs: its report counts in rollouts and its heartbeat keeps it ready. Bad syncs
+/// are refused with a JSON error naming the problem.
+#[test]
+fn an_agent_on_the_old_protocol_still_works_and_bad_syncs_are_refused() {
+    require_docker_and_registry();
+    let server = Server::start();
+    let node = unique("oldie");
+    let group = unique("oldg");
+    let (code, body) = curl(
+        &server,
+        &server.join,
+        "POST",
+        "/api/v1/nodes/register",
+        Some(&format!(
+            r#"{{"name":"{node}","groups":["{group}"],"labels":{{}},"cpus":1,"memory_mb":512,"agent_version":"0.0.9","heartbeat_s":5}}"#
+        )),
+    );
+    assert_eq!(code, 200, "{body}");
+    let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let f = server.spec("o.yml", "o:\n  docker_image: gustavo-test/busybox:latest\n");
+    server.ok(&["apps", "create", "-n", "o", "-f", &f, "-d", &group]);
+    let (code, body) = curl(
+        &server,
+        &token,
+        "GET",
+        &format!("/api/v1/nodes/{node}/desired?after=0&wait=5"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let rev = d["revision"].as_u64().unwrap();
+    let app_rev = d["apps"][0]["revision"].as_u64().unwrap();
+    let report = format!(
+        r#"{{"applied_revision":{rev},"apps":[{{"app":"o","revision":{app_rev},"state":"running","ready":1,"desired":1}}],"containers":[]}}"#
+    );
+    let (code, body) = curl(
+        &server,
+        &token,
+        "PUT",
+        &format!("/api/v1/nodes/{node}/status"),
+        Some(&report),
+    );
+    assert_eq!(code, 204, "{body}");
+    assert!(rollout_converged(&server, "o", &node));
+    let vitals = r#"{"vitals":{"cpu_percent":1.0,"cpus":1,"memory_used_mb":10,"memory_total_mb":512,"disk_used_mb":1,"disk_total_mb":10,"load1":0.0,"load5":0.0,"load15":0.0,"net_rx_bps":0,"net_tx_bps":0,"uptime_s":1,"at":1}}"#;
+    let (code, body) = curl(
+        &server,
+        &token,
+        "POST",
+        &format!("/api/v1/nodes/{node}/heartbeat"),
+        Some(vitals),
+    );
+    assert_eq!((code, body.as_str()), (200, r#"{"need_status":false}"#));
+    assert_eq!(node_field(&server, &node, "status"), "ready");
+
+    // The sync protocol refuses what is not right, with a JSON error naming it.
+    let sync = format!("/api/v1/nodes/{node}/sync");
+    let (code, body) = curl(
+        &server,
+        &token,
+        "POST",
+        &sync,
+        Some(r#"{"after":0,"wiat":5}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("wiat"), "names the unknown field: {body}");
+    let (code, body) = curl(&server, &token, "POST", &sync, Some("{not json"));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    let (code, body) = curl(
+        &server,
+        &server.admin,
+        "POST",
+        &sync,
+        Some(r#"{"after":0,"wait":0,"report":{"applied_revision":0,"apps":[],"containers":[]}}"#),
+    );
+    assert_eq!(code, 403, "an admin cannot report for a node: {body}");
+    let (code, _) = curl(&server, "gus_node_nope", "POST", &sync, Some("{}"));
+    assert_eq!(code, 401);
+    // What was stored is untouched by the refused ones.
+    assert!(rollout_converged(&server, "o", &node));
+
+    // A sync that carries no report to a server that has one answers at once (304: the
+    // revision is known) without asking for it again.
+    let (code, body) = curl(
+        &server,
+        &token,
+        "POST",
+        &sync,
+        Some(&format!(r#"{{"after":{rev},"wait":0}}"#)),
+    );
+    assert_eq!(code, 304, "{body}");
+    server.ok(&["apps", "delete", "-n", "o"]);
+}
