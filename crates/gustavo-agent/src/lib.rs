@@ -182,6 +182,7 @@ fn registration(cfg: &AgentConfig, sampler: &dyn HostProbe) -> RegisterRequest {
         agent_version: VERSION.to_string(),
         heartbeat_s: cfg.heartbeat.as_secs().clamp(1, 3600) as u32,
         replace: false,
+        token: None,
     }
 }
 
@@ -220,6 +221,15 @@ async fn identity(
         return Ok((id, false));
     }
     let token = cfg.join_token.clone().ok_or(AgentError::NoToken)?;
+    // The agent picks its credential, so a retry after a lost answer finds its node
+    // registered with it instead of the name taken.
+    let req = &RegisterRequest {
+        token: Some(format!(
+            "gus_node_{}",
+            hex::encode(rand::random::<[u8; 24]>())
+        )),
+        ..req.clone()
+    };
     let (client, ca) = match &http.pool {
         // A simulated agent on a shared pool: plain HTTP/2 to a benchmark server.
         Some(_) => {
@@ -631,11 +641,15 @@ impl<'a> Uplink<'a> {
     }
 
     /// Waits (up to [`SETTLE`]) until the report says the reconciler is done with
-    /// `revision`: no app still progressing.
+    /// `revision`: no app still progressing and no container left of an app it no longer
+    /// runs (a delete).
     async fn settle(&mut self, revision: u64) {
         let settled = |r: &StatusReport| {
             r.applied_revision >= revision
                 && r.apps.iter().all(|a| a.state != AppState::Progressing)
+                && r.containers
+                    .iter()
+                    .all(|c| r.apps.iter().any(|a| a.app == c.app))
         };
         let mut rx = self.report.clone();
         let _ = tokio::time::timeout(SETTLE, rx.wait_for(settled)).await;

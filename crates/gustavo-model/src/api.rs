@@ -218,6 +218,18 @@ pub struct RegisterRequest {
     /// the old credential dies. A join token alone can only create a node that does not exist.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replace: bool,
+    /// The credential the agent proposes for itself (`gus_node_` and 48 hex digits), so a
+    /// join whose answer was lost can be sent again: the server finds the node registered
+    /// with that very credential and answers as the first time. Without it the server makes
+    /// one, and a lost answer leaves the name taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// Whether `t` has the shape of a node credential (`gus_node_` and 48 hex digits).
+pub fn is_node_token(t: &str) -> bool {
+    t.strip_prefix("gus_node_")
+        .is_some_and(|h| h.len() == 48 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn default_heartbeat_s() -> u32 {

@@ -77,7 +77,16 @@ impl Ops {
             )));
         }
         let replace = req.replace;
-        let token = rotate.then(|| new_token("node"));
+        let proposed = match req.token.as_deref() {
+            Some(t) if gustavo_model::api::is_node_token(t) => Some(t.to_string()),
+            Some(_) => {
+                return Err(OpError::BadRequest(
+                    "token: a node credential is `gus_node_` and 48 hex digits".into(),
+                ));
+            }
+            None => None,
+        };
+        let token = rotate.then(|| proposed.clone().unwrap_or_else(|| new_token("node")));
         let token_hash = token.as_deref().map(hash_token);
         let name = req.name.clone();
         let revision = self
@@ -85,6 +94,22 @@ impl Ops {
             .mutate(move |c, rev| {
                 let old = c.nodes.get(&req.name);
                 // Checked here, inside the writer, so two racing joins cannot both create it.
+                let retried = proposed.is_some()
+                    && old
+                        .zip(token_hash.as_ref())
+                        .is_some_and(|(o, h)| o.token_hash == *h);
+                if rotate && retried && !replace {
+                    // The same device again, its first answer lost: answer as then.
+                    let groups = old.map(|o| o.groups.clone()).unwrap_or_default();
+                    return Ok((Vec::new(), (None, groups)));
+                }
+                if let Some(h) = &token_hash
+                    && c.node_by_token_hash(h).is_some_and(|n| n != req.name)
+                {
+                    return Err(OpError::Conflict(
+                        "token: that credential is another node's; propose a fresh one".into(),
+                    ));
+                }
                 if rotate && old.is_some() && !replace {
                     return Err(OpError::Conflict(format!(
                         "node `{n}` already exists; if this device replaces it, remove the old one \

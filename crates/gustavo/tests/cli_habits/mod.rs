@@ -346,6 +346,7 @@ fn issue7_every_change_prints_one_line_in_one_style() {
                 agent_version: "test".into(),
                 heartbeat_s: 5,
                 replace: false,
+                token: None,
             }),
     )
     .unwrap();
@@ -423,6 +424,7 @@ fn issue7_groups_delete() {
                     agent_version: "test".into(),
                     heartbeat_s: 5,
                     replace: false,
+                    token: None,
                 }),
         )
         .unwrap();

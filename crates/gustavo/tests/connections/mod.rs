@@ -224,6 +224,7 @@ fn idle_connections_are_closed_but_long_polls_are_kept() {
             agent_version: "test".into(),
             heartbeat_s: 5,
             replace: false,
+            token: None,
         }))
         .expect("register");
     let agent = server.client(&reg.token);
@@ -485,6 +486,7 @@ fn at_the_connection_cap_silent_connections_go_first() {
             agent_version: "test".into(),
             heartbeat_s: 5,
             replace: false,
+            token: None,
         }))
         .expect("register");
     let agent = server.client(&reg.token);

@@ -26,6 +26,7 @@ fn reg(name: &str, replace: bool) -> RegisterRequest {
         agent_version: "test".into(),
         heartbeat_s: 5,
         replace,
+        token: None,
     }
 }
 

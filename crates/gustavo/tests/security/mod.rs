@@ -28,6 +28,7 @@ fn reg(name: &str, groups: &[&str]) -> RegisterRequest {
         agent_version: "test".into(),
         heartbeat_s: 5,
         replace: false,
+        token: None,
     }
 }
 

@@ -224,3 +224,57 @@ fn an_agent_on_the_old_protocol_still_works_and_bad_syncs_are_refused() {
     assert_eq!(code, 304, "{body}");
     server.ok(&["apps", "delete", "-n", "o"]);
 }
+
+/// A join whose answer was lost can be sent again: with the credential the agent proposed,
+/// the server answers as the first time; anyone else asking for the name is refused, and a
+/// credential that is not one is refused by name.
+#[test]
+fn a_join_sent_again_after_a_lost_answer_succeeds() {
+    let server = Server::start();
+    let node = unique("again");
+    let token = format!("gus_node_{}", "ab".repeat(24));
+    let body = |t: &str| {
+        format!(
+            r#"{{"name":"{node}","labels":{{}},"cpus":1,"memory_mb":512,"agent_version":"t","token":"{t}"}}"#
+        )
+    };
+    for _ in 0..2 {
+        let (code, out) = curl(
+            &server,
+            &server.join,
+            "POST",
+            "/api/v1/nodes/register",
+            Some(&body(&token)),
+        );
+        assert_eq!(code, 200, "{out}");
+        assert!(out.contains(&token), "{out}");
+    }
+    let other = format!("gus_node_{}", "cd".repeat(24));
+    let (code, out) = curl(
+        &server,
+        &server.join,
+        "POST",
+        "/api/v1/nodes/register",
+        Some(&body(&other)),
+    );
+    assert_eq!(code, 409, "{out}");
+    assert!(out.contains("already exists"), "{out}");
+    let (code, out) = curl(
+        &server,
+        &server.join,
+        "POST",
+        "/api/v1/nodes/register",
+        Some(&body("hunter2")),
+    );
+    assert_eq!(code, 400, "{out}");
+    assert!(out.contains("token"), "{out}");
+    // The credential works.
+    let (code, _) = curl(
+        &server,
+        &token,
+        "GET",
+        &format!("/api/v1/nodes/{node}"),
+        None,
+    );
+    assert_eq!(code, 200);
+}
