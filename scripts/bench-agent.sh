@@ -7,7 +7,7 @@
 # It builds the release binary (cargo build --release -p gustavo; skip with --no-build, or set
 # GUSTAVO_BIN=PATH to use another binary, e.g. one built from a clean checkout), starts
 # `gustavo server --no-agent` on a free loopback port with a fresh temp data dir, then one
-# `gustavo agent` (heartbeat 5 s, the default, unless --heartbeat D is given; default log
+# `gustavo agent` (heartbeat 60 s, the default, unless --heartbeat D is given; default log
 # level) with `--group default`. It
 # creates one app there (gustavo-test/web:v1, a pinned local image) with `--wait`, lets things
 # settle for 5 s, and then measures an idle window of --window seconds (default 60):
@@ -37,7 +37,7 @@ source "$HERE/lib.sh"
 
 WINDOW=60
 BUILD=1
-HEARTBEAT=5s
+HEARTBEAT=60s
 usage() { grep -m1 '^#   scripts/' "$0" | sed 's/^#  *//'; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
