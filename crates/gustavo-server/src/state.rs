@@ -28,9 +28,9 @@ use crate::error::ApiError;
 pub const OFFLINE_AFTER_S: u64 = 15;
 /// How long a node on the sync protocol may be without an open long-poll before it shows
 /// offline: it re-polls within milliseconds (a second more while it lets a change settle),
-/// or within a second or two of backoff after an error. With TCP keepalive finding a dead
-/// connection within 8 s (`serve.rs`), a device that loses power shows offline within
-/// about 13 s.
+/// or within a second or two of backoff after an error. With TCP keepalive and
+/// `TCP_USER_TIMEOUT` closing a dead device's connection within 8–10 s (`serve.rs`), a
+/// device that loses power shows offline within about 14 s.
 pub const SYNC_GAP_S: u64 = 4;
 
 /// The scheduler's settings (server config).
