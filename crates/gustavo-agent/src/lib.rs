@@ -528,11 +528,12 @@ impl<'a> Uplink<'a> {
             || self.runs.has_changed().unwrap_or(false)
     }
 
-    fn vitals_pending(&self) -> bool {
-        self.heartbeat().is_some_and(|hb| {
+    /// The heartbeat, when it is due ([`uplink::due`]).
+    fn heartbeat_due(&self) -> Option<Heartbeat> {
+        self.heartbeat().filter(|hb| {
             uplink::due(
                 self.sent.as_ref(),
-                &hb,
+                hb,
                 self.now_ms(),
                 self.every.as_millis() as u64,
             )
@@ -547,11 +548,7 @@ impl<'a> Uplink<'a> {
             r.jobs = self.runs.borrow_and_update().clone();
             r
         });
-        let heartbeat = if self.vitals_pending() {
-            self.heartbeat()
-        } else {
-            None
-        };
+        let heartbeat = self.heartbeat_due();
         let vitals = heartbeat.as_ref().map(|hb| {
             let sent = uplink::Sent {
                 at_ms: self.now_ms(),

@@ -1106,11 +1106,11 @@ fn writer(shared: std::sync::Weak<Shared>, rx: std::sync::mpsc::Receiver<Box<dyn
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use gustavo_model::spec::parse_one;
 
-    fn cluster() -> Cluster {
+    pub(crate) fn cluster() -> Cluster {
         let node = |name: &str, group: &str| NodeRecord {
             name: name.into(),
             token_hash: format!("h-{name}"),

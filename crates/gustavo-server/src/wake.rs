@@ -184,25 +184,10 @@ mod tests {
 
     #[test]
     fn a_deleted_app_wakes_the_groups_it_had() {
-        let mut c = Cluster::default();
-        let app = gustavo_model::api::App {
-            name: "web".into(),
-            spec: gustavo_model::spec::parse_one("web:\n  docker_image: x\n", "web")
-                .unwrap_or_else(|e| panic!("{e}")),
-            groups: vec!["g1".into()],
-            revision: 1,
-            restart_nonce: 0,
-            created_at: 1,
-            updated_at: 1,
-            placements: Default::default(),
-            handoff: Default::default(),
-            digest: None,
-            digest_error: None,
-            rollout: None,
-        };
-        c.apps.insert("web".into(), app);
+        // App `a` in group `g`.
+        let c = crate::state::tests::cluster();
         let mut keys = BTreeSet::new();
-        keys_of(&c, &Change::DeleteApp("web".into()), &mut keys);
-        assert_eq!(keys, BTreeSet::from([Key::Group("g1".into())]));
+        keys_of(&c, &Change::DeleteApp("a".into()), &mut keys);
+        assert_eq!(keys, BTreeSet::from([Key::Group("g".into())]));
     }
 }

@@ -230,8 +230,6 @@ impl Ops {
                     .nodes
                     .get(name)
                     .ok_or_else(|| OpError::NotFound(format!("node `{name}` does not exist")))?;
-                // Subscribed before the revision is read: a commit after this read wakes it.
-                let woken = crate::wake::Waiting::new(&self.shared.wakers, name, &node.groups);
                 let exec = if is_node {
                     self.shared.exec.take(name)
                 } else {
@@ -246,7 +244,10 @@ impl Ops {
                     }
                     return Ok(Some(d));
                 }
-                woken
+                // Subscribed under the read lock the revision was read under: the writer
+                // commits under the write lock and wakes after it, so a commit this read
+                // did not see wakes this wait.
+                crate::wake::Waiting::new(&self.shared.wakers, name, &node.groups)
             };
             if *closing.borrow_and_update() {
                 return Err(OpError::Unavailable("the server is shutting down"));
@@ -289,10 +290,12 @@ impl Ops {
             }
             !stale
         };
-        let (mut vitals_new, mut report_new) = (false, false);
+        let (mut vitals_new, mut report_new, mut need_report) = (false, false, false);
         self.seen(name, from, |l| {
+            l.syncs = true;
             vitals_new = req.heartbeat.is_some() && newer(&mut l.vitals_seq);
             report_new = req.report.is_some() && newer(&mut l.report_seq);
+            need_report = !l.has_report && !carried;
         });
         if let Some(hb) = req.heartbeat.filter(|_| vitals_new) {
             self.heartbeat(p, from, name, hb)?;
@@ -302,11 +305,6 @@ impl Ops {
             self.status(p, from, name, report)?;
             self.job_runs(name, runs).await?;
         }
-        let mut need_report = false;
-        self.seen(name, from, |l| {
-            l.syncs = true;
-            need_report = !l.has_report && !carried;
-        });
         let wait = if need_report {
             Duration::ZERO
         } else {
