@@ -50,6 +50,26 @@ use self::discovery::{Candidate, Event};
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How long a request waits for the peers' scores.
 pub const SCORE_TIME: Duration = Duration::from_secs(3);
+/// How long giving a service to a peer (or telling a state) may take: longer than a
+/// score, since a busy device that misses it loses the service to a worse one.
+pub const GIVE_TIME: Duration = Duration::from_secs(10);
+
+/// Why a call to a peer failed.
+#[derive(Debug)]
+enum CallError {
+    /// No answer: connection, TLS, timeout or an unreadable body.
+    Unreachable(String),
+    /// The peer answered with an error status (its decision, e.g. an allowlist).
+    Answered(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Unreachable(e) | CallError::Answered(e) => f.write_str(e),
+        }
+    }
+}
 
 /// `POST /peer/v1/services`: run this service here.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -229,22 +249,27 @@ impl PeerNode {
         addr: SocketAddr,
         path: &str,
         body: Option<&impl Serialize>,
-    ) -> Result<T, String> {
-        let c = self
-            .client(node, addr)
-            .ok_or("cannot make a TLS client for the peer")?;
+    ) -> Result<T, CallError> {
+        let c = self.client(node, addr).ok_or_else(|| {
+            CallError::Unreachable("cannot make a TLS client for the peer".into())
+        })?;
         let url = Self::url(node, addr, path);
         let req = match body {
-            Some(b) => c.post(&url).json(b),
+            Some(b) => c.post(&url).json(b).timeout(GIVE_TIME),
             None => c.get(&url),
         };
-        let r = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+        let r = req
+            .send()
+            .await
+            .map_err(|e| CallError::Unreachable(format!("{url}: {e}")))?;
         if !r.status().is_success() {
             let status = r.status();
             let text = r.text().await.unwrap_or_default();
-            return Err(format!("{url}: {status} {text}"));
+            return Err(CallError::Answered(format!("{url}: {status} {text}")));
         }
-        r.json().await.map_err(|e| format!("{url}: {e}"))
+        r.json()
+            .await
+            .map_err(|e| CallError::Unreachable(format!("{url}: {e}")))
     }
 
     fn now(&self) -> f64 {
@@ -283,7 +308,7 @@ impl PeerNode {
             Err(_) => return,
         };
         let checks = entries.into_iter().map(|(node, addr)| async move {
-            let ping: Result<Ping, String> =
+            let ping: Result<Ping, CallError> =
                 self.call(&node, addr, "/peer/v1/ping", None::<&()>).await;
             let check = match ping {
                 Ok(ping) if ping.cluster == self.cluster => Check::Answered {
@@ -341,7 +366,7 @@ impl PeerNode {
             .filter(|(n, _)| !except.contains(n))
             .collect();
         let asks = peers.iter().map(|(node, addr)| async move {
-            let s: Result<ScoreReply, String> =
+            let s: Result<ScoreReply, CallError> =
                 self.call(node, *addr, "/peer/v1/score", None::<&()>).await;
             (node.clone(), Some(*addr), s.map(|s| s.score))
         });
@@ -365,6 +390,24 @@ impl PeerNode {
         ranked
     }
 
+    /// Gives `a` to one peer. A lost answer or a dropped connection is tried once more:
+    /// a peer keeps assignments by id, so a second copy of one it took changes nothing.
+    async fn give(&self, node: &str, at: SocketAddr, a: &Assignment) -> Result<(), String> {
+        let mut last = String::new();
+        for _ in 0..2 {
+            match self
+                .call::<serde_json::Value>(node, at, "/peer/v1/services", Some(a))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                // An answer with a status is the peer's decision: not asked again.
+                Err(CallError::Answered(e)) => return Err(e),
+                Err(CallError::Unreachable(e)) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     /// Gives `a` to the first device of `ranked` that takes it.
     async fn assign(
         &self,
@@ -375,10 +418,7 @@ impl PeerNode {
         for (node, addr, _) in ranked {
             let outcome = match addr {
                 None => self.accept(a.clone(), SocketAddr::from(([127, 0, 0, 1], self.port))),
-                Some(at) => self
-                    .call::<serde_json::Value>(node, *at, "/peer/v1/services", Some(a))
-                    .await
-                    .map(|_| ()),
+                Some(at) => self.give(node, *at, a).await,
             };
             match outcome {
                 Ok(()) => {
@@ -386,7 +426,10 @@ impl PeerNode {
                     let address = addr.map(|x| x.ip().to_string()).unwrap_or_default();
                     return Ok((node.clone(), address));
                 }
-                Err(e) => refusals.push(format!("{node}: {e}")),
+                Err(e) => {
+                    tracing::warn!(service = %a.service, job = %a.id, target = %node, error = %e, "device did not take the service; trying the next");
+                    refusals.push(format!("{node}: {e}"));
+                }
             }
         }
         Err(refusals)

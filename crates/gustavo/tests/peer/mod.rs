@@ -190,6 +190,25 @@ fn best_by_log(log: &Path, service: &str, refusing: &[&str]) -> String {
         })
         .filter(|(n, _)| !refusing.contains(&n.as_str()))
         .collect();
+    // A device that did not take it (a refusal, or no answer on a loaded machine) is
+    // skipped by the agent, which logs it: the next best then runs it.
+    let missed: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            l.contains("device did not take the service")
+                && l.contains(&format!("service={service} "))
+        })
+        .filter_map(|l| {
+            Some(
+                l.split("target=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .to_string(),
+            )
+        })
+        .collect();
+    all.retain(|(n, _)| !missed.contains(n));
     all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     all[0].0.clone()
 }
