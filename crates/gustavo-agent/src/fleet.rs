@@ -118,6 +118,13 @@ pub struct Fleet {
     pub connections: usize,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Each agent's simulated device, by name, to look inside one that did not converge.
+    devices: HashMap<String, Device>,
+}
+
+struct Device {
+    runtime: SimRuntime,
+    persist: Arc<MemoryPersist>,
 }
 
 impl Fleet {
@@ -135,16 +142,26 @@ impl Fleet {
             .collect();
         let (shutdown, _) = watch::channel(false);
         let width = cfg.agents.to_string().len().max(5);
+        let mut devices = HashMap::with_capacity(cfg.agents);
         let tasks = (0..cfg.agents)
             .map(|i| {
                 let rt = SimRuntime::with_delay(cfg.sim_delay);
                 for image in &cfg.images {
                     rt.publish(image);
                 }
+                let name = format!("{}-{:0width$}", cfg.prefix, i + 1);
+                let persist = Arc::new(MemoryPersist::default());
+                devices.insert(
+                    name.clone(),
+                    Device {
+                        runtime: rt.clone(),
+                        persist: persist.clone(),
+                    },
+                );
                 let agent = AgentConfig {
                     server: cfg.server.clone(),
                     join_token: Some(cfg.join_token.clone()),
-                    name: format!("{}-{:0width$}", cfg.prefix, i + 1),
+                    name,
                     groups: vec![cfg.group.clone()],
                     labels: Default::default(),
                     data_dir: std::path::PathBuf::new(),
@@ -174,7 +191,7 @@ impl Fleet {
                         agent,
                         Arc::new(rt),
                         SimHost::new(4, 1024, i as u64 + 1),
-                        Arc::new(MemoryPersist::default()),
+                        persist,
                         http,
                         async move {
                             let _ = stop.wait_for(|s| *s).await;
@@ -192,7 +209,40 @@ impl Fleet {
             connections,
             shutdown,
             tasks,
+            devices,
         }
+    }
+
+    /// What one simulated device holds: the desired revision it keeps, its containers
+    /// and the last things its engine did — to tell a stalled reconciler from a report
+    /// that never reached the server.
+    pub fn describe(&self, name: &str) -> Option<String> {
+        use crate::persist::Persist;
+        let d = self.devices.get(name)?;
+        let desired = d.persist.desired();
+        let mut out = match &desired {
+            Some(s) => format!(
+                "device keeps revision {} ({} apps: {})",
+                s.revision,
+                s.apps.len(),
+                s.apps
+                    .iter()
+                    .map(|a| format!("{}@{}", a.name, a.revision))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => "device keeps no desired state".to_string(),
+        };
+        for c in d.runtime.containers() {
+            out.push_str(&format!(
+                "; container {} {:?} image {} hash {}",
+                c.name, c.state, c.image, c.hash
+            ));
+        }
+        let log = d.runtime.log();
+        let tail = &log[log.len().saturating_sub(6)..];
+        out.push_str(&format!("; engine did: {}", tail.join(" | ")));
+        Some(out)
     }
 
     /// Stops every agent and waits for them.

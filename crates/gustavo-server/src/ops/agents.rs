@@ -14,6 +14,8 @@ use super::apps::check_groups;
 use super::{OpError, Ops, check_name};
 use crate::auth::{Principal, hash_token, new_token};
 use crate::now;
+use crate::state::Live;
+use gustavo_model::pressure::{Level, Status as PressureStatus};
 
 fn validate_registration(req: &RegisterRequest) -> Result<(), OpError> {
     check_name("node", &req.name)?;
@@ -290,20 +292,32 @@ impl Ops {
             }
             !stale
         };
-        let (mut vitals_new, mut report_new, mut need_report) = (false, false, false);
+        // The order check and the write are one step under the node's entry: checked, then
+        // written in a second step, a newer report that slipped between them was overwritten
+        // by the older one, and the agent (which had sent the newer) never sent it again.
+        let (mut pressure, mut report_new, mut need_report) = (None, false, false);
+        let runs = req.report.as_ref().map(|r| r.jobs.clone());
         self.seen(name, from, |l| {
             l.syncs = true;
-            vitals_new = req.heartbeat.is_some() && newer(&mut l.vitals_seq);
-            report_new = req.report.is_some() && newer(&mut l.report_seq);
+            if let Some(hb) = req.heartbeat
+                && newer(&mut l.vitals_seq)
+            {
+                pressure = take_vitals(l, hb);
+            }
+            if let Some(report) = req.report
+                && newer(&mut l.report_seq)
+            {
+                take_report(l, report);
+                report_new = true;
+            }
             need_report = !l.has_report && !carried;
         });
-        if let Some(hb) = req.heartbeat.filter(|_| vitals_new) {
-            self.heartbeat(p, from, name, hb)?;
+        if let Some((before, p)) = pressure {
+            self.pressure_changed(name, before, p);
         }
-        if let Some(report) = req.report.filter(|_| report_new) {
-            let runs = report.jobs.clone();
-            self.status(p, from, name, report)?;
-            self.job_runs(name, runs).await?;
+        if report_new {
+            self.shared.reports.send_modify(|n| *n = n.wrapping_add(1));
+            self.job_runs(name, runs.unwrap_or_default()).await?;
         }
         let wait = if need_report {
             Duration::ZERO
@@ -327,22 +341,11 @@ impl Ops {
         let mut need_status = false;
         let mut changed = None;
         self.seen(name, from, |l| {
-            l.vitals = Some(hb.vitals);
-            l.traffic = hb.traffic;
-            l.tunnel = hb.tunnel;
             need_status = !l.has_report;
-            // None: pressure is off on the node (or the agent predates it).
-            let before = l.pressure.as_ref().map(|o| o.level).unwrap_or_default();
-            let after = hb.pressure.as_ref().map(|o| o.level).unwrap_or_default();
-            if before != after {
-                changed = Some((before, hb.pressure.clone().unwrap_or_default()));
-            }
-            l.pressure = hb.pressure;
+            changed = take_vitals(l, hb);
         });
         if let Some((before, p)) = changed {
-            self.shared
-                .events
-                .push("pressure", format!("node:{name}"), p.event(before));
+            self.pressure_changed(name, before, p);
         }
         Ok(HeartbeatReply { need_status })
     }
@@ -356,13 +359,35 @@ impl Ops {
         report: StatusReport,
     ) -> Result<(), OpError> {
         p.require_node(name)?;
-        self.seen(name, from, |l| {
-            l.report = report;
-            l.has_report = true;
-        });
+        self.seen(name, from, |l| take_report(l, report));
         self.shared.reports.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
+
+    fn pressure_changed(&self, name: &str, before: Level, now: PressureStatus) {
+        self.shared
+            .events
+            .push("pressure", format!("node:{name}"), now.event(before));
+    }
+}
+
+/// Keeps a node's vitals; returns the pressure level it left and its new status when the
+/// level changed.
+fn take_vitals(l: &mut Live, hb: Heartbeat) -> Option<(Level, PressureStatus)> {
+    l.vitals = Some(hb.vitals);
+    l.traffic = hb.traffic;
+    l.tunnel = hb.tunnel;
+    // None: pressure is off on the node (or the agent predates it).
+    let before = l.pressure.as_ref().map(|o| o.level).unwrap_or_default();
+    let after = hb.pressure.as_ref().map(|o| o.level).unwrap_or_default();
+    let changed = (before != after).then(|| (before, hb.pressure.clone().unwrap_or_default()));
+    l.pressure = hb.pressure;
+    changed
+}
+
+fn take_report(l: &mut Live, report: StatusReport) {
+    l.report = report;
+    l.has_report = true;
 }
 
 /// A long-poll held open by a node: counted in its live state while it lasts, and the

@@ -177,6 +177,7 @@ fn cpu_s(pid: Option<u32>) -> Option<f64> {
 /// Applies a change and times it until every agent reports it, with the CPU each side used.
 async fn timed_change(
     admin: &Client,
+    fleet: &Fleet,
     change: &'static str,
     server_pid: Option<u32>,
     agents: usize,
@@ -187,7 +188,13 @@ async fn timed_change(
     let (s0, b0) = (cpu_s(server_pid), cpu_s(me).unwrap_or(0.0));
     let t = Instant::now();
     apply.await?;
-    let converged = wait_converged(admin, agents, t, timeout, change).await?;
+    let converged = match wait_converged(admin, agents, t, timeout, change).await {
+        Ok(n) => n,
+        Err(e) => {
+            stragglers(admin, fleet).await;
+            return Err(e);
+        }
+    };
     let seconds = t.elapsed().as_secs_f64();
     let (s1, b1) = (cpu_s(server_pid), cpu_s(me).unwrap_or(0.0));
     Ok(Change {
@@ -197,6 +204,42 @@ async fn timed_change(
         server_cpu_s: s0.zip(s1).map(|(a, b)| b - a),
         agents_cpu_s: b1 - b0,
     })
+}
+
+/// Prints, for a few agents that did not converge, what the server knows and what the
+/// simulated device holds.
+async fn stragglers(admin: &Client, fleet: &Fleet) {
+    let rollout = match admin.rollout(APP).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("  cannot read the rollout to show the agents left: {e}");
+            return;
+        }
+    };
+    let left: Vec<_> = rollout.nodes.iter().filter(|n| !n.converged).collect();
+    eprintln!(
+        "  {} agents not converged on revision {}; the first {}:",
+        left.len(),
+        rollout.revision,
+        left.len().min(5)
+    );
+    for n in left.iter().take(5) {
+        eprintln!(
+            "  - {}: server sees {:?}, state {:?}, ready {}/{}{}",
+            n.node,
+            n.node_status,
+            n.state,
+            n.ready,
+            n.desired,
+            n.error
+                .as_deref()
+                .map(|e| format!(", error {e}"))
+                .unwrap_or_default()
+        );
+        if let Some(d) = fleet.describe(&n.node) {
+            eprintln!("    {d}");
+        }
+    }
 }
 
 async fn wait_converged(
@@ -374,7 +417,7 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
     let v2 = spec::parse_one(&yaml(IMAGE_V2), APP)?;
     let (n, group) = (args.agents, [GROUP.to_string()]);
     let mut changes = vec![
-        timed_change(&admin, "create", pid, n, timeout, async {
+        timed_change(&admin, &fleet, "create", pid, n, timeout, async {
             admin.create_app(APP, &v1, &group).await.map(|_| ())
         })
         .await?,
@@ -382,14 +425,14 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
     for i in 0..args.updates {
         let spec = if i % 2 == 0 { &v2 } else { &v1 };
         changes.push(
-            timed_change(&admin, "update", pid, n, timeout, async {
+            timed_change(&admin, &fleet, "update", pid, n, timeout, async {
                 admin.update_app(APP, spec, None).await.map(|_| ())
             })
             .await?,
         );
     }
     changes.push(
-        timed_change(&admin, "delete", pid, n, timeout, async {
+        timed_change(&admin, &fleet, "delete", pid, n, timeout, async {
             admin.delete_app(APP).await.map(|_| ())
         })
         .await?,
