@@ -106,12 +106,26 @@ impl<R: Runtime> JobRunner<R> {
         let mut events = self.rt.watch(&job_node(&self.node));
         loop {
             self.pass(unix_now()).await;
+            // With no job and no run there is nothing to time: wait for a change only
+            // (an idle agent then sets no timer a second; simulated fleets run 100,000).
+            let idle = self.idle();
             tokio::select! {
-                _ = tokio::time::sleep(TICK) => {}
+                _ = tokio::time::sleep(TICK), if !idle => {}
                 r = self.desired.changed() => if r.is_err() { return },
                 Some(()) = events.recv() => {}
             }
         }
+    }
+
+    /// No job to run or schedule, and no run or schedule to finish or forget.
+    fn idle(&self) -> bool {
+        self.state.runs.is_empty()
+            && self.state.last_due.is_empty()
+            && self
+                .desired
+                .borrow()
+                .as_ref()
+                .is_none_or(|d| d.jobs.is_empty())
     }
 
     fn publish(&self) {
@@ -127,18 +141,19 @@ impl<R: Runtime> JobRunner<R> {
 
     /// One pass at `now`: finish, cancel, start, clean up; save and publish what changed.
     pub async fn pass(&mut self, now: u64) {
-        let Some(desired) = self.desired.borrow().clone() else {
+        // Only the jobs are needed: the rest of the desired state is not copied.
+        let Some(jobs) = self.desired.borrow().as_ref().map(|d| d.jobs.clone()) else {
             // Never had a desired state: nothing is known to run.
             return;
         };
         // Nothing to run and nothing to watch: no engine call (simulated fleets run this
         // too, thousands at a time).
-        if desired.jobs.is_empty() && self.state.runs.iter().all(|r| r.container.is_none()) {
+        if jobs.is_empty() && self.state.runs.iter().all(|r| r.container.is_none()) {
             if self.state.runs.is_empty() && self.state.last_due.is_empty() {
                 return;
             }
             let before = self.state.clone();
-            self.clean(&[], &desired.jobs, now).await;
+            self.clean(&[], &jobs, now).await;
             if self.state != before {
                 if let Err(e) = self.persist.save_jobs(&self.state) {
                     tracing::error!(error = %e, "cannot save job runs on disk");
@@ -157,9 +172,9 @@ impl<R: Runtime> JobRunner<R> {
             }
         };
         if let Some(observed) = &observed {
-            self.finish(observed, &desired.jobs, now).await;
+            self.finish(observed, &jobs, now).await;
         }
-        for dj in &desired.jobs {
+        for dj in &jobs {
             if let Some(n) = dj.run {
                 if !self.has_run(&dj.name, n, dj.revision) {
                     self.start(dj, n, observed.as_deref(), now).await;
@@ -185,7 +200,7 @@ impl<R: Runtime> JobRunner<R> {
             }
         }
         if let Some(observed) = &observed {
-            self.clean(observed, &desired.jobs, now).await;
+            self.clean(observed, &jobs, now).await;
         }
         if self.state != before {
             if let Err(e) = self.persist.save_jobs(&self.state) {

@@ -84,8 +84,13 @@ impl<R: Runtime, H: HostProbe> PressureLoop<R, H> {
             let (thresholds, apps) = {
                 let d = self.desired.borrow();
                 let t = d.as_ref().and_then(|d| d.pressure.clone());
+                // The apps' priorities matter only to a node that may act on them.
+                let acts = t.is_some()
+                    || self.record.machine.level != Level::Ready
+                    || !self.record.done.is_empty();
                 let apps: BTreeMap<String, (i32, bool)> = d
                     .as_ref()
+                    .filter(|_| acts)
                     .map(|d| {
                         d.apps
                             .iter()

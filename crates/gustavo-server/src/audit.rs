@@ -93,7 +93,7 @@ impl AuditLog {
         let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
         tokio::spawn(async move {
             let mut buf = Vec::new();
-            while rx.recv_many(&mut buf, 512).await > 0 {
+            while rx.recv_many(&mut buf, 4096).await > 0 {
                 let mut entries = Vec::new();
                 let mut waiters = Vec::new();
                 for m in buf.drain(..) {
@@ -122,9 +122,19 @@ impl AuditLog {
         AuditLog { tx }
     }
 
+    /// Queues an entry without waiting (for callers outside a request); dropped, and the
+    /// drop logged, when the queue is full.
     pub fn push(&self, entry: AuditRecord) {
         if self.tx.try_send(Msg::Entry(entry)).is_err() {
             tracing::error!("audit queue full; an entry was dropped");
+        }
+    }
+
+    /// Queues an entry, waiting while the queue is full: a burst of audited requests
+    /// (100,000 devices joining) is slowed to what the log can write, never dropped.
+    pub async fn record(&self, entry: AuditRecord) {
+        if self.tx.send(Msg::Entry(entry)).await.is_err() {
+            tracing::error!("the audit writer has stopped; an entry was dropped");
         }
     }
 
@@ -182,18 +192,21 @@ pub async fn record(State(s): State<AppState>, req: Request, next: Next) -> Resp
         .and_then(|n| n.object.clone())
         .unwrap_or_else(|| object_of(&path));
     let revision = note.and_then(|n| n.revision);
-    s.sec.audit.push(AuditRecord {
-        id: 0,
-        at: now(),
-        actor,
-        address,
-        action: format!("{method} {path}"),
-        object,
-        allowed: status < 400,
-        status,
-        detail,
-        revision,
-    });
+    s.sec
+        .audit
+        .record(AuditRecord {
+            id: 0,
+            at: now(),
+            actor,
+            address,
+            action: format!("{method} {path}"),
+            object,
+            allowed: status < 400,
+            status,
+            detail,
+            revision,
+        })
+        .await;
     resp
 }
 

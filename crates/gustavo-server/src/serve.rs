@@ -66,6 +66,9 @@ impl Default for Timeouts {
     }
 }
 
+/// Streams one HTTP/2 connection may have open at once.
+const MAX_STREAMS: u32 = 256;
+
 /// How long a connection told to close gracefully (idle, or the server stopping) may take
 /// to finish what it is sending before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -235,7 +238,12 @@ async fn connection<I, S>(
         // No HTTP/2 PINGs: TCP keepalive (`keepalive`) finds dead peers for both HTTP
         // versions at a third of the bytes, and a PING answer is a device's uplink.
         .keep_alive_interval(None)
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(MAX_STREAMS)
+        // h2 closes a connection once 20 streams the client reset wait to be accepted
+        // (rapid-reset defence). Many agents multiplexed on one connection (a proxy, the
+        // fleet simulator) reset that many in a burst under load, and losing the
+        // connection drops every agent's poll on it: allow as many as may be open.
+        .max_pending_accept_reset_streams(MAX_STREAMS as usize);
     // The protocol is known up front (ALPN, or HTTP/1.1 in the clear), so hyper never waits
     // on a silent client to guess it.
     let builder = if h2 {

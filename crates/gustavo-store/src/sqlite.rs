@@ -393,12 +393,14 @@ impl AuthStore for SqliteStore {
     fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for e in entries {
-            tx.execute(
+        {
+            let mut insert = tx.prepare_cached(
                 "INSERT INTO audit (at, actor, address, action, object, allowed, status, detail,
                      revision)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
+            )?;
+            for e in entries {
+                insert.execute(params![
                     e.at as i64,
                     e.actor,
                     e.address,
@@ -408,8 +410,8 @@ impl AuthStore for SqliteStore {
                     e.status,
                     e.detail,
                     e.revision.map(|r| r as i64)
-                ],
-            )?;
+                ])?;
+            }
         }
         tx.commit()?;
         Ok(())
