@@ -12,7 +12,10 @@
 # creates one app there (gustavo-test/web:v1, a pinned local image) with `--wait`, lets things
 # settle for 5 s, and then measures an idle window of --window seconds (default 60):
 #
-#   RSS       VmRSS and VmHWM from /proc/PID/status at the end of the window
+#   RSS       VmRSS and VmHWM from /proc/PID/status at the end of the window, and VmRSS split
+#             into RssAnon (the agent's own memory) and RssFile (pages of the mapped binary
+#             and libraries: shared with other processes mapping them, dropped and read
+#             again under memory pressure)
 #   CPU       (utime + stime) delta from /proc/PID/stat / CLK_TCK / elapsed wall time,
 #             in % of one core; as a finer cross-check, the on-CPU nanoseconds of its threads
 #             from /proc/PID/task/*/schedstat (ticks are 10 ms, i.e. 0.017 % over 60 s)
@@ -196,6 +199,7 @@ n1="$(cpu_ns "$AGENT_PID")"
 sc1="$(cpu_ticks "$SERVER_PID")"
 [[ $WIRE == 1 ]] && { wu1="$(wire_bytes up)"; wd1="$(wire_bytes down)"; }
 rss="$(status_kb "$AGENT_PID" VmRSS)"; hwm="$(status_kb "$AGENT_PID" VmHWM)"
+anon="$(status_kb "$AGENT_PID" RssAnon)"; file="$(status_kb "$AGENT_PID" RssFile)"
 srss="$(status_kb "$SERVER_PID" VmRSS)"; shwm="$(status_kb "$SERVER_PID" VmHWM)"
 threads="$(status_kb "$AGENT_PID" Threads)"
 kill -0 "$AGENT_PID" || die "the agent died during the window"
@@ -225,6 +229,7 @@ echo "| figure | value | target (design.md §8) | |"
 echo "|---|--:|---|---|"
 echo "| agent RSS at end (VmRSS) | $(mb "$rss") MiB | < 15 MB | $(verdict "$(mb "$rss")" 15) |"
 echo "| agent peak RSS (VmHWM) | $(mb "$hwm") MiB | | |"
+echo "| of the RSS: anonymous (RssAnon) / file-backed, mostly the binary's code (RssFile) | $(mb "$anon") / $(mb "$file") MiB | | |"
 echo "| agent CPU, /proc/PID/stat utime+stime ($(( c1 - c0 )) ticks of 1/$CLK_TCK s) | $cpu % of one core | < 1 % | $(verdict "$cpu" 1) |"
 echo "| agent CPU, /proc/PID/task/*/schedstat (ns) | $cpu_fine % of one core | < 1 % | $(verdict "$cpu_fine" 1) |"
 echo "| agent uplink, TCP payload (ss bytes_sent) | $up_bps bit/s ($sent B) | < 250 bit/s | $(verdict "$up_bps" 250) |"
