@@ -227,6 +227,40 @@ mod tests {
         assert!(audited(&Method::POST, "/api/v1/nodes/register"));
     }
 
+    /// A burst far larger than the queue (100,000 devices joining) is slowed, never lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_past_the_queue_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(gustavo_store::SqliteStore::open(&dir.path().join("g.db")).unwrap());
+        let log = AuditLog::start(store.clone());
+        let n = QUEUE * 3;
+        for i in 0..n {
+            log.record(AuditRecord {
+                id: 0,
+                at: 1,
+                actor: "join".into(),
+                address: "127.0.0.1".into(),
+                action: "POST /api/v1/nodes/register".into(),
+                object: format!("node:n{i}"),
+                allowed: true,
+                status: 200,
+                detail: String::new(),
+                revision: None,
+            })
+            .await;
+        }
+        log.flush().await;
+        let newest = store
+            .read_audit(&gustavo_store::AuditQuery {
+                limit: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        // Ids count every row written.
+        assert_eq!(newest[0].id as usize, n);
+        assert_eq!(newest[0].object, format!("node:n{}", n - 1));
+    }
+
     #[test]
     fn objects_from_paths() {
         assert_eq!(object_of("/api/v1/apps/web/stop"), "app:web");
