@@ -47,9 +47,12 @@ ensure_busybox() {
     if ldd "$BUSYBOX" >/dev/null 2>&1; then
         die "$BUSYBOX is dynamically linked; it cannot run in an empty image root (install busybox-static)"
     fi
-    local a
+    # Listed once, then searched: `busybox --list | grep -q` fails under pipefail whenever
+    # grep stops reading before busybox has written everything (SIGPIPE) — seen in CI.
+    local a applets
+    applets=$("$BUSYBOX" --list)
     for a in sh sleep httpd echo cat; do
-        "$BUSYBOX" --list | grep -qx "$a" || die "$BUSYBOX lacks the '$a' applet needed by the test images"
+        grep -qx "$a" <<<"$applets" || die "$BUSYBOX lacks the '$a' applet needed by the test images"
     done
 }
 

@@ -56,7 +56,10 @@ registry_answers() {
 pid_alive() {
     local pid
     [[ -f $REG_PID ]] && pid=$(cat "$REG_PID") && [[ $pid =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q docker-registry
+    # No `| grep -q` under pipefail: grep leaving early fails the pipe (SIGPIPE).
+    local cmdline
+    kill -0 "$pid" 2>/dev/null && cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) \
+        && [[ $cmdline == *docker-registry* ]]
 }
 
 write_config() {
