@@ -38,6 +38,8 @@ pub struct FleetConfig {
 pub struct Latencies {
     samples: Mutex<HashMap<&'static str, Vec<u32>>>,
     errors: Mutex<HashMap<&'static str, u64>>,
+    /// Of the errors, those where the client's own timeout ran out.
+    timeouts: Mutex<HashMap<&'static str, u64>>,
 }
 
 /// Percentiles of one endpoint, in milliseconds.
@@ -45,7 +47,11 @@ pub struct Latencies {
 pub struct EndpointLatency {
     pub endpoint: String,
     pub count: usize,
+    /// Requests that got no answer or a 5xx.
     pub errors: u64,
+    /// Of the errors, those that ran out of time on the client (the rest: refused or
+    /// dropped connections, or a 5xx).
+    pub timeouts: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
@@ -53,7 +59,15 @@ pub struct EndpointLatency {
 
 impl Latencies {
     fn record(&self, endpoint: &'static str, took: Duration, status: u16) {
-        if status == 0 || status >= 500 {
+        if status == gustavo_client::TIMED_OUT {
+            *self
+                .timeouts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(endpoint)
+                .or_default() += 1;
+        }
+        if status <= gustavo_client::TIMED_OUT || status >= 500 {
             *self
                 .errors
                 .lock()
@@ -80,11 +94,16 @@ impl Latencies {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.timeouts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     pub fn summary(&self) -> Vec<EndpointLatency> {
         let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        let timeouts = self.timeouts.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<EndpointLatency> = samples
             .iter()
             .map(|(endpoint, v)| {
@@ -101,6 +120,7 @@ impl Latencies {
                     endpoint: endpoint.to_string(),
                     count: v.len(),
                     errors: errors.get(endpoint).copied().unwrap_or(0),
+                    timeouts: timeouts.get(endpoint).copied().unwrap_or(0),
                     p50_ms: pct(0.50),
                     p99_ms: pct(0.99),
                     max_ms: pct(1.0),
@@ -265,10 +285,21 @@ mod tests {
             l.record("heartbeat", Duration::from_millis(ms), 200);
         }
         l.record("heartbeat", Duration::from_millis(5), 503);
+        l.record(
+            "heartbeat",
+            Duration::from_millis(5),
+            gustavo_client::TIMED_OUT,
+        );
+        l.record(
+            "heartbeat",
+            Duration::from_millis(5),
+            gustavo_client::NO_ANSWER,
+        );
         let s = l.summary();
         assert_eq!(s.len(), 1);
-        assert_eq!(s[0].count, 101);
-        assert_eq!(s[0].errors, 1);
+        assert_eq!(s[0].count, 103);
+        assert_eq!(s[0].errors, 3);
+        assert_eq!(s[0].timeouts, 1);
         assert_eq!(s[0].max_ms, 100.0);
         assert!((49.0..=51.0).contains(&s[0].p50_ms), "{:?}", s[0]);
         assert!((98.0..=100.0).contains(&s[0].p99_ms), "{:?}", s[0]);

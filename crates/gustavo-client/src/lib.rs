@@ -76,8 +76,15 @@ fn reason(e: &reqwest::Error) -> String {
 }
 
 /// Called after every request with the endpoint's label, the time it took and the HTTP
-/// status (0 when no answer came) — how the fleet benchmark measures latency as agents see it.
+/// status ([`NO_ANSWER`] or [`TIMED_OUT`] when no answer came) — how the fleet benchmark
+/// measures latency as agents see it.
 pub type Observer = Arc<dyn Fn(&'static str, Duration, u16) + Send + Sync>;
+
+/// The status an [`Observer`] sees when the request failed without an answer: connection
+/// refused or dropped, TLS, a body cut short.
+pub const NO_ANSWER: u16 = 0;
+/// The status an [`Observer`] sees when the request's own timeout ran out.
+pub const TIMED_OUT: u16 = 1;
 
 #[derive(Clone)]
 pub struct Client {
@@ -348,8 +355,9 @@ impl Client {
                 o(endpoint_label(path), started.elapsed(), status);
             }
         };
+        let failed = |e: &reqwest::Error| if e.is_timeout() { TIMED_OUT } else { NO_ANSWER };
         let resp = req.send().await.map_err(|e| {
-            observe(0);
+            observe(failed(&e));
             ClientError::Unreachable {
                 url: self.base.clone(),
                 reason: reason(&e),
@@ -358,7 +366,7 @@ impl Client {
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.map_err(|e| {
-            observe(0);
+            observe(failed(&e));
             ClientError::Unreachable {
                 url: self.base.clone(),
                 reason: reason(&e),

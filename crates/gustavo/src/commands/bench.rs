@@ -533,6 +533,7 @@ fn print(format: Format, r: &Report) {
                 name,
                 l.count.to_string(),
                 l.errors.to_string(),
+                l.timeouts.to_string(),
                 format!("{:.1}", l.p50_ms),
                 format!("{:.1}", l.p99_ms),
                 format!("{:.1}", l.max_ms),
@@ -543,7 +544,13 @@ fn print(format: Format, r: &Report) {
         format,
         &r.latency,
         &[
-            "endpoint", "requests", "errors", "p50 ms", "p99 ms", "max ms",
+            "endpoint",
+            "requests",
+            "errors",
+            "of them timeouts",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
         ],
         rows,
     );
