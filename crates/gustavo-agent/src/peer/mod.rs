@@ -382,10 +382,9 @@ impl PeerNode {
             ranked.push((self.me.clone(), None, self.own_score()));
         }
         let ranked = gustavo_model::peers::rank(ranked);
-        let shown: Vec<String> = ranked
-            .iter()
-            .map(|(n, _, s)| format!("{n}={s:.3}"))
-            .collect();
+        // Full precision: two devices on one host score alike to three decimals, and the
+        // log must show which one won.
+        let shown: Vec<String> = ranked.iter().map(|(n, _, s)| format!("{n}={s}")).collect();
         tracing::info!(service, scores = %shown.join(" "), "peer scores gathered");
         ranked
     }
