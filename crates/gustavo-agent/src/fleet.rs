@@ -36,10 +36,16 @@ pub struct FleetConfig {
 /// Request latencies as the agents saw them, per endpoint.
 #[derive(Default)]
 pub struct Latencies {
-    samples: Mutex<HashMap<&'static str, Vec<u32>>>,
-    errors: Mutex<HashMap<&'static str, u64>>,
+    by_endpoint: Mutex<HashMap<&'static str, Samples>>,
+}
+
+/// What one endpoint saw.
+#[derive(Default)]
+struct Samples {
+    micros: Vec<u32>,
+    errors: u64,
     /// Of the errors, those where the client's own timeout ran out.
-    timeouts: Mutex<HashMap<&'static str, u64>>,
+    timeouts: u64,
 }
 
 /// Percentiles of one endpoint, in milliseconds.
@@ -59,55 +65,33 @@ pub struct EndpointLatency {
 
 impl Latencies {
     fn record(&self, endpoint: &'static str, took: Duration, status: u16) {
-        if status == gustavo_client::TIMED_OUT {
-            *self
-                .timeouts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(endpoint)
-                .or_default() += 1;
+        use gustavo_client::{NO_ANSWER, TIMED_OUT};
+        let mut all = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        let s = all.entry(endpoint).or_default();
+        if matches!(status, NO_ANSWER | TIMED_OUT) || status >= 500 {
+            s.errors += 1;
         }
-        if status <= gustavo_client::TIMED_OUT || status >= 500 {
-            *self
-                .errors
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(endpoint)
-                .or_default() += 1;
+        if status == TIMED_OUT {
+            s.timeouts += 1;
         }
-        let micros = took.as_micros().min(u128::from(u32::MAX)) as u32;
-        self.samples
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(endpoint)
-            .or_default()
-            .push(micros);
+        s.micros
+            .push(took.as_micros().min(u128::from(u32::MAX)) as u32);
     }
 
     /// Forgets everything recorded so far (e.g. after the registration phase).
     pub fn reset(&self) {
-        self.samples
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        self.errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        self.timeouts
+        self.by_endpoint
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
     }
 
     pub fn summary(&self) -> Vec<EndpointLatency> {
-        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        let timeouts = self.timeouts.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<EndpointLatency> = samples
+        let all = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<EndpointLatency> = all
             .iter()
-            .map(|(endpoint, v)| {
-                let mut v = v.clone();
+            .map(|(endpoint, s)| {
+                let mut v = s.micros.clone();
                 v.sort_unstable();
                 let pct = |p: f64| {
                     if v.is_empty() {
@@ -119,8 +103,8 @@ impl Latencies {
                 EndpointLatency {
                     endpoint: endpoint.to_string(),
                     count: v.len(),
-                    errors: errors.get(endpoint).copied().unwrap_or(0),
-                    timeouts: timeouts.get(endpoint).copied().unwrap_or(0),
+                    errors: s.errors,
+                    timeouts: s.timeouts,
                     p50_ms: pct(0.50),
                     p99_ms: pct(0.99),
                     max_ms: pct(1.0),

@@ -224,10 +224,7 @@ async fn identity(
     // The agent picks its credential, so a retry after a lost answer finds its node
     // registered with it instead of the name taken.
     let req = &RegisterRequest {
-        token: Some(format!(
-            "gus_node_{}",
-            hex::encode(rand::random::<[u8; 24]>())
-        )),
+        token: Some(gustavo_model::api::make_token("node", rand::random())),
         ..req.clone()
     };
     let (client, ca) = match &http.pool {

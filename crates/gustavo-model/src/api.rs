@@ -226,7 +226,13 @@ pub struct RegisterRequest {
     pub token: Option<String>,
 }
 
-/// Whether `t` has the shape of a node credential (`gus_node_` and 48 hex digits).
+/// A credential of `kind` (`node`, `join`, `user`…) from 24 random bytes:
+/// `gus_<kind>_` and 48 hex digits. The server makes every kind; an agent makes its own.
+pub fn make_token(kind: &str, random: [u8; 24]) -> String {
+    format!("gus_{kind}_{}", hex::encode(random))
+}
+
+/// Whether `t` has the shape of a node credential ([`make_token`] of kind `node`).
 pub fn is_node_token(t: &str) -> bool {
     t.strip_prefix("gus_node_")
         .is_some_and(|h| h.len() == 48 && h.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -535,4 +541,18 @@ pub struct NodeVitals {
     pub node: String,
     pub status: NodeStatus,
     pub vitals: Option<Vitals>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_made_node_token_has_the_node_token_shape() {
+        let t = make_token("node", [0xab; 24]);
+        assert_eq!(t, format!("gus_node_{}", "ab".repeat(24)));
+        assert!(is_node_token(&t));
+        assert!(!is_node_token(&make_token("join", [0xab; 24])));
+        assert!(!is_node_token("gus_node_xyz"));
+    }
 }

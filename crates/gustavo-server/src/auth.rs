@@ -41,8 +41,7 @@ pub fn hash_token(token: &str) -> String {
 
 /// A new random token with a readable kind prefix, e.g. `gus_node_3f…`.
 pub fn new_token(kind: &str) -> String {
-    let bytes: [u8; 24] = rand::random();
-    format!("gus_{kind}_{}", hex::encode(bytes))
+    gustavo_model::api::make_token(kind, rand::random())
 }
 
 /// Reads the token kept in `path`, or creates one (mode 0600) on first start.

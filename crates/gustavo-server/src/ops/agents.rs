@@ -364,10 +364,10 @@ impl Ops {
         Ok(())
     }
 
-    fn pressure_changed(&self, name: &str, before: Level, now: PressureStatus) {
+    fn pressure_changed(&self, name: &str, before: Level, status: PressureStatus) {
         self.shared
             .events
-            .push("pressure", format!("node:{name}"), now.event(before));
+            .push("pressure", format!("node:{name}"), status.event(before));
     }
 }
 

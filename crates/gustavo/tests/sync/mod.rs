@@ -238,34 +238,24 @@ fn a_join_sent_again_after_a_lost_answer_succeeds() {
             r#"{{"name":"{node}","labels":{{}},"cpus":1,"memory_mb":512,"agent_version":"t","token":"{t}"}}"#
         )
     };
-    for _ in 0..2 {
-        let (code, out) = curl(
+    let join = |t: &str| {
+        curl(
             &server,
             &server.join,
             "POST",
             "/api/v1/nodes/register",
-            Some(&body(&token)),
-        );
+            Some(&body(t)),
+        )
+    };
+    for _ in 0..2 {
+        let (code, out) = join(&token);
         assert_eq!(code, 200, "{out}");
         assert!(out.contains(&token), "{out}");
     }
-    let other = format!("gus_node_{}", "cd".repeat(24));
-    let (code, out) = curl(
-        &server,
-        &server.join,
-        "POST",
-        "/api/v1/nodes/register",
-        Some(&body(&other)),
-    );
+    let (code, out) = join(&format!("gus_node_{}", "cd".repeat(24)));
     assert_eq!(code, 409, "{out}");
     assert!(out.contains("already exists"), "{out}");
-    let (code, out) = curl(
-        &server,
-        &server.join,
-        "POST",
-        "/api/v1/nodes/register",
-        Some(&body("hunter2")),
-    );
+    let (code, out) = join("hunter2");
     assert_eq!(code, 400, "{out}");
     assert!(out.contains("token"), "{out}");
     // The credential works.
