@@ -23,7 +23,7 @@ use crate::{AppState, now};
 
 /// The longest detail kept per entry.
 const MAX_DETAIL: usize = 300;
-/// Entries queued before new ones are dropped (and the drop logged).
+/// Entries queued before a new one waits for room.
 const QUEUE: usize = 10_000;
 
 /// Set on a response by a handler or by [`crate::error::ApiError`] so the audit entry can
@@ -120,14 +120,6 @@ impl AuditLog {
             }
         });
         AuditLog { tx }
-    }
-
-    /// Queues an entry without waiting (for callers outside a request); dropped, and the
-    /// drop logged, when the queue is full.
-    pub fn push(&self, entry: AuditRecord) {
-        if self.tx.try_send(Msg::Entry(entry)).is_err() {
-            tracing::error!("audit queue full; an entry was dropped");
-        }
     }
 
     /// Queues an entry, waiting while the queue is full: a burst of audited requests

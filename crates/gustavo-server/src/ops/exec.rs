@@ -229,7 +229,7 @@ impl Ops {
         }
         let results: Vec<ExecNodeResult> = slots.into_iter().flatten().collect();
         for r in &results {
-            self.audit_exec(p, &from, &command, r);
+            self.audit_exec(p, &from, &command, r).await;
         }
         Ok(ExecAnswer { command, results })
     }
@@ -272,23 +272,26 @@ impl Ops {
         }
     }
 
-    fn audit_exec(&self, p: &Principal, from: &str, command: &str, r: &ExecNodeResult) {
+    async fn audit_exec(&self, p: &Principal, from: &str, command: &str, r: &ExecNodeResult) {
         let outcome = match (r.reply.status, r.reply.exit_code) {
             (ExecStatus::Exited, Some(code)) => format!("exit {code}"),
             (s, _) => s.as_str().to_string(),
         };
-        self.sec.audit.push(AuditRecord {
-            id: 0,
-            at: now(),
-            actor: p.actor(),
-            address: from.to_string(),
-            action: "exec".into(),
-            object: format!("node:{}", r.node),
-            allowed: r.reply.status != ExecStatus::Refused,
-            status: 200,
-            detail: format!("{outcome}: {command}"),
-            revision: None,
-        });
+        self.sec
+            .audit
+            .record(AuditRecord {
+                id: 0,
+                at: now(),
+                actor: p.actor(),
+                address: from.to_string(),
+                action: "exec".into(),
+                object: format!("node:{}", r.node),
+                allowed: r.reply.status != ExecStatus::Refused,
+                status: 200,
+                detail: format!("{outcome}: {command}"),
+                revision: None,
+            })
+            .await;
     }
 
     /// A node's answer to one of its commands.
