@@ -439,6 +439,7 @@ mod tests {
             exec: Vec::new(),
             pressure: None,
             tunnel: None,
+            labels: Default::default(),
         }));
         let (runs_tx, runs) = watch::channel(Vec::new());
         let runner = JobRunner::new(rt.clone(), "n".into(), persist.clone(), rx, runs_tx);

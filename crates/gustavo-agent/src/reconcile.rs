@@ -530,6 +530,8 @@ mod tests {
                     spec: c,
                 })
                 .collect(),
+            template: None,
+            replicas: Vec::new(),
         }
     }
 
@@ -542,6 +544,7 @@ mod tests {
             exec: Vec::new(),
             pressure: None,
             tunnel: None,
+            labels: Default::default(),
         })
     }
 

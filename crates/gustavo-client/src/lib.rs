@@ -842,12 +842,13 @@ impl Client {
         node: &str,
         req: &gustavo_model::api::SyncRequest,
     ) -> Result<(Option<DesiredState>, bool), ClientError> {
-        // A sync that answers at once is told apart (in logs and latency figures) from
-        // a long-poll by its query.
+        // Apps may come as templates this side completes (older servers ignore the
+        // form and send the full one). A sync that answers at once is told apart (in logs
+        // and latency figures) from a long-poll by its query.
         let path = if req.wait == 0 {
-            format!("/api/v1/nodes/{node}/sync?wait=0")
+            format!("/api/v1/nodes/{node}/sync?form=template&wait=0")
         } else {
-            format!("/api/v1/nodes/{node}/sync")
+            format!("/api/v1/nodes/{node}/sync?form=template")
         };
         let timeout = Duration::from_secs(req.wait) + Duration::from_secs(10);
         let (status, headers, bytes) = self
@@ -857,8 +858,11 @@ impl Client {
         if status == StatusCode::NOT_MODIFIED {
             return Ok((None, need_report));
         }
-        serde_json::from_slice(&bytes)
-            .map(|d| (Some(d), need_report))
+        serde_json::from_slice::<DesiredState>(&bytes)
+            .map(|mut d| {
+                d.complete();
+                (Some(d), need_report)
+            })
             .map_err(|e| ClientError::Decode {
                 url: format!("{}{}", self.base, path),
                 reason: e.to_string(),

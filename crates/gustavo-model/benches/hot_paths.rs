@@ -53,11 +53,14 @@ fn desired_json(app: &str, spec: &gustavo_model::AppSpec, node: &NodeFacts) -> V
                     spec: c,
                 })
                 .collect(),
+            template: None,
+            replicas: Vec::new(),
         }],
         jobs: Vec::new(),
         exec: Vec::new(),
         pressure: None,
         tunnel: None,
+        labels: Default::default(),
     };
     serde_json::to_vec(&state).expect("serializes")
 }

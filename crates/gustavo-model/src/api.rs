@@ -274,6 +274,36 @@ pub struct DesiredState {
     /// placed here); none: the node runs none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<crate::wireguard::DesiredTunnel>,
+    /// The node's labels, when an app comes as a template (`{{node.label.KEY}}` is
+    /// expanded on the device).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl DesiredState {
+    /// Completes the apps that came as templates (`form=template`): their containers
+    /// from the template, the node's name and labels and its replica numbers — exactly
+    /// the containers (and hashes) the server would have sent. Afterwards the state is
+    /// in the full form; a state in the full form is left as it is.
+    pub fn complete(&mut self) {
+        for app in &mut self.apps {
+            let Some(t) = app.template.take() else {
+                continue;
+            };
+            let replicas = std::mem::take(&mut app.replicas);
+            app.containers = t
+                .get()
+                .instances(&self.node, &self.labels, &replicas)
+                .into_iter()
+                .map(|spec| DesiredContainer {
+                    name: crate::desired::container_name(&self.node, &app.name, spec.replica),
+                    hash: spec.hash(),
+                    spec,
+                })
+                .collect();
+        }
+        self.labels.clear();
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -292,6 +322,13 @@ pub struct DesiredApp {
     /// containers have sent, which renews the lease.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leased: bool,
+    /// The template form (agents that ask for it): what the app's containers share on
+    /// every node, and this node's replica numbers; `containers` is then empty and the
+    /// agent completes it ([`DesiredState::complete`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<crate::desired::SharedTemplate>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<u32>,
 }
 
 fn is_zero_i32(v: &i32) -> bool {
@@ -545,6 +582,93 @@ pub struct NodeVitals {
 
 #[cfg(test)]
 mod tests {
+
+    /// Issue 15: an app sent as a template (once per version, nothing of the node in it)
+    /// and completed on the device is exactly the full form — names, specs and hashes —
+    /// with placeholders, labels, a secret, sparse replicas, port offsets (one pushed past
+    /// 65535 dropped), a pinned digest and every container field set.
+    #[test]
+    fn a_template_completed_on_the_device_is_the_full_form() {
+        use crate::desired::{
+            ContainerTemplate, NodeFacts, SharedTemplate, container_name, expand_replicas,
+            pin_digest,
+        };
+        use crate::spec::EnvValue;
+        let mut spec = crate::spec::parse_one(
+            "a:\n  docker_image: reg:5000/web:v1\n  starting_ports: [{65534: 80}, {\"127.0.0.1:9000/udp\": 53}]\n  env_vars: {WHERE: \"{{node.name}}@{{node.label.site}}#{{replica}}/{{app}}\", PLAIN: x}\n  command: \"sh -c 'echo hi'\"\n  cpus: 0.5\n  memory: 64m\n  restart: on-failure\n  labels: {tier: web}\n  healthcheck: {test: \"true\", interval: 2s}\n  devices: [\"/dev/null:/dev/xnull:rw\"]\n  volumes: [\"/tmp:/data\"]\n",
+            "a",
+        )
+        .unwrap();
+        spec.env_vars
+            .insert("TOKEN".into(), EnvValue::Secret("s3cr{{node.name}}".into()));
+        let node = NodeFacts {
+            name: "pi1".into(),
+            cpus: 4,
+            memory_mb: 1024,
+            labels: BTreeMap::from([("site".into(), "north".into())]),
+        };
+        let replicas = vec![2, 5, 7];
+        let mut specs = expand_replicas("a", &spec, 3, &node, &replicas);
+        pin_digest(&mut specs, "sha256:abc");
+        let full: Vec<DesiredContainer> = specs
+            .into_iter()
+            .map(|spec| DesiredContainer {
+                name: container_name("pi1", "a", spec.replica),
+                hash: spec.hash(),
+                spec,
+            })
+            .collect();
+        assert_eq!(full[2].spec.ports.len(), 1, "65536 is dropped, 9002 kept");
+        assert_eq!(full[0].spec.env["WHERE"], "pi1@north#2/a");
+        assert_eq!(full[0].spec.env["TOKEN"], "s3cr{{node.name}}");
+
+        let mut t = ContainerTemplate::new("a", &spec, 3).unwrap();
+        t.pin("sha256:abc");
+        let app = DesiredApp {
+            name: "a".into(),
+            revision: 9,
+            rolling_restart: false,
+            containers: Vec::new(),
+            priority: 0,
+            critical: false,
+            leased: false,
+            template: Some(SharedTemplate::new(t)),
+            replicas,
+        };
+        let sent = DesiredState {
+            node: "pi1".into(),
+            revision: 9,
+            apps: vec![app],
+            jobs: Vec::new(),
+            exec: Vec::new(),
+            pressure: None,
+            tunnel: None,
+            labels: node.labels.clone(),
+        };
+        let json = serde_json::to_string(&sent).unwrap();
+        assert!(json.contains("\"template\""), "{json}");
+        let template =
+            &json[json.find("\"template\"").unwrap()..json.find("\"replicas\"").unwrap()];
+        assert!(
+            !template.contains("pi1"),
+            "the template holds nothing of the node: {template}"
+        );
+        // Serialized once: a second answer carries the same bytes.
+        assert_eq!(serde_json::to_string(&sent).unwrap(), json);
+
+        let mut got: DesiredState = serde_json::from_str(&json).unwrap();
+        got.complete();
+        assert_eq!(got.apps[0].containers, full);
+        assert!(got.apps[0].template.is_none() && got.apps[0].replicas.is_empty());
+        assert!(
+            got.labels.is_empty(),
+            "the completed state is the full form"
+        );
+        // Completing a full-form state changes nothing.
+        let again = got.clone();
+        got.complete();
+        assert_eq!(got, again);
+    }
     use super::*;
 
     #[test]

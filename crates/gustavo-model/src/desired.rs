@@ -6,8 +6,10 @@
 //! a counter moved (Nebula's mistake), and never misses a change.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::spec::{
@@ -81,7 +83,13 @@ pub fn pin_digest(specs: &mut [ContainerSpec], digest: &str) {
 
 /// Expands the placeholders users may write in env values: `{{node.name}}`,
 /// `{{node.label.KEY}}`, `{{replica}}` and `{{app}}`. Unknown labels expand to nothing.
-fn expand_env(value: &str, node: &NodeFacts, app: &str, replica: u32) -> String {
+fn expand_env(
+    value: &str,
+    node: &str,
+    labels: &BTreeMap<String, String>,
+    app: &str,
+    replica: u32,
+) -> String {
     if !value.contains("{{") {
         return value.to_string();
     }
@@ -96,11 +104,11 @@ fn expand_env(value: &str, node: &NodeFacts, app: &str, replica: u32) -> String 
         };
         let key = after[..end].trim();
         match key {
-            "node.name" => out.push_str(&node.name),
+            "node.name" => out.push_str(node),
             "replica" => out.push_str(&replica.to_string()),
             "app" => out.push_str(app),
             k if k.starts_with("node.label.") => {
-                if let Some(v) = node.labels.get(&k["node.label.".len()..]) {
+                if let Some(v) = labels.get(&k["node.label.".len()..]) {
                     out.push_str(v);
                 }
             }
@@ -136,72 +144,193 @@ pub fn expand_replicas(
     node: &NodeFacts,
     replicas: &[u32],
 ) -> Vec<ContainerSpec> {
-    if !spec.running {
-        return Vec::new();
+    match ContainerTemplate::new(app, spec, restart_nonce) {
+        Some(t) => t.instances(&node.name, &node.labels, replicas),
+        None => Vec::new(),
     }
-    let image = ImageRef::parse(&spec.docker_image).canonical();
-    replicas
-        .iter()
-        .enumerate()
-        .map(|(i, &replica)| {
-            // The port offset is the container's place on this node, so replicas of a
-            // scheduled app on different nodes bind the same ports.
-            let i = i as u32;
-            let mut env: BTreeMap<String, String> = spec
-                .env_vars
-                .iter()
-                .filter_map(|(k, v)| match v {
-                    EnvValue::Plain(v) => Some((k.clone(), expand_env(v, node, app, replica))),
-                    // A secret is delivered exactly as given: no placeholders inside it.
-                    EnvValue::Secret(v) => Some((k.clone(), v.clone())),
-                    // The server unseals before expanding; these never reach a node.
-                    EnvValue::Sealed(_) | EnvValue::Hidden => None,
-                })
-                .collect();
-            env.entry("GUSTAVO_NODE".into())
-                .or_insert_with(|| node.name.clone());
-            env.entry("GUSTAVO_APP".into())
-                .or_insert_with(|| app.to_string());
-            env.entry("GUSTAVO_REPLICA".into())
-                .or_insert_with(|| replica.to_string());
-            ContainerSpec {
-                app: app.to_string(),
-                replica,
-                image: image.clone(),
-                env,
-                ports: spec
-                    .starting_ports
-                    .0
-                    .iter()
-                    .filter_map(|p| {
-                        // Replica i binds host port + i (same address and protocol); a port
-                        // pushed past 65535 is dropped rather than wrapped onto someone
-                        // else's port.
-                        let host = u16::try_from(u32::from(p.host) + i).ok()?;
-                        Some(PortMapping { host, ..*p })
-                    })
-                    .collect(),
-                volumes: spec.volumes.iter().map(|v| v.0.clone()).collect(),
-                network: NetworkMode::from_list(&spec.networks),
-                privileged: spec.privileged,
-                devices: spec
-                    .devices
-                    .iter()
-                    .map(|d| format!("{}:{}:{}", d.host, d.container, d.permissions))
-                    .collect(),
-                command: spec.command.as_ref().map(|c| c.0.clone()),
-                entrypoint: spec.entrypoint.as_ref().map(|c| c.0.clone()),
-                workdir: spec.workdir.clone(),
-                user: spec.user.clone(),
-                nano_cpus: spec.cpus.map(|c| c.nano()),
-                memory_bytes: spec.memory.map(|m| m.0 as i64),
-                restart: spec.restart,
-                labels: spec.labels.clone(),
-                healthcheck: spec.healthcheck.clone(),
-                restart_nonce,
+}
+
+/// What an app's containers share on every node, computed once per app version: a node's
+/// containers are this completed with the node's name, labels and replica numbers
+/// ([`ContainerTemplate::instances`]). The server sends it to agents that complete it
+/// themselves, so a change costs the server one template per app, not one expansion and
+/// hash per container of every node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerTemplate {
+    /// The container before the node's part: replica 0, plain env values with their
+    /// placeholders, the ports as written (before the per-node offset), no `GUSTAVO_*`.
+    pub base: ContainerSpec,
+    /// Secret env values: delivered as given, never expanded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+}
+
+impl ContainerTemplate {
+    /// The template of one app version; none when the app is stopped.
+    pub fn new(app: &str, spec: &AppSpec, restart_nonce: u64) -> Option<ContainerTemplate> {
+        if !spec.running {
+            return None;
+        }
+        let (mut env, mut secrets) = (BTreeMap::new(), BTreeMap::new());
+        for (k, v) in &spec.env_vars {
+            match v {
+                EnvValue::Plain(v) => {
+                    env.insert(k.clone(), v.clone());
+                }
+                // A secret is delivered exactly as given: no placeholders inside it.
+                EnvValue::Secret(v) => {
+                    secrets.insert(k.clone(), v.clone());
+                }
+                // The server unseals before expanding; these never reach a node.
+                EnvValue::Sealed(_) | EnvValue::Hidden => {}
             }
-        })
-        .collect()
+        }
+        let base = ContainerSpec {
+            app: app.to_string(),
+            replica: 0,
+            image: ImageRef::parse(&spec.docker_image).canonical(),
+            env,
+            ports: spec.starting_ports.0.clone(),
+            volumes: spec.volumes.iter().map(|v| v.0.clone()).collect(),
+            network: NetworkMode::from_list(&spec.networks),
+            privileged: spec.privileged,
+            devices: spec
+                .devices
+                .iter()
+                .map(|d| format!("{}:{}:{}", d.host, d.container, d.permissions))
+                .collect(),
+            command: spec.command.as_ref().map(|c| c.0.clone()),
+            entrypoint: spec.entrypoint.as_ref().map(|c| c.0.clone()),
+            workdir: spec.workdir.clone(),
+            user: spec.user.clone(),
+            nano_cpus: spec.cpus.map(|c| c.nano()),
+            memory_bytes: spec.memory.map(|m| m.0 as i64),
+            restart: spec.restart,
+            labels: spec.labels.clone(),
+            healthcheck: spec.healthcheck.clone(),
+            restart_nonce,
+        };
+        Some(ContainerTemplate { base, secrets })
+    }
+
+    /// Pins the image to `digest` (see [`pin_digest`]).
+    pub fn pin(&mut self, digest: &str) {
+        pin_digest(std::slice::from_mut(&mut self.base), digest);
+    }
+
+    /// The containers of the given replicas (1-based) on the node named `node`, in order:
+    /// the `k`-th (from 0) binds every host port plus `k`.
+    pub fn instances(
+        &self,
+        node: &str,
+        labels: &BTreeMap<String, String>,
+        replicas: &[u32],
+    ) -> Vec<ContainerSpec> {
+        replicas
+            .iter()
+            .enumerate()
+            .map(|(i, &replica)| self.instance(node, labels, replica, i as u32))
+            .collect()
+    }
+
+    fn instance(
+        &self,
+        node: &str,
+        labels: &BTreeMap<String, String>,
+        replica: u32,
+        offset: u32,
+    ) -> ContainerSpec {
+        let base = &self.base;
+        let app = base.app.as_str();
+        let mut env: BTreeMap<String, String> = base
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), expand_env(v, node, labels, app, replica)))
+            .chain(self.secrets.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .collect();
+        env.entry("GUSTAVO_NODE".into())
+            .or_insert_with(|| node.to_string());
+        env.entry("GUSTAVO_APP".into())
+            .or_insert_with(|| app.to_string());
+        env.entry("GUSTAVO_REPLICA".into())
+            .or_insert_with(|| replica.to_string());
+        // The port offset is the container's place on this node, so replicas of a
+        // scheduled app on different nodes bind the same ports. A port pushed past 65535
+        // is dropped rather than wrapped onto someone else's port.
+        let ports = base
+            .ports
+            .iter()
+            .filter_map(|p| {
+                let host = u16::try_from(u32::from(p.host) + offset).ok()?;
+                Some(PortMapping { host, ..*p })
+            })
+            .collect();
+        ContainerSpec {
+            app: base.app.clone(),
+            replica,
+            image: base.image.clone(),
+            env,
+            ports,
+            volumes: base.volumes.clone(),
+            network: base.network.clone(),
+            privileged: base.privileged,
+            devices: base.devices.clone(),
+            command: base.command.clone(),
+            entrypoint: base.entrypoint.clone(),
+            nano_cpus: base.nano_cpus,
+            memory_bytes: base.memory_bytes,
+            restart: base.restart,
+            labels: base.labels.clone(),
+            healthcheck: base.healthcheck.clone(),
+            restart_nonce: base.restart_nonce,
+            workdir: base.workdir.clone(),
+            user: base.user.clone(),
+        }
+    }
+}
+
+/// A [`ContainerTemplate`] shared by every node's answer: cloned by reference and
+/// serialized to JSON once, however many answers carry it. Only JSON carries it (the
+/// serialized form is embedded as is); [`crate::api::DesiredState::complete`] takes it
+/// out before anything else sees the state.
+#[derive(Clone)]
+pub struct SharedTemplate(Arc<(ContainerTemplate, OnceLock<Box<RawValue>>)>);
+
+impl SharedTemplate {
+    pub fn new(t: ContainerTemplate) -> SharedTemplate {
+        SharedTemplate(Arc::new((t, OnceLock::new())))
+    }
+
+    pub fn get(&self) -> &ContainerTemplate {
+        &self.0.0
+    }
+}
+
+impl std::fmt::Debug for SharedTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+impl PartialEq for SharedTemplate {
+    fn eq(&self, other: &SharedTemplate) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.get() == other.get()
+    }
+}
+
+impl Serialize for SharedTemplate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let raw = self.0.1.get_or_init(|| {
+            serde_json::value::to_raw_value(self.get()).expect("templates always serialize")
+        });
+        raw.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedTemplate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SharedTemplate, D::Error> {
+        ContainerTemplate::deserialize(d).map(SharedTemplate::new)
+    }
 }
 
 #[cfg(test)]
@@ -305,7 +434,13 @@ mod tests {
     #[test]
     fn unknown_placeholders_stay() {
         assert_eq!(
-            expand_env("{{nope}} {{node.label.x}}|{{", &node(), "a", 1),
+            expand_env(
+                "{{nope}} {{node.label.x}}|{{",
+                "pi1",
+                &node().labels,
+                "a",
+                1
+            ),
             "{{nope}} |{{"
         );
     }

@@ -344,6 +344,8 @@ mod tests {
                     spec: c,
                 })
                 .collect(),
+            template: None,
+            replicas: Vec::new(),
         }
     }
 

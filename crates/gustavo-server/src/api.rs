@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use crate::audit::noted;
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::ops::agents::Form;
 use crate::ops::hidden;
 use crate::ops::nodes::{Cordon, NodeFilter};
 use crate::{AppState, now};
@@ -502,24 +503,42 @@ pub async fn desired(
 ) -> Result<Response, ApiError> {
     let wait = Duration::from_secs(q.wait);
     Ok(
-        match s.ops.desired(&p, addr.ip(), &name, q.after, wait).await? {
+        match s
+            .ops
+            .desired(&p, addr.ip(), &name, q.after, wait, Form::Full)
+            .await?
+        {
             Some(d) => Json(d).into_response(),
             None => StatusCode::NOT_MODIFIED.into_response(),
         },
     )
 }
 
-/// `POST /api/v1/nodes/{name}/sync`: the status report and vitals the node carries, then
-/// the long-poll for its desired state (`200`, or `304` when nothing newer came); the
-/// `gustavo-need-report: 1` header asks for the status report again.
+/// The query of a sync request. Unknown parameters and forms are ignored, so an agent
+/// newer than the server gets the full form rather than an error.
+#[derive(Debug, Default, Deserialize)]
+pub struct SyncQuery {
+    /// `template`: apps may come as templates the agent completes ([`Form::Template`]).
+    #[serde(default)]
+    form: Option<String>,
+}
+
+/// `POST /api/v1/nodes/{name}/sync[?form=template]`: the status report and vitals the node
+/// carries, then the long-poll for its desired state (`200`, or `304` when nothing newer
+/// came); the `gustavo-need-report: 1` header asks for the status report again.
 pub async fn sync(
     p: Principal,
     State(s): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
+    QueryParams(q): QueryParams<SyncQuery>,
     JsonBody(req): JsonBody<gustavo_model::api::SyncRequest>,
 ) -> Result<Response, ApiError> {
-    let (desired, need_report) = s.ops.sync(&p, addr.ip(), &name, req).await?;
+    let form = match q.form.as_deref() {
+        Some("template") => Form::Template,
+        _ => Form::Full,
+    };
+    let (desired, need_report) = s.ops.sync(&p, addr.ip(), &name, req, form).await?;
     let mut resp = match desired {
         Some(d) => Json(d).into_response(),
         None => StatusCode::NOT_MODIFIED.into_response(),

@@ -12,11 +12,10 @@ use dashmap::DashMap;
 use std::sync::Arc;
 
 use gustavo_model::api::{
-    App, AppState, AppStatus, ContainerStatus, DesiredApp, DesiredContainer, DesiredState, Group,
-    Node, NodeRollout, NodeStatus, Rollout, RolloutDevice, RolloutSummary, StagedRollout,
-    StatusReport, Vitals,
+    App, AppState, AppStatus, ContainerStatus, DesiredApp, DesiredState, Group, Node, NodeRollout,
+    NodeStatus, Rollout, RolloutDevice, RolloutSummary, StagedRollout, StatusReport, Vitals,
 };
-use gustavo_model::desired::{NodeFacts, container_name, expand, expand_replicas, pin_digest};
+use gustavo_model::desired::{ContainerTemplate, NodeFacts, SharedTemplate};
 use gustavo_model::rollout::{Device as RolloutSeen, RolloutRecord, Seen};
 use gustavo_model::schedule::{Liveness, NodeView, Usage, Want, Weights, drain_step, place};
 use gustavo_store::{Change, GroupRecord, NodeRecord, Snapshot, Store};
@@ -159,7 +158,13 @@ pub struct Cluster {
     pub pressure_default: Option<gustavo_model::pressure::Thresholds>,
     /// The client tunnel pool (server config, not stored); none: nodes run no tunnels.
     pub tunnel_pool: Option<gustavo_model::sites::Cidr>,
+    /// Container templates of the app versions in use, by app name (`template`).
+    templates: DashMap<String, Vec<TemplateEntry>>,
 }
+
+/// A kept template: the version's (revision, restart nonce), its pinned digest, and the
+/// template (none: the version is stopped).
+type TemplateEntry = ((u64, u64), Option<String>, Option<SharedTemplate>);
 
 impl Cluster {
     pub fn from_snapshot(s: Snapshot) -> Cluster {
@@ -401,7 +406,10 @@ impl Cluster {
         groups.chain(apps).chain(jobs).fold(node.revision, u64::max)
     }
 
-    /// The node's desired state, computed from the apps of its groups.
+    /// The node's desired state, computed from the apps of its groups, in the template
+    /// form: each app's containers as the version's shared template and the node's replica
+    /// numbers ([`DesiredState::complete`] makes the full form). Per-client deployments
+    /// come in the full form.
     pub fn desired_for(&self, node: &NodeRecord) -> DesiredState {
         let facts = NodeFacts {
             name: node.name.clone(),
@@ -415,7 +423,10 @@ impl Cluster {
                 // During a staged rollout, devices outside its waves keep the revision the
                 // app came from.
                 let v = Version::for_node(app, &node.name);
-                let mut specs = if v.spec.is_replicated() {
+                let template = self.template(app, &v);
+                let replicas = if template.is_none() {
+                    Vec::new()
+                } else if v.spec.is_replicated() {
                     // Its placed replicas, and those it hands off until the new copy runs.
                     let mut mine: Vec<u32> = app
                         .placements
@@ -426,13 +437,10 @@ impl Cluster {
                         .collect();
                     mine.sort_unstable();
                     mine.dedup();
-                    expand_replicas(&app.name, v.spec, v.restart_nonce, &facts, &mine)
+                    mine
                 } else {
-                    expand(&app.name, v.spec, v.restart_nonce, &facts)
+                    (1..=v.spec.per_node().replicas(node.cpus, node.memory_mb)).collect()
                 };
-                if let Some(d) = v.digest {
-                    pin_digest(&mut specs, d);
-                }
                 DesiredApp {
                     name: app.name.clone(),
                     revision: v.revision,
@@ -440,14 +448,9 @@ impl Cluster {
                     priority: v.spec.priority,
                     critical: v.spec.critical,
                     leased: false,
-                    containers: specs
-                        .into_iter()
-                        .map(|spec| DesiredContainer {
-                            name: container_name(&node.name, &app.name, spec.replica),
-                            hash: spec.hash(),
-                            spec,
-                        })
-                        .collect(),
+                    containers: Vec::new(),
+                    template,
+                    replicas,
                 }
             })
             .collect();
@@ -460,6 +463,7 @@ impl Cluster {
         apps.extend(crate::ops::deployments::desired_instances(
             self, node, &facts,
         ));
+        let templated = apps.iter().any(|a| a.template.is_some());
         DesiredState {
             node: node.name.clone(),
             revision: self.node_revision(node),
@@ -468,7 +472,42 @@ impl Cluster {
             exec: Vec::new(),
             pressure: self.pressure_for(node),
             tunnel: crate::ops::deployments::desired_tunnel(self, &node.name),
+            labels: if templated {
+                facts.labels
+            } else {
+                BTreeMap::new()
+            },
         }
+    }
+
+    /// The shared container template of one app version (none when it is stopped): built
+    /// once and kept while the version is in use (two per app during a rollout), so every
+    /// node's answer carries the same one, serialized once.
+    fn template(&self, app: &App, v: &Version) -> Option<SharedTemplate> {
+        let key = (v.revision, v.restart_nonce);
+        if let Some(kept) = self.templates.get(app.name.as_str())
+            && let Some((_, _, t)) = kept
+                .iter()
+                .find(|(k, d, _)| *k == key && d.as_deref() == v.digest)
+        {
+            return t.clone();
+        }
+        let t = ContainerTemplate::new(&app.name, v.spec, v.restart_nonce).map(|mut t| {
+            if let Some(d) = v.digest {
+                t.pin(d);
+            }
+            SharedTemplate::new(t)
+        });
+        if self.templates.len() > self.apps.len() + 64 {
+            self.templates
+                .retain(|name, _| self.apps.contains_key(name));
+        }
+        let mut kept = self.templates.entry(app.name.clone()).or_default();
+        kept.push((key, v.digest.map(str::to_string), t.clone()));
+        if kept.len() > 2 {
+            kept.remove(0);
+        }
+        t
     }
 
     /// The pressure thresholds a node acts on: those of the first of its groups (by name)
@@ -1108,6 +1147,13 @@ fn writer(shared: std::sync::Weak<Shared>, rx: std::sync::mpsc::Receiver<Box<dyn
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// A node's desired state in the full form, as an agent ends up with it.
+    fn full(c: &Cluster, node: &str) -> DesiredState {
+        let mut d = c.desired_for(&c.nodes[node]);
+        d.complete();
+        d
+    }
     use gustavo_model::spec::parse_one;
 
     pub(crate) fn cluster() -> Cluster {
@@ -1209,8 +1255,8 @@ pub(crate) mod tests {
     #[test]
     fn recipe_apps_run_only_as_deployments_on_their_node() {
         let mut c = cluster();
-        let plain_before = c.desired_for(&c.nodes["n1"]);
-        let n2_before = c.desired_for(&c.nodes["n2"]);
+        let plain_before = full(&c, "n1");
+        let n2_before = full(&c, "n2");
         let spec = parse_one(
             "r:\n  docker_image: x\n  starting_ports: [8080]\n  recipe: {uuid: 00000000-0000-0000-0000-000000000001, public: true}\n",
             "r",
@@ -1221,7 +1267,7 @@ pub(crate) mod tests {
         app.spec = spec;
         c.apply(Change::PutApp(Box::new(app)), 6);
         // A recipe app alone changes no member's containers.
-        assert_eq!(c.desired_for(&c.nodes["n1"]).apps, plain_before.apps);
+        assert_eq!(full(&c, "n1").apps, plain_before.apps);
         let d: gustavo_model::lease::Deployment = serde_json::from_value(serde_json::json!({
             "name": "r-0a1b2c3d", "app": "r", "uuid": "00000000-0000-0000-0000-000000000001",
             "key": "k", "site": "s", "node": "n2", "client_ip": "1.2.3.4",
@@ -1234,8 +1280,8 @@ pub(crate) mod tests {
         second.slot = 1;
         c.apply(Change::PutDeployment(Box::new(d)), 7);
         c.apply(Change::PutDeployment(Box::new(second)), 8);
-        assert_eq!(c.desired_for(&c.nodes["n1"]).apps, plain_before.apps);
-        let n2 = c.desired_for(&c.nodes["n2"]);
+        assert_eq!(full(&c, "n1").apps, plain_before.apps);
+        let n2 = full(&c, "n2");
         let inst = n2.apps.iter().find(|a| a.name == "r-0a1b2c3d").unwrap();
         assert_eq!(inst.containers[0].name, "n2.r-0a1b2c3d.1");
         assert_eq!(
@@ -1264,7 +1310,7 @@ pub(crate) mod tests {
     #[test]
     fn plain_container_hashes_do_not_move() {
         let c = cluster();
-        let d = c.desired_for(&c.nodes["n1"]);
+        let d = full(&c, "n1");
         assert_eq!(d.apps[0].containers[0].hash, PINNED_HASH);
     }
 
@@ -1276,9 +1322,9 @@ pub(crate) mod tests {
     fn node_revision_follows_its_groups_and_apps() {
         let c = cluster();
         assert_eq!(c.node_revision(&c.nodes["n1"]), 5);
-        let d = c.desired_for(&c.nodes["n1"]);
+        let d = full(&c, "n1");
         assert_eq!(d.apps.len(), 1);
         assert_eq!(d.apps[0].containers[0].name, "n1.a.1");
-        assert!(c.desired_for(&c.nodes["other"]).apps.is_empty());
+        assert!(full(&c, "other").apps.is_empty());
     }
 }

@@ -616,6 +616,7 @@ impl PeerNode {
                 exec: Vec::new(),
                 pressure: None,
                 tunnel: None,
+                labels: Default::default(),
             });
         });
     }

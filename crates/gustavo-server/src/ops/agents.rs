@@ -34,6 +34,19 @@ fn validate_registration(req: &RegisterRequest) -> Result<(), OpError> {
 }
 
 /// Replaces the values of secret env vars in a desired state with `<hidden>`.
+/// The form of a desired state an agent asks for (`?form=` on the sync request).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Form {
+    /// Every container spelled out with its hash: what older agents and admins get.
+    #[default]
+    Full,
+    /// Each app's shared template and the node's replica numbers: the agent completes it
+    /// (`DesiredState::complete`), so a change costs the server one template per app
+    /// version instead of one expansion and hash per container of every node.
+    Template,
+}
+
 fn hide_secrets(c: &crate::state::Cluster, d: &mut DesiredState) {
     for app in &mut d.apps {
         let Some(spec) = c.apps.get(&app.name).map(|a| &a.spec) else {
@@ -216,6 +229,7 @@ impl Ops {
         name: &str,
         after: u64,
         wait: Duration,
+        form: Form,
     ) -> Result<Option<DesiredState>, OpError> {
         p.require_node(name)?;
         let mut closing = self.shared.closing.subscribe();
@@ -241,6 +255,11 @@ impl Ops {
                     let mut d = c.desired_for(node);
                     d.exec = exec;
                     self.shared.metrics.desired_computed.inc();
+                    // Templates go to the node itself only (an admin sees the full form,
+                    // secrets hidden), and only when it asked for them.
+                    if !(is_node && form == Form::Template) {
+                        d.complete();
+                    }
                     if !is_node {
                         hide_secrets(&c, &mut d);
                     }
@@ -276,6 +295,7 @@ impl Ops {
         from: IpAddr,
         name: &str,
         req: SyncRequest,
+        form: Form,
     ) -> Result<(Option<DesiredState>, bool), OpError> {
         // Only the node itself: a report or vitals from anyone else would be a lie.
         match p {
@@ -324,7 +344,7 @@ impl Ops {
         } else {
             Duration::from_secs(req.wait)
         };
-        let d = self.desired(p, from, name, req.after, wait).await?;
+        let d = self.desired(p, from, name, req.after, wait, form).await?;
         Ok((d, need_report))
     }
 

@@ -320,6 +320,8 @@ pub(crate) fn desired_instances(
                 priority: 0,
                 critical: false,
                 leased: true,
+                template: None,
+                replicas: Vec::new(),
             })
         })
         .collect()

@@ -268,3 +268,89 @@ fn a_join_sent_again_after_a_lost_answer_succeeds() {
     );
     assert_eq!(code, 200);
 }
+
+/// The template form (`?form=template`): each app comes once per version as the containers'
+/// shared part plus the node's replica numbers and labels, and completed on the device it
+/// is exactly the full form an older agent gets — same names, specs and hashes, so an
+/// agent that upgrades recreates nothing. An admin looking sees the full form, secrets
+/// hidden.
+#[test]
+fn the_template_form_completes_to_exactly_the_full_form() {
+    use gustavo_model::api::DesiredState;
+    require_docker_and_registry();
+    let server = Server::start();
+    let node = unique("tmpl");
+    let group = unique("tmplg");
+    let (code, body) = curl(
+        &server,
+        &server.join,
+        "POST",
+        "/api/v1/nodes/register",
+        Some(&format!(
+            r#"{{"name":"{node}","groups":["{group}"],"labels":{{"site":"north"}},"cpus":2,"memory_mb":512,"agent_version":"0.0.9","heartbeat_s":5}}"#
+        )),
+    );
+    assert_eq!(code, 200, "{body}");
+    let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port = free_ports(2);
+    let f = server.spec(
+        "t.yml",
+        &format!(
+            "t:\n  docker_image: gustavo-test/busybox:latest\n  starting_ports: [{{{port}: 80}}]\n  containers_per: {{cpu: 1}}\n  env_vars: {{WHERE: \"{{{{node.name}}}}@{{{{node.label.site}}}}/{{{{replica}}}}\", PASS: {{secret: hunter2}}}}\n"
+        ),
+    );
+    server.ok(&["apps", "create", "-n", "t", "-f", &f, "-d", &group]);
+    let sync = |query: &str| {
+        let (code, body) = curl(
+            &server,
+            &token,
+            "POST",
+            &format!("/api/v1/nodes/{node}/sync{query}"),
+            Some(r#"{"after":0,"wait":0}"#),
+        );
+        assert_eq!(code, 200, "{body}");
+        body
+    };
+    let full_body = sync("");
+    let template_body = sync("?form=template");
+    assert!(!full_body.contains("\"template\""), "{full_body}");
+    let full: DesiredState = serde_json::from_str(&full_body).unwrap();
+    let mut got: DesiredState = serde_json::from_str(&template_body).unwrap();
+    let app = &got.apps[0];
+    assert!(
+        app.template.is_some() && app.containers.is_empty(),
+        "{template_body}"
+    );
+    assert_eq!(app.replicas, vec![1, 2], "two cpus: two replicas");
+    assert_eq!(got.labels["site"], "north");
+    got.complete();
+    assert_eq!(got, full);
+    let c = &full.apps[0].containers[1];
+    assert_eq!(c.name, format!("{node}.t.2"));
+    assert_eq!(c.spec.env["WHERE"], format!("{node}@north/2"));
+    assert_eq!(
+        c.spec.env["PASS"], "hunter2",
+        "the node itself gets its secret"
+    );
+    assert_eq!(c.spec.ports[0].host, port + 1);
+
+    // An unknown form is the full form (a newer agent on this server still works).
+    assert_eq!(sync("?form=someday"), full_body);
+    // An admin sees the full form, the secret hidden.
+    let (code, body) = curl(
+        &server,
+        &server.admin,
+        "GET",
+        &format!("/api/v1/nodes/{node}/desired?after=0&wait=0"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        !body.contains("\"template\"") && !body.contains("hunter2"),
+        "{body}"
+    );
+    server.ok(&["apps", "delete", "-n", "t"]);
+}
