@@ -340,12 +340,27 @@ impl Client {
         body: Option<&(impl Serialize + ?Sized)>,
         timeout: Duration,
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), ClientError> {
+        self.send_with(method, path, body, timeout, None).await
+    }
+
+    /// [`Client::send_full`] with one more request header.
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+        timeout: Duration,
+        header: Option<(&'static str, &'static str)>,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self
             .http
             .request(method, &url)
             .bearer_auth(&self.token)
             .timeout(timeout);
+        if let Some((name, value)) = header {
+            req = req.header(name, value);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -843,16 +858,18 @@ impl Client {
         req: &gustavo_model::api::SyncRequest,
     ) -> Result<(Option<DesiredState>, bool), ClientError> {
         // Apps may come as templates this side completes (older servers ignore the
-        // form and send the full one). A sync that answers at once is told apart (in logs
+        // header and send the full form). A sync that answers at once is told apart (in logs
         // and latency figures) from a long-poll by its query.
         let path = if req.wait == 0 {
-            format!("/api/v1/nodes/{node}/sync?form=template&wait=0")
+            format!("/api/v1/nodes/{node}/sync?wait=0")
         } else {
-            format!("/api/v1/nodes/{node}/sync?form=template")
+            format!("/api/v1/nodes/{node}/sync")
         };
         let timeout = Duration::from_secs(req.wait) + Duration::from_secs(10);
+        // A header, not a query: HTTP/2 sends a repeated header as one byte.
+        let form = Some((gustavo_model::api::FORM_HEADER, "template"));
         let (status, headers, bytes) = self
-            .send_full(Method::POST, &path, Some(req), timeout)
+            .send_with(Method::POST, &path, Some(req), timeout, form)
             .await?;
         let need_report = headers.contains_key(gustavo_model::api::NEED_REPORT_HEADER);
         if status == StatusCode::NOT_MODIFIED {

@@ -281,7 +281,7 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
-    /// Completes the apps that came as templates (`form=template`): their containers
+    /// Completes the apps that came as templates ([`FORM_HEADER`]): their containers
     /// from the template, the node's name and labels and its replica numbers — exactly
     /// the containers (and hashes) the server would have sent. Afterwards the state is
     /// in the full form; a state in the full form is left as it is.
@@ -479,6 +479,11 @@ pub struct SyncRequest {
 fn is_zero64(n: &u64) -> bool {
     *n == 0
 }
+
+/// The header of a sync request asking for the template form (`template`): apps come as
+/// shared templates the agent completes ([`DesiredState::complete`]). Servers that do not
+/// know it, or a value they do not know, send the full form.
+pub const FORM_HEADER: &str = "gustavo-form";
 
 /// The header of a sync answer asking for the status report again.
 pub const NEED_REPORT_HEADER: &str = "gustavo-need-report";

@@ -514,28 +514,21 @@ pub async fn desired(
     )
 }
 
-/// The query of a sync request. Unknown parameters and forms are ignored, so an agent
-/// newer than the server gets the full form rather than an error.
-#[derive(Debug, Default, Deserialize)]
-pub struct SyncQuery {
-    /// `template`: apps may come as templates the agent completes ([`Form::Template`]).
-    #[serde(default)]
-    form: Option<String>,
-}
-
-/// `POST /api/v1/nodes/{name}/sync[?form=template]`: the status report and vitals the node
-/// carries, then the long-poll for its desired state (`200`, or `304` when nothing newer
-/// came); the `gustavo-need-report: 1` header asks for the status report again.
+/// `POST /api/v1/nodes/{name}/sync`: the status report and vitals the node carries, then
+/// the long-poll for its desired state (`200`, or `304` when nothing newer came); the
+/// `gustavo-need-report: 1` header asks for the status report again. With the request
+/// header `gustavo-form: template`, apps come as templates the agent completes; any other
+/// value (a newer agent's) gets the full form rather than an error.
 pub async fn sync(
     p: Principal,
     State(s): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
-    QueryParams(q): QueryParams<SyncQuery>,
+    headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<gustavo_model::api::SyncRequest>,
 ) -> Result<Response, ApiError> {
-    let form = match q.form.as_deref() {
-        Some("template") => Form::Template,
+    let form = match headers.get(gustavo_model::api::FORM_HEADER) {
+        Some(v) if v.as_bytes() == b"template" => Form::Template,
         _ => Form::Full,
     };
     let (desired, need_report) = s.ops.sync(&p, addr.ip(), &name, req, form).await?;

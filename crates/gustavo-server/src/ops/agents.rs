@@ -34,7 +34,7 @@ fn validate_registration(req: &RegisterRequest) -> Result<(), OpError> {
 }
 
 /// Replaces the values of secret env vars in a desired state with `<hidden>`.
-/// The form of a desired state an agent asks for (`?form=` on the sync request).
+/// The form of a desired state an agent asks for (the `gustavo-form` header of a sync).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Form {

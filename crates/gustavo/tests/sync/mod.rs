@@ -269,7 +269,7 @@ fn a_join_sent_again_after_a_lost_answer_succeeds() {
     assert_eq!(code, 200);
 }
 
-/// The template form (`?form=template`): each app comes once per version as the containers'
+/// The template form (request header `gustavo-form: template`): each app comes once per version as the containers'
 /// shared part plus the node's replica numbers and labels, and completed on the device it
 /// is exactly the full form an older agent gets — same names, specs and hashes, so an
 /// agent that upgrades recreates nothing. An admin looking sees the full form, secrets
@@ -303,19 +303,38 @@ fn the_template_form_completes_to_exactly_the_full_form() {
         ),
     );
     server.ok(&["apps", "create", "-n", "t", "-f", &f, "-d", &group]);
-    let sync = |query: &str| {
-        let (code, body) = curl(
-            &server,
-            &token,
-            "POST",
-            &format!("/api/v1/nodes/{node}/sync{query}"),
-            Some(r#"{"after":0,"wait":0}"#),
-        );
-        assert_eq!(code, 200, "{body}");
-        body
+    // `curl` with the form header (-H after the body's content type: curl sends both).
+    let sync = |form: &str| {
+        let mut args = vec![
+            "-s".to_string(),
+            "-m".into(),
+            "30".into(),
+            "--cacert".into(),
+            server.ca_file().display().to_string(),
+            "-H".into(),
+            format!("Authorization: Bearer {token}"),
+            "-H".into(),
+            "content-type: application/json".into(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+            "--data-binary".into(),
+            r#"{"after":0,"wait":0}"#.into(),
+        ];
+        if !form.is_empty() {
+            args.extend(["-H".into(), format!("gustavo-form: {form}")]);
+        }
+        args.push(format!("{}/api/v1/nodes/{node}/sync", server.url));
+        let out = Command::new("curl")
+            .args(&args)
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        assert_eq!(code.trim(), "200", "{body}");
+        body.to_string()
     };
     let full_body = sync("");
-    let template_body = sync("?form=template");
+    let template_body = sync("template");
     assert!(!full_body.contains("\"template\""), "{full_body}");
     let full: DesiredState = serde_json::from_str(&full_body).unwrap();
     let mut got: DesiredState = serde_json::from_str(&template_body).unwrap();
@@ -338,7 +357,7 @@ fn the_template_form_completes_to_exactly_the_full_form() {
     assert_eq!(c.spec.ports[0].host, port + 1);
 
     // An unknown form is the full form (a newer agent on this server still works).
-    assert_eq!(sync("?form=someday"), full_body);
+    assert_eq!(sync("someday"), full_body);
     // An admin sees the full form, the secret hidden.
     let (code, body) = curl(
         &server,
