@@ -31,6 +31,8 @@ pub struct FleetConfig {
     pub sim_delay: Duration,
     /// Images the simulated registry holds.
     pub images: Vec<String>,
+    /// Agents hold one stream each (else they long-poll).
+    pub stream: bool,
 }
 
 /// Request latencies as the agents saw them, per endpoint.
@@ -183,6 +185,7 @@ impl Fleet {
                         mode: crate::wireguard::TunnelMode::Absent,
                         ..Default::default()
                     },
+                    stream: cfg.stream,
                 };
                 let http = HttpParts {
                     pool: Some(pools[i / per].clone()),

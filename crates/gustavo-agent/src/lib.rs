@@ -102,6 +102,8 @@ pub struct AgentConfig {
     pub allow_exec: bool,
     /// The site's WireGuard interface for Sinfonia clients.
     pub wireguard: wireguard::WireguardConfig,
+    /// Hold one stream open (HTTP/2) instead of long-polling, while the server takes it.
+    pub stream: bool,
 }
 
 /// A random fraction in [0, 1): spreads agents that start together (a fleet after a server
@@ -688,6 +690,8 @@ async fn sync(
         Some(revision)
     };
     let after = || desired.borrow().as_ref().map(|d| d.revision).unwrap_or(0);
+    // Streams until the server says it takes none (older, or HTTP/1.1): then long-polls.
+    let mut streams = cfg.stream;
     loop {
         if !facts_sent {
             match client.register(req).await {
@@ -702,6 +706,73 @@ async fn sync(
                     continue;
                 }
             }
+        }
+        if streams {
+            let broke = match client.stream(node).await {
+                Ok(mut stream) => {
+                    // The first line says which revision this device has and carries what
+                    // is pending; then a line each time something is to be said, and the
+                    // server's frames as they come.
+                    let (first, taken) = up.take(after(), Duration::ZERO);
+                    let mut broke = stream.send(&first).await.err();
+                    if broke.is_some() {
+                        up.failed(taken);
+                    }
+                    let mut heard = tokio::time::Instant::now();
+                    while broke.is_none() {
+                        tokio::select! {
+                            frame = stream.next() => match frame {
+                                Ok(Some(frame)) => {
+                                    heard = tokio::time::Instant::now();
+                                    backoff.reset();
+                                    up.report_again |= frame.need_report;
+                                    if let Some(d) = frame.desired {
+                                        accept(d);
+                                    }
+                                    if let Some(e) = frame.error {
+                                        broke = Some(ClientError::Api { status: 0, code: e.code, message: e.message });
+                                    }
+                                }
+                                Ok(None) => broke = Some(ClientError::Unreachable { url: cfg.server.clone(), reason: "the server ended the stream".into() }),
+                                Err(e) => broke = Some(e),
+                            },
+                            _ = up.next() => {
+                                let (line, t) = up.take(after(), Duration::ZERO);
+                                if let Err(e) = stream.send(&line).await {
+                                    up.failed(t);
+                                    broke = Some(e);
+                                }
+                            }
+                            _ = tokio::time::sleep_until(heard + gustavo_client::SyncStream::silence_limit()) => {
+                                broke = Some(ClientError::Unreachable { url: cfg.server.clone(), reason: "the stream went silent".into() });
+                            }
+                        }
+                    }
+                    // What went up on the broken stream may not have arrived: all of it
+                    // goes again on the next.
+                    up.report_again = true;
+                    up.sent = None;
+                    broke.expect("the loop ends when the stream broke")
+                }
+                Err(e) => e,
+            };
+            let refused = matches!(&broke, ClientError::Api { status: 400, .. })
+                || matches!(&broke, ClientError::Api { status: 404, message, .. } if message == "no such route");
+            if refused {
+                tracing::info!(reason = %broke, "the server takes no stream from this agent; long-polling instead");
+                streams = false;
+                continue;
+            }
+            metrics::METRICS.error("server");
+            if broke.is_unauthorized() {
+                tracing::error!(
+                    "the server refused this node's credential (was the node removed?); retrying"
+                );
+            } else {
+                tracing::warn!(error = %broke, "the stream to the server broke; opening another");
+            }
+            backoff.wait().await;
+            continue;
         }
         // Up to 20% shorter, so agents that started together do not all come back at once.
         // It comes back when the vitals are due, so they ride on the next one: with the

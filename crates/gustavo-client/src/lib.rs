@@ -10,6 +10,8 @@ pub mod config;
 mod exec;
 pub mod security;
 pub mod sinfonia;
+mod stream;
+pub use stream::SyncStream;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -14,7 +14,7 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// A stable machine-readable code, e.g. `not_found`, `invalid_spec`.
     pub code: String,
@@ -484,6 +484,25 @@ fn is_zero64(n: &u64) -> bool {
 /// shared templates the agent completes ([`DesiredState::complete`]). Servers that do not
 /// know it, or a value they do not know, send the full form.
 pub const FORM_HEADER: &str = "gustavo-form";
+
+/// One line the server sends down an agent's stream (`POST …/stream`, newline-delimited
+/// JSON): a newer desired state, a request for the status report, or neither (`{}`: the
+/// stream is alive, sent every [`STREAM_KEEPALIVE_S`] seconds).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamFrame {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<DesiredState>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub need_report: bool,
+    /// Why the server ends the stream (the last frame): a refused line, the node removed,
+    /// the server shutting down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+/// How often the server says a stream is alive when it has nothing else to send; an agent
+/// that hears nothing for three times as long takes the stream for dead.
+pub const STREAM_KEEPALIVE_S: u64 = 45;
 
 /// The header of a sync answer asking for the status report again.
 pub const NEED_REPORT_HEADER: &str = "gustavo-need-report";

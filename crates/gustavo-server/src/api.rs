@@ -527,10 +527,7 @@ pub async fn sync(
     headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<gustavo_model::api::SyncRequest>,
 ) -> Result<Response, ApiError> {
-    let form = match headers.get(gustavo_model::api::FORM_HEADER) {
-        Some(v) if v.as_bytes() == b"template" => Form::Template,
-        _ => Form::Full,
-    };
+    let form = form_of(&headers);
     let (desired, need_report) = s.ops.sync(&p, addr.ip(), &name, req, form).await?;
     let mut resp = match desired {
         Some(d) => Json(d).into_response(),
@@ -543,6 +540,47 @@ pub async fn sync(
         );
     }
     Ok(resp)
+}
+
+/// The form a sync or stream asks for with the `gustavo-form` header; any value the server
+/// does not know (a newer agent's) gets the full form rather than an error.
+fn form_of(headers: &axum::http::HeaderMap) -> Form {
+    match headers.get(gustavo_model::api::FORM_HEADER) {
+        Some(v) if v.as_bytes() == b"template" => Form::Template,
+        _ => Form::Full,
+    }
+}
+
+/// `POST /api/v1/nodes/{name}/stream` (HTTP/2): the agent's stream, run by
+/// [`crate::ops::Ops::stream`] in a task of its own; the answer's body is its lines down.
+pub async fn stream(
+    p: Principal,
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    if req.version() != axum::http::Version::HTTP_2 {
+        return Err(ApiError::BadRequest(
+            "the stream needs HTTP/2; agents speaking HTTP/1.1 use POST /api/v1/nodes/{name}/sync"
+                .into(),
+        ));
+    }
+    s.ops.may_stream(&p, &name)?;
+    let form = form_of(req.headers());
+    let up = crate::ops::stream::Lines::new(req.into_body(), s.body.max);
+    let (tx, rx) = tokio::sync::mpsc::channel(crate::ops::stream::DOWN_QUEUE);
+    tokio::spawn(s.ops.clone().stream(addr.ip(), name, form, up, tx));
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response())
 }
 
 pub async fn heartbeat(

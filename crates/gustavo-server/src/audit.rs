@@ -145,6 +145,7 @@ fn audited(method: &Method, path: &str) -> bool {
         && !path.ends_with("/heartbeat")
         && !path.ends_with("/status")
         && !path.ends_with("/sync")
+        && !path.ends_with("/stream")
 }
 
 /// Middleware: runs the request, then records it.

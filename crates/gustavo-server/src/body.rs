@@ -109,11 +109,23 @@ fn answer(err: ApiError, version: Version, close: bool) -> Response {
     resp
 }
 
+/// The one route whose body is not read whole: the agent's stream.
+const STREAM_ROUTE: &str = "/api/v1/nodes/{name}/stream";
+
 /// The middleware: buffers every request body within the limits (see the module header).
 pub async fn limit(State(s): State<AppState>, req: Request, next: Next) -> Response {
     use axum::body::HttpBody as _;
     if req.body().is_end_stream() {
         // No body (GETs, long-polls included): nothing to wait for.
+        return next.run(req).await;
+    }
+    if req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .is_some_and(|m| m.as_str() == STREAM_ROUTE)
+    {
+        // An agent's stream is read line by line as it comes, each line within the size
+        // limit (`ops::stream::Lines`); it has no end to wait for.
         return next.run(req).await;
     }
     let limits = s.body;

@@ -457,6 +457,9 @@ pub struct FleetArgs {
     /// Time a simulated pull or container start takes.
     #[arg(long, default_value = "10ms")]
     pub sim_delay: String,
+    /// Simulated agents long-poll (`POST …/sync`) instead of holding one stream each.
+    #[arg(long)]
+    pub no_stream: bool,
     /// Give up on a phase after this long.
     #[arg(long, default_value = "600s")]
     pub timeout: String,
@@ -649,6 +652,11 @@ pub struct AgentArgs {
     /// code execution for the cluster's admins; off by default, refused when off).
     #[arg(long)]
     pub allow_exec: bool,
+    /// Long-poll the server (`POST …/sync`, a request a minute when idle and two per change)
+    /// instead of holding one HTTP/2 stream open. The agent long-polls anyway over HTTP/1.1
+    /// or against a server without streams.
+    #[arg(long)]
+    pub no_stream: bool,
     /// Run the site's WireGuard interface for Sinfonia clients when deployments are placed
     /// here: `auto` (the kernel's WireGuard, else wireguard-go through /dev/net/tun; needs
     /// root or CAP_NET_ADMIN) or `off` (deployments here say their tunnel is not set up).

@@ -33,7 +33,6 @@ fn validate_registration(req: &RegisterRequest) -> Result<(), OpError> {
     Ok(())
 }
 
-/// Replaces the values of secret env vars in a desired state with `<hidden>`.
 /// The form of a desired state an agent asks for (the `gustavo-form` header of a sync).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -47,6 +46,7 @@ pub enum Form {
     Template,
 }
 
+/// Replaces the values of secret env vars in a desired state with `<hidden>`.
 fn hide_secrets(c: &crate::state::Cluster, d: &mut DesiredState) {
     for app in &mut d.apps {
         let Some(spec) = c.apps.get(&app.name).map(|a| &a.spec) else {
@@ -302,6 +302,26 @@ impl Ops {
             Principal::Node(n) if n == name => {}
             _ => return Err(OpError::Forbidden("sync as another node")),
         }
+        let (after, wait) = (req.after, req.wait);
+        let need_report = self.received(name, from, req).await?;
+        let wait = if need_report {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(wait)
+        };
+        let d = self.desired(p, from, name, after, wait, form).await?;
+        Ok((d, need_report))
+    }
+
+    /// Takes in what a sync request (or a stream's line) of the node carries: its vitals and
+    /// status report, unless a later request of this agent delivered newer ones. Returns
+    /// whether the server lacks the node's report and none came (to be asked for).
+    pub(crate) async fn received(
+        &self,
+        name: &str,
+        from: IpAddr,
+        req: SyncRequest,
+    ) -> Result<bool, OpError> {
         let carried = req.report.is_some();
         // What a later request of this agent already delivered is kept.
         let order = (req.session, req.seq);
@@ -339,13 +359,7 @@ impl Ops {
             self.shared.reports.send_modify(|n| *n = n.wrapping_add(1));
             self.job_runs(name, runs.unwrap_or_default()).await?;
         }
-        let wait = if need_report {
-            Duration::ZERO
-        } else {
-            Duration::from_secs(req.wait)
-        };
-        let d = self.desired(p, from, name, req.after, wait, form).await?;
-        Ok((d, need_report))
+        Ok(need_report)
     }
 
     /// Vitals from a node; asks for its status report when the server has none (after a
@@ -413,13 +427,13 @@ fn take_report(l: &mut Live, report: StatusReport) {
 /// A long-poll held open by a node: counted in its live state while it lasts, and the
 /// moment it ends (answered, timed out, or its connection gone) is when the node was last
 /// heard from.
-struct PollOpen<'a> {
+pub(super) struct PollOpen<'a> {
     ops: &'a Ops,
     node: &'a str,
 }
 
 impl<'a> PollOpen<'a> {
-    fn new(ops: &'a Ops, node: &'a str, from: IpAddr) -> PollOpen<'a> {
+    pub(super) fn new(ops: &'a Ops, node: &'a str, from: IpAddr) -> PollOpen<'a> {
         ops.seen(node, from, |l| l.polls += 1);
         PollOpen { ops, node }
     }

@@ -20,6 +20,7 @@ pub mod rollouts;
 pub mod security;
 pub mod services;
 pub mod sites;
+pub mod stream;
 pub mod watched;
 
 use std::sync::Arc;

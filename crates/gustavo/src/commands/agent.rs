@@ -101,6 +101,7 @@ pub fn config(cli: &Cli, args: &AgentArgs) -> Result<AgentConfig> {
             ..ReconcileConfig::default()
         },
         allow_exec: args.allow_exec,
+        stream: !args.no_stream,
         wireguard: gustavo_agent::wireguard::WireguardConfig {
             mode: if args.wireguard == "auto" {
                 gustavo_agent::wireguard::TunnelMode::Host

@@ -341,6 +341,7 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
         per_connection: args.per_connection,
         sim_delay,
         images: vec![IMAGE_V1.into(), IMAGE_V2.into()],
+        stream: !args.no_stream,
     };
     let started = Instant::now();
     let fleet = Fleet::spawn(&cfg);

@@ -234,6 +234,7 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
             reconcile: ReconcileConfig::default(),
             allow_exec: false,
             wireguard: Default::default(),
+            stream: true,
         };
         tokio::spawn(async move {
             if let Err(e) = gustavo_agent::run(cfg, runtime, None, std::future::pending()).await {

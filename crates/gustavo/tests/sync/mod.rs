@@ -58,17 +58,20 @@ fn node_field(server: &Server, node: &str, field: &str) -> serde_json::Value {
     server.json(&["nodes", "get", node])[field].clone()
 }
 
-/// A report that rode on a long-poll stays with the server while polls time out, and
-/// reaches it again after a server restart (which forgets reports) without anything
-/// changing on the device. The agent sends nothing but syncs.
-#[test]
-fn a_report_on_the_long_poll_survives_poll_timeouts_and_a_server_restart() {
+/// A report that went up on a long-poll (or a stream) stays with the server while polls
+/// time out, and reaches it again after a server restart (which forgets reports) without
+/// anything changing on the device. The agent sends nothing but syncs (or its stream).
+fn a_report_survives_a_server_restart(streams: bool) {
     require_docker_and_registry();
     let mut server = Server::start();
     let node = unique("syncer");
     let group = unique("syncg");
     // Vitals every 3 s: each long-poll times out after 3 s and the next one goes.
-    let agent = Agent::start_with(&server, &node, &[&group], &[], &["--heartbeat", "3s"]);
+    let mut flags = vec!["--heartbeat", "3s"];
+    if !streams {
+        flags.push("--no-stream");
+    }
+    let agent = Agent::start_with(&server, &node, &[&group], &[], &flags);
     let f = server.spec(
         "s.yml",
         "s:\n  docker_image: gustavo-test/busybox:latest\n  command: \"sleep 3600\"\n",
@@ -85,7 +88,7 @@ fn a_report_on_the_long_poll_survives_poll_timeouts_and_a_server_restart() {
     };
     let container = id();
     assert!(!container.is_empty());
-    // Several polls time out; the report stands and the node stays ready.
+    // Several vitals periods pass; the report stands and the node stays ready.
     std::thread::sleep(Duration::from_secs(8));
     assert!(rollout_converged(&server, "s", &node));
     assert_eq!(node_field(&server, &node, "status"), "ready");
@@ -93,7 +96,7 @@ fn a_report_on_the_long_poll_survives_poll_timeouts_and_a_server_restart() {
     server.kill();
     std::thread::sleep(Duration::from_secs(1));
     server.restart();
-    // The restarted server knows the node's report only from the agent's next sync.
+    // The restarted server knows the node's report only from what the agent sends next.
     wait_for(
         "the report to come back after the restart",
         Duration::from_secs(60),
@@ -101,22 +104,44 @@ fn a_report_on_the_long_poll_survives_poll_timeouts_and_a_server_restart() {
     );
     assert_eq!(id(), container, "nothing was restarted on the device");
     let log = agent.log();
-    assert!(log.contains("/sync"), "the agent syncs: {log}");
+    if streams {
+        assert!(
+            log.contains("the stream to the server broke"),
+            "the agent streams, and opened another after the restart: {log}"
+        );
+        assert!(!log.contains("long-polling instead"), "{log}");
+    } else {
+        assert!(log.contains("/sync"), "the agent syncs: {log}");
+        assert!(!log.contains("stream"), "no stream: {log}");
+    }
     for old in ["/heartbeat", "/status", "/desired"] {
         assert!(!log.contains(old), "no {old} requests: {log}");
     }
     server.ok(&["apps", "delete", "-n", "s", "--wait"]);
 }
 
-/// With the default vitals period of 60 s, the node is ready because its long-poll is open,
-/// and shows offline soon after its agent dies (the poll's connection closes) — not after
-/// three 60 s periods.
 #[test]
-fn liveness_is_the_open_long_poll() {
+fn a_report_on_the_long_poll_survives_poll_timeouts_and_a_server_restart() {
+    a_report_survives_a_server_restart(false);
+}
+
+#[test]
+fn a_report_on_the_stream_survives_a_server_restart() {
+    a_report_survives_a_server_restart(true);
+}
+
+/// With the default vitals period of 60 s, the node is ready because its long-poll (or
+/// stream) is open, and shows offline soon after its agent dies (the connection closes) —
+/// not after three 60 s periods.
+fn liveness_is_the_open_request(streams: bool) {
     require_docker_and_registry();
     let server = Server::start();
     let node = unique("liver");
-    let mut agent = Agent::start_with(&server, &node, &[], &[], &["--heartbeat", "60s"]);
+    let mut flags = vec!["--heartbeat", "60s"];
+    if !streams {
+        flags.push("--no-stream");
+    }
+    let mut agent = Agent::start_with(&server, &node, &[], &[], &flags);
     // Longer than the old rule's 15 s without a request.
     std::thread::sleep(Duration::from_secs(20));
     assert_eq!(node_field(&server, &node, "status"), "ready");
@@ -124,6 +149,187 @@ fn liveness_is_the_open_long_poll() {
     wait_for("the node to show offline", Duration::from_secs(40), || {
         node_field(&server, &node, "status") == "offline"
     });
+}
+
+#[test]
+fn liveness_is_the_open_long_poll() {
+    liveness_is_the_open_request(false);
+}
+
+#[test]
+fn liveness_is_the_open_stream() {
+    liveness_is_the_open_request(true);
+}
+
+/// The stream (`POST …/stream`, HTTP/2): the first line says what the device has, the
+/// server asks for the report it lacks and sends the desired state; a change comes down as
+/// a frame, a report goes up as a line and counts in the rollout. A line that is not a sync
+/// request ends the stream with a last frame naming the problem; another node's token, and
+/// HTTP/1.1, are refused with JSON errors.
+#[test]
+fn a_stream_carries_changes_down_and_reports_up() {
+    use gustavo_model::api::{AppState, AppStatus, StatusReport, SyncRequest};
+    require_docker_and_registry();
+    let server = Server::start();
+    let node = unique("streamer");
+    let group = unique("streamg");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let secret = server.join.split("::").last().unwrap().to_string();
+    let joined = rt
+        .block_on(
+            server
+                .client(&secret)
+                .register(&gustavo_model::api::RegisterRequest {
+                    name: node.clone(),
+                    groups: vec![group.clone()],
+                    labels: Default::default(),
+                    cpus: 1,
+                    memory_mb: 512,
+                    agent_version: "test".into(),
+                    heartbeat_s: 60,
+                    replace: false,
+                    token: None,
+                }),
+        )
+        .unwrap();
+    let client = server.client(&joined.token);
+    let mut stream = rt.block_on(client.stream(&node)).expect("the stream opens");
+    let next = |s: &mut gustavo_client::SyncStream| {
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), s.next()).await })
+            .expect("a frame within 30 s")
+            .expect("the stream holds")
+            .expect("the stream is open")
+    };
+    rt.block_on(stream.send(&SyncRequest {
+        after: 0,
+        session: 7,
+        seq: 1,
+        ..SyncRequest::default()
+    }))
+    .unwrap();
+    assert!(
+        next(&mut stream).need_report,
+        "the server has no report yet"
+    );
+    let first = next(&mut stream).desired.expect("the desired state");
+    assert!(first.apps.is_empty());
+
+    let f = server.spec(
+        "st.yml",
+        "st:\n  docker_image: gustavo-test/busybox:latest\n",
+    );
+    server.ok(&["apps", "create", "-n", "st", "-f", &f, "-d", &group]);
+    let d = next(&mut stream).desired.expect("the change comes down");
+    assert!(d.revision > first.revision);
+    assert_eq!(d.apps[0].containers[0].name, format!("{node}.st.1"));
+    assert!(d.apps[0].template.is_none(), "completed by the client");
+    assert!(!rollout_converged(&server, "st", &node));
+    let report = StatusReport {
+        applied_revision: d.revision,
+        apps: vec![AppStatus {
+            app: "st".into(),
+            revision: d.apps[0].revision,
+            state: AppState::Running,
+            ready: 1,
+            desired: 1,
+            error: None,
+        }],
+        ..StatusReport::default()
+    };
+    rt.block_on(stream.send(&SyncRequest {
+        after: d.revision,
+        report: Some(report),
+        session: 7,
+        seq: 2,
+        ..SyncRequest::default()
+    }))
+    .unwrap();
+    wait_for("the report to count", Duration::from_secs(20), || {
+        rollout_converged(&server, "st", &node)
+    });
+
+    // A bad line: a last frame naming it, then the end.
+    let mut bad = rt.block_on(client.stream(&node)).unwrap();
+    rt.block_on(bad.send_raw(b"{\"after\": \"yesterday\"}\n"))
+        .unwrap();
+    let last = next(&mut bad);
+    let e = last.error.expect("the last frame names the problem");
+    assert_eq!(e.code, "bad_request");
+    assert!(e.message.contains("yesterday"), "{}", e.message);
+    assert!(
+        rt.block_on(bad.next()).unwrap().is_none(),
+        "the stream ends"
+    );
+    // What was stored is untouched.
+    assert!(rollout_converged(&server, "st", &node));
+
+    // Another node's stream, and HTTP/1.1: refused with JSON errors.
+    let e = rt
+        .block_on(server.client(&server.admin).stream(&node))
+        .err()
+        .unwrap();
+    assert_eq!(e.status(), Some(403), "{e}");
+    let (code, body) = curl_http1(
+        &server,
+        &joined.token,
+        &format!("/api/v1/nodes/{node}/stream"),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("HTTP/2"), "{body}");
+    drop(stream);
+    server.ok(&["apps", "delete", "-n", "st"]);
+}
+
+/// `curl --http1.1 -X POST` with an empty body: (status, body).
+fn curl_http1(server: &Server, token: &str, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--http1.1",
+            "-m",
+            "30",
+            "--cacert",
+            &server.ca_file().display().to_string(),
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-X",
+            "POST",
+            "--data-binary",
+            "{}",
+            "-w",
+            "\n%{http_code}",
+            &format!("{}{path}", server.url),
+        ])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// An agent talking HTTP/1.1 (a server over plain HTTP, where there is no HTTP/2 without
+/// prior knowledge) is refused a stream, says so once, and long-polls: its app runs.
+#[test]
+fn an_agent_without_http2_long_polls_instead() {
+    require_docker_and_registry();
+    let server = Server::start_with(&["--insecure-http"]);
+    let node = unique("h1agent");
+    let group = unique("h1g");
+    let agent = Agent::start(&server, &node, &[&group], &[]);
+    let f = server.spec(
+        "h.yml",
+        "h:\n  docker_image: gustavo-test/busybox:latest\n  command: \"sleep 3600\"\n",
+    );
+    server.ok(&[
+        "apps", "create", "-n", "h", "-f", &f, "-d", &group, "--wait",
+    ]);
+    let log = agent.log();
+    assert_eq!(
+        log.matches("long-polling instead").count(),
+        1,
+        "said once: {log}"
+    );
+    server.ok(&["apps", "delete", "-n", "h", "--wait"]);
 }
 
 /// An agent speaking the protocol before sync (GET desired, PUT status, POST heartbeat)

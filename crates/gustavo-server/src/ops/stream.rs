@@ -1,0 +1,222 @@
+//! The agent's stream (`POST /api/v1/nodes/{n}/stream`, HTTP/2 only): one request an
+//! agent holds open for as long as it runs. Up go newline-delimited `SyncRequest`s (status
+//! reports and vitals, taken in exactly as a sync's); down go `StreamFrame`s (a newer
+//! desired state, a request for the report, a keepalive). A change costs each agent one
+//! line each way instead of the two HTTP requests of the sync protocol, which it replaces
+//! where HTTP/2 is spoken; `POST …/sync` stays for everyone else.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use gustavo_model::api::{ErrorDetail, STREAM_KEEPALIVE_S, StreamFrame, SyncRequest};
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+
+use super::agents::{Form, PollOpen};
+use super::{OpError, Ops};
+use crate::auth::Principal;
+
+/// Lines the server may queue on a stream before the agent reads them; a full queue waits.
+pub const DOWN_QUEUE: usize = 4;
+
+/// Why a stream ended on the server's side, told to the agent in a last frame.
+#[derive(Debug)]
+enum End {
+    /// The agent closed its side, or the connection went away.
+    Gone,
+    /// What the agent sent, or what it asked, is refused.
+    Refused(OpError),
+}
+
+impl From<OpError> for End {
+    fn from(e: OpError) -> End {
+        End::Refused(e)
+    }
+}
+
+/// The request body cut into lines, each at most `max` bytes.
+pub struct Lines {
+    body: Body,
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl Lines {
+    pub fn new(body: Body, max: usize) -> Lines {
+        Lines {
+            body,
+            buf: Vec::new(),
+            max,
+        }
+    }
+
+    /// The next line without its newline; none when the body ended. Cancel-safe: what was
+    /// read stays in the buffer.
+    async fn next(&mut self) -> Result<Option<Vec<u8>>, End> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=i).collect();
+                line.pop();
+                return Ok(Some(line));
+            }
+            if self.buf.len() > self.max {
+                return Err(End::Refused(OpError::BadRequest(format!(
+                    "a stream line is longer than {} bytes",
+                    self.max
+                ))));
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(_)) => return Err(End::Gone),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+fn line(frame: &StreamFrame) -> Bytes {
+    let mut bytes = serde_json::to_vec(frame).expect("frames always serialize");
+    bytes.push(b'\n');
+    Bytes::from(bytes)
+}
+
+fn parse(line: &[u8]) -> Result<SyncRequest, End> {
+    serde_json::from_slice(line).map_err(|e| {
+        End::Refused(OpError::BadRequest(format!(
+            "a stream line is not a sync request: {e}"
+        )))
+    })
+}
+
+impl Ops {
+    /// Whether `p` may open `name`'s stream: the node itself only, and it must exist.
+    pub fn may_stream(&self, p: &Principal, name: &str) -> Result<(), OpError> {
+        match p {
+            Principal::Node(n) if n == name => {}
+            _ => return Err(OpError::Forbidden("stream as another node")),
+        }
+        if !self.shared.read().nodes.contains_key(name) {
+            return Err(OpError::NotFound(format!("node `{name}` does not exist")));
+        }
+        Ok(())
+    }
+
+    /// Runs `name`'s stream (checked by [`Ops::may_stream`]) until the agent or the server
+    /// ends it, sending lines on `down`. A refusal goes down as a last frame naming it.
+    pub async fn stream(
+        self,
+        from: IpAddr,
+        name: String,
+        form: Form,
+        up: Lines,
+        down: mpsc::Sender<Bytes>,
+    ) {
+        if let Err(End::Refused(e)) = self.run_stream(from, &name, form, up, &down).await {
+            tracing::debug!(node = %name, error = %e, "stream ended by the server");
+            let error = ErrorDetail {
+                code: e.code().into(),
+                message: e.to_string(),
+            };
+            let _ = down
+                .send(line(&StreamFrame {
+                    error: Some(error),
+                    ..StreamFrame::default()
+                }))
+                .await;
+        }
+    }
+
+    async fn run_stream(
+        &self,
+        from: IpAddr,
+        name: &str,
+        form: Form,
+        mut up: Lines,
+        down: &mpsc::Sender<Bytes>,
+    ) -> Result<(), End> {
+        let send = |frame: StreamFrame| async move {
+            down.send(line(&frame)).await.map_err(|_| End::Gone)
+        };
+        let mut closing = self.shared.closing.subscribe();
+        let _waiting = crate::metrics::Waiting::new(&self.shared.metrics.long_polls);
+        let exec_wake = self.shared.exec.wake(name);
+        let _open = PollOpen::new(self, name, from);
+        // The first line says which revision the agent has.
+        let Some(first) = up.next().await? else {
+            return Ok(());
+        };
+        let first = parse(&first)?;
+        let mut sent = first.after;
+        if self.received(name, from, first).await? {
+            send(StreamFrame {
+                need_report: true,
+                ..StreamFrame::default()
+            })
+            .await?;
+        }
+        let keepalive = Duration::from_secs(STREAM_KEEPALIVE_S);
+        let mut quiet_until = tokio::time::Instant::now() + keepalive;
+        loop {
+            let (desired, mut woken) = {
+                let c = self.shared.read();
+                let node = c
+                    .nodes
+                    .get(name)
+                    .ok_or_else(|| OpError::NotFound(format!("node `{name}` does not exist")))?;
+                let exec = self.shared.exec.take(name);
+                if c.node_revision(node) > sent || !exec.is_empty() {
+                    let mut d = c.desired_for(node);
+                    d.exec = exec;
+                    self.shared.metrics.desired_computed.inc();
+                    (Some(d), None)
+                } else {
+                    // Subscribed under the read lock the revision was read under (see
+                    // `Ops::desired`).
+                    let w = crate::wake::Waiting::new(&self.shared.wakers, name, &node.groups);
+                    (None, Some(w))
+                }
+            };
+            if let Some(mut d) = desired {
+                if form != Form::Template {
+                    d.complete();
+                }
+                sent = sent.max(d.revision);
+                send(StreamFrame {
+                    desired: Some(d),
+                    ..StreamFrame::default()
+                })
+                .await?;
+                quiet_until = tokio::time::Instant::now() + keepalive;
+                continue;
+            }
+            let woken = woken.as_mut().expect("set when nothing was sent");
+            if *closing.borrow_and_update() {
+                return Err(End::Refused(OpError::Unavailable(
+                    "the server is shutting down",
+                )));
+            }
+            tokio::select! {
+                l = up.next() => {
+                    let Some(l) = l? else { return Ok(()) };
+                    if self.received(name, from, parse(&l)?).await? {
+                        send(StreamFrame { need_report: true, ..StreamFrame::default() }).await?;
+                    }
+                }
+                _ = woken.changed() => {}
+                _ = exec_wake.notified() => {}
+                _ = tokio::time::sleep_until(quiet_until) => {
+                    send(StreamFrame::default()).await?;
+                    quiet_until = tokio::time::Instant::now() + keepalive;
+                }
+                _ = closing.changed() => {
+                    return Err(End::Refused(OpError::Unavailable("the server is shutting down")));
+                }
+            }
+        }
+    }
+}
