@@ -580,10 +580,11 @@ impl<'a> Uplink<'a> {
         }
     }
 
-    /// Resolves when something should go out before the long-poll comes back: a new report
-    /// (folded with what follows within [`REPORT_COALESCE`]), a pressure level or tunnel
-    /// change, vitals that moved, or the vitals period running out.
-    async fn next(&mut self) {
+    /// Resolves when something should go out: a new report (folded with what follows
+    /// within [`REPORT_COALESCE`]), a pressure level or tunnel change, vitals that moved, or
+    /// the vitals period running out `grace` ago (a stream sends them then; a long-poll
+    /// comes back with them at the period's end, so this is for a poll held longer).
+    async fn next(&mut self, grace: Duration) {
         loop {
             if self.report_pending() {
                 tokio::time::sleep(REPORT_COALESCE).await;
@@ -595,9 +596,15 @@ impl<'a> Uplink<'a> {
             if urgent {
                 return;
             }
-            // The long-poll comes back when the period is up and carries the vitals (see
-            // `until_due`); this is for a poll the server held longer.
-            let period_end = self.period_end() + PERIOD_GRACE;
+            // Vitals sent once are due again at the period's end; before the first sample
+            // there is nothing to send, and its arrival is a change below.
+            let period_end = self.sent.as_ref().map(|_| self.period_end() + grace);
+            let due = async {
+                match period_end {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 // `changed` marks the value seen: remember that it is news.
                 r = self.report.changed() => match r {
@@ -618,7 +625,7 @@ impl<'a> Uplink<'a> {
                     }
                 }
                 r = self.vitals.changed() => if r.is_err() { std::future::pending::<()>().await },
-                _ = tokio::time::sleep_until(period_end) => {}
+                _ = due => return,
             }
         }
     }
@@ -736,7 +743,7 @@ async fn sync(
                                 Ok(None) => broke = Some(ClientError::Unreachable { url: cfg.server.clone(), reason: "the server ended the stream".into() }),
                                 Err(e) => broke = Some(e),
                             },
-                            _ = up.next() => {
+                            _ = up.next(Duration::ZERO) => {
                                 let (line, t) = up.take(after(), Duration::ZERO);
                                 if let Err(e) = stream.send(&line).await {
                                     up.failed(t);
@@ -791,7 +798,7 @@ async fn sync(
         let answer = loop {
             tokio::select! {
                 r = &mut poll => break r,
-                _ = up.next() => {
+                _ = up.next(PERIOD_GRACE) => {
                     // Said on a short sync beside the waiting poll.
                     let (side, t) = up.take(after(), Duration::ZERO);
                     match client.sync(node, &side).await {

@@ -1028,10 +1028,11 @@ fn bench_fleet(agents: &str, extra: &[&str]) -> serde_json::Value {
 }
 
 /// The fleet simulator: 50 simulated agents converge through create, update and delete,
-/// and the report's numbers agree with each other.
-#[test]
-fn simulated_fleet_of_50_converges() {
-    let r = bench_fleet("50", &["--per-connection", "20", "--updates", "2"]);
+/// and the report's numbers agree with each other. Returns the report's latencies.
+fn fleet_of_50(extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["--per-connection", "20", "--updates", "2"];
+    args.extend(extra);
+    let r = bench_fleet("50", &args);
     assert_eq!(r["agents"], 50);
     assert_eq!(r["connections"], 3, "50 agents at 20 per connection");
     let changes: Vec<_> = r["changes"]
@@ -1066,7 +1067,25 @@ fn simulated_fleet_of_50_converges() {
         server["rss_mb_idle"].as_f64().unwrap() > 0.0
             && server["peak_rss_mb"].as_f64().unwrap() >= server["rss_mb_idle"].as_f64().unwrap()
     );
-    let latency = r["latency"].as_array().unwrap();
+    r["latency"].as_array().unwrap().clone()
+}
+
+/// Streaming (the default), the agents send no request at all once registered and their
+/// streams are open: reports, vitals and changes are lines on the streams.
+#[test]
+fn simulated_fleet_of_50_converges() {
+    let latency = fleet_of_50(&[]);
+    assert!(
+        latency.is_empty(),
+        "no request after registration: {latency:?}"
+    );
+}
+
+/// Long-polling (`--no-stream`), reports and vitals ride on syncs: the agents use no
+/// other request once registered.
+#[test]
+fn simulated_fleet_of_50_converges_long_polling() {
+    let latency = fleet_of_50(&["--no-stream"]);
     let sync = latency
         .iter()
         .find(|l| l["endpoint"] == "sync")
@@ -1076,8 +1095,7 @@ fn simulated_fleet_of_50_converges() {
     assert_eq!(sync["errors"], 0);
     assert!(sync["p50_ms"].as_f64().unwrap() <= sync["p99_ms"].as_f64().unwrap());
     assert!(sync["p99_ms"].as_f64().unwrap() <= sync["max_ms"].as_f64().unwrap());
-    // Reports and vitals ride on syncs: the agents use no other request once registered.
-    for l in latency {
+    for l in &latency {
         assert!(
             ["sync", "sync-now", "register"].contains(&l["endpoint"].as_str().unwrap()),
             "{l}"

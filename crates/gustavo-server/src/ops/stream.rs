@@ -161,8 +161,12 @@ impl Ops {
         }
         let keepalive = Duration::from_secs(STREAM_KEEPALIVE_S);
         let mut quiet_until = tokio::time::Instant::now() + keepalive;
+        // What the stream waits on, and for which groups: kept from one turn to the next
+        // while the node's groups stay, since a kept subscription sees every wake after it
+        // was made.
+        let mut woken: Option<(Vec<String>, crate::wake::Waiting)> = None;
         loop {
-            let (desired, mut woken) = {
+            let desired = {
                 let c = self.shared.read();
                 let node = c
                     .nodes
@@ -173,12 +177,15 @@ impl Ops {
                     let mut d = c.desired_for(node);
                     d.exec = exec;
                     self.shared.metrics.desired_computed.inc();
-                    (Some(d), None)
+                    Some(d)
                 } else {
-                    // Subscribed under the read lock the revision was read under (see
-                    // `Ops::desired`).
-                    let w = crate::wake::Waiting::new(&self.shared.wakers, name, &node.groups);
-                    (None, Some(w))
+                    if woken.as_ref().is_none_or(|(g, _)| *g != node.groups) {
+                        // Subscribed under the read lock the revision was read under (see
+                        // `Ops::desired`).
+                        let w = crate::wake::Waiting::new(&self.shared.wakers, name, &node.groups);
+                        woken = Some((node.groups.clone(), w));
+                    }
+                    None
                 }
             };
             if let Some(mut d) = desired {
@@ -194,7 +201,7 @@ impl Ops {
                 quiet_until = tokio::time::Instant::now() + keepalive;
                 continue;
             }
-            let woken = woken.as_mut().expect("set when nothing was sent");
+            let (_, woken) = woken.as_mut().expect("set when nothing was sent");
             if *closing.borrow_and_update() {
                 return Err(End::Refused(OpError::Unavailable(
                     "the server is shutting down",
