@@ -121,6 +121,23 @@ pub fn endpoint_label(path: &str) -> &'static str {
     }
 }
 
+/// The error an answer with a failure status stands for: the server's
+/// `{"error": {code, message}}`, or its text when it is not that.
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => ClientError::Api {
+            status: status.as_u16(),
+            code: b.error.code,
+            message: b.error.message,
+        },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: "http".into(),
+            message: String::from_utf8_lossy(body).trim().to_string(),
+        },
+    }
+}
+
 /// Parses the certificates of a PEM bundle.
 pub fn parse_pem_certs(
     pem: &str,
@@ -391,18 +408,7 @@ impl Client {
         })?;
         observe(status.as_u16());
         if status.is_client_error() || status.is_server_error() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(b) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: b.error.code,
-                    message: b.error.message,
-                },
-                Err(_) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: "http".into(),
-                    message: String::from_utf8_lossy(&bytes).trim().to_string(),
-                },
-            });
+            return Err(api_error(status, &bytes));
         }
         Ok((status, headers, bytes.to_vec()))
     }

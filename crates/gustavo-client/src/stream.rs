@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gustavo_model::api::{ErrorBody, FORM_HEADER, STREAM_KEEPALIVE_S, StreamFrame, SyncRequest};
+use gustavo_model::api::{FORM_HEADER, STREAM_KEEPALIVE_S, StreamFrame, SyncRequest};
 use reqwest::{Method, StatusCode};
 use tokio::sync::mpsc;
 
@@ -66,18 +66,7 @@ impl Client {
         observe(status.as_u16());
         if status != StatusCode::OK {
             let bytes = resp.bytes().await.map_err(unreachable)?;
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(b) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: b.error.code,
-                    message: b.error.message,
-                },
-                Err(_) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: "http".into(),
-                    message: String::from_utf8_lossy(&bytes).trim().to_string(),
-                },
-            });
+            return Err(crate::api_error(status, &bytes));
         }
         Ok(SyncStream {
             up,

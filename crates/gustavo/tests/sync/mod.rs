@@ -7,13 +7,25 @@ use std::time::Duration;
 
 use crate::util::*;
 
-/// `curl` against the test server with its CA: (status, headers and body).
+/// `curl` against the test server with its CA: (status, body).
 fn curl(
     server: &Server,
     token: &str,
     method: &str,
     path: &str,
     body: Option<&str>,
+) -> (u16, String) {
+    curl_with(server, token, method, path, body, &[])
+}
+
+/// [`curl`] with more arguments (`-H …`, `--http1.1`).
+fn curl_with(
+    server: &Server,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    more: &[&str],
 ) -> (u16, String) {
     let mut args: Vec<String> = vec![
         "-s".into(),
@@ -36,6 +48,7 @@ fn curl(
             b.into(),
         ]);
     }
+    args.extend(more.iter().map(|a| a.to_string()));
     args.push(format!("{}{}", server.url, path));
     let out = Command::new("curl")
         .args(&args)
@@ -260,6 +273,14 @@ fn a_stream_carries_changes_down_and_reports_up() {
         rt.block_on(bad.next()).unwrap().is_none(),
         "the stream ends"
     );
+    // A line past the body limit (1 MiB by default) never ends: refused by its size.
+    let mut huge = rt.block_on(client.stream(&node)).unwrap();
+    rt.block_on(huge.send_raw(&vec![b' '; 1024 * 1024 + 2]))
+        .unwrap();
+    let e = next(&mut huge)
+        .error
+        .expect("the last frame names the problem");
+    assert!(e.message.contains("longer than"), "{}", e.message);
     // What was stored is untouched.
     assert!(rollout_converged(&server, "st", &node));
 
@@ -269,42 +290,18 @@ fn a_stream_carries_changes_down_and_reports_up() {
         .err()
         .unwrap();
     assert_eq!(e.status(), Some(403), "{e}");
-    let (code, body) = curl_http1(
+    let (code, body) = curl_with(
         &server,
         &joined.token,
+        "POST",
         &format!("/api/v1/nodes/{node}/stream"),
+        Some("{}"),
+        &["--http1.1"],
     );
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("HTTP/2"), "{body}");
     drop(stream);
     server.ok(&["apps", "delete", "-n", "st"]);
-}
-
-/// `curl --http1.1 -X POST` with an empty body: (status, body).
-fn curl_http1(server: &Server, token: &str, path: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "--http1.1",
-            "-m",
-            "30",
-            "--cacert",
-            &server.ca_file().display().to_string(),
-            "-H",
-            &format!("Authorization: Bearer {token}"),
-            "-X",
-            "POST",
-            "--data-binary",
-            "{}",
-            "-w",
-            "\n%{http_code}",
-            &format!("{}{path}", server.url),
-        ])
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 /// An agent talking HTTP/1.1 (a server over plain HTTP, where there is no HTTP/2 without
@@ -509,35 +506,24 @@ fn the_template_form_completes_to_exactly_the_full_form() {
         ),
     );
     server.ok(&["apps", "create", "-n", "t", "-f", &f, "-d", &group]);
-    // `curl` with the form header (-H after the body's content type: curl sends both).
     let sync = |form: &str| {
-        let mut args = vec![
-            "-s".to_string(),
-            "-m".into(),
-            "30".into(),
-            "--cacert".into(),
-            server.ca_file().display().to_string(),
-            "-H".into(),
-            format!("Authorization: Bearer {token}"),
-            "-H".into(),
-            "content-type: application/json".into(),
-            "-w".into(),
-            "\n%{http_code}".into(),
-            "--data-binary".into(),
-            r#"{"after":0,"wait":0}"#.into(),
-        ];
-        if !form.is_empty() {
-            args.extend(["-H".into(), format!("gustavo-form: {form}")]);
-        }
-        args.push(format!("{}/api/v1/nodes/{node}/sync", server.url));
-        let out = Command::new("curl")
-            .args(&args)
-            .output()
-            .expect("curl runs");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        assert_eq!(code.trim(), "200", "{body}");
-        body.to_string()
+        let header = format!("gustavo-form: {form}");
+        let more: &[&str] = if form.is_empty() {
+            &[]
+        } else {
+            &["-H", &header]
+        };
+        let path = format!("/api/v1/nodes/{node}/sync");
+        let (code, body) = curl_with(
+            &server,
+            &token,
+            "POST",
+            &path,
+            Some(r#"{"after":0,"wait":0}"#),
+            more,
+        );
+        assert_eq!(code, 200, "{body}");
+        body
     };
     let full_body = sync("");
     let template_body = sync("template");
