@@ -59,6 +59,25 @@ fn curl_with(
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// Joins `node` to `group` with a raw register call, as an agent from before sync would;
+/// returns its token.
+fn join_by_curl(server: &Server, node: &str, group: &str, labels: &str, cpus: u32) -> String {
+    let (code, body) = curl(
+        server,
+        &server.join,
+        "POST",
+        "/api/v1/nodes/register",
+        Some(&format!(
+            r#"{{"name":"{node}","groups":["{group}"],"labels":{labels},"cpus":{cpus},"memory_mb":512,"agent_version":"0.0.9","heartbeat_s":5}}"#
+        )),
+    );
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn rollout_converged(server: &Server, app: &str, node: &str) -> bool {
     let r = server.json(&["rollouts", "get", app]);
     r["nodes"].as_array().is_some_and(|ns| {
@@ -338,20 +357,7 @@ fn an_agent_on_the_old_protocol_still_works_and_bad_syncs_are_refused() {
     let server = Server::start();
     let node = unique("oldie");
     let group = unique("oldg");
-    let (code, body) = curl(
-        &server,
-        &server.join,
-        "POST",
-        "/api/v1/nodes/register",
-        Some(&format!(
-            r#"{{"name":"{node}","groups":["{group}"],"labels":{{}},"cpus":1,"memory_mb":512,"agent_version":"0.0.9","heartbeat_s":5}}"#
-        )),
-    );
-    assert_eq!(code, 200, "{body}");
-    let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = join_by_curl(&server, &node, &group, "{}", 1);
     let f = server.spec("o.yml", "o:\n  docker_image: gustavo-test/busybox:latest\n");
     server.ok(&["apps", "create", "-n", "o", "-f", &f, "-d", &group]);
     let (code, body) = curl(
@@ -484,20 +490,7 @@ fn the_template_form_completes_to_exactly_the_full_form() {
     let server = Server::start();
     let node = unique("tmpl");
     let group = unique("tmplg");
-    let (code, body) = curl(
-        &server,
-        &server.join,
-        "POST",
-        "/api/v1/nodes/register",
-        Some(&format!(
-            r#"{{"name":"{node}","groups":["{group}"],"labels":{{"site":"north"}},"cpus":2,"memory_mb":512,"agent_version":"0.0.9","heartbeat_s":5}}"#
-        )),
-    );
-    assert_eq!(code, 200, "{body}");
-    let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = join_by_curl(&server, &node, &group, r#"{"site":"north"}"#, 2);
     let port = free_ports(2);
     let f = server.spec(
         "t.yml",
