@@ -151,8 +151,10 @@ impl Backoff {
             max: Duration::from_secs(15),
         }
     }
+    /// Waits the current delay, give or take half of it, so a fleet that lost its server
+    /// at once does not come back at once, then doubles it.
     async fn wait(&mut self) {
-        tokio::time::sleep(self.cur).await;
+        tokio::time::sleep(self.cur.mul_f64(0.5 + jitter())).await;
         self.cur = (self.cur * 2).min(self.max);
     }
     fn reset(&mut self) {

@@ -142,9 +142,19 @@ impl Ops {
         let send = |frame: StreamFrame| async move {
             down.send(line(&frame)).await.map_err(|_| End::Gone)
         };
+        let shutting_down = || End::Refused(OpError::Unavailable("the server is shutting down"));
         let mut closing = self.shared.closing.subscribe();
+        if *closing.borrow_and_update() {
+            return Err(shutting_down());
+        }
+        // Made once and kept, like the wake-ups below: a future made anew at every turn
+        // registers on (and leaves) a list every stream shares.
+        let closed = closing.changed();
+        tokio::pin!(closed);
         let _waiting = crate::metrics::Waiting::new(&self.shared.metrics.long_polls);
         let exec_wake = self.shared.exec.wake(name);
+        let exec_woken = exec_wake.notified();
+        tokio::pin!(exec_woken);
         let _open = PollOpen::new(self, name, from);
         // The first line says which revision the agent has.
         let Some(first) = up.next().await? else {
@@ -202,11 +212,6 @@ impl Ops {
                 continue;
             }
             let (_, woken) = woken.as_mut().expect("set when nothing was sent");
-            if *closing.borrow_and_update() {
-                return Err(End::Refused(OpError::Unavailable(
-                    "the server is shutting down",
-                )));
-            }
             tokio::select! {
                 l = up.next() => {
                     let Some(l) = l? else { return Ok(()) };
@@ -215,14 +220,12 @@ impl Ops {
                     }
                 }
                 _ = woken.changed() => {}
-                _ = exec_wake.notified() => {}
+                _ = &mut exec_woken => exec_woken.set(exec_wake.notified()),
                 _ = tokio::time::sleep_until(quiet_until) => {
                     send(StreamFrame::default()).await?;
                     quiet_until = tokio::time::Instant::now() + keepalive;
                 }
-                _ = closing.changed() => {
-                    return Err(End::Refused(OpError::Unavailable("the server is shutting down")));
-                }
+                _ = &mut closed => return Err(shutting_down()),
             }
         }
     }
