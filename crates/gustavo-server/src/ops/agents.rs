@@ -209,7 +209,12 @@ impl Ops {
         if !c.nodes.contains_key(node) {
             return;
         }
-        let mut live = c.live.entry(node.to_string()).or_default();
+        // Looked up first: the entry exists for every node heard from since the start, and
+        // the name need not be copied for it.
+        let mut live = match c.live.get_mut(node) {
+            Some(l) => l,
+            None => c.live.entry(node.to_string()).or_default(),
+        };
         live.last_seen = now();
         live.address = Some(from);
         f(&mut live);
