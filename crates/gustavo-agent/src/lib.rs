@@ -130,6 +130,10 @@ const REPORT_COALESCE: Duration = Duration::from_millis(100);
 /// instead of a request of its own. Longer work (a pull) reports on a short sync later.
 const SETTLE: Duration = Duration::from_secs(1);
 
+/// Streams in a row that open (or time out opening) but bring no frame before the agent
+/// gives up on streams for the run and long-polls.
+const BARREN_STREAMS: u32 = 3;
+
 /// How long one long-poll waits, at most (the server's cap).
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
@@ -699,8 +703,10 @@ async fn sync(
         Some(revision)
     };
     let after = || desired.borrow().as_ref().map(|d| d.revision).unwrap_or(0);
-    // Streams until the server says it takes none (older, or HTTP/1.1): then long-polls.
+    // Streams until the server says it takes none (older, or HTTP/1.1), or until streams
+    // keep failing without a single frame (something between holds them): then long-polls.
     let mut streams = cfg.stream;
+    let mut barren = 0u32;
     loop {
         if !facts_sent {
             match client.register(req).await {
@@ -717,8 +723,10 @@ async fn sync(
             }
         }
         if streams {
+            let (mut heard_any, mut opened) = (false, false);
             let broke = match client.stream(node).await {
                 Ok(mut stream) => {
+                    opened = true;
                     // The first line says which revision this device has and carries what
                     // is pending; then a line each time something is to be said, and the
                     // server's frames as they come.
@@ -733,6 +741,7 @@ async fn sync(
                             frame = stream.next() => match frame {
                                 Ok(Some(frame)) => {
                                     heard = tokio::time::Instant::now();
+                                    heard_any = true;
                                     backoff.reset();
                                     up.report_again |= frame.need_report;
                                     if let Some(d) = frame.desired {
@@ -765,10 +774,33 @@ async fn sync(
                 }
                 Err(e) => e,
             };
+            // Got nothing through: opened and not a frame back (the server answers the
+            // first line at once), or no answer to the opening at all. A server that cannot
+            // be reached is not that.
+            let got_nothing = match &broke {
+                _ if heard_any => false,
+                ClientError::Unreachable { reason, .. } => {
+                    opened || reason == gustavo_client::STREAM_UNANSWERED
+                }
+                _ => opened,
+            };
             let refused = matches!(&broke, ClientError::Api { status: 400, .. })
                 || matches!(&broke, ClientError::Api { status: 404, message, .. } if message == "no such route");
             if refused {
                 tracing::info!(reason = %broke, "the server takes no stream from this agent; long-polling instead");
+                streams = false;
+                continue;
+            }
+            if heard_any {
+                barren = 0;
+            } else if got_nothing {
+                barren += 1;
+            }
+            if barren >= BARREN_STREAMS {
+                tracing::warn!(
+                    reason = %broke,
+                    "{BARREN_STREAMS} streams in a row got nothing through (a proxy holding requests until their body ends?); long-polling instead"
+                );
                 streams = false;
                 continue;
             }

@@ -11,7 +11,7 @@ mod exec;
 pub mod security;
 pub mod sinfonia;
 mod stream;
-pub use stream::SyncStream;
+pub use stream::{STREAM_UNANSWERED, SyncStream};
 
 use std::sync::Arc;
 use std::time::Duration;

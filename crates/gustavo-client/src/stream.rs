@@ -9,6 +9,10 @@ use tokio::sync::mpsc;
 
 use crate::{Client, ClientError, reason};
 
+/// The reason of the error when a stream's answer did not come within 15 s (a proxy that
+/// holds the request until its body ends would do that).
+pub const STREAM_UNANSWERED: &str = "no answer to the stream within 15 s";
+
 /// An open stream. Dropping it closes it.
 pub struct SyncStream {
     up: mpsc::Sender<Vec<u8>>,
@@ -55,7 +59,7 @@ impl Client {
             observe(crate::TIMED_OUT);
             ClientError::Unreachable {
                 url: self.base.clone(),
-                reason: "no answer to the stream within 15 s".into(),
+                reason: STREAM_UNANSWERED.into(),
             }
         })?
         .map_err(|e| {

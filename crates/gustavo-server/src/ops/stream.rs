@@ -1,7 +1,7 @@
 //! The agent's stream (`POST /api/v1/nodes/{n}/stream`, HTTP/2 only): one request an
 //! agent holds open for as long as it runs. Up go newline-delimited `SyncRequest`s (status
-//! reports and vitals, taken in exactly as a sync's); down go `StreamFrame`s (a newer
-//! desired state, a request for the report, a keepalive). A change costs each agent one
+//! reports and vitals, taken in exactly as a sync's); down go `StreamFrame`s (the answer to
+//! the first line, a newer desired state, a request for the report, a keepalive). A change costs each agent one
 //! line each way instead of the two HTTP requests of the sync protocol, which it replaces
 //! where HTTP/2 is spoken; `POST …/sync` stays for everyone else.
 
@@ -162,13 +162,15 @@ impl Ops {
         };
         let first = parse(&first)?;
         let mut sent = first.after;
-        if self.received(name, from, first).await? {
-            send(StreamFrame {
-                need_report: true,
-                ..StreamFrame::default()
-            })
-            .await?;
-        }
+        // The first line is answered at once, with nothing to say if need be: the agent
+        // learns that its lines get through (something between that holds request bodies
+        // would otherwise look like a quiet stream).
+        let need_report = self.received(name, from, first).await?;
+        send(StreamFrame {
+            need_report,
+            ..StreamFrame::default()
+        })
+        .await?;
         let keepalive = Duration::from_secs(STREAM_KEEPALIVE_S);
         let mut quiet_until = tokio::time::Instant::now() + keepalive;
         // What the stream waits on, and for which groups: kept from one turn to the next
