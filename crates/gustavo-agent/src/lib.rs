@@ -774,16 +774,7 @@ async fn sync(
                 }
                 Err(e) => e,
             };
-            // Got nothing through: opened and not a frame back (the server answers the
-            // first line at once), or no answer to the opening at all. A server that cannot
-            // be reached is not that.
-            let got_nothing = match &broke {
-                _ if heard_any => false,
-                ClientError::Unreachable { reason, .. } => {
-                    opened || reason == gustavo_client::STREAM_UNANSWERED
-                }
-                _ => opened,
-            };
+            let got_nothing = got_nothing_through(heard_any, opened, &broke);
             let refused = matches!(&broke, ClientError::Api { status: 400, .. })
                 || matches!(&broke, ClientError::Api { status: 404, message, .. } if message == "no such route");
             if refused {
@@ -881,6 +872,19 @@ async fn sync(
     }
 }
 
+/// Whether a stream that ended with `broke` got nothing through: opened and not a frame
+/// back (the server answers the first line at once), or no answer to the opening at all. A
+/// server that cannot be reached, or that refused, is not that.
+fn got_nothing_through(heard_any: bool, opened: bool, broke: &ClientError) -> bool {
+    match broke {
+        _ if heard_any => false,
+        ClientError::Unreachable { reason, .. } => {
+            opened || reason == gustavo_client::STREAM_UNANSWERED
+        }
+        _ => opened,
+    }
+}
+
 /// Runs one command from `gustavo exec` beside everything else and posts its outcome
 /// (retried a few times: the server waits for it).
 fn spawn_exec(
@@ -917,6 +921,44 @@ fn spawn_exec(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streams_that_got_nothing_through_are_told_from_an_unreachable_server() {
+        let unreachable = |reason: &str| ClientError::Unreachable {
+            url: "https://s".into(),
+            reason: reason.into(),
+        };
+        let refused = ClientError::Api {
+            status: 401,
+            code: "unauthenticated".into(),
+            message: "no".into(),
+        };
+        // The opening got no answer within its time: something holds the request.
+        assert!(got_nothing_through(
+            false,
+            false,
+            &unreachable(gustavo_client::STREAM_UNANSWERED)
+        ));
+        // Opened, then silence or a break before any frame.
+        assert!(got_nothing_through(
+            false,
+            true,
+            &unreachable("the stream went silent")
+        ));
+        // The server is down or refuses: not the stream's fault.
+        assert!(!got_nothing_through(
+            false,
+            false,
+            &unreachable("connection refused")
+        ));
+        assert!(!got_nothing_through(false, false, &refused));
+        // Anything heard: streams work.
+        assert!(!got_nothing_through(
+            true,
+            true,
+            &unreachable("the stream went silent")
+        ));
+    }
 
     #[test]
     fn arch_and_os_are_labels_unless_configured() {
