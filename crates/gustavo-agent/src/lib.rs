@@ -761,7 +761,7 @@ async fn sync(
                                     broke = Some(e);
                                 }
                             }
-                            _ = tokio::time::sleep_until(heard + gustavo_client::SyncStream::silence_limit()) => {
+                            _ = tokio::time::sleep_until(heard + gustavo_client::SyncStream::silence_limit(cfg.heartbeat)) => {
                                 broke = Some(ClientError::Unreachable { url: cfg.server.clone(), reason: "the stream went silent".into() });
                             }
                         }

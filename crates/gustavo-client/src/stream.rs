@@ -122,10 +122,13 @@ impl SyncStream {
         }
     }
 
-    /// How long without a frame means the stream is dead (the server sends one at least
-    /// every `STREAM_KEEPALIVE_S`).
-    pub fn silence_limit() -> Duration {
-        Duration::from_secs(3 * STREAM_KEEPALIVE_S)
+    /// How long without a frame means the stream is dead, for an agent that sends a line
+    /// at least every `period` (its vitals): the server answers a line when it sent
+    /// nothing for `STREAM_KEEPALIVE_S`, so something comes at least every period plus
+    /// that; twice it, and never under 135 s.
+    pub fn silence_limit(period: Duration) -> Duration {
+        (2 * (period + Duration::from_secs(STREAM_KEEPALIVE_S)))
+            .max(Duration::from_secs(3 * STREAM_KEEPALIVE_S))
     }
 
     fn gone(&self, reason: &str) -> ClientError {

@@ -487,7 +487,8 @@ pub const FORM_HEADER: &str = "gustavo-form";
 
 /// One line the server sends down an agent's stream (`POST …/stream`, newline-delimited
 /// JSON): a newer desired state, a request for the status report, or neither (`{}`: the
-/// stream is alive, sent every [`STREAM_KEEPALIVE_S`] seconds).
+/// stream is alive — the answer to the first line, and to a line when nothing went down
+/// for [`STREAM_KEEPALIVE_S`] seconds).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StreamFrame {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -500,8 +501,9 @@ pub struct StreamFrame {
     pub error: Option<ErrorDetail>,
 }
 
-/// How often the server says a stream is alive when it has nothing else to send; an agent
-/// that hears nothing for three times as long takes the stream for dead.
+/// After this long with nothing sent down, the server answers the agent's next line with
+/// `{}`. The agent sends a line at least every vitals period, so it hears something at
+/// least every period plus this; it takes a stream silent for twice that for dead.
 pub const STREAM_KEEPALIVE_S: u64 = 45;
 
 /// The header of a sync answer asking for the status report again.

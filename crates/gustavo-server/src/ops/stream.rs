@@ -1,7 +1,8 @@
 //! The agent's stream (`POST /api/v1/nodes/{n}/stream`, HTTP/2 only): one request an
 //! agent holds open for as long as it runs. Up go newline-delimited `SyncRequest`s (status
 //! reports and vitals, taken in exactly as a sync's); down go `StreamFrame`s (the answer to
-//! the first line, a newer desired state, a request for the report, a keepalive). A change costs each agent one
+//! the first line, a newer desired state, a request for the report, a keepalive in answer
+//! to a line when nothing went down for a while). A change costs each agent one
 //! line each way instead of the two HTTP requests of the sync protocol, which it replaces
 //! where HTTP/2 is spoken; `POST …/sync` stays for everyone else.
 
@@ -217,16 +218,20 @@ impl Ops {
             tokio::select! {
                 l = up.next() => {
                     let Some(l) = l? else { return Ok(()) };
-                    if self.received(name, from, parse(&l)?).await? {
-                        send(StreamFrame { need_report: true, ..StreamFrame::default() }).await?;
+                    let need_report = self.received(name, from, parse(&l)?).await?;
+                    // The keepalive goes only in answer to a line, never on a timer of its
+                    // own: data sent to a device that has just gone silent stays
+                    // unacknowledged, and the kernel then holds the connection for
+                    // `TCP_USER_TIMEOUT` after it rather than after the silence began —
+                    // past the 15 s in which a dead device must show offline.
+                    let now = tokio::time::Instant::now();
+                    if need_report || now >= quiet_until {
+                        send(StreamFrame { need_report, ..StreamFrame::default() }).await?;
+                        quiet_until = now + keepalive;
                     }
                 }
                 _ = woken.changed() => {}
                 _ = &mut exec_woken => exec_woken.set(exec_wake.notified()),
-                _ = tokio::time::sleep_until(quiet_until) => {
-                    send(StreamFrame::default()).await?;
-                    quiet_until = tokio::time::Instant::now() + keepalive;
-                }
                 _ = &mut closed => return Err(shutting_down()),
             }
         }
