@@ -723,69 +723,19 @@ async fn sync(
             }
         }
         if streams {
-            let (mut heard_any, mut opened) = (false, false);
-            let broke = match client.stream(node).await {
-                Ok(mut stream) => {
-                    opened = true;
-                    // The first line says which revision this device has and carries what
-                    // is pending; then a line each time something is to be said, and the
-                    // server's frames as they come.
-                    let (first, taken) = up.take(after(), Duration::ZERO);
-                    let mut broke = stream.send(&first).await.err();
-                    if broke.is_some() {
-                        up.failed(taken);
-                    }
-                    let mut heard = tokio::time::Instant::now();
-                    while broke.is_none() {
-                        tokio::select! {
-                            frame = stream.next() => match frame {
-                                Ok(Some(frame)) => {
-                                    heard = tokio::time::Instant::now();
-                                    heard_any = true;
-                                    backoff.reset();
-                                    up.report_again |= frame.need_report;
-                                    if let Some(d) = frame.desired {
-                                        accept(d);
-                                    }
-                                    if let Some(e) = frame.error {
-                                        broke = Some(ClientError::Api { status: 0, code: e.code, message: e.message });
-                                    }
-                                }
-                                Ok(None) => broke = Some(ClientError::Unreachable { url: cfg.server.clone(), reason: "the server ended the stream".into() }),
-                                Err(e) => broke = Some(e),
-                            },
-                            _ = up.next(Duration::ZERO) => {
-                                let (line, t) = up.take(after(), Duration::ZERO);
-                                if let Err(e) = stream.send(&line).await {
-                                    up.failed(t);
-                                    broke = Some(e);
-                                }
-                            }
-                            _ = tokio::time::sleep_until(heard + gustavo_client::SyncStream::silence_limit(cfg.heartbeat)) => {
-                                broke = Some(ClientError::Unreachable { url: cfg.server.clone(), reason: "the stream went silent".into() });
-                            }
-                        }
-                    }
-                    // What went up on the broken stream may not have arrived: all of it
-                    // goes again on the next.
-                    up.report_again = true;
-                    up.sent = None;
-                    broke.expect("the loop ends when the stream broke")
-                }
-                Err(e) => e,
-            };
-            let got_nothing = got_nothing_through(heard_any, opened, &broke);
-            let refused = matches!(&broke, ClientError::Api { status: 400, .. })
-                || matches!(&broke, ClientError::Api { status: 404, message, .. } if message == "no such route");
+            let end = stream_once(cfg, client, &mut up, &mut backoff, &accept, &after).await;
+            let broke = &end.broke;
+            let refused = matches!(broke, ClientError::Api { status: 400, .. })
+                || matches!(broke, ClientError::Api { status: 404, message, .. } if message == "no such route");
             if refused {
                 tracing::info!(reason = %broke, "the server takes no stream from this agent; long-polling instead");
                 streams = false;
                 continue;
             }
-            if heard_any {
-                barren = 0;
-            } else if got_nothing {
+            if end.got_nothing_through() {
                 barren += 1;
+            } else if end.heard_any {
+                barren = 0;
             }
             if barren >= BARREN_STREAMS {
                 tracing::warn!(
@@ -872,16 +822,92 @@ async fn sync(
     }
 }
 
-/// Whether a stream that ended with `broke` got nothing through: opened and not a frame
-/// back (the server answers the first line at once), or no answer to the opening at all. A
-/// server that cannot be reached, or that refused, is not that.
-fn got_nothing_through(heard_any: bool, opened: bool, broke: &ClientError) -> bool {
-    match broke {
-        _ if heard_any => false,
-        ClientError::Unreachable { reason, .. } => {
-            opened || reason == gustavo_client::STREAM_UNANSWERED
+/// How one stream ended.
+struct StreamEnd {
+    broke: ClientError,
+    opened: bool,
+    heard_any: bool,
+}
+
+impl StreamEnd {
+    /// Opened and not a frame back (the server answers the first line at once), or no
+    /// answer to the opening at all. A server that cannot be reached, or that refused, is
+    /// not that.
+    fn got_nothing_through(&self) -> bool {
+        let unanswered = matches!(&self.broke, ClientError::Unreachable { reason, .. } if reason == gustavo_client::STREAM_UNANSWERED);
+        !self.heard_any && (self.opened || unanswered)
+    }
+}
+
+/// One stream, from its opening until it breaks. The first line says which revision this
+/// device has and carries what is pending; then a line goes each time something is to be
+/// said, and the server's frames are taken as they come.
+async fn stream_once(
+    cfg: &AgentConfig,
+    client: &Client,
+    up: &mut Uplink<'_>,
+    backoff: &mut Backoff,
+    accept: &impl Fn(DesiredState) -> Option<u64>,
+    after: &impl Fn() -> u64,
+) -> StreamEnd {
+    let gone = |reason: &str| ClientError::Unreachable {
+        url: cfg.server.clone(),
+        reason: reason.into(),
+    };
+    let mut stream = match client.stream(&cfg.name).await {
+        Ok(s) => s,
+        Err(broke) => {
+            return StreamEnd {
+                broke,
+                opened: false,
+                heard_any: false,
+            };
         }
-        _ => opened,
+    };
+    let mut heard_any = false;
+    let (first, taken) = up.take(after(), Duration::ZERO);
+    let mut broke = stream.send(&first).await.err();
+    if broke.is_some() {
+        up.failed(taken);
+    }
+    let silence = gustavo_client::SyncStream::silence_limit(cfg.heartbeat);
+    let mut heard = tokio::time::Instant::now();
+    while broke.is_none() {
+        tokio::select! {
+            frame = stream.next() => match frame {
+                Ok(Some(frame)) => {
+                    heard = tokio::time::Instant::now();
+                    heard_any = true;
+                    backoff.reset();
+                    up.report_again |= frame.need_report;
+                    if let Some(d) = frame.desired {
+                        accept(d);
+                    }
+                    if let Some(e) = frame.error {
+                        broke = Some(ClientError::Api { status: 0, code: e.code, message: e.message });
+                    }
+                }
+                Ok(None) => broke = Some(gone("the server ended the stream")),
+                Err(e) => broke = Some(e),
+            },
+            _ = up.next(Duration::ZERO) => {
+                let (line, t) = up.take(after(), Duration::ZERO);
+                if let Err(e) = stream.send(&line).await {
+                    up.failed(t);
+                    broke = Some(e);
+                }
+            }
+            _ = tokio::time::sleep_until(heard + silence) => broke = Some(gone("the stream went silent")),
+        }
+    }
+    // What went up on the broken stream may not have arrived: all of it goes again on the
+    // next.
+    up.report_again = true;
+    up.sent = None;
+    StreamEnd {
+        broke: broke.expect("the loop ends when the stream broke"),
+        opened: true,
+        heard_any,
     }
 }
 
@@ -924,6 +950,11 @@ mod tests {
 
     #[test]
     fn streams_that_got_nothing_through_are_told_from_an_unreachable_server() {
+        let end = |opened: bool, heard_any: bool, broke: ClientError| StreamEnd {
+            broke,
+            opened,
+            heard_any,
+        };
         let unreachable = |reason: &str| ClientError::Unreachable {
             url: "https://s".into(),
             reason: reason.into(),
@@ -934,30 +965,16 @@ mod tests {
             message: "no".into(),
         };
         // The opening got no answer within its time: something holds the request.
-        assert!(got_nothing_through(
-            false,
-            false,
-            &unreachable(gustavo_client::STREAM_UNANSWERED)
-        ));
+        assert!(
+            end(false, false, unreachable(gustavo_client::STREAM_UNANSWERED)).got_nothing_through()
+        );
         // Opened, then silence or a break before any frame.
-        assert!(got_nothing_through(
-            false,
-            true,
-            &unreachable("the stream went silent")
-        ));
+        assert!(end(true, false, unreachable("the stream went silent")).got_nothing_through());
         // The server is down or refuses: not the stream's fault.
-        assert!(!got_nothing_through(
-            false,
-            false,
-            &unreachable("connection refused")
-        ));
-        assert!(!got_nothing_through(false, false, &refused));
+        assert!(!end(false, false, unreachable("connection refused")).got_nothing_through());
+        assert!(!end(false, false, refused).got_nothing_through());
         // Anything heard: streams work.
-        assert!(!got_nothing_through(
-            true,
-            true,
-            &unreachable("the stream went silent")
-        ));
+        assert!(!end(true, true, unreachable("the stream went silent")).got_nothing_through());
     }
 
     #[test]

@@ -158,7 +158,8 @@ pub struct Cluster {
     pub pressure_default: Option<gustavo_model::pressure::Thresholds>,
     /// The client tunnel pool (server config, not stored); none: nodes run no tunnels.
     pub tunnel_pool: Option<gustavo_model::sites::Cidr>,
-    /// Container templates of the app versions in use, by app name (`template`).
+    /// Container templates of the app versions in use, by app name (`template`); an
+    /// app's are forgotten whenever it is put or deleted.
     templates: DashMap<String, Vec<TemplateEntry>>,
 }
 
@@ -201,9 +202,11 @@ impl Cluster {
         match change {
             Change::PutApp(a) => {
                 self.deleted.remove(&a.name);
+                self.templates.remove(&a.name);
                 self.apps.insert(a.name.clone(), *a);
             }
             Change::DeleteApp(name) => {
+                self.templates.remove(&name);
                 if let Some(app) = self.apps.remove(&name) {
                     let nodes = self.members_of(&app.groups);
                     self.deleted.insert(name, Deleted { revision, nodes });
@@ -481,8 +484,9 @@ impl Cluster {
     }
 
     /// The shared container template of one app version (none when it is stopped): built
-    /// once and kept while the version is in use (two per app during a rollout), so every
-    /// node's answer carries the same one, serialized once.
+    /// once and kept until the app changes (`apply` forgets an app's templates), so every
+    /// node's answer carries the same one, serialized once. Two versions are in use during
+    /// a rollout.
     fn template(&self, app: &App, v: &Version) -> Option<SharedTemplate> {
         let key = (v.revision, v.restart_nonce);
         if let Some(kept) = self.templates.get(app.name.as_str())
@@ -498,10 +502,6 @@ impl Cluster {
             }
             SharedTemplate::new(t)
         });
-        if self.templates.len() > self.apps.len() + 64 {
-            self.templates
-                .retain(|name, _| self.apps.contains_key(name));
-        }
         let mut kept = self.templates.entry(app.name.clone()).or_default();
         kept.push((key, v.digest.map(str::to_string), t.clone()));
         if kept.len() > 2 {
@@ -1307,6 +1307,19 @@ pub(crate) mod tests {
 
     /// The container hash of a plain app is pinned: a field added to the app format (the
     /// recipe, issue 13) must not make every agent recreate its containers.
+    #[test]
+    fn an_app_put_again_is_not_served_from_its_old_template() {
+        let mut c = cluster();
+        let before = full(&c, "n1").apps[0].containers[0].clone();
+        // The same revision and nonce, another image: only forgetting on put tells them apart.
+        let mut app = c.apps["a"].clone();
+        app.spec = parse_one("a:\n  docker_image: y\n", "a").unwrap();
+        c.apply(Change::PutApp(Box::new(app)), 5);
+        let after = full(&c, "n1").apps[0].containers[0].clone();
+        assert_eq!(after.spec.image, "y:latest");
+        assert_ne!(after.hash, before.hash);
+    }
+
     #[test]
     fn plain_container_hashes_do_not_move() {
         let c = cluster();

@@ -14,7 +14,7 @@ use super::apps::check_groups;
 use super::{OpError, Ops, check_name};
 use crate::auth::{Principal, hash_token, new_token};
 use crate::now;
-use crate::state::Live;
+use crate::state::{Cluster, Live};
 use gustavo_model::pressure::{Level, Status as PressureStatus};
 
 fn validate_registration(req: &RegisterRequest) -> Result<(), OpError> {
@@ -34,16 +34,20 @@ fn validate_registration(req: &RegisterRequest) -> Result<(), OpError> {
 }
 
 /// The form of a desired state an agent asks for (the `gustavo-form` header of a sync).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Form {
     /// Every container spelled out with its hash: what older agents and admins get.
-    #[default]
     Full,
     /// Each app's shared template and the node's replica numbers: the agent completes it
     /// (`DesiredState::complete`), so a change costs the server one template per app
     /// version instead of one expansion and hash per container of every node.
     Template,
+}
+
+/// What [`Ops::owed`] found: the node's desired state, or nothing yet (and the node).
+pub(super) enum Owed<'c> {
+    State(Box<DesiredState>),
+    Nothing(&'c NodeRecord),
 }
 
 /// Replaces the values of secret env vars in a desired state with `<hidden>`.
@@ -247,33 +251,22 @@ impl Ops {
         loop {
             let mut woken = {
                 let c = self.shared.read();
-                let node = c
-                    .nodes
-                    .get(name)
-                    .ok_or_else(|| OpError::NotFound(format!("node `{name}` does not exist")))?;
-                let exec = if is_node {
-                    self.shared.exec.take(name)
-                } else {
-                    Vec::new()
-                };
-                if c.node_revision(node) > after || !exec.is_empty() {
-                    let mut d = c.desired_for(node);
-                    d.exec = exec;
-                    self.shared.metrics.desired_computed.inc();
-                    // Templates go to the node itself only (an admin sees the full form,
-                    // secrets hidden), and only when it asked for them.
-                    if !(is_node && form == Form::Template) {
-                        d.complete();
+                match self.owed(&c, name, after, is_node)? {
+                    Owed::State(mut d) => {
+                        // Templates go to the node itself only (an admin sees the full
+                        // form, secrets hidden), and only when it asked for them.
+                        if !(is_node && form == Form::Template) {
+                            d.complete();
+                        }
+                        if !is_node {
+                            hide_secrets(&c, &mut d);
+                        }
+                        return Ok(Some(*d));
                     }
-                    if !is_node {
-                        hide_secrets(&c, &mut d);
+                    Owed::Nothing(node) => {
+                        crate::wake::Waiting::new(&self.shared.wakers, name, &node.groups)
                     }
-                    return Ok(Some(d));
                 }
-                // Subscribed under the read lock the revision was read under: the writer
-                // commits under the write lock and wakes after it, so a commit this read
-                // did not see wakes this wait.
-                crate::wake::Waiting::new(&self.shared.wakers, name, &node.groups)
             };
             if *closing.borrow_and_update() {
                 return Err(OpError::Unavailable("the server is shutting down"));
@@ -287,6 +280,36 @@ impl Ops {
                 _ = async { match &exec_wake { Some(w) => w.notified().await, None => std::future::pending().await } } => continue,
             }
         }
+    }
+
+    /// What a node waiting for its desired state is owed now, read under the cluster's
+    /// read lock `c`: its state when its revision is past `after` or commands wait for it
+    /// (taken, when `exec`: the caller is the node itself). Otherwise its record, whose
+    /// keys the wait subscribes to under this same lock: the writer commits under the
+    /// write lock and wakes after it, so a commit this read did not see wakes the wait.
+    pub(super) fn owed<'c>(
+        &self,
+        c: &'c Cluster,
+        name: &str,
+        after: u64,
+        exec: bool,
+    ) -> Result<Owed<'c>, OpError> {
+        let node = c
+            .nodes
+            .get(name)
+            .ok_or_else(|| OpError::NotFound(format!("node `{name}` does not exist")))?;
+        let commands = if exec {
+            self.shared.exec.take(name)
+        } else {
+            Vec::new()
+        };
+        if c.node_revision(node) <= after && commands.is_empty() {
+            return Ok(Owed::Nothing(node));
+        }
+        let mut d = c.desired_for(node);
+        d.exec = commands;
+        self.shared.metrics.desired_computed.inc();
+        Ok(Owed::State(Box::new(d)))
     }
 
     /// The sync protocol's one request (`POST …/sync`): records the status report and the

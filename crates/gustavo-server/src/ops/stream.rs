@@ -14,7 +14,7 @@ use gustavo_model::api::{ErrorDetail, STREAM_KEEPALIVE_S, StreamFrame, SyncReque
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
-use super::agents::{Form, PollOpen};
+use super::agents::{Form, Owed, PollOpen};
 use super::{OpError, Ops};
 use crate::auth::Principal;
 
@@ -40,6 +40,9 @@ impl From<OpError> for End {
 pub struct Lines {
     body: Body,
     buf: Vec<u8>,
+    /// How much of `buf` is known to hold no newline: each byte is looked at once, however
+    /// small the pieces a line arrives in.
+    scanned: usize,
     max: usize,
 }
 
@@ -48,6 +51,7 @@ impl Lines {
         Lines {
             body,
             buf: Vec::new(),
+            scanned: 0,
             max,
         }
     }
@@ -56,11 +60,13 @@ impl Lines {
     /// read stays in the buffer.
     async fn next(&mut self) -> Result<Option<Vec<u8>>, End> {
         loop {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=i).collect();
+            if let Some(i) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=self.scanned + i).collect();
                 line.pop();
+                self.scanned = 0;
                 return Ok(Some(line));
             }
+            self.scanned = self.buf.len();
             if self.buf.len() > self.max {
                 return Err(End::Refused(OpError::BadRequest(format!(
                     "a stream line is longer than {} bytes",
@@ -181,24 +187,16 @@ impl Ops {
         loop {
             let desired = {
                 let c = self.shared.read();
-                let node = c
-                    .nodes
-                    .get(name)
-                    .ok_or_else(|| OpError::NotFound(format!("node `{name}` does not exist")))?;
-                let exec = self.shared.exec.take(name);
-                if c.node_revision(node) > sent || !exec.is_empty() {
-                    let mut d = c.desired_for(node);
-                    d.exec = exec;
-                    self.shared.metrics.desired_computed.inc();
-                    Some(d)
-                } else {
-                    if woken.as_ref().is_none_or(|(g, _)| *g != node.groups) {
-                        // Subscribed under the read lock the revision was read under (see
-                        // `Ops::desired`).
-                        let w = crate::wake::Waiting::new(&self.shared.wakers, name, &node.groups);
-                        woken = Some((node.groups.clone(), w));
+                match self.owed(&c, name, sent, true)? {
+                    Owed::State(d) => Some(*d),
+                    Owed::Nothing(node) => {
+                        if woken.as_ref().is_none_or(|(g, _)| *g != node.groups) {
+                            let w =
+                                crate::wake::Waiting::new(&self.shared.wakers, name, &node.groups);
+                            woken = Some((node.groups.clone(), w));
+                        }
+                        None
                     }
-                    None
                 }
             };
             if let Some(mut d) = desired {
@@ -234,6 +232,46 @@ impl Ops {
                 _ = &mut exec_woken => exec_woken.set(exec_wake.notified()),
                 _ = &mut closed => return Err(shutting_down()),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(pieces: Vec<&'static [u8]>, max: usize) -> Lines {
+        let body = Body::from_stream(futures::stream::iter(
+            pieces
+                .into_iter()
+                .map(|p| Ok::<_, std::convert::Infallible>(Bytes::from_static(p))),
+        ));
+        Lines::new(body, max)
+    }
+
+    /// Lines arriving a byte at a time, or several in one piece, come out whole; the end of
+    /// the body is the end of the lines.
+    #[tokio::test]
+    async fn lines_come_out_whole_however_they_arrive() {
+        let one_by_one: Vec<&'static [u8]> = b"{\"a\":1}\n{}\n".chunks(1).collect();
+        let mut l = lines(one_by_one, 64);
+        assert_eq!(l.next().await.unwrap().unwrap(), b"{\"a\":1}");
+        assert_eq!(l.next().await.unwrap().unwrap(), b"{}");
+        assert!(l.next().await.unwrap().is_none());
+        let mut l = lines(vec![b"x\ny", b"z\n"], 64);
+        assert_eq!(l.next().await.unwrap().unwrap(), b"x");
+        assert_eq!(l.next().await.unwrap().unwrap(), b"yz");
+    }
+
+    /// A line past the limit is refused by its size, however it is cut.
+    #[tokio::test]
+    async fn a_line_past_the_limit_is_refused() {
+        let mut l = lines(vec![b"0123", b"4567", b"89"], 8);
+        match l.next().await {
+            Err(End::Refused(OpError::BadRequest(m))) => {
+                assert!(m.contains("longer than 8"), "{m}")
+            }
+            other => panic!("{other:?}"),
         }
     }
 }
