@@ -552,7 +552,7 @@ fn form_of(headers: &axum::http::HeaderMap) -> Form {
 }
 
 /// `POST /api/v1/nodes/{name}/stream` (HTTP/2): the agent's stream, run by
-/// [`crate::ops::Ops::stream`] in a task of its own; the answer's body is its lines down.
+/// [`crate::ops::Ops::stream`] inside the answer's body, which is its lines down.
 pub async fn stream(
     p: Principal,
     State(s): State<AppState>,
@@ -569,16 +569,10 @@ pub async fn stream(
     s.ops.may_stream(&p, &name)?;
     let form = form_of(req.headers());
     let up = crate::ops::stream::Lines::new(req.into_body(), s.body.max);
-    let (tx, rx) = tokio::sync::mpsc::channel(crate::ops::stream::DOWN_QUEUE);
-    tokio::spawn(s.ops.clone().stream(addr.ip(), name, form, up, tx));
-    let lines = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
-    });
+    let down = s.ops.clone().stream(addr.ip(), name, form, up);
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
-        axum::body::Body::from_stream(lines),
+        axum::body::Body::new(down),
     )
         .into_response())
 }

@@ -325,15 +325,9 @@ impl Cluster {
     /// server's start at the earliest, so a restarted server (which has heard from nobody
     /// yet) does not move the whole fleet's work.
     pub fn liveness(&self, name: &str, now: u64, started: u64, grace: u64) -> Liveness {
-        if self.node_status(name, now) == NodeStatus::Ready {
-            return Liveness::Ready;
-        }
-        let last = self.live.get(name).map(|l| l.last_seen).unwrap_or(0);
-        if now.saturating_sub(last.max(started)) >= grace {
-            Liveness::Lost
-        } else {
-            Liveness::Offline
-        }
+        let node = self.nodes.get(name);
+        let live = self.live.get(name);
+        liveness_of(node, live.as_deref(), now, started, grace)
     }
 
     /// Every node as the scheduler sees it at `now` (liveness: see [`Cluster::liveness`]).
@@ -543,20 +537,7 @@ impl Cluster {
     }
 
     pub fn node_status(&self, name: &str, now: u64) -> NodeStatus {
-        let limit = self
-            .nodes
-            .get(name)
-            .map(|n| u64::from(n.heartbeat_s) * 3)
-            .unwrap_or(0)
-            .max(OFFLINE_AFTER_S);
-        match self.live.get(name) {
-            Some(l) if l.polls > 0 => NodeStatus::Ready,
-            Some(l) if l.syncs && now.saturating_sub(l.last_seen) <= SYNC_GAP_S => {
-                NodeStatus::Ready
-            }
-            Some(l) if !l.syncs && now.saturating_sub(l.last_seen) <= limit => NodeStatus::Ready,
-            _ => NodeStatus::Offline,
-        }
+        node_status_of(self.nodes.get(name), self.live.get(name).as_deref(), now)
     }
 
     pub fn node_view(&self, n: &NodeRecord, now: u64) -> Node {
@@ -1119,7 +1100,7 @@ impl Shared {
                 wake.insert(crate::wake::Key::All);
             }
             for key in &wake {
-                self.wakers.wake(key, revision);
+                self.wakers.wake(key);
             }
             self.revision_tx.send_replace(revision);
         }
@@ -1141,6 +1122,39 @@ fn writer(shared: std::sync::Weak<Shared>, rx: std::sync::mpsc::Receiver<Box<dyn
             return;
         };
         shared.commit_batch(batch);
+    }
+}
+
+/// Whether a node (its record and what was heard from it) is ready or offline at `now`.
+pub fn node_status_of(node: Option<&NodeRecord>, live: Option<&Live>, now: u64) -> NodeStatus {
+    let limit = node
+        .map(|n| u64::from(n.heartbeat_s) * 3)
+        .unwrap_or(0)
+        .max(OFFLINE_AFTER_S);
+    match live {
+        Some(l) if l.polls > 0 => NodeStatus::Ready,
+        Some(l) if l.syncs && now.saturating_sub(l.last_seen) <= SYNC_GAP_S => NodeStatus::Ready,
+        Some(l) if !l.syncs && now.saturating_sub(l.last_seen) <= limit => NodeStatus::Ready,
+        _ => NodeStatus::Offline,
+    }
+}
+
+/// [`Cluster::liveness`] of a node's record and what was heard from it.
+pub fn liveness_of(
+    node: Option<&NodeRecord>,
+    live: Option<&Live>,
+    now: u64,
+    started: u64,
+    grace: u64,
+) -> Liveness {
+    if node_status_of(node, live, now) == NodeStatus::Ready {
+        return Liveness::Ready;
+    }
+    let last = live.map(|l| l.last_seen).unwrap_or(0);
+    if now.saturating_sub(last.max(started)) >= grace {
+        Liveness::Lost
+    } else {
+        Liveness::Offline
     }
 }
 

@@ -8,11 +8,13 @@
 //! many costs a revision check, a wake-up missed would cost a change its latency until the
 //! poll's timeout.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use gustavo_store::Change;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::state::Cluster;
 
@@ -24,31 +26,21 @@ pub enum Key {
     Node(String),
 }
 
-/// Every key some long-poll waits on now, with its channel.
+/// Every key some long-poll or stream waits on now, with its waiters.
 #[derive(Default)]
 pub struct Wakers {
-    keys: DashMap<Key, watch::Sender<u64>>,
+    keys: DashMap<Key, HashMap<u64, Arc<Notify>>>,
+    next: AtomicU64,
 }
 
 impl Wakers {
-    /// A receiver that sees the next wake of `key` (not the ones before).
-    pub fn subscribe(&self, key: Key) -> watch::Receiver<u64> {
-        self.keys
-            .entry(key)
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
-    }
-
-    /// Wakes whoever waits on `key` now.
-    pub fn wake(&self, key: &Key, revision: u64) {
-        if let Some(tx) = self.keys.get(key) {
-            tx.send_replace(revision);
+    /// Wakes whoever waits on `key` now; one who is busy finds the wake when it next waits.
+    pub fn wake(&self, key: &Key) {
+        if let Some(waiters) = self.keys.get(key) {
+            for n in waiters.values() {
+                n.notify_one();
+            }
         }
-    }
-
-    /// Forgets keys nobody waits on (a node that left, a group emptied).
-    pub fn prune(&self, key: &Key) {
-        self.keys.remove_if(key, |_, tx| tx.receiver_count() == 0);
     }
 
     /// How many keys are held (for tests and metrics).
@@ -115,42 +107,53 @@ pub fn keys_of(c: &Cluster, change: &Change, out: &mut BTreeSet<Key>) {
     }
 }
 
-/// What one long-poll waits on: its node's groups, the node, and everyone.
+/// What one long-poll or stream waits on: its node's groups, the node, and everyone. It
+/// is registered under each key once, for as long as it lives, and has a wake-up of its
+/// own: waiting again costs no shared list, and a wake that came while it was busy is kept
+/// for its next wait.
 pub struct Waiting<'a> {
     wakers: &'a Wakers,
+    id: u64,
     keys: Vec<Key>,
-    rx: Vec<watch::Receiver<u64>>,
+    woken: Arc<Notify>,
 }
 
 impl<'a> Waiting<'a> {
     pub fn new(wakers: &'a Wakers, node: &str, groups: &[String]) -> Waiting<'a> {
         let mut keys = vec![Key::All, Key::Node(node.to_string())];
         keys.extend(groups.iter().cloned().map(Key::Group));
-        let rx = keys.iter().map(|k| wakers.subscribe(k.clone())).collect();
-        Waiting { wakers, keys, rx }
+        let id = wakers.next.fetch_add(1, Ordering::Relaxed);
+        let woken = Arc::new(Notify::new());
+        for k in &keys {
+            wakers
+                .keys
+                .entry(k.clone())
+                .or_default()
+                .insert(id, woken.clone());
+        }
+        Waiting {
+            wakers,
+            id,
+            keys,
+            woken,
+        }
     }
 
-    /// Resolves at the next wake of any of the keys (pending forever once every sender
-    /// is gone, which happens only as the server stops).
-    pub async fn changed(&mut self) {
-        let all = self.rx.iter_mut().map(|rx| {
-            Box::pin(async move {
-                if rx.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            })
-        });
-        futures::future::select_all(all).await;
+    /// Resolves at the next wake of any of the keys since this waiting was made (at once
+    /// when one came since the last call).
+    pub async fn changed(&self) {
+        self.woken.notified().await
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.rx.clear();
         for k in &self.keys {
-            if *k != Key::All {
-                self.wakers.prune(k);
-            }
+            // Forgotten with its last waiter (a node that left, a group emptied).
+            self.wakers.keys.remove_if_mut(k, |_, waiters| {
+                waiters.remove(&self.id);
+                waiters.is_empty()
+            });
         }
     }
 }
@@ -162,24 +165,27 @@ mod tests {
     #[tokio::test]
     async fn a_wake_reaches_the_waiters_of_its_key_only() {
         let w = Wakers::default();
-        let mut a = Waiting::new(&w, "a", &["g1".into()]);
-        let mut b = Waiting::new(&w, "b", &["g2".into()]);
-        w.wake(&Key::Group("g1".into()), 7);
-        async fn woke(f: &mut Waiting<'_>) -> bool {
+        let a = Waiting::new(&w, "a", &["g1".into()]);
+        let b = Waiting::new(&w, "b", &["g2".into()]);
+        w.wake(&Key::Group("g1".into()));
+        async fn woke(f: &Waiting<'_>) -> bool {
             tokio::time::timeout(std::time::Duration::from_millis(50), f.changed())
                 .await
                 .is_ok()
         }
-        assert!(woke(&mut a).await);
-        assert!(!woke(&mut b).await);
-        w.wake(&Key::All, 8);
-        assert!(woke(&mut b).await);
-        w.wake(&Key::Node("b".into()), 9);
-        assert!(woke(&mut b).await);
+        assert!(woke(&a).await);
+        assert!(!woke(&a).await, "one wake wakes once");
+        assert!(!woke(&b).await);
+        w.wake(&Key::All);
+        assert!(woke(&b).await);
+        // A wake while nobody is waiting is kept for the next wait.
+        w.wake(&Key::Node("b".into()));
+        assert!(woke(&b).await);
+        assert_eq!(w.len(), 5);
         drop(a);
         drop(b);
-        // Only "everyone" is kept once nobody waits.
-        assert_eq!(w.len(), 1);
+        // Nothing is kept once nobody waits.
+        assert!(w.is_empty());
     }
 
     #[test]

@@ -38,14 +38,31 @@ async fn tick(shared: &Arc<Shared>, last: &mut BTreeMap<String, Liveness>) {
         let c = shared.read();
         let sched = &shared.sched;
         let now = crate::now();
-        for name in c.nodes.keys() {
-            let liveness = c.liveness(name, now, sched.started, sched.grace_s);
+        // Followed nodes still in the cluster, to tell whether any left.
+        let mut followed = 0;
+        for (name, node) in &c.nodes {
+            let live = c.live.get(name);
+            let liveness = crate::state::liveness_of(
+                Some(node),
+                live.as_deref(),
+                now,
+                sched.started,
+                sched.grace_s,
+            );
+            drop(live);
             // A node is followed from its first answer to this server: after a restart,
-            // the whole fleet coming back is not a storm of "is back" events.
-            if liveness != Liveness::Ready && !last.contains_key(name) {
-                continue;
-            }
-            let before = last.insert(name.clone(), liveness);
+            // the whole fleet coming back is not a storm of "is back" events. Most ticks
+            // change nothing: a node already followed costs no copy of its name.
+            let before = match last.get_mut(name) {
+                Some(b) if *b == liveness => {
+                    followed += 1;
+                    continue;
+                }
+                Some(b) => Some(std::mem::replace(b, liveness)),
+                None if liveness != Liveness::Ready => continue,
+                None => last.insert(name.clone(), liveness),
+            };
+            followed += 1;
             if before == Some(Liveness::Ready) && liveness == Liveness::Lost {
                 // Silent past the grace at the moment it went offline (a grace shorter
                 // than the offline limit): both steps happened.
@@ -68,7 +85,9 @@ async fn tick(shared: &Arc<Shared>, last: &mut BTreeMap<String, Liveness>) {
                 );
             }
         }
-        last.retain(|n, _| c.nodes.contains_key(n));
+        if followed != last.len() {
+            last.retain(|n, _| c.nodes.contains_key(n));
+        }
         // The full views (labels, groups, vitals) only when something is placed by them.
         let replicated: Vec<_> = c.apps.values().filter(|a| a.spec.is_replicated()).collect();
         if replicated.is_empty() {

@@ -249,7 +249,7 @@ impl Ops {
         let exec_wake = is_node.then(|| self.shared.exec.wake(name));
         let _open = is_node.then(|| PollOpen::new(self, name, from));
         loop {
-            let mut woken = {
+            let woken = {
                 let c = self.shared.read();
                 match self.owed(&c, name, after, is_node)? {
                     Owed::State(mut d) => {

@@ -18,6 +18,7 @@
 //!   `refused`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,9 @@ pub const GRACE: Duration = Duration::from_secs(gustavo_model::exec::GRACE_S);
 #[derive(Default)]
 pub struct ExecHub {
     inner: Mutex<Inner>,
+    /// Commands waiting in every queue: a node's stream or long-poll looks at its queue
+    /// at every turn, and almost always there is nothing anywhere.
+    queued: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -76,10 +80,16 @@ impl ExecHub {
 
     /// Takes the commands waiting for `node`, telling each run it was picked up.
     pub fn take(&self, node: &str) -> Vec<ExecCommand> {
+        // Counted under the lock after the command is queued and before its node is woken:
+        // a take that reads zero here is followed by a wake that finds the command.
+        if self.queued.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
         let mut inner = self.lock();
         let Some(q) = inner.queues.get_mut(node) else {
             return Vec::new();
         };
+        self.queued.fetch_sub(q.pending.len(), Ordering::AcqRel);
         q.pending
             .drain(..)
             .map(|(cmd, picked)| {
@@ -99,6 +109,7 @@ impl ExecHub {
             .insert(id.clone(), (node.to_string(), reply_tx));
         let q = inner.queues.entry(node.to_string()).or_default();
         q.pending.push((cmd, picked_tx));
+        self.queued.fetch_add(1, Ordering::AcqRel);
         q.wake.notify_one();
         (
             picked_rx,
@@ -139,7 +150,11 @@ impl Drop for Pending<'_> {
         let mut inner = self.hub.lock();
         inner.waiting.remove(&self.id);
         if let Some(q) = inner.queues.get_mut(&self.node) {
+            let before = q.pending.len();
             q.pending.retain(|(c, _)| c.id != self.id);
+            self.hub
+                .queued
+                .fetch_sub(before - q.pending.len(), Ordering::AcqRel);
         }
     }
 }

@@ -5,21 +5,85 @@
 //! to a line when nothing went down for a while). A change costs each agent one
 //! line each way instead of the two HTTP requests of the sync protocol, which it replaces
 //! where HTTP/2 is spoken; `POST …/sync` stays for everyone else.
+//!
+//! The stream's work runs inside its answer's body ([`Down`]): it is polled by the task
+//! that already carries the body to the connection, so a frame down costs one task wake-up
+//! and no channel, and flow control holds the work back when the agent reads nothing.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use gustavo_model::api::{ErrorDetail, STREAM_KEEPALIVE_S, StreamFrame, SyncRequest};
 use http_body_util::BodyExt;
-use tokio::sync::mpsc;
+use hyper::body::Frame;
 
 use super::agents::{Form, Owed, PollOpen};
 use super::{OpError, Ops};
 use crate::auth::Principal;
 
-/// Lines the server may queue on a stream before the agent reads them; a full queue waits.
-pub const DOWN_QUEUE: usize = 4;
+/// Lines made by a stream's work and not yet handed to the connection.
+#[derive(Clone, Default)]
+struct Outbox(Arc<Mutex<VecDeque<Bytes>>>);
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Bytes>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `line` and gives the body the turn to hand it on: the work resumes when the
+    /// body is polled again, which it is as soon as the connection can take more (the body
+    /// has just returned a line, so its poller comes back for the next).
+    async fn send(&self, line: Bytes) {
+        self.lock().push_back(line);
+        let mut yielded = false;
+        std::future::poll_fn(|_| {
+            if yielded {
+                Poll::Ready(())
+            } else {
+                yielded = true;
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// The body of a stream's answer: the lines down, made by the stream's work, which runs
+/// when the body is polled.
+pub struct Down {
+    outbox: Outbox,
+    work: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl hyper::body::Body for Down {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.outbox.lock().is_empty()
+            && let Some(work) = this.work.as_mut()
+            && work.as_mut().poll(cx).is_ready()
+        {
+            this.work = None;
+        }
+        match this.outbox.lock().pop_front() {
+            Some(line) => Poll::Ready(Some(Ok(Frame::data(line)))),
+            None if this.work.is_none() => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
+}
 
 /// Why a stream ended on the server's side, told to the agent in a last frame.
 #[derive(Debug)]
@@ -113,15 +177,27 @@ impl Ops {
         Ok(())
     }
 
-    /// Runs `name`'s stream (checked by [`Ops::may_stream`]) until the agent or the server
-    /// ends it, sending lines on `down`. A refusal goes down as a last frame naming it.
-    pub async fn stream(
+    /// `name`'s stream (checked by [`Ops::may_stream`]): the body of its answer, which
+    /// runs the stream until the agent or the server ends it (or the body is dropped, the
+    /// connection gone).
+    pub fn stream(self, from: IpAddr, name: String, form: Form, up: Lines) -> Down {
+        let outbox = Outbox::default();
+        let work = Box::pin(self.run_stream_to_end(from, name, form, up, outbox.clone()));
+        Down {
+            outbox,
+            work: Some(work),
+        }
+    }
+
+    /// Runs the stream, sending lines to `down`. A refusal goes down as a last frame
+    /// naming it.
+    async fn run_stream_to_end(
         self,
         from: IpAddr,
         name: String,
         form: Form,
         up: Lines,
-        down: mpsc::Sender<Bytes>,
+        down: Outbox,
     ) {
         if let Err(End::Refused(e)) = self.run_stream(from, &name, form, up, &down).await {
             tracing::debug!(node = %name, error = %e, "stream ended by the server");
@@ -129,12 +205,10 @@ impl Ops {
                 code: e.code().into(),
                 message: e.to_string(),
             };
-            let _ = down
-                .send(line(&StreamFrame {
-                    error: Some(error),
-                    ..StreamFrame::default()
-                }))
-                .await;
+            down.lock().push_back(line(&StreamFrame {
+                error: Some(error),
+                ..StreamFrame::default()
+            }));
         }
     }
 
@@ -144,10 +218,11 @@ impl Ops {
         name: &str,
         form: Form,
         mut up: Lines,
-        down: &mpsc::Sender<Bytes>,
+        down: &Outbox,
     ) -> Result<(), End> {
         let send = |frame: StreamFrame| async move {
-            down.send(line(&frame)).await.map_err(|_| End::Gone)
+            down.send(line(&frame)).await;
+            Ok::<(), End>(())
         };
         let shutting_down = || End::Refused(OpError::Unavailable("the server is shutting down"));
         let mut closing = self.shared.closing.subscribe();
@@ -212,7 +287,7 @@ impl Ops {
                 quiet_until = tokio::time::Instant::now() + keepalive;
                 continue;
             }
-            let (_, woken) = woken.as_mut().expect("set when nothing was sent");
+            let (_, woken) = woken.as_ref().expect("set when nothing was sent");
             tokio::select! {
                 l = up.next() => {
                     let Some(l) = l? else { return Ok(()) };
