@@ -311,13 +311,11 @@ impl Cluster {
 
     /// The apps a node runs: every app attached to one of its groups, once — a replicated
     /// app only where one of its replicas is placed.
-    fn apps_of<'a>(&'a self, node: &NodeRecord) -> impl Iterator<Item = &'a App> {
-        let groups = node.groups.clone();
-        let name = node.name.clone();
+    fn apps_of<'a>(&'a self, node: &'a NodeRecord) -> impl Iterator<Item = &'a App> + 'a {
         self.apps.values().filter(move |a| {
-            a.groups.iter().any(|g| groups.contains(g))
+            a.groups.iter().any(|g| node.groups.contains(g))
                 && !a.spec.is_recipe()
-                && (!a.spec.is_replicated() || runs_on(a, &name))
+                && (!a.spec.is_replicated() || runs_on(a, &node.name))
         })
     }
 

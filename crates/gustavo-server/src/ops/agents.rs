@@ -44,9 +44,9 @@ pub enum Form {
     Template,
 }
 
-/// What [`Ops::owed`] found: the node's desired state, or nothing yet (and the node).
+/// What [`Ops::owed`] found: the node's desired state, or nothing yet; and the node.
 pub(super) enum Owed<'c> {
-    State(Box<DesiredState>),
+    State(Box<DesiredState>, &'c NodeRecord),
     Nothing(&'c NodeRecord),
 }
 
@@ -252,7 +252,7 @@ impl Ops {
             let woken = {
                 let c = self.shared.read();
                 match self.owed(&c, name, after, is_node)? {
-                    Owed::State(mut d) => {
+                    Owed::State(mut d, _) => {
                         // Templates go to the node itself only (an admin sees the full
                         // form, secrets hidden), and only when it asked for them.
                         if !(is_node && form == Form::Template) {
@@ -309,7 +309,7 @@ impl Ops {
         let mut d = c.desired_for(node);
         d.exec = commands;
         self.shared.metrics.desired_computed.inc();
-        Ok(Owed::State(Box::new(d)))
+        Ok(Owed::State(Box::new(d), node))
     }
 
     /// The sync protocol's one request (`POST …/sync`): records the status report and the

@@ -256,38 +256,43 @@ impl Ops {
         let keepalive = Duration::from_secs(STREAM_KEEPALIVE_S);
         let mut quiet_until = tokio::time::Instant::now() + keepalive;
         // What the stream waits on, and for which groups: kept from one turn to the next
-        // while the node's groups stay, since a kept subscription sees every wake after it
+        // while the node's groups stay, since a kept registration sees every wake after it
         // was made.
         let mut woken: Option<(Vec<String>, crate::wake::Waiting)> = None;
+        // Whether what the node is owed must be looked at: at the start and after a wake,
+        // not after a line up (what a node says changes nothing it is owed).
+        let mut look = true;
         loop {
-            let desired = {
-                let c = self.shared.read();
-                match self.owed(&c, name, sent, true)? {
-                    Owed::State(d) => Some(*d),
-                    Owed::Nothing(node) => {
-                        if woken.as_ref().is_none_or(|(g, _)| *g != node.groups) {
-                            let w =
-                                crate::wake::Waiting::new(&self.shared.wakers, name, &node.groups);
-                            woken = Some((node.groups.clone(), w));
-                        }
-                        None
+            if look {
+                look = false;
+                let desired = {
+                    let c = self.shared.read();
+                    let (node, desired) = match self.owed(&c, name, sent, true)? {
+                        Owed::State(d, node) => (node, Some(*d)),
+                        Owed::Nothing(node) => (node, None),
+                    };
+                    // Registered under the lock the revision was read under: a commit
+                    // this read did not see wakes the stream.
+                    if woken.as_ref().is_none_or(|(g, _)| *g != node.groups) {
+                        let w = crate::wake::Waiting::new(&self.shared.wakers, name, &node.groups);
+                        woken = Some((node.groups.clone(), w));
                     }
+                    desired
+                };
+                if let Some(mut d) = desired {
+                    if form != Form::Template {
+                        d.complete();
+                    }
+                    sent = sent.max(d.revision);
+                    send(StreamFrame {
+                        desired: Some(d),
+                        ..StreamFrame::default()
+                    })
+                    .await?;
+                    quiet_until = tokio::time::Instant::now() + keepalive;
                 }
-            };
-            if let Some(mut d) = desired {
-                if form != Form::Template {
-                    d.complete();
-                }
-                sent = sent.max(d.revision);
-                send(StreamFrame {
-                    desired: Some(d),
-                    ..StreamFrame::default()
-                })
-                .await?;
-                quiet_until = tokio::time::Instant::now() + keepalive;
-                continue;
             }
-            let (_, woken) = woken.as_ref().expect("set when nothing was sent");
+            let (_, woken) = woken.as_ref().expect("set at the first look");
             tokio::select! {
                 l = up.next() => {
                     let Some(l) = l? else { return Ok(()) };
@@ -303,8 +308,11 @@ impl Ops {
                         quiet_until = now + keepalive;
                     }
                 }
-                _ = woken.changed() => {}
-                _ = &mut exec_woken => exec_woken.set(exec_wake.notified()),
+                _ = woken.changed() => look = true,
+                _ = &mut exec_woken => {
+                    exec_woken.set(exec_wake.notified());
+                    look = true;
+                }
                 _ = &mut closed => return Err(shutting_down()),
             }
         }
