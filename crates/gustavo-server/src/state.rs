@@ -126,6 +126,9 @@ pub struct Live {
     /// It speaks the sync protocol (`POST …/sync`): it re-polls at once, so a few seconds
     /// without an open poll mean it is gone, whatever its vitals period.
     pub syncs: bool,
+    /// Its liveness when the scheduler last looked, from its first answer to this server
+    /// on (node transitions are told as events).
+    pub followed: Option<Liveness>,
 }
 
 /// An app deleted while this server ran: which nodes had it, so `delete --wait` can follow

@@ -8,7 +8,6 @@
 //! Node transitions (ready → offline → lost → ready) of nodes heard from since this server
 //! started, and placements, are events (`crate::events`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,46 +22,37 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// Runs until the server closes.
 pub async fn run(shared: Arc<Shared>) {
     let mut closing = shared.closing.subscribe();
-    let mut last: BTreeMap<String, Liveness> = BTreeMap::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
             _ = closing.changed() => return,
         }
-        tick(&shared, &mut last).await;
+        tick(&shared).await;
     }
 }
 
-async fn tick(shared: &Arc<Shared>, last: &mut BTreeMap<String, Liveness>) {
+async fn tick(shared: &Arc<Shared>) {
     let stale: Vec<String> = {
         let c = shared.read();
         let sched = &shared.sched;
         let now = crate::now();
-        // Followed nodes still in the cluster, to tell whether any left.
-        let mut followed = 0;
-        for (name, node) in &c.nodes {
-            let live = c.live.get(name);
-            let liveness = crate::state::liveness_of(
-                Some(node),
-                live.as_deref(),
-                now,
-                sched.started,
-                sched.grace_s,
-            );
-            drop(live);
+        // Walked in the order the live entries are kept (no lookup by name per node); a
+        // node's record is needed only for a node that neither streams nor syncs.
+        for mut entry in c.live.iter_mut() {
+            let (name, l) = entry.pair_mut();
+            let node = (l.polls == 0 && !l.syncs)
+                .then(|| c.nodes.get(name))
+                .flatten();
+            let liveness =
+                crate::state::liveness_of(node, Some(l), now, sched.started, sched.grace_s);
             // A node is followed from its first answer to this server: after a restart,
-            // the whole fleet coming back is not a storm of "is back" events. Most ticks
-            // change nothing: a node already followed costs no copy of its name.
-            let before = match last.get_mut(name) {
-                Some(b) if *b == liveness => {
-                    followed += 1;
-                    continue;
-                }
-                Some(b) => Some(std::mem::replace(b, liveness)),
+            // the whole fleet coming back is not a storm of "is back" events.
+            let before = match l.followed {
+                Some(b) if b == liveness => continue,
                 None if liveness != Liveness::Ready => continue,
-                None => last.insert(name.clone(), liveness),
+                before => before,
             };
-            followed += 1;
+            l.followed = Some(liveness);
             if before == Some(Liveness::Ready) && liveness == Liveness::Lost {
                 // Silent past the grace at the moment it went offline (a grace shorter
                 // than the offline limit): both steps happened.
@@ -84,9 +74,6 @@ async fn tick(shared: &Arc<Shared>, last: &mut BTreeMap<String, Liveness>) {
                     format!("{name} {what} (was {})", format!("{b:?}").to_lowercase()),
                 );
             }
-        }
-        if followed != last.len() {
-            last.retain(|n, _| c.nodes.contains_key(n));
         }
         // The full views (labels, groups, vitals) only when something is placed by them.
         let replicated: Vec<_> = c.apps.values().filter(|a| a.spec.is_replicated()).collect();
