@@ -148,7 +148,9 @@ pub struct Cluster {
     pub jobs: BTreeMap<String, gustavo_model::job::Job>,
     /// Reported state, updated on every agent request: a concurrent map, so heartbeats
     /// need only the cluster's read lock and never queue behind each other.
-    pub live: DashMap<String, Live>,
+    /// Hashed with foldhash (seeded per map): every request of every node looks its entry
+    /// up, and SipHash was a visible part of that.
+    pub live: DashMap<String, Live, foldhash::fast::RandomState>,
     token_index: HashMap<String, String>,
     deleted: HashMap<String, Deleted>,
     /// Edge sites (`ops/sites.rs`).
