@@ -80,6 +80,15 @@ impl Latencies {
             .push(took.as_micros().min(u128::from(u32::MAX)) as u32);
     }
 
+    /// How many requests of `endpoint` were recorded since the last reset, errors included.
+    pub fn count(&self, endpoint: &str) -> usize {
+        self.by_endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(endpoint)
+            .map_or(0, |s| s.micros.len() - s.errors as usize)
+    }
+
     /// Forgets everything recorded so far (e.g. after the registration phase).
     pub fn reset(&self) {
         self.by_endpoint
@@ -287,6 +296,7 @@ mod tests {
         assert_eq!(s[0].count, 103);
         assert_eq!(s[0].errors, 3);
         assert_eq!(s[0].timeouts, 1);
+        assert_eq!(l.count("heartbeat"), 100, "errors are not counted");
         assert_eq!(s[0].max_ms, 100.0);
         assert!((49.0..=51.0).contains(&s[0].p50_ms), "{:?}", s[0]);
         assert!((98.0..=100.0).contains(&s[0].p99_ms), "{:?}", s[0]);

@@ -384,8 +384,28 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let registration_s = started.elapsed().as_secs_f64();
+    eprintln!("bench: all registered in {registration_s:.1}s");
+    // Every agent's stream open (or its first long-poll answered) before the idle window:
+    // at 100,000 the last streams open seconds after the last registration, and an idle
+    // window over that tail measured the join burst, not steady state.
+    let endpoint = if args.no_stream { "sync" } else { "stream" };
+    loop {
+        let open = fleet.latencies.count(endpoint);
+        if open >= args.agents {
+            break;
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "only {open}/{} agents had their {endpoint} answered after {}s",
+                args.agents,
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     eprintln!(
-        "bench: all registered in {registration_s:.1}s; idling {}s",
+        "bench: every agent's {endpoint} answered after {:.1}s; idling {}s",
+        started.elapsed().as_secs_f64(),
         idle.as_secs()
     );
 
