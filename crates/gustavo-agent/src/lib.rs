@@ -115,6 +115,11 @@ fn jitter() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// A vitals period drawn between four fifths of `every` and `every`.
+fn spread(every: Duration) -> Duration {
+    every.mul_f64(0.8 + 0.2 * jitter())
+}
+
 /// How often the host is sampled for node pressure while it is on.
 const PRESSURE_EVERY: Duration = Duration::from_secs(2);
 
@@ -478,6 +483,10 @@ struct Uplink<'a> {
     vitals: watch::Receiver<Option<gustavo_model::api::Vitals>>,
     sent: Option<uplink::Sent>,
     every: Duration,
+    /// The period until the next vitals: `every` shortened by up to a fifth, drawn anew at
+    /// each send, so a fleet that joined at once (a site's power back) does not send its
+    /// vitals in one wave every period for ever.
+    period: Duration,
     epoch: tokio::time::Instant,
     /// This process's sync session and the last request's number in it.
     session: u64,
@@ -505,6 +514,7 @@ impl<'a> Uplink<'a> {
             vitals: out.vitals.subscribe(),
             sent: None,
             every,
+            period: spread(every),
             epoch: tokio::time::Instant::now(),
             session: (jitter() * (1u64 << 53) as f64) as u64 | 1,
             seq: 0,
@@ -540,7 +550,7 @@ impl<'a> Uplink<'a> {
                 self.sent.as_ref(),
                 hb,
                 self.now_ms(),
-                self.every.as_millis() as u64,
+                self.period.as_millis() as u64,
             )
         })
     }
@@ -559,6 +569,7 @@ impl<'a> Uplink<'a> {
                 at_ms: self.now_ms(),
                 heartbeat: hb.clone(),
             };
+            self.period = spread(self.every);
             self.sent.replace(sent)
         });
         let taken = Taken {
@@ -639,7 +650,7 @@ impl<'a> Uplink<'a> {
     /// When the vitals are due by the period alone.
     fn period_end(&self) -> tokio::time::Instant {
         self.sent.as_ref().map_or(self.epoch, |s| {
-            self.epoch + Duration::from_millis(s.at_ms) + self.every
+            self.epoch + Duration::from_millis(s.at_ms) + self.period
         })
     }
 
