@@ -80,7 +80,8 @@ impl Latencies {
             .push(took.as_micros().min(u128::from(u32::MAX)) as u32);
     }
 
-    /// How many requests of `endpoint` were recorded since the last reset, errors included.
+    /// How many requests of `endpoint` were answered since the last reset (errors are not
+    /// counted).
     pub fn count(&self, endpoint: &str) -> usize {
         self.by_endpoint
             .lock()

@@ -329,9 +329,14 @@ impl Cluster {
     /// server's start at the earliest, so a restarted server (which has heard from nobody
     /// yet) does not move the whole fleet's work.
     pub fn liveness(&self, name: &str, now: u64, started: u64, grace: u64) -> Liveness {
-        let node = self.nodes.get(name);
         let live = self.live.get(name);
-        liveness_of(node, live.as_deref(), now, started, grace)
+        liveness_of(
+            || self.nodes.get(name),
+            live.as_deref(),
+            now,
+            started,
+            grace,
+        )
     }
 
     /// Every node as the scheduler sees it at `now` (liveness: see [`Cluster::liveness`]).
@@ -541,7 +546,7 @@ impl Cluster {
     }
 
     pub fn node_status(&self, name: &str, now: u64) -> NodeStatus {
-        node_status_of(self.nodes.get(name), self.live.get(name).as_deref(), now)
+        node_status_of(|| self.nodes.get(name), self.live.get(name).as_deref(), now)
     }
 
     pub fn node_view(&self, n: &NodeRecord, now: u64) -> Node {
@@ -1129,23 +1134,38 @@ fn writer(shared: std::sync::Weak<Shared>, rx: std::sync::mpsc::Receiver<Box<dyn
     }
 }
 
-/// Whether a node (its record and what was heard from it) is ready or offline at `now`.
-pub fn node_status_of(node: Option<&NodeRecord>, live: Option<&Live>, now: u64) -> NodeStatus {
-    let limit = node
-        .map(|n| u64::from(n.heartbeat_s) * 3)
-        .unwrap_or(0)
-        .max(OFFLINE_AFTER_S);
-    match live {
-        Some(l) if l.polls > 0 => NodeStatus::Ready,
-        Some(l) if l.syncs && now.saturating_sub(l.last_seen) <= SYNC_GAP_S => NodeStatus::Ready,
-        Some(l) if !l.syncs && now.saturating_sub(l.last_seen) <= limit => NodeStatus::Ready,
-        _ => NodeStatus::Offline,
+/// Whether a node is ready or offline at `now`, from what was heard from it. Its record
+/// (`node`, looked up only when needed) matters only for a node on the old protocol,
+/// whose limit is three of its heartbeat periods.
+pub fn node_status_of<'a>(
+    node: impl FnOnce() -> Option<&'a NodeRecord>,
+    live: Option<&Live>,
+    now: u64,
+) -> NodeStatus {
+    let Some(l) = live else {
+        return NodeStatus::Offline;
+    };
+    let limit = if l.polls > 0 {
+        return NodeStatus::Ready;
+    } else if l.syncs {
+        SYNC_GAP_S
+    } else {
+        node()
+            .map(|n| u64::from(n.heartbeat_s) * 3)
+            .unwrap_or(0)
+            .max(OFFLINE_AFTER_S)
+    };
+    if now.saturating_sub(l.last_seen) <= limit {
+        NodeStatus::Ready
+    } else {
+        NodeStatus::Offline
     }
 }
 
-/// [`Cluster::liveness`] of a node's record and what was heard from it.
-pub fn liveness_of(
-    node: Option<&NodeRecord>,
+/// [`Cluster::liveness`] of what was heard from a node (its record looked up as
+/// [`node_status_of`] needs it).
+pub fn liveness_of<'a>(
+    node: impl FnOnce() -> Option<&'a NodeRecord>,
     live: Option<&Live>,
     now: u64,
     started: u64,

@@ -36,13 +36,11 @@ async fn tick(shared: &Arc<Shared>) {
         let c = shared.read();
         let sched = &shared.sched;
         let now = crate::now();
-        // Walked in the order the live entries are kept (no lookup by name per node); a
-        // node's record is needed only for a node that neither streams nor syncs.
+        // Walked in the order the live entries are kept: no lookup by name per node (a
+        // node's record is read only when its liveness needs it).
         for mut entry in c.live.iter_mut() {
             let (name, l) = entry.pair_mut();
-            let node = (l.polls == 0 && !l.syncs)
-                .then(|| c.nodes.get(name))
-                .flatten();
+            let node = || c.nodes.get(name);
             let liveness =
                 crate::state::liveness_of(node, Some(l), now, sched.started, sched.grace_s);
             // A node is followed from its first answer to this server: after a restart,

@@ -220,10 +220,7 @@ impl Ops {
         mut up: Lines,
         down: &Outbox,
     ) -> Result<(), End> {
-        let send = |frame: StreamFrame| async move {
-            down.send(line(&frame)).await;
-            Ok::<(), End>(())
-        };
+        let send = |frame: StreamFrame| down.send(line(&frame));
         let shutting_down = || End::Refused(OpError::Unavailable("the server is shutting down"));
         let mut closing = self.shared.closing.subscribe();
         if *closing.borrow_and_update() {
@@ -252,7 +249,7 @@ impl Ops {
             need_report,
             ..StreamFrame::default()
         })
-        .await?;
+        .await;
         let keepalive = Duration::from_secs(STREAM_KEEPALIVE_S);
         let mut quiet_until = tokio::time::Instant::now() + keepalive;
         // What the stream waits on, and for which groups: kept from one turn to the next
@@ -288,7 +285,7 @@ impl Ops {
                         desired: Some(d),
                         ..StreamFrame::default()
                     })
-                    .await?;
+                    .await;
                     quiet_until = tokio::time::Instant::now() + keepalive;
                 }
             }
@@ -304,7 +301,7 @@ impl Ops {
                     // past the 15 s in which a dead device must show offline.
                     let now = tokio::time::Instant::now();
                     if need_report || now >= quiet_until {
-                        send(StreamFrame { need_report, ..StreamFrame::default() }).await?;
+                        send(StreamFrame { need_report, ..StreamFrame::default() }).await;
                         quiet_until = now + keepalive;
                     }
                 }
