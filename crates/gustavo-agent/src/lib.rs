@@ -47,7 +47,7 @@ use gustavo_client::{Client, ClientError};
 use gustavo_model::api::{
     AppState, DesiredState, Heartbeat, RegisterRequest, StatusReport, SyncRequest,
 };
-use gustavo_model::uplink;
+use gustavo_model::{report, uplink};
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -491,6 +491,11 @@ struct Uplink<'a> {
     /// This process's sync session and the last request's number in it.
     session: u64,
     seq: u64,
+    /// The last report sent and the number of the request that carried it: what the next
+    /// report's delta is computed from. None when the next must go whole.
+    base: Option<(u64, StatusReport)>,
+    /// The server takes report deltas (said on the current stream).
+    deltas: bool,
 }
 
 /// What one request carried, to put back if it failed.
@@ -518,6 +523,8 @@ impl<'a> Uplink<'a> {
             epoch: tokio::time::Instant::now(),
             session: (jitter() * (1u64 << 53) as f64) as u64 | 1,
             seq: 0,
+            base: None,
+            deltas: false,
         }
     }
 
@@ -561,6 +568,7 @@ impl<'a> Uplink<'a> {
             self.report_again = false;
             let mut r = self.report.borrow_and_update().clone();
             r.jobs = self.runs.borrow_and_update().clone();
+            report::canonical(&mut r);
             r
         });
         let heartbeat = self.heartbeat_due();
@@ -577,12 +585,26 @@ impl<'a> Uplink<'a> {
             vitals,
         };
         self.seq += 1;
+        // Where the server takes them, what changed since the last report sent.
+        let (report, delta) = match report {
+            Some(r) => {
+                let delta = match &self.base {
+                    Some((seq, before)) if self.deltas => Some(report::delta(before, &r, *seq)),
+                    _ => None,
+                };
+                let report = delta.is_none().then(|| r.clone());
+                self.base = Some((self.seq, r));
+                (report, delta)
+            }
+            None => (None, None),
+        };
         let req = SyncRequest {
             after,
             // Whole seconds, rounded up: a poll that came back a little before the vitals
             // are due would cost one more request.
             wait: (wait.as_millis() as u64).div_ceil(1000),
             report,
+            delta,
             heartbeat,
             session: self.session,
             seq: self.seq,
@@ -591,10 +613,18 @@ impl<'a> Uplink<'a> {
     }
 
     fn failed(&mut self, taken: Taken) {
-        self.report_again |= taken.report;
+        if taken.report {
+            self.whole_report();
+        }
         if let Some(before) = taken.vitals {
             self.sent = before;
         }
+    }
+
+    /// The next report goes whole: the server asked for it, or may not have the last one.
+    fn whole_report(&mut self) {
+        self.report_again = true;
+        self.base = None;
     }
 
     /// Resolves when something should go out: a new report (folded with what follows
@@ -789,7 +819,9 @@ async fn sync(
                     let (side, t) = up.take(after(), Duration::ZERO);
                     match client.sync(node, &side).await {
                         Ok((d, need)) => {
-                            up.report_again |= need;
+                            if need {
+                                up.whole_report();
+                            }
                             if let Some(d) = d {
                                 accept(d);
                             }
@@ -806,7 +838,9 @@ async fn sync(
         match answer {
             Ok((d, need)) => {
                 backoff.reset();
-                up.report_again |= need;
+                if need {
+                    up.whole_report();
+                }
                 if let Some(revision) = d.and_then(accept) {
                     up.settle(revision).await;
                 }
@@ -890,7 +924,10 @@ async fn stream_once(
                     heard = tokio::time::Instant::now();
                     heard_any = true;
                     backoff.reset();
-                    up.report_again |= frame.need_report;
+                    if frame.need_report {
+                        up.whole_report();
+                    }
+                    up.deltas |= frame.deltas;
                     if let Some(d) = frame.desired {
                         accept(d);
                     }
@@ -913,7 +950,8 @@ async fn stream_once(
     }
     // What went up on the broken stream may not have arrived: all of it goes again on the
     // next.
-    up.report_again = true;
+    up.whole_report();
+    up.deltas = false;
     up.sent = None;
     StreamEnd {
         broke: broke.expect("the loop ends when the stream broke"),

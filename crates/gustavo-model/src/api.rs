@@ -430,6 +430,27 @@ pub struct StatusReport {
     pub jobs: Vec<crate::job::JobRun>,
 }
 
+/// What changed in a node's status report since an earlier one of the same agent
+/// ([`crate::report`]): the apps it names are replaced whole — their status and every
+/// container of theirs — by what it carries (nothing: the app is gone from the node). A
+/// device running many apps reports a change to one of them in the size of that one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportDelta {
+    /// The `seq` of the request (same `session`) whose report this changes.
+    pub base: u64,
+    pub applied_revision: u64,
+    /// The apps replaced.
+    pub changed: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<AppStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerStatus>,
+    /// As in [`StatusReport::jobs`]: whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<crate::job::JobRun>,
+}
+
 /// `POST /api/v1/nodes/{name}/heartbeat`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
@@ -467,6 +488,10 @@ pub struct SyncRequest {
     pub report: Option<StatusReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<Heartbeat>,
+    /// Instead of `report`, on a stream whose server said it takes them: what changed in
+    /// the report since the one this agent sent with request `base` of its session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<ReportDelta>,
     /// A random number fixed for the agent process, and the request's place in its order:
     /// a long-poll and a short sync beside it may reach the server in either order, and
     /// what an older request carried must not overwrite what a newer one did.
@@ -495,6 +520,10 @@ pub struct StreamFrame {
     pub desired: Option<DesiredState>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub need_report: bool,
+    /// The server takes report deltas (`SyncRequest::delta`) on this stream: said in the
+    /// answer to the first line.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deltas: bool,
     /// Why the server ends the stream (the last frame): a refused line, the node removed,
     /// the server shutting down.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -37,6 +37,7 @@ pub mod peers;
 pub mod plan;
 pub mod ports;
 pub mod pressure;
+pub mod report;
 pub mod rollout;
 pub mod schedule;
 pub mod sites;

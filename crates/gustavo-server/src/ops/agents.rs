@@ -350,7 +350,7 @@ impl Ops {
         from: IpAddr,
         req: SyncRequest,
     ) -> Result<bool, OpError> {
-        let carried = req.report.is_some();
+        let carried = req.report.is_some() || req.delta.is_some();
         // What a later request of this agent already delivered is kept.
         let order = (req.session, req.seq);
         let newer = |last: &mut (u64, u64)| {
@@ -364,7 +364,11 @@ impl Ops {
         // written in a second step, a newer report that slipped between them was overwritten
         // by the older one, and the agent (which had sent the newer) never sent it again.
         let (mut pressure, mut report_new, mut need_report) = (None, false, false);
-        let runs = req.report.as_ref().map(|r| r.jobs.clone());
+        let runs = match (&req.report, &req.delta) {
+            (Some(r), _) => Some(r.jobs.clone()),
+            (None, Some(d)) => Some(d.jobs.clone()),
+            (None, None) => None,
+        };
         self.seen(name, from, |l| {
             l.syncs = true;
             if let Some(hb) = req.heartbeat
@@ -378,7 +382,20 @@ impl Ops {
                 take_report(l, report);
                 report_new = true;
             }
-            need_report = !l.has_report && !carried;
+            // A delta counts only on the very report it was made from; otherwise the
+            // whole report is asked for.
+            let mut delta_dropped = false;
+            if let Some(delta) = req.delta {
+                let on = (order.0, delta.base);
+                if l.has_report && order.0 != 0 && l.report_seq == on && order.1 > delta.base {
+                    l.report_seq = order;
+                    gustavo_model::report::apply(&mut l.report, delta);
+                    report_new = true;
+                } else {
+                    delta_dropped = true;
+                }
+            }
+            need_report = (!l.has_report && !carried) || delta_dropped;
         });
         if let Some((before, p)) = pressure {
             self.pressure_changed(name, before, p);

@@ -247,6 +247,7 @@ impl Ops {
         let need_report = self.received(name, from, first).await?;
         send(StreamFrame {
             need_report,
+            deltas: true,
             ..StreamFrame::default()
         })
         .await;

@@ -239,10 +239,9 @@ fn a_stream_carries_changes_down_and_reports_up() {
         ..SyncRequest::default()
     }))
     .unwrap();
-    assert!(
-        next(&mut stream).need_report,
-        "the server has no report yet"
-    );
+    let hello = next(&mut stream);
+    assert!(hello.need_report, "the server has no report yet");
+    assert!(hello.deltas, "the server takes report deltas");
     let first = next(&mut stream).desired.expect("the desired state");
     assert!(first.apps.is_empty());
 
@@ -270,7 +269,7 @@ fn a_stream_carries_changes_down_and_reports_up() {
     };
     rt.block_on(stream.send(&SyncRequest {
         after: d.revision,
-        report: Some(report),
+        report: Some(report.clone()),
         session: 7,
         seq: 2,
         ..SyncRequest::default()
@@ -279,6 +278,98 @@ fn a_stream_carries_changes_down_and_reports_up() {
     wait_for("the report to count", Duration::from_secs(20), || {
         rollout_converged(&server, "st", &node)
     });
+
+    // Deltas: one on the report of request 2 that says `st` is gone counts…
+    let delta = |base: u64, changed: &str, apps: Vec<AppStatus>| {
+        Some(gustavo_model::api::ReportDelta {
+            base,
+            applied_revision: d.revision,
+            changed: vec![changed.to_string()],
+            apps,
+            ..Default::default()
+        })
+    };
+    let send = |stream: &mut gustavo_client::SyncStream, seq: u64, req: SyncRequest| {
+        rt.block_on(stream.send(&SyncRequest {
+            after: d.revision,
+            session: 7,
+            seq,
+            ..req
+        }))
+        .unwrap()
+    };
+    send(
+        &mut stream,
+        3,
+        SyncRequest {
+            delta: delta(2, "st", vec![]),
+            ..Default::default()
+        },
+    );
+    wait_for("the delta to count", Duration::from_secs(20), || {
+        !rollout_converged(&server, "st", &node)
+    });
+    // …one on a report the server does not have (request 2 again) is dropped, and the
+    // whole report asked for…
+    let running = report.apps.clone();
+    send(
+        &mut stream,
+        4,
+        SyncRequest {
+            delta: delta(2, "st", running.clone()),
+            ..Default::default()
+        },
+    );
+    assert!(
+        next(&mut stream).need_report,
+        "the whole report is asked for"
+    );
+    assert!(
+        !rollout_converged(&server, "st", &node),
+        "the stale delta changed nothing"
+    );
+    // …and one on the whole report sent then changes only the app it names.
+    send(
+        &mut stream,
+        5,
+        SyncRequest {
+            report: Some(report.clone()),
+            ..Default::default()
+        },
+    );
+    wait_for("the whole report to count", Duration::from_secs(20), || {
+        rollout_converged(&server, "st", &node)
+    });
+    send(
+        &mut stream,
+        6,
+        SyncRequest {
+            delta: delta(5, "other", vec![]),
+            ..Default::default()
+        },
+    );
+    send(
+        &mut stream,
+        7,
+        SyncRequest {
+            delta: delta(6, "st", running),
+            ..Default::default()
+        },
+    );
+    // The lines are taken in order: the answer to a stale one comes after both were.
+    send(
+        &mut stream,
+        8,
+        SyncRequest {
+            delta: delta(2, "st", vec![]),
+            ..Default::default()
+        },
+    );
+    assert!(next(&mut stream).need_report);
+    assert!(
+        rollout_converged(&server, "st", &node),
+        "st untouched by a delta about another app"
+    );
 
     // A bad line: a last frame naming it, then the end.
     let mut bad = rt.block_on(client.stream(&node)).unwrap();
