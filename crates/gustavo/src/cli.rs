@@ -444,6 +444,10 @@ pub struct FleetArgs {
     /// How many updates between the create and the delete (each is timed).
     #[arg(long, default_value_t = 3)]
     pub updates: usize,
+    /// Apps every agent runs while the one timed is changed: this many less one are
+    /// created (and waited for) before the idle window.
+    #[arg(long, default_value_t = 1)]
+    pub apps: usize,
     /// Run the benchmark's own server pinned to these CPUs (`taskset -c LIST`), e.g. 0; run
     /// the benchmark itself under `taskset -c 1` to keep the simulated fleet off them.
     #[arg(long)]

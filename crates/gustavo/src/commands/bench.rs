@@ -24,10 +24,14 @@ const IMAGE_V1: &str = "gustavo-bench/app:v1";
 const IMAGE_V2: &str = "gustavo-bench/app:v2";
 const GROUP: &str = "fleet";
 const APP: &str = "bench";
+/// The apps besides the one timed (`--apps`) are named `background-1`…
+const BACKGROUND: &str = "background";
 
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub agents: usize,
+    /// Apps each agent runs during the changes, the one changed included.
+    pub apps: usize,
     pub heartbeat_s: f64,
     pub connections: usize,
     pub registration_s: f64,
@@ -58,6 +62,9 @@ pub struct Change {
     /// one core: which side limits convergence on a shared machine.
     pub server_cpu_s: Option<f64>,
     pub agents_cpu_s: f64,
+    /// Loopback bytes while the change spread, per agent: what one change costs each
+    /// device's link, both directions (with whatever else went meanwhile, e.g. vitals).
+    pub bytes_per_agent: f64,
 }
 
 /// A server the benchmark started itself, as a child process so its CPU and memory can be
@@ -185,10 +192,14 @@ async fn timed_change(
     apply: impl std::future::Future<Output = Result<(), gustavo_client::ClientError>>,
 ) -> Result<Change> {
     let me = Some(std::process::id());
-    let (s0, b0) = (cpu_s(server_pid), cpu_s(me).unwrap_or(0.0));
+    let (s0, b0, l0) = (
+        cpu_s(server_pid),
+        cpu_s(me).unwrap_or(0.0),
+        loopback_bytes(),
+    );
     let t = Instant::now();
     apply.await?;
-    let converged = match wait_converged(admin, agents, t, timeout, change).await {
+    let converged = match wait_converged(admin, APP, agents, t, timeout, change).await {
         Ok(n) => n,
         Err(e) => {
             stragglers(admin, fleet).await;
@@ -196,13 +207,18 @@ async fn timed_change(
         }
     };
     let seconds = t.elapsed().as_secs_f64();
-    let (s1, b1) = (cpu_s(server_pid), cpu_s(me).unwrap_or(0.0));
+    let (s1, b1, l1) = (
+        cpu_s(server_pid),
+        cpu_s(me).unwrap_or(0.0),
+        loopback_bytes(),
+    );
     Ok(Change {
         change,
         seconds,
         converged,
         server_cpu_s: s0.zip(s1).map(|(a, b)| b - a),
         agents_cpu_s: b1 - b0,
+        bytes_per_agent: l1.saturating_sub(l0) as f64 / agents as f64,
     })
 }
 
@@ -244,6 +260,7 @@ async fn stragglers(admin: &Client, fleet: &Fleet) {
 
 async fn wait_converged(
     admin: &Client,
+    app: &str,
     agents: usize,
     started: Instant,
     timeout: Duration,
@@ -260,7 +277,7 @@ async fn wait_converged(
     loop {
         // A slow or failed look is reported and retried: the benchmark's own polling must
         // not be what ends the run.
-        let s = match admin.rollout_summary(APP).await {
+        let s = match admin.rollout_summary(app).await {
             Ok(s) => s,
             Err(e) => {
                 if started.elapsed() > timeout {
@@ -389,6 +406,19 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
     // at 100,000 the last streams open seconds after the last registration, and an idle
     // window over that tail measured the join burst, not steady state.
     let endpoint = if args.no_stream { "sync" } else { "stream" };
+    // The apps besides the one timed, each on every agent before the idle window.
+    let others = |image: &str| {
+        format!("{BACKGROUND}:\n  docker_image: {image}\n  env_vars: {{MODE: background}}\n")
+    };
+    let background = spec::parse_one(&others(IMAGE_V1), BACKGROUND)?;
+    for i in 1..args.apps {
+        let name = format!("{BACKGROUND}-{i}");
+        let t = Instant::now();
+        admin
+            .create_app(&name, &background, &[GROUP.to_string()])
+            .await?;
+        wait_converged(&admin, &name, args.agents, t, timeout, &name).await?;
+    }
     loop {
         let open = fleet.latencies.count(endpoint);
         if open >= args.agents {
@@ -469,6 +499,7 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
     drop(own);
     Ok(Report {
         agents: args.agents,
+        apps: args.apps.max(1),
         heartbeat_s: heartbeat.as_secs_f64(),
         connections,
         registration_s,
@@ -490,8 +521,9 @@ fn print(format: Format, r: &Report) {
         return;
     }
     outln!(
-        "agents {} · heartbeat {}s · {} HTTP/2 connections",
+        "agents {} · {} app(s) each · heartbeat {}s · {} HTTP/2 connections",
         r.agents,
+        r.apps,
         r.heartbeat_s,
         r.connections
     );
@@ -526,6 +558,7 @@ fn print(format: Format, r: &Report) {
                     .map(|s| format!("{s:.2}s ({:.0} µs per agent)", s * 1e6 / r.agents as f64))
                     .unwrap_or_else(|| "-".into()),
                 format!("{:.2}s", c.agents_cpu_s),
+                format!("{:.0}", c.bytes_per_agent),
             ]
         })
         .collect();
@@ -538,6 +571,7 @@ fn print(format: Format, r: &Report) {
             "agents",
             "server cpu",
             "simulator cpu",
+            "bytes per agent",
         ],
         rows,
     );
