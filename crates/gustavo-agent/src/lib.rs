@@ -1026,6 +1026,58 @@ mod tests {
         assert!(!end(true, true, unreachable("the stream went silent")).got_nothing_through());
     }
 
+    /// Reports go whole until the stream's server says it takes deltas; then as deltas on
+    /// the last report sent; whole again after a failed send, a request for the report,
+    /// or on a new stream.
+    #[test]
+    fn reports_go_as_deltas_only_on_a_report_the_server_has() {
+        use gustavo_model::api::{AppState, AppStatus};
+        let report = |revision: u64| StatusReport {
+            applied_revision: revision,
+            apps: vec![AppStatus {
+                app: "web".into(),
+                revision,
+                state: AppState::Running,
+                ready: 1,
+                desired: 1,
+                error: None,
+            }],
+            ..StatusReport::default()
+        };
+        let (tx, rx) = watch::channel(report(1));
+        let (_runs, runs) = watch::channel(Vec::new());
+        let out = pressure::Outputs::new(&Default::default());
+        let mut up = Uplink::new(rx, runs, &out, Duration::from_secs(60));
+        let (first, _) = up.take(1, Duration::ZERO);
+        assert!(
+            first.report.is_some() && first.delta.is_none(),
+            "whole at first"
+        );
+        up.deltas = true;
+        tx.send(report(2)).unwrap();
+        let (second, _) = up.take(2, Duration::ZERO);
+        let d = second.delta.expect("a delta once the server takes them");
+        assert!(second.report.is_none());
+        assert_eq!(
+            (d.base, d.changed.as_slice()),
+            (first.seq, &["web".to_string()][..])
+        );
+        tx.send(report(3)).unwrap();
+        let (third, taken) = up.take(3, Duration::ZERO);
+        assert_eq!(
+            third.delta.unwrap().base,
+            second.seq,
+            "on the last one sent"
+        );
+        up.failed(taken);
+        let (again, _) = up.take(3, Duration::ZERO);
+        assert!(again.report.is_some(), "whole after a failed send");
+        tx.send(report(4)).unwrap();
+        up.whole_report();
+        let (asked, _) = up.take(4, Duration::ZERO);
+        assert!(asked.report.is_some(), "whole when the server asks");
+    }
+
     #[test]
     fn arch_and_os_are_labels_unless_configured() {
         let l = host_labels(&BTreeMap::new());

@@ -1027,13 +1027,15 @@ fn bench_fleet(agents: &str, extra: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("the report is JSON")
 }
 
-/// The fleet simulator: 50 simulated agents converge through create, update and delete,
-/// and the report's numbers agree with each other. Returns the report's latencies.
+/// The fleet simulator: 50 simulated agents, each running two other apps, converge through
+/// create, update and delete of a third, and the report's numbers agree with each other.
+/// Returns the report's latencies.
 fn fleet_of_50(extra: &[&str]) -> Vec<serde_json::Value> {
-    let mut args = vec!["--per-connection", "20", "--updates", "2"];
+    let mut args = vec!["--per-connection", "20", "--updates", "2", "--apps", "3"];
     args.extend(extra);
     let r = bench_fleet("50", &args);
     assert_eq!(r["agents"], 50);
+    assert_eq!(r["apps"], 3);
     assert_eq!(r["connections"], 3, "50 agents at 20 per connection");
     let changes: Vec<_> = r["changes"]
         .as_array()
@@ -1062,6 +1064,13 @@ fn fleet_of_50(extra: &[&str]) -> Vec<serde_json::Value> {
         "rate {rate} × {reg_s}s should be 50"
     );
     assert!(r["idle_bytes_per_agent_per_min"].as_f64().unwrap() > 0.0);
+    assert!(
+        r["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["bytes_per_agent"].as_f64().unwrap() > 0.0)
+    );
     let server = &r["server"];
     assert!(
         server["rss_mb_idle"].as_f64().unwrap() > 0.0
