@@ -910,6 +910,9 @@ async fn stream_once(
         }
     };
     let mut heard_any = false;
+    // The last desired state that came down this stream, as it came: what a delta's kept
+    // apps are taken from.
+    let mut had: Option<DesiredState> = None;
     let (first, taken) = up.take(after(), Duration::ZERO);
     let mut broke = stream.send(&first).await.err();
     if broke.is_some() {
@@ -928,8 +931,19 @@ async fn stream_once(
                         up.whole_report();
                     }
                     up.deltas |= frame.deltas;
-                    if let Some(d) = frame.desired {
-                        accept(d);
+                    if let Some(mut d) = frame.desired {
+                        let whole = match &had {
+                            _ if frame.kept.is_empty() => Ok(()),
+                            Some(h) => d.restore(&frame.kept, h),
+                            None => Err("a delta came before any state".to_string()),
+                        };
+                        match whole {
+                            Ok(()) => {
+                                had = Some(d.clone());
+                                accept(d);
+                            }
+                            Err(e) => broke = Some(gone(&format!("cannot apply the desired state: {e}"))),
+                        }
                     }
                     if let Some(e) = frame.error {
                         broke = Some(ClientError::Api { status: 0, code: e.code, message: e.message });

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use gustavo_model::api::{FORM_HEADER, STREAM_KEEPALIVE_S, StreamFrame, SyncRequest};
+use gustavo_model::api::{
+    DELTAS_HEADER, FORM_HEADER, STREAM_KEEPALIVE_S, StreamFrame, SyncRequest,
+};
 use reqwest::{Method, StatusCode};
 use tokio::sync::mpsc;
 
@@ -50,6 +52,7 @@ impl Client {
                 .request(Method::POST, &url)
                 .bearer_auth(&self.token)
                 .header(FORM_HEADER, "template")
+                .header(DELTAS_HEADER, "1")
                 .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
                 .body(reqwest::Body::wrap_stream(body))
                 .send(),

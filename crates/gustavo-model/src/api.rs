@@ -304,6 +304,35 @@ impl DesiredState {
         }
         self.labels.clear();
     }
+
+    /// Takes out the apps that are exactly as in `sent` (what went down before on the same
+    /// stream) and returns their names: the state becomes a delta ([`StreamFrame::kept`])
+    /// carrying only what changed.
+    pub fn keep_unchanged(&mut self, sent: &[DesiredApp]) -> Vec<String> {
+        let mut kept = Vec::new();
+        self.apps.retain(|a| {
+            let same = sent.iter().any(|s| s == a);
+            if same {
+                kept.push(a.name.clone());
+            }
+            !same
+        });
+        kept
+    }
+
+    /// Puts back into a delta the apps it `kept`, from `had` (the last state that came
+    /// down the same stream, in the form it came). Apps come out ordered by name. Fails,
+    /// naming it, when `had` lacks an app kept.
+    pub fn restore(&mut self, kept: &[String], had: &DesiredState) -> Result<(), String> {
+        for name in kept {
+            let app = had.apps.iter().find(|a| a.name == *name).ok_or_else(|| {
+                format!("the app `{name}` kept from before is not in the last state")
+            })?;
+            self.apps.push(app.clone());
+        }
+        self.apps.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -510,6 +539,10 @@ fn is_zero64(n: &u64) -> bool {
 /// know it, or a value they do not know, send the full form.
 pub const FORM_HEADER: &str = "gustavo-form";
 
+/// The header of a stream (`1`) whose agent takes desired states as deltas
+/// ([`StreamFrame::kept`]). Servers that do not know it send every state whole.
+pub const DELTAS_HEADER: &str = "gustavo-deltas";
+
 /// One line the server sends down an agent's stream (`POST …/stream`, newline-delimited
 /// JSON): a newer desired state, a request for the status report, or neither (`{}`: the
 /// stream is alive — the answer to the first line, and to a line when nothing went down
@@ -520,6 +553,11 @@ pub struct StreamFrame {
     pub desired: Option<DesiredState>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub need_report: bool,
+    /// With `desired`: the apps of the state that are exactly as they came last on this
+    /// stream, by name, left out of `desired.apps` (agents that ask for it with
+    /// [`DELTAS_HEADER`]); absent apps that are neither in it nor kept are gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<String>,
     /// The server takes report deltas (`SyncRequest::delta`) on this stream: said in the
     /// answer to the first line.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -637,6 +675,59 @@ pub struct NodeVitals {
 
 #[cfg(test)]
 mod tests {
+    fn app(name: &str, revision: u64) -> DesiredApp {
+        DesiredApp {
+            name: name.into(),
+            revision,
+            rolling_restart: false,
+            containers: Vec::new(),
+            priority: 0,
+            critical: false,
+            leased: false,
+            template: None,
+            replicas: vec![1],
+        }
+    }
+
+    fn state(revision: u64, apps: Vec<DesiredApp>) -> DesiredState {
+        DesiredState {
+            node: "n".into(),
+            revision,
+            apps,
+            jobs: Vec::new(),
+            exec: Vec::new(),
+            pressure: None,
+            tunnel: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// A state with what went before left out, put back together from what the agent
+    /// had, is the state: an app changed, one unchanged, one added, one gone.
+    #[test]
+    fn a_desired_delta_restores_to_the_whole_state() {
+        let before = state(4, vec![app("a", 1), app("b", 2), app("gone", 3)]);
+        let now = state(5, vec![app("a", 1), app("b", 5), app("new", 5)]);
+        let mut delta = now.clone();
+        let kept = delta.keep_unchanged(&before.apps);
+        assert_eq!(kept, ["a"]);
+        assert_eq!(
+            delta
+                .apps
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>(),
+            ["b", "new"]
+        );
+        let mut got = delta.clone();
+        got.restore(&kept, &before).unwrap();
+        assert_eq!(got, now);
+        // Without the app kept, restoring fails and says which.
+        let e = delta
+            .restore(&kept, &state(4, vec![app("b", 2)]))
+            .unwrap_err();
+        assert!(e.contains("`a`"), "{e}");
+    }
 
     /// Issue 15: an app sent as a template (once per version, nothing of the node in it)
     /// and completed on the device is exactly the full form — names, specs and hashes —

@@ -568,8 +568,12 @@ pub async fn stream(
     }
     s.ops.may_stream(&p, &name)?;
     let form = form_of(req.headers());
+    let deltas = req
+        .headers()
+        .get(gustavo_model::api::DELTAS_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1");
     let up = crate::ops::stream::Lines::new(req.into_body(), s.body.max);
-    let down = s.ops.clone().stream(addr.ip(), name, form, up);
+    let down = s.ops.clone().stream(addr.ip(), name, form, deltas, up);
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
         axum::body::Body::new(down),

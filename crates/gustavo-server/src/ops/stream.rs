@@ -179,10 +179,11 @@ impl Ops {
 
     /// `name`'s stream (checked by [`Ops::may_stream`]): the body of its answer, which
     /// runs the stream until the agent or the server ends it (or the body is dropped, the
-    /// connection gone).
-    pub fn stream(self, from: IpAddr, name: String, form: Form, up: Lines) -> Down {
+    /// connection gone). With `deltas` (the agent asked), a desired state leaves out the
+    /// apps that went down unchanged before ([`StreamFrame::kept`]).
+    pub fn stream(self, from: IpAddr, name: String, form: Form, deltas: bool, up: Lines) -> Down {
         let outbox = Outbox::default();
-        let work = Box::pin(self.run_stream_to_end(from, name, form, up, outbox.clone()));
+        let work = Box::pin(self.run_stream_to_end(from, name, form, deltas, up, outbox.clone()));
         Down {
             outbox,
             work: Some(work),
@@ -196,10 +197,11 @@ impl Ops {
         from: IpAddr,
         name: String,
         form: Form,
+        deltas: bool,
         up: Lines,
         down: Outbox,
     ) {
-        if let Err(End::Refused(e)) = self.run_stream(from, &name, form, up, &down).await {
+        if let Err(End::Refused(e)) = self.run_stream(from, &name, form, deltas, up, &down).await {
             tracing::debug!(node = %name, error = %e, "stream ended by the server");
             let error = ErrorDetail {
                 code: e.code().into(),
@@ -217,6 +219,7 @@ impl Ops {
         from: IpAddr,
         name: &str,
         form: Form,
+        deltas: bool,
         mut up: Lines,
         down: &Outbox,
     ) -> Result<(), End> {
@@ -260,6 +263,9 @@ impl Ops {
         // Whether what the node is owed must be looked at: at the start and after a wake,
         // not after a line up (what a node says changes nothing it is owed).
         let mut look = true;
+        // The apps of the last state sent down (with `deltas`) and the labels they were
+        // completed with on the device: what the agent has.
+        let mut had: Option<(Vec<gustavo_model::api::DesiredApp>, _)> = None;
         loop {
             if look {
                 look = false;
@@ -282,8 +288,20 @@ impl Ops {
                         d.complete();
                     }
                     sent = sent.max(d.revision);
+                    let mut kept = Vec::new();
+                    if deltas {
+                        let now = (d.apps.clone(), d.labels.clone());
+                        // New labels change every templated app on the device.
+                        if let Some((apps, labels)) = &had
+                            && *labels == d.labels
+                        {
+                            kept = d.keep_unchanged(apps);
+                        }
+                        had = Some(now);
+                    }
                     send(StreamFrame {
                         desired: Some(d),
+                        kept,
                         ..StreamFrame::default()
                     })
                     .await;

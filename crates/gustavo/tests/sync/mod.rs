@@ -371,6 +371,29 @@ fn a_stream_carries_changes_down_and_reports_up() {
         "st untouched by a delta about another app"
     );
 
+    // A second app comes down alone, the first kept by name; an update of the second too.
+    let f2 = server.spec(
+        "st2.yml",
+        "st2:\n  docker_image: gustavo-test/busybox:latest\n",
+    );
+    server.ok(&["apps", "create", "-n", "st2", "-f", &f2, "-d", &group]);
+    let frame = next(&mut stream);
+    let mut two = frame.desired.expect("the second app comes down");
+    assert_eq!(frame.kept, ["st"], "the first app is kept");
+    assert_eq!(two.apps.len(), 1);
+    assert_eq!(two.apps[0].name, "st2");
+    two.restore(&frame.kept, &d).unwrap();
+    let f2 = server.spec(
+        "st2b.yml",
+        "st2:\n  docker_image: gustavo-test/busybox:latest\n  env_vars: {A: b}\n",
+    );
+    server.ok(&["apps", "update", "-n", "st2", "-f", &f2]);
+    let frame = next(&mut stream);
+    let mut three = frame.desired.expect("the update comes down");
+    assert_eq!(frame.kept, ["st"]);
+    three.restore(&frame.kept, &two).unwrap();
+    assert_eq!(three.apps.len(), 2, "restored whole from what came before");
+
     // A bad line: a last frame naming it, then the end.
     let mut bad = rt.block_on(client.stream(&node)).unwrap();
     rt.block_on(bad.send_raw(b"{\"after\": \"yesterday\"}\n"))
