@@ -585,11 +585,16 @@ impl<'a> Uplink<'a> {
             vitals,
         };
         self.seq += 1;
-        // Where the server takes them, what changed since the last report sent.
+        // Where the server takes them, what changed since the last report sent — unless
+        // that is all of it (one app: the delta would only add its own fields).
         let (report, delta) = match report {
             Some(r) => {
                 let delta = match &self.base {
-                    Some((seq, before)) if self.deltas => Some(report::delta(before, &r, *seq)),
+                    Some((seq, before)) if self.deltas && r.apps.len() > 1 => {
+                        Some(report::delta(before, &r, *seq)).filter(|d| {
+                            d.apps.len() < r.apps.len() || d.containers.len() < r.containers.len()
+                        })
+                    }
                     _ => None,
                 };
                 let report = delta.is_none().then(|| r.clone());
@@ -1046,16 +1051,17 @@ mod tests {
     #[test]
     fn reports_go_as_deltas_only_on_a_report_the_server_has() {
         use gustavo_model::api::{AppState, AppStatus};
+        let app = |name: &str, revision: u64| AppStatus {
+            app: name.into(),
+            revision,
+            state: AppState::Running,
+            ready: 1,
+            desired: 1,
+            error: None,
+        };
         let report = |revision: u64| StatusReport {
             applied_revision: revision,
-            apps: vec![AppStatus {
-                app: "web".into(),
-                revision,
-                state: AppState::Running,
-                ready: 1,
-                desired: 1,
-                error: None,
-            }],
+            apps: vec![app("db", 1), app("web", revision)],
             ..StatusReport::default()
         };
         let (tx, rx) = watch::channel(report(1));
@@ -1086,6 +1092,12 @@ mod tests {
         up.failed(taken);
         let (again, _) = up.take(3, Duration::ZERO);
         assert!(again.report.is_some(), "whole after a failed send");
+        // A change to every app goes whole: the delta would be no smaller.
+        let mut all = report(4);
+        all.apps[0].revision = 4;
+        tx.send(all).unwrap();
+        let (every, _) = up.take(4, Duration::ZERO);
+        assert!(every.report.is_some() && every.delta.is_none());
         tx.send(report(4)).unwrap();
         up.whole_report();
         let (asked, _) = up.take(4, Duration::ZERO);

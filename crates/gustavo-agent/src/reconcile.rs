@@ -536,16 +536,7 @@ mod tests {
     }
 
     fn state(revision: u64, apps: Vec<DesiredApp>) -> Option<DesiredState> {
-        Some(DesiredState {
-            node: NODE.into(),
-            revision,
-            apps,
-            jobs: Vec::new(),
-            exec: Vec::new(),
-            pressure: None,
-            tunnel: None,
-            labels: Default::default(),
-        })
+        Some(DesiredState::new(NODE, revision, apps))
     }
 
     struct Harness {

@@ -281,6 +281,20 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
+    /// `apps` for `node` at `revision`, with nothing else.
+    pub fn new(node: impl Into<String>, revision: u64, apps: Vec<DesiredApp>) -> DesiredState {
+        DesiredState {
+            node: node.into(),
+            revision,
+            apps,
+            jobs: Vec::new(),
+            exec: Vec::new(),
+            pressure: None,
+            tunnel: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
     /// Completes the apps that came as templates ([`FORM_HEADER`]): their containers
     /// from the template, the node's name and labels and its replica numbers — exactly
     /// the containers (and hashes) the server would have sent. Afterwards the state is
@@ -690,16 +704,7 @@ mod tests {
     }
 
     fn state(revision: u64, apps: Vec<DesiredApp>) -> DesiredState {
-        DesiredState {
-            node: "n".into(),
-            revision,
-            apps,
-            jobs: Vec::new(),
-            exec: Vec::new(),
-            pressure: None,
-            tunnel: None,
-            labels: BTreeMap::new(),
-        }
+        DesiredState::new("n", revision, apps)
     }
 
     /// A state with what went before left out, put back together from what the agent
