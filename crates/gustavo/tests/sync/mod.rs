@@ -672,3 +672,80 @@ fn the_template_form_completes_to_exactly_the_full_form() {
     );
     server.ok(&["apps", "delete", "-n", "t"]);
 }
+
+/// A device running two apps, on the stream: an update of one comes down alone (the other
+/// kept by name) and its report goes up as a delta; the server's view of both stays whole,
+/// the untouched app's container is never recreated, and deleting one leaves the other.
+#[test]
+fn a_change_to_one_of_two_apps_touches_only_that_app() {
+    require_docker_and_registry();
+    let server = Server::start();
+    let node = unique("twoapps");
+    let group = unique("twog");
+    let _agent = Agent::start(&server, &node, &[&group], &[]);
+    let image = format!("{}/web:v1", registry());
+    let spec = |name: &str, v: &str| {
+        format!("{name}:\n  docker_image: {image}\n  networks: []\n  env_vars: {{V: \"{v}\"}}\n")
+    };
+    for name in ["one", "two"] {
+        let f = server.spec(&format!("{name}.yml"), &spec(name, "1"));
+        server.ok(&[
+            "apps",
+            "create",
+            name,
+            "-f",
+            &f,
+            "-d",
+            &group,
+            "--wait",
+            "--timeout",
+            "120s",
+        ]);
+    }
+    let (one, two) = (format!("{node}.one.1"), format!("{node}.two.1"));
+    let one_id = inspect(&one, "{{.Id}}").unwrap();
+
+    let f = server.spec("two.yml", &spec("two", "2"));
+    server.ok(&[
+        "apps",
+        "update",
+        "two",
+        "-f",
+        &f,
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    let env = inspect(&two, "{{json .Config.Env}}").unwrap();
+    assert!(env.contains("V=2"), "{env}");
+    assert_eq!(
+        inspect(&one, "{{.Id}}").unwrap(),
+        one_id,
+        "app one untouched"
+    );
+    assert!(rollout_converged(&server, "one", &node) && rollout_converged(&server, "two", &node));
+    let containers = server.ok(&["cache", "containers", "-d", &group]);
+    assert!(
+        containers.contains(&one) && containers.contains(&two),
+        "the server sees both apps' containers: {containers}"
+    );
+
+    server.ok(&["apps", "delete", "two", "-y", "--wait", "--timeout", "120s"]);
+    wait_for(
+        "the server to see app two gone",
+        Duration::from_secs(30),
+        || {
+            !server
+                .ok(&["cache", "containers", "-d", &group])
+                .contains(&two)
+        },
+    );
+    let containers = server.ok(&["cache", "containers", "-d", &group]);
+    assert!(containers.contains(&one), "{containers}");
+    assert!(rollout_converged(&server, "one", &node));
+    assert_eq!(
+        inspect(&one, "{{.Id}}").unwrap(),
+        one_id,
+        "app one untouched"
+    );
+}
