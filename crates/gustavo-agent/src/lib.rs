@@ -588,13 +588,17 @@ impl<'a> Uplink<'a> {
         // Where the server takes them, what changed since the last report sent — unless
         // that is all of it (one app: the delta would only add its own fields).
         let (report, delta) = match report {
+            // One app: nothing kept to compute a delta from (it would be no smaller).
+            Some(r) if r.apps.len() <= 1 => {
+                self.base = None;
+                (Some(r), None)
+            }
             Some(r) => {
                 let delta = match &self.base {
-                    Some((seq, before)) if self.deltas && r.apps.len() > 1 => {
-                        Some(report::delta(before, &r, *seq)).filter(|d| {
+                    Some((seq, before)) if self.deltas => Some(report::delta(before, &r, *seq))
+                        .filter(|d| {
                             d.apps.len() < r.apps.len() || d.containers.len() < r.containers.len()
-                        })
-                    }
+                        }),
                     _ => None,
                 };
                 let report = delta.is_none().then(|| r.clone());
@@ -915,9 +919,6 @@ async fn stream_once(
         }
     };
     let mut heard_any = false;
-    // The last desired state that came down this stream, as it came: what a delta's kept
-    // apps are taken from.
-    let mut had: Option<DesiredState> = None;
     let (first, taken) = up.take(after(), Duration::ZERO);
     let mut broke = stream.send(&first).await.err();
     if broke.is_some() {
@@ -936,19 +937,9 @@ async fn stream_once(
                         up.whole_report();
                     }
                     up.deltas |= frame.deltas;
-                    if let Some(mut d) = frame.desired {
-                        let whole = match &had {
-                            _ if frame.kept.is_empty() => Ok(()),
-                            Some(h) => d.restore(&frame.kept, h),
-                            None => Err("a delta came before any state".to_string()),
-                        };
-                        match whole {
-                            Ok(()) => {
-                                had = Some(d.clone());
-                                accept(d);
-                            }
-                            Err(e) => broke = Some(gone(&format!("cannot apply the desired state: {e}"))),
-                        }
+                    // Whole: the client put back the apps a delta kept.
+                    if let Some(d) = frame.desired {
+                        accept(d);
                     }
                     if let Some(e) = frame.error {
                         broke = Some(ClientError::Api { status: 0, code: e.code, message: e.message });

@@ -21,6 +21,9 @@ pub struct SyncStream {
     down: reqwest::Response,
     buf: Vec<u8>,
     url: String,
+    /// The last desired state that came down, as it came (template form): where a delta's
+    /// kept apps come from.
+    had: Option<gustavo_model::api::DesiredState>,
 }
 
 impl Client {
@@ -80,6 +83,7 @@ impl Client {
             down: resp,
             buf: Vec::new(),
             url,
+            had: None,
         })
     }
 }
@@ -101,8 +105,9 @@ impl SyncStream {
             .map_err(|_| self.gone("closed"))
     }
 
-    /// The next frame, its templates completed; `Ok(None)` when the server ended the
-    /// stream. A frame with `error` is the server's last.
+    /// The next frame, its desired state whole (apps `kept` put back from the last state
+    /// that came down this stream) and its templates completed; `Ok(None)` when the server
+    /// ended the stream. A frame with `error` is the server's last.
     pub async fn next(&mut self) -> Result<Option<StreamFrame>, ClientError> {
         loop {
             if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
@@ -113,6 +118,16 @@ impl SyncStream {
                         reason: e.to_string(),
                     })?;
                 if let Some(d) = &mut frame.desired {
+                    if !frame.kept.is_empty() {
+                        let had = self.had.as_ref().ok_or("a delta came before any state");
+                        had.map_err(str::to_string)
+                            .and_then(|h| d.restore(&frame.kept, h))
+                            .map_err(|e| {
+                                self.gone(&format!("cannot apply the desired state: {e}"))
+                            })?;
+                    }
+                    // Kept as it came (templates are cheap to copy: shared).
+                    self.had = Some(d.clone());
                     d.complete();
                 }
                 return Ok(Some(frame));

@@ -263,9 +263,9 @@ impl Ops {
         // Whether what the node is owed must be looked at: at the start and after a wake,
         // not after a line up (what a node says changes nothing it is owed).
         let mut look = true;
-        // The apps of the last state sent down (with `deltas`) and the labels they were
-        // completed with on the device: what the agent has.
-        let mut had: Option<(Vec<gustavo_model::api::DesiredApp>, _)> = None;
+        // The apps of the last state sent down (with `deltas`) and a hash of the labels
+        // they were completed with on the device: what the agent has.
+        let mut had: Option<(Vec<gustavo_model::api::DesiredApp>, u64)> = None;
         loop {
             if look {
                 look = false;
@@ -290,10 +290,14 @@ impl Ops {
                     sent = sent.max(d.revision);
                     let mut kept = Vec::new();
                     if deltas {
-                        let now = (d.apps.clone(), d.labels.clone());
+                        let labels = std::hash::BuildHasher::hash_one(
+                            &foldhash::fast::FixedState::default(),
+                            &d.labels,
+                        );
+                        let now = (d.apps.clone(), labels);
                         // New labels change every templated app on the device.
-                        if let Some((apps, labels)) = &had
-                            && *labels == d.labels
+                        if let Some((apps, was)) = &had
+                            && *was == labels
                         {
                             kept = d.keep_unchanged(apps);
                         }
