@@ -320,17 +320,29 @@ impl DesiredState {
     }
 
     /// Takes out the apps that are exactly as in `sent` (what went down before on the same
-    /// stream) and returns their names: the state becomes a delta ([`StreamFrame::kept`])
-    /// carrying only what changed.
-    pub fn keep_unchanged(&mut self, sent: &[DesiredApp]) -> Vec<String> {
+    /// stream, none at first) and returns their names: the state becomes a delta
+    /// ([`StreamFrame::kept`]) carrying only what changed. New labels change every app
+    /// (templates are completed with them on the device), so then none is kept. `sent`
+    /// becomes this state.
+    pub fn keep_unchanged(&mut self, sent: &mut Option<Sent>) -> Vec<String> {
+        let now = Sent {
+            apps: self.apps.clone(),
+            labels: std::hash::BuildHasher::hash_one(
+                &std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default(),
+                &self.labels,
+            ),
+        };
         let mut kept = Vec::new();
-        self.apps.retain(|a| {
-            let same = sent.iter().any(|s| s == a);
-            if same {
-                kept.push(a.name.clone());
-            }
-            !same
-        });
+        if let Some(before) = sent.as_ref().filter(|b| b.labels == now.labels) {
+            self.apps.retain(|a| {
+                let same = before.apps.contains(a);
+                if same {
+                    kept.push(a.name.clone());
+                }
+                !same
+            });
+        }
+        *sent = Some(now);
         kept
     }
 
@@ -347,6 +359,15 @@ impl DesiredState {
         self.apps.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(())
     }
+}
+
+/// What went down last on a stream that takes desired deltas
+/// ([`DesiredState::keep_unchanged`]): its apps as sent, and a hash of the labels they were
+/// completed with on the device.
+#[derive(Debug)]
+pub struct Sent {
+    apps: Vec<DesiredApp>,
+    labels: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -713,8 +734,10 @@ mod tests {
     fn a_desired_delta_restores_to_the_whole_state() {
         let before = state(4, vec![app("a", 1), app("b", 2), app("gone", 3)]);
         let now = state(5, vec![app("a", 1), app("b", 5), app("new", 5)]);
+        let mut sent = None;
+        before.clone().keep_unchanged(&mut sent);
         let mut delta = now.clone();
-        let kept = delta.keep_unchanged(&before.apps);
+        let kept = delta.keep_unchanged(&mut sent);
         assert_eq!(kept, ["a"]);
         assert_eq!(
             delta
@@ -732,6 +755,13 @@ mod tests {
             .restore(&kept, &state(4, vec![app("b", 2)]))
             .unwrap_err();
         assert!(e.contains("`a`"), "{e}");
+        // Nothing is kept at first, nor when the labels changed.
+        let mut first = now.clone();
+        assert!(first.keep_unchanged(&mut None).is_empty());
+        let mut relabelled = now.clone();
+        relabelled.labels.insert("site".into(), "b".into());
+        assert!(relabelled.keep_unchanged(&mut sent).is_empty());
+        assert_eq!(relabelled.apps.len(), 3);
     }
 
     /// Issue 15: an app sent as a template (once per version, nothing of the node in it)

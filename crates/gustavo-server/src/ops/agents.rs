@@ -364,11 +364,9 @@ impl Ops {
         // written in a second step, a newer report that slipped between them was overwritten
         // by the older one, and the agent (which had sent the newer) never sent it again.
         let (mut pressure, mut report_new, mut need_report) = (None, false, false);
-        let runs = match (&req.report, &req.delta) {
-            (Some(r), _) => Some(r.jobs.clone()),
-            (None, Some(d)) => Some(d.jobs.clone()),
-            (None, None) => None,
-        };
+        let runs = (req.report.as_ref().map(|r| &r.jobs))
+            .or(req.delta.as_ref().map(|d| &d.jobs))
+            .cloned();
         self.seen(name, from, |l| {
             l.syncs = true;
             if let Some(hb) = req.heartbeat

@@ -263,9 +263,8 @@ impl Ops {
         // Whether what the node is owed must be looked at: at the start and after a wake,
         // not after a line up (what a node says changes nothing it is owed).
         let mut look = true;
-        // The apps of the last state sent down (with `deltas`) and a hash of the labels
-        // they were completed with on the device: what the agent has.
-        let mut had: Option<(Vec<gustavo_model::api::DesiredApp>, u64)> = None;
+        // What the agent has: the last state sent down (with `deltas`).
+        let mut had = None;
         loop {
             if look {
                 look = false;
@@ -288,21 +287,11 @@ impl Ops {
                         d.complete();
                     }
                     sent = sent.max(d.revision);
-                    let mut kept = Vec::new();
-                    if deltas {
-                        let labels = std::hash::BuildHasher::hash_one(
-                            &foldhash::fast::FixedState::default(),
-                            &d.labels,
-                        );
-                        let now = (d.apps.clone(), labels);
-                        // New labels change every templated app on the device.
-                        if let Some((apps, was)) = &had
-                            && *was == labels
-                        {
-                            kept = d.keep_unchanged(apps);
-                        }
-                        had = Some(now);
-                    }
+                    let kept = if deltas {
+                        d.keep_unchanged(&mut had)
+                    } else {
+                        Vec::new()
+                    };
                     send(StreamFrame {
                         desired: Some(d),
                         kept,
