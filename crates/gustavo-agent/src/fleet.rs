@@ -66,6 +66,12 @@ pub struct EndpointLatency {
 }
 
 impl Latencies {
+    /// What a client calls after each request to have it recorded here.
+    pub fn observer(self: &Arc<Self>) -> gustavo_client::Observer {
+        let l = self.clone();
+        Arc::new(move |endpoint, took, status| l.record(endpoint, took, status))
+    }
+
     fn record(&self, endpoint: &'static str, took: Duration, status: u16) {
         use gustavo_client::{NO_ANSWER, TIMED_OUT};
         let mut all = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
@@ -147,10 +153,7 @@ impl Fleet {
     /// Starts every agent at once; each registers, then settles into its normal cycle.
     pub fn spawn(cfg: &FleetConfig) -> Fleet {
         let latencies = Arc::new(Latencies::default());
-        let observer: gustavo_client::Observer = {
-            let l = latencies.clone();
-            Arc::new(move |endpoint, took, status| l.record(endpoint, took, status))
-        };
+        let observer = latencies.observer();
         let per = cfg.per_connection.max(1);
         let connections = cfg.agents.div_ceil(per);
         let pools: Vec<reqwest::Client> = (0..connections)
@@ -228,6 +231,11 @@ impl Fleet {
             tasks,
             devices,
         }
+    }
+
+    /// The first agent's name (the fleet's names sort in the order they were made).
+    pub fn first_agent(&self) -> Option<&str> {
+        self.devices.keys().min().map(String::as_str)
     }
 
     /// What one simulated device holds: the desired revision it keeps, its containers

@@ -116,6 +116,8 @@ pub fn endpoint_label(path: &str) -> &'static str {
         "rollout"
     } else if path.starts_with("/api/v1/apps") {
         "apps"
+    } else if path.starts_with("/api/v1/nodes/") {
+        "nodes"
     } else {
         "other"
     }

@@ -1071,6 +1071,11 @@ fn fleet_of_50(extra: &[&str]) -> Vec<serde_json::Value> {
             .iter()
             .all(|c| c["bytes_per_agent"].as_f64().unwrap() > 0.0)
     );
+    // A person's API call was timed while the changes spread, and none failed.
+    let api = &r["api"];
+    assert!(api["count"].as_u64().unwrap() >= 1, "{api}");
+    assert_eq!(api["errors"], 0, "{api}");
+    assert!(api["p50_ms"].as_f64().unwrap() <= api["max_ms"].as_f64().unwrap());
     let server = &r["server"];
     assert!(
         server["rss_mb_idle"].as_f64().unwrap() > 0.0

@@ -8,10 +8,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use gustavo_agent::fleet::{EndpointLatency, Fleet, FleetConfig};
+use gustavo_agent::fleet::{EndpointLatency, Fleet, FleetConfig, Latencies};
 use gustavo_client::Client;
 use gustavo_model::spec;
 use serde::Serialize;
@@ -26,6 +27,11 @@ const GROUP: &str = "fleet";
 const APP: &str = "bench";
 /// The apps besides the one timed (`--apps`) are named `background-1`…
 const BACKGROUND: &str = "background";
+/// How often a person's API call is made while a change spreads (`nodes get` of one agent):
+/// the API's latency under load is measured next to the changes (design.md §8: p99 < 100 ms).
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// The probe's row in the latency table.
+const PROBE_LABEL: &str = "nodes get (admin, during the changes)";
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -41,7 +47,12 @@ pub struct Report {
     pub idle_bytes_per_agent_per_min: f64,
     pub server: Option<ProcessStats>,
     pub changes: Vec<Change>,
+    /// The simulated agents' requests from the idle window on, per endpoint (none when
+    /// they stream).
     pub latency: Vec<EndpointLatency>,
+    /// A person's API call while the changes spread (`nodes get` of one agent every
+    /// 100 ms), over every change.
+    pub api: Option<EndpointLatency>,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,6 +76,8 @@ pub struct Change {
     /// Loopback bytes while the change spread, per agent: what one change costs each
     /// device's link, both directions (with whatever else went meanwhile, e.g. vitals).
     pub bytes_per_agent: f64,
+    /// The probe's API calls while the change spread (`nodes get`, every 100 ms).
+    pub api: Option<EndpointLatency>,
 }
 
 /// A server the benchmark started itself, as a child process so its CPU and memory can be
@@ -181,45 +194,142 @@ fn cpu_s(pid: Option<u32>) -> Option<f64> {
         .map(|(ticks, _, _)| ticks as f64 / CLK_TCK)
 }
 
-/// Applies a change and times it until every agent reports it, with the CPU each side used.
-async fn timed_change(
-    admin: &Client,
-    fleet: &Fleet,
-    change: &'static str,
+/// A person's API call made over and over while a change spreads, on a connection and an
+/// OS thread of its own: the simulated fleet saturates its core during a change, and a call
+/// made from its runtime would time the fleet's queue, not the server.
+struct Probe {
+    /// What the probe's thread is to do.
+    state: tokio::sync::watch::Sender<ProbeState>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Every call, and those of the change under way.
+    all: Arc<Latencies>,
+    this_change: Arc<Latencies>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeState {
+    /// Between changes: no call.
+    Idle,
+    /// A change spreads: a call at once, then every [`PROBE_EVERY`].
+    Calling,
+    Stop,
+}
+
+impl Probe {
+    fn new(url: &str, admin_token: &str, node: String) -> Result<Probe> {
+        let (all, this_change) = (Arc::<Latencies>::default(), Arc::<Latencies>::default());
+        let (a, c) = (all.observer(), this_change.observer());
+        let both: gustavo_client::Observer = Arc::new(move |endpoint, took, status| {
+            a(endpoint, took, status);
+            c(endpoint, took, status);
+        });
+        let client = Client::new(url, admin_token).with_observer(both);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the API probe's runtime")?;
+        let (state, mut told) = tokio::sync::watch::channel(ProbeState::Idle);
+        let thread = std::thread::spawn(move || {
+            rt.block_on(async {
+                loop {
+                    match told.wait_for(|s| *s != ProbeState::Idle).await.as_deref() {
+                        Ok(ProbeState::Calling) => {}
+                        _ => return,
+                    }
+                    // A failure is recorded (as an error) and the calls go on.
+                    let _ = client.get_node(&node).await;
+                    tokio::time::sleep(PROBE_EVERY).await;
+                }
+            })
+        });
+        Ok(Probe {
+            state,
+            thread: Some(thread),
+            all,
+            this_change,
+        })
+    }
+
+    /// Calls from now until [`Probe::this_change`].
+    fn start(&self) {
+        self.this_change.reset();
+        self.state.send_replace(ProbeState::Calling);
+    }
+
+    /// The latencies of every call so far.
+    fn summary(&self) -> Option<EndpointLatency> {
+        self.all.summary().pop()
+    }
+
+    /// Stops the calls; the latencies of those since [`Probe::start`].
+    fn this_change(&self) -> Option<EndpointLatency> {
+        self.state.send_replace(ProbeState::Idle);
+        self.this_change.summary().pop()
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.state.send_replace(ProbeState::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What every timed change is measured with.
+struct Changes<'a> {
+    admin: &'a Client,
+    probe: Probe,
+    fleet: &'a Fleet,
     server_pid: Option<u32>,
     agents: usize,
     timeout: Duration,
-    apply: impl std::future::Future<Output = Result<(), gustavo_client::ClientError>>,
-) -> Result<Change> {
-    let me = Some(std::process::id());
-    let (s0, b0, l0) = (
-        cpu_s(server_pid),
-        cpu_s(me).unwrap_or(0.0),
-        loopback_bytes(),
-    );
-    let t = Instant::now();
-    apply.await?;
-    let converged = match wait_converged(admin, APP, agents, t, timeout, change).await {
-        Ok(n) => n,
-        Err(e) => {
-            stragglers(admin, fleet).await;
-            return Err(e);
-        }
-    };
-    let seconds = t.elapsed().as_secs_f64();
-    let (s1, b1, l1) = (
-        cpu_s(server_pid),
-        cpu_s(me).unwrap_or(0.0),
-        loopback_bytes(),
-    );
-    Ok(Change {
-        change,
-        seconds,
-        converged,
-        server_cpu_s: s0.zip(s1).map(|(a, b)| b - a),
-        agents_cpu_s: b1 - b0,
-        bytes_per_agent: l1.saturating_sub(l0) as f64 / agents as f64,
-    })
+}
+
+impl Changes<'_> {
+    /// Applies a change and times it until every agent reports it, with the CPU each side
+    /// used, while the probe calls the API.
+    async fn timed(
+        &self,
+        change: &'static str,
+        apply: impl std::future::Future<Output = Result<(), gustavo_client::ClientError>>,
+    ) -> Result<Change> {
+        let me = Some(std::process::id());
+        let (s0, b0, l0) = (
+            cpu_s(self.server_pid),
+            cpu_s(me).unwrap_or(0.0),
+            loopback_bytes(),
+        );
+        let t = Instant::now();
+        self.probe.start();
+        let spread = async {
+            apply.await?;
+            wait_converged(self.admin, APP, self.agents, t, self.timeout, change).await
+        };
+        let converged = match spread.await {
+            Ok(n) => n,
+            Err(e) => {
+                stragglers(self.admin, self.fleet).await;
+                return Err(e);
+            }
+        };
+        let seconds = t.elapsed().as_secs_f64();
+        let (s1, b1, l1) = (
+            cpu_s(self.server_pid),
+            cpu_s(me).unwrap_or(0.0),
+            loopback_bytes(),
+        );
+        Ok(Change {
+            change,
+            seconds,
+            converged,
+            server_cpu_s: s0.zip(s1).map(|(a, b)| b - a),
+            agents_cpu_s: b1 - b0,
+            bytes_per_agent: l1.saturating_sub(l0) as f64 / self.agents as f64,
+            api: self.probe.this_change(),
+        })
+    }
 }
 
 /// Prints, for a few agents that did not converge, what the server knows and what the
@@ -466,9 +576,21 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
         |image: &str| format!("{APP}:\n  docker_image: {image}\n  env_vars: {{MODE: bench}}\n");
     let v1 = spec::parse_one(&yaml(IMAGE_V1), APP)?;
     let v2 = spec::parse_one(&yaml(IMAGE_V2), APP)?;
-    let (n, group) = (args.agents, [GROUP.to_string()]);
+    let group = [GROUP.to_string()];
+    let run = Changes {
+        admin: &admin,
+        probe: Probe::new(
+            &url,
+            &admin_token,
+            fleet.first_agent().unwrap_or_default().to_string(),
+        )?,
+        fleet: &fleet,
+        server_pid: pid,
+        agents: args.agents,
+        timeout,
+    };
     let mut changes = vec![
-        timed_change(&admin, &fleet, "create", pid, n, timeout, async {
+        run.timed("create", async {
             admin.create_app(APP, &v1, &group).await.map(|_| ())
         })
         .await?,
@@ -476,17 +598,15 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
     for i in 0..args.updates {
         let spec = if i % 2 == 0 { &v2 } else { &v1 };
         changes.push(
-            timed_change(&admin, &fleet, "update", pid, n, timeout, async {
+            run.timed("update", async {
                 admin.update_app(APP, spec, None).await.map(|_| ())
             })
             .await?,
         );
     }
     changes.push(
-        timed_change(&admin, &fleet, "delete", pid, n, timeout, async {
-            admin.delete_app(APP).await.map(|_| ())
-        })
-        .await?,
+        run.timed("delete", async { admin.delete_app(APP).await.map(|_| ()) })
+            .await?,
     );
 
     let peak = pid
@@ -494,6 +614,8 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
         .map(|(_, _, hwm)| hwm)
         .unwrap_or(0.0);
     let latency = fleet.latencies.summary();
+    let api = run.probe.summary();
+    drop(run);
     let connections = fleet.connections;
     fleet.stop().await;
     drop(own);
@@ -512,6 +634,7 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
         }),
         changes,
         latency,
+        api,
     })
 }
 
@@ -559,6 +682,10 @@ fn print(format: Format, r: &Report) {
                     .unwrap_or_else(|| "-".into()),
                 format!("{:.2}s", c.agents_cpu_s),
                 format!("{:.0}", c.bytes_per_agent),
+                c.api
+                    .as_ref()
+                    .map(|a| format!("{:.1} / {:.1}", a.p50_ms, a.max_ms))
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -572,12 +699,18 @@ fn print(format: Format, r: &Report) {
             "server cpu",
             "simulator cpu",
             "bytes per agent",
+            "api p50 / max ms",
         ],
         rows,
     );
+    let probe = r.api.clone().map(|mut a| {
+        a.endpoint = PROBE_LABEL.into();
+        a
+    });
     let rows = r
         .latency
         .iter()
+        .chain(&probe)
         .map(|l| {
             let name = if l.endpoint == "desired" || l.endpoint == "sync" {
                 format!("{} (long-poll, incl. wait)", l.endpoint)
