@@ -63,8 +63,8 @@ pub enum ServerError {
     },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
-    #[error("cannot start the writer thread: {0}")]
-    Thread(std::io::Error),
+    #[error("cannot start the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
@@ -327,6 +327,10 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        self.shared
+            .wakers
+            .pace(tokio::runtime::Handle::current())
+            .map_err(|e| ServerError::Thread("wake-up", e))?;
         tokio::spawn(controllers::scheduler::run(self.shared.clone()));
         tokio::spawn(controllers::rollouts::run(self.ops.clone()));
         tokio::spawn(controllers::jobs::run(self.ops.clone()));

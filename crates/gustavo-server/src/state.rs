@@ -1010,7 +1010,7 @@ impl Shared {
         std::thread::Builder::new()
             .name("gustavo-writer".into())
             .spawn(move || writer(weak, rx))
-            .map_err(crate::ServerError::Thread)?;
+            .map_err(|e| crate::ServerError::Thread("writer", e))?;
         Ok(shared)
     }
 
@@ -1108,9 +1108,7 @@ impl Shared {
             if outcome.is_err() {
                 wake.insert(crate::wake::Key::All);
             }
-            for key in &wake {
-                self.wakers.wake(key);
-            }
+            self.wakers.wake(&wake);
             self.revision_tx.send_replace(revision);
         }
     }

@@ -7,10 +7,18 @@
 //! Changes that are hard to map to nodes and rare (sites, jobs) wake everyone: a wake-up too
 //! many costs a revision check, a wake-up missed would cost a change its latency until the
 //! poll's timeout.
+//!
+//! Once the server runs ([`Wakers::pace`]), the waiters of a commit are woken by a thread of
+//! their own, a chunk at a time, keeping the runtime's global queue short. Woken from outside
+//! the runtime, every waiter's task goes to that queue; 100,000 at once made it seconds long,
+//! and whatever the runtime moved there behind them — a person's API call, when a worker's
+//! own queue overflowed — waited seconds too (BENCHMARKS.md, "Eighth session").
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use gustavo_store::Change;
@@ -26,21 +34,67 @@ pub enum Key {
     Node(String),
 }
 
+/// Waiters woken at a time by the pacing thread, and how many tasks may wait in the
+/// runtime's global queue before it wakes more: at ~35 µs a task on one core, what the queue
+/// holds is run within ~40 ms.
+const CHUNK: usize = 512;
+const QUEUED_AT_MOST: usize = 512;
+
 /// Every key some long-poll or stream waits on now, with its waiters.
 #[derive(Default)]
 pub struct Wakers {
     keys: DashMap<Key, HashMap<u64, Arc<Notify>>>,
     next: AtomicU64,
+    /// The pacing thread, once the server runs.
+    paced: OnceLock<mpsc::Sender<Vec<Arc<Notify>>>>,
 }
 
 impl Wakers {
-    /// Wakes whoever waits on `key` now; one who is busy finds the wake when it next waits.
-    pub fn wake(&self, key: &Key) {
-        if let Some(waiters) = self.keys.get(key) {
-            for n in waiters.values() {
-                n.notify_one();
+    /// Wakes whoever waits on any of `keys` now (or has the pacing thread do it soon); one
+    /// who is busy finds the wake when it next waits.
+    pub fn wake<'k>(&self, keys: impl IntoIterator<Item = &'k Key>) {
+        let Some(paced) = self.paced.get() else {
+            for key in keys {
+                if let Some(waiters) = self.keys.get(key) {
+                    waiters.values().for_each(|n| n.notify_one());
+                }
+            }
+            return;
+        };
+        let mut all = Vec::new();
+        for key in keys {
+            if let Some(waiters) = self.keys.get(key) {
+                all.extend(waiters.values().cloned());
             }
         }
+        if !all.is_empty()
+            && let Err(mpsc::SendError(all)) = paced.send(all)
+        {
+            all.iter().for_each(|n| n.notify_one());
+        }
+    }
+
+    /// From now on, wakes are made by a thread of their own, [`CHUNK`] waiters at a time,
+    /// each chunk once `runtime`'s global queue holds at most [`QUEUED_AT_MOST`] tasks. The
+    /// thread ends with these wakers.
+    pub fn pace(&self, runtime: tokio::runtime::Handle) -> std::io::Result<()> {
+        let (tx, rx) = mpsc::channel::<Vec<Arc<Notify>>>();
+        std::thread::Builder::new()
+            .name("gustavo-wakes".into())
+            .spawn(move || {
+                let queued = || runtime.metrics().global_queue_depth();
+                for waiters in rx {
+                    for chunk in waiters.chunks(CHUNK) {
+                        while queued() > QUEUED_AT_MOST {
+                            std::thread::sleep(Duration::from_micros(500));
+                        }
+                        chunk.iter().for_each(|n| n.notify_one());
+                    }
+                }
+            })?;
+        // A second call keeps the first thread; this one's ends at once with its channel.
+        let _ = self.paced.set(tx);
+        Ok(())
     }
 
     /// How many keys are held (for tests and metrics).
@@ -167,7 +221,7 @@ mod tests {
         let w = Wakers::default();
         let a = Waiting::new(&w, "a", &["g1".into()]);
         let b = Waiting::new(&w, "b", &["g2".into()]);
-        w.wake(&Key::Group("g1".into()));
+        w.wake([&Key::Group("g1".into())]);
         async fn woke(f: &Waiting<'_>) -> bool {
             tokio::time::timeout(std::time::Duration::from_millis(50), f.changed())
                 .await
@@ -176,16 +230,34 @@ mod tests {
         assert!(woke(&a).await);
         assert!(!woke(&a).await, "one wake wakes once");
         assert!(!woke(&b).await);
-        w.wake(&Key::All);
+        w.wake([&Key::All]);
         assert!(woke(&b).await);
         // A wake while nobody is waiting is kept for the next wait.
-        w.wake(&Key::Node("b".into()));
+        w.wake([&Key::Node("b".into())]);
         assert!(woke(&b).await);
         assert_eq!(w.len(), 5);
         drop(a);
         drop(b);
         // Nothing is kept once nobody waits.
         assert!(w.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn paced_wakes_reach_every_waiter() {
+        let w = Wakers::default();
+        w.pace(tokio::runtime::Handle::current()).unwrap();
+        // More waiters than a chunk, so the wake takes several.
+        let names: Vec<String> = (0..CHUNK * 3 + 7).map(|i| format!("n{i}")).collect();
+        let waiting: Vec<Waiting<'_>> = names
+            .iter()
+            .map(|n| Waiting::new(&w, n, &["g".into()]))
+            .collect();
+        w.wake([&Key::Group("g".into()), &Key::Node("n0".into())]);
+        for wt in &waiting {
+            tokio::time::timeout(std::time::Duration::from_secs(5), wt.changed())
+                .await
+                .expect("every waiter is woken");
+        }
     }
 
     #[test]
