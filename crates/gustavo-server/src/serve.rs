@@ -19,7 +19,9 @@
 //! connection itself as an `Arc<Conn>`, so authentication can record what it proved.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,6 +86,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = tls.map(TlsAcceptor::from);
+    let protocols = Arc::new(Protocols::new(&timeouts));
     let (closing_tx, closing) = watch::channel(false);
     tokio::pin!(shutdown);
     // Rate-limits the warning about failed accepts (a flood would repeat it).
@@ -121,45 +124,43 @@ pub async fn serve(
         keepalive(&stream);
         let router = router.clone();
         let acceptor = acceptor.clone();
+        let protocols = protocols.clone();
         let mut closing = closing.clone();
         tokio::spawn(async move {
             let conn = ticket.conn.clone();
             let svc = service(router, peer, conn.clone());
-            match acceptor {
+            // What serves the connection is boxed, sized to the protocol it serves: made in
+            // this task's own state, the handshake and the two kinds of connection each
+            // took room there (9.4 KB a connection, where serving HTTP/2 needs ~3). The
+            // hyper connection is boxed on its own: moved into `connection`'s state, it
+            // would take room twice (the argument, then where it is pinned).
+            let serving: Pin<Box<dyn Future<Output = ()> + Send + '_>> = match acceptor {
                 Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(timeouts.handshake, acceptor.accept(stream));
-                    let tls = tokio::select! {
-                        r = handshake => match r {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        },
-                        _ = conn.shed() => return,
-                        _ = closing.wait_for(|c| *c) => return,
+                    let handshake = Box::pin(handshake(
+                        &acceptor,
+                        stream,
+                        timeouts.handshake,
+                        &conn,
+                        &mut closing,
+                        peer,
+                    ));
+                    let Some(tls) = handshake.await else {
+                        return;
                     };
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    connection(TokioIo::new(tls), svc, h2, timeouts, &conn, closing, peer).await;
+                    let c = protocols
+                        .get(h2)
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                    Box::pin(connection(Box::pin(c), timeouts, &conn, closing, peer))
                 }
                 None => {
-                    connection(
-                        TokioIo::new(stream),
-                        svc,
-                        false,
-                        timeouts,
-                        &conn,
-                        closing,
-                        peer,
-                    )
-                    .await
+                    let c = protocols
+                        .get(false)
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    Box::pin(connection(Box::pin(c), timeouts, &conn, closing, peer))
                 }
-            }
+            };
+            serving.await;
             drop(ticket);
         });
     }
@@ -209,10 +210,80 @@ fn service(
     })
 }
 
+/// The two ways a connection is served, made once: HTTP/2 (ALPN said so) and the rest.
+struct Protocols {
+    h2: auto::Builder<TokioExecutor>,
+    other: auto::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(t: &Timeouts) -> Protocols {
+        let make = || {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(t.header_read);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                // No HTTP/2 PINGs: TCP keepalive (`keepalive`) finds dead peers for both
+                // HTTP versions at a third of the bytes, and a PING answer is a device's
+                // uplink.
+                .keep_alive_interval(None)
+                .max_concurrent_streams(MAX_STREAMS)
+                // h2 closes a connection once 20 streams the client reset wait to be
+                // accepted (rapid-reset defence). Many agents multiplexed on one connection
+                // (a proxy, the fleet simulator) reset that many in a burst under load, and
+                // losing the connection drops every agent's poll on it: allow as many as
+                // may be open.
+                .max_pending_accept_reset_streams(MAX_STREAMS as usize);
+            builder
+        };
+        // With ALPN the protocol is known up front, so hyper never waits on a silent client
+        // to guess it; in the clear hyper reads the preface (h2c with prior knowledge).
+        Protocols {
+            h2: make().http2_only(),
+            other: make().http1_only(),
+        }
+    }
+
+    fn get(&self, h2: bool) -> &auto::Builder<TokioExecutor> {
+        if h2 { &self.h2 } else { &self.other }
+    }
+}
+
+/// The TLS handshake, within `limit`; none if it failed, ran out of time, or the connection
+/// was shed or the server is closing meanwhile.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    limit: Duration,
+    conn: &Conn,
+    closing: &mut watch::Receiver<bool>,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    tokio::select! {
+        r = tokio::time::timeout(limit, acceptor.accept(stream)) => match r {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                None
+            }
+        },
+        _ = conn.shed() => None,
+        _ = closing.wait_for(|c| *c) => None,
+    }
+}
+
+/// Serves connection `c` until it ends, is shed, stays idle past its deadline, or the
+/// server stops (then it may finish what it is sending, within the drain period).
 async fn connection<I, S>(
-    io: I,
-    svc: S,
-    h2: bool,
+    mut c: Pin<Box<auto::UpgradeableConnection<'_, I, S, TokioExecutor>>>,
     t: Timeouts,
     conn: &Conn,
     mut closing: watch::Receiver<bool>,
@@ -227,32 +298,6 @@ async fn connection<I, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(t.header_read);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        // No HTTP/2 PINGs: TCP keepalive (`keepalive`) finds dead peers for both HTTP
-        // versions at a third of the bytes, and a PING answer is a device's uplink.
-        .keep_alive_interval(None)
-        .max_concurrent_streams(MAX_STREAMS)
-        // h2 closes a connection once 20 streams the client reset wait to be accepted
-        // (rapid-reset defence). Many agents multiplexed on one connection (a proxy, the
-        // fleet simulator) reset that many in a burst under load, and losing the
-        // connection drops every agent's poll on it: allow as many as may be open.
-        .max_pending_accept_reset_streams(MAX_STREAMS as usize);
-    // The protocol is known up front (ALPN, or HTTP/1.1 in the clear), so hyper never waits
-    // on a silent client to guess it.
-    let builder = if h2 {
-        builder.http2_only()
-    } else {
-        builder.http1_only()
-    };
-    let c = builder.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(c);
     // Once the connection is told to close (idle, or the server stopping), it has
     // CLOSE_GRACE (or the drain period) to finish what it is sending.
     let mut closing_by: Option<tokio::time::Instant> = None;
