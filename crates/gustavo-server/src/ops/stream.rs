@@ -247,7 +247,9 @@ impl Ops {
         // The first line is answered at once, with nothing to say if need be: the agent
         // learns that its lines get through (something between that holds request bodies
         // would otherwise look like a quiet stream).
-        let need_report = self.received(name, from, first).await?;
+        // Boxed here and below: the stream's own state lives as long as the device is
+        // connected, what taking a line in needs only while it is taken in.
+        let need_report = Box::pin(self.received(name, from, first)).await?;
         send(StreamFrame {
             need_report,
             deltas: true,
@@ -305,7 +307,7 @@ impl Ops {
             tokio::select! {
                 l = up.next() => {
                     let Some(l) = l? else { return Ok(()) };
-                    let need_report = self.received(name, from, parse(&l)?).await?;
+                    let need_report = Box::pin(self.received(name, from, parse(&l)?)).await?;
                     // The keepalive goes only in answer to a line, never on a timer of its
                     // own: data sent to a device that has just gone silent stays
                     // unacknowledged, and the kernel then holds the connection for
