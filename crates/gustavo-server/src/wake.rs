@@ -75,21 +75,29 @@ impl Wakers {
     }
 
     /// From now on, wakes are made by a thread of their own, [`CHUNK`] waiters at a time,
-    /// each chunk once `runtime`'s global queue holds at most [`QUEUED_AT_MOST`] tasks. The
-    /// thread ends with these wakers.
+    /// each chunk once `runtime`'s global queue holds at most [`QUEUED_AT_MOST`] tasks, the
+    /// commit with the fewest waiters left first. The thread ends with these wakers.
     pub fn pace(&self, runtime: tokio::runtime::Handle) -> std::io::Result<()> {
         let (tx, rx) = mpsc::channel::<Vec<Arc<Notify>>>();
         std::thread::Builder::new()
             .name("gustavo-wakes".into())
             .spawn(move || {
                 let queued = || runtime.metrics().global_queue_depth();
-                for waiters in rx {
-                    for chunk in waiters.chunks(CHUNK) {
-                        while queued() > QUEUED_AT_MOST {
-                            std::thread::sleep(Duration::from_micros(500));
+                let mut commits = Commits::default();
+                loop {
+                    if commits.is_empty() {
+                        match rx.recv() {
+                            Ok(waiters) => commits.add(waiters),
+                            Err(_) => return,
                         }
-                        chunk.iter().for_each(|n| n.notify_one());
                     }
+                    while let Ok(waiters) = rx.try_recv() {
+                        commits.add(waiters);
+                    }
+                    while queued() > QUEUED_AT_MOST {
+                        std::thread::sleep(Duration::from_micros(500));
+                    }
+                    commits.next_chunk().iter().for_each(|n| n.notify_one());
                 }
             })?;
         // A second call keeps the first thread; this one's ends at once with its channel.
@@ -158,6 +166,33 @@ pub fn keys_of(c: &Cluster, change: &Change, out: &mut BTreeSet<Key>) {
         | Change::PutCallback(_)
         | Change::PutWatched(_)
         | Change::DeleteWatched(_) => {}
+    }
+}
+
+/// The waiters of the commits the pacing thread has yet to wake, each commit's in order.
+#[derive(Default)]
+struct Commits(Vec<std::vec::IntoIter<Arc<Notify>>>);
+
+impl Commits {
+    fn add(&mut self, waiters: Vec<Arc<Notify>>) {
+        self.0.push(waiters.into_iter());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Up to [`CHUNK`] waiters of the commit with the fewest left: a change to one node (a
+    /// client's deployment) does not wait behind a change to the whole fleet.
+    fn next_chunk(&mut self) -> Vec<Arc<Notify>> {
+        let Some(i) = (0..self.0.len()).min_by_key(|&i| self.0[i].len()) else {
+            return Vec::new();
+        };
+        let chunk: Vec<_> = self.0[i].by_ref().take(CHUNK).collect();
+        if self.0[i].len() == 0 {
+            self.0.swap_remove(i);
+        }
+        chunk
     }
 }
 
@@ -258,6 +293,25 @@ mod tests {
                 .await
                 .expect("every waiter is woken");
         }
+    }
+
+    #[test]
+    fn a_small_commit_is_woken_before_the_rest_of_a_large_one() {
+        let notifies = |n: usize| (0..n).map(|_| Arc::new(Notify::new())).collect::<Vec<_>>();
+        let (large, small) = (notifies(CHUNK * 2 + 1), notifies(1));
+        let mut c = Commits::default();
+        c.add(large.clone());
+        // The large commit's first chunk goes, then the small one comes in.
+        assert!(Arc::ptr_eq(&c.next_chunk()[0], &large[0]));
+        c.add(small.clone());
+        let next = c.next_chunk();
+        assert_eq!(next.len(), 1);
+        assert!(Arc::ptr_eq(&next[0], &small[0]));
+        // Then the rest of the large one, in order, and nothing is left.
+        assert!(Arc::ptr_eq(&c.next_chunk()[0], &large[CHUNK]));
+        assert_eq!(c.next_chunk().len(), 1);
+        assert!(c.is_empty());
+        assert!(c.next_chunk().is_empty());
     }
 
     #[test]
