@@ -1,5 +1,6 @@
 //! The accept loop: TCP, then (unless `--insecure-http`) a TLS handshake with a deadline,
-//! then HTTP/1.1 or HTTP/2 (by ALPN) served by hyper with the axum router.
+//! then HTTP/1.1 or HTTP/2 (told by the first bytes; TLS offers both by ALPN) served by
+//! hyper with the axum router.
 //!
 //! Written by hand rather than `axum::serve` because every connection is bounded in time
 //! and in number, whatever the client does or fails to do:
@@ -86,7 +87,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = tls.map(TlsAcceptor::from);
-    let protocols = Arc::new(Protocols::new(&timeouts));
+    let protocols = Arc::new(protocols(&timeouts));
     let (closing_tx, closing) = watch::channel(false);
     tokio::pin!(shutdown);
     // Rate-limits the warning about failed accepts (a flood would repeat it).
@@ -147,16 +148,11 @@ pub async fn serve(
                     let Some(tls) = handshake.await else {
                         return;
                     };
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let c = protocols
-                        .get(h2)
-                        .serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                    let c = protocols.serve_connection_with_upgrades(TokioIo::new(tls), svc);
                     Box::pin(connection(Box::pin(c), timeouts, &conn, closing, peer))
                 }
                 None => {
-                    let c = protocols
-                        .get(false)
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    let c = protocols.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     Box::pin(connection(Box::pin(c), timeouts, &conn, closing, peer))
                 }
             };
@@ -210,47 +206,28 @@ fn service(
     })
 }
 
-/// The two ways a connection is served, made once: HTTP/2 (ALPN said so) and the rest.
-struct Protocols {
-    h2: auto::Builder<TokioExecutor>,
-    other: auto::Builder<TokioExecutor>,
-}
-
-impl Protocols {
-    fn new(t: &Timeouts) -> Protocols {
-        let make = || {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(t.header_read);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                // No HTTP/2 PINGs: TCP keepalive (`keepalive`) finds dead peers for both
-                // HTTP versions at a third of the bytes, and a PING answer is a device's
-                // uplink.
-                .keep_alive_interval(None)
-                .max_concurrent_streams(MAX_STREAMS)
-                // h2 closes a connection once 20 streams the client reset wait to be
-                // accepted (rapid-reset defence). Many agents multiplexed on one connection
-                // (a proxy, the fleet simulator) reset that many in a burst under load, and
-                // losing the connection drops every agent's poll on it: allow as many as
-                // may be open.
-                .max_pending_accept_reset_streams(MAX_STREAMS as usize);
-            builder
-        };
-        // With ALPN the protocol is known up front, so hyper never waits on a silent client
-        // to guess it; in the clear hyper reads the preface (h2c with prior knowledge).
-        Protocols {
-            h2: make().http2_only(),
-            other: make().http1_only(),
-        }
-    }
-
-    fn get(&self, h2: bool) -> &auto::Builder<TokioExecutor> {
-        if h2 { &self.h2 } else { &self.other }
-    }
+/// How every connection is served, made once. hyper tells HTTP/2 from HTTP/1.1 by the
+/// first bytes the client sends (ALPN or not); a client that sends nothing is closed by the
+/// header deadline (`connection`).
+fn protocols(t: &Timeouts) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(t.header_read);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // No HTTP/2 PINGs: TCP keepalive (`keepalive`) finds dead peers for both HTTP
+        // versions at a third of the bytes, and a PING answer is a device's uplink.
+        .keep_alive_interval(None)
+        .max_concurrent_streams(MAX_STREAMS)
+        // h2 closes a connection once 20 streams the client reset wait to be accepted
+        // (rapid-reset defence). Many agents multiplexed on one connection (a proxy, the
+        // fleet simulator) reset that many in a burst under load, and losing the
+        // connection drops every agent's poll on it: allow as many as may be open.
+        .max_pending_accept_reset_streams(MAX_STREAMS as usize);
+    builder
 }
 
 /// The TLS handshake, within `limit`; none if it failed, ran out of time, or the connection

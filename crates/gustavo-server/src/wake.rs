@@ -53,25 +53,24 @@ impl Wakers {
     /// Wakes whoever waits on any of `keys` now (or has the pacing thread do it soon); one
     /// who is busy finds the wake when it next waits.
     pub fn wake<'k>(&self, keys: impl IntoIterator<Item = &'k Key>) {
-        let Some(paced) = self.paced.get() else {
-            for key in keys {
-                if let Some(waiters) = self.keys.get(key) {
-                    waiters.values().for_each(|n| n.notify_one());
-                }
-            }
-            return;
-        };
         let mut all = Vec::new();
         for key in keys {
             if let Some(waiters) = self.keys.get(key) {
                 all.extend(waiters.values().cloned());
             }
         }
-        if !all.is_empty()
-            && let Err(mpsc::SendError(all)) = paced.send(all)
-        {
-            all.iter().for_each(|n| n.notify_one());
+        if all.is_empty() {
+            return;
         }
+        // Without the pacing thread (not started, or gone), at once.
+        let all = match self.paced.get() {
+            Some(paced) => match paced.send(all) {
+                Ok(()) => return,
+                Err(mpsc::SendError(all)) => all,
+            },
+            None => all,
+        };
+        all.iter().for_each(|n| n.notify_one());
     }
 
     /// From now on, wakes are made by a thread of their own, [`CHUNK`] waiters at a time,
