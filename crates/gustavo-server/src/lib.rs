@@ -16,6 +16,7 @@ pub mod http_sinfonia;
 pub mod jobs_api;
 pub mod limits;
 pub mod metrics;
+pub mod node_map;
 pub mod openapi;
 pub mod ops;
 pub mod routes;

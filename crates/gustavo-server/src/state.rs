@@ -145,7 +145,7 @@ pub struct Cluster {
     pub revision: u64,
     pub apps: BTreeMap<String, App>,
     pub groups: BTreeMap<String, GroupRecord>,
-    pub nodes: BTreeMap<String, NodeRecord>,
+    pub nodes: crate::node_map::Nodes,
     pub jobs: BTreeMap<String, gustavo_model::job::Job>,
     /// Reported state, updated on every agent request: a concurrent map, so heartbeats
     /// need only the cluster's read lock and never queue behind each other.
@@ -187,7 +187,7 @@ impl Cluster {
         }
         for n in s.nodes {
             c.token_index.insert(n.token_hash.clone(), n.name.clone());
-            c.nodes.insert(n.name.clone(), n);
+            c.nodes.insert(n);
         }
         for j in s.jobs {
             c.jobs.insert(j.name.clone(), j);
@@ -230,7 +230,7 @@ impl Cluster {
                 }
                 self.token_index
                     .insert(n.token_hash.clone(), n.name.clone());
-                self.nodes.insert(n.name.clone(), n);
+                self.nodes.insert(n);
             }
             Change::DeleteNode(name) => {
                 if let Some(old) = self.nodes.remove(&name) {
@@ -656,7 +656,7 @@ impl Cluster {
         let nodes = deleted
             .nodes
             .iter()
-            .filter(|n| self.nodes.contains_key(*n))
+            .filter(|n| self.nodes.contains_key(n))
             .map(|node| {
                 let live = self.live.get(node);
                 let live = live.as_deref();
@@ -792,7 +792,7 @@ impl Cluster {
             let (mut total, mut converged, mut failed) = (0, 0, 0);
             for n in self
                 .nodes
-                .values()
+                .unordered()
                 .filter(|n| n.groups.iter().any(|g| app.groups.contains(g)))
                 .filter(|n| runs_on(app, &n.name))
             {
@@ -814,7 +814,7 @@ impl Cluster {
         } else {
             let deleted = self.deleted.get(app_name)?;
             let (mut total, mut converged) = (0, 0);
-            for node in deleted.nodes.iter().filter(|n| self.nodes.contains_key(*n)) {
+            for node in deleted.nodes.iter().filter(|n| self.nodes.contains_key(n)) {
                 total += 1;
                 let Some(live) = self.live.get(node) else {
                     continue;
