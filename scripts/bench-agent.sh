@@ -2,7 +2,7 @@
 # Benchmark: the idle footprint of one `gustavo agent` (design.md §8: < 15 MB RSS, < 1 % of a
 # core, < 250 bit/s uplink), plus the server's RSS while it holds that one agent.
 #
-#   scripts/bench-agent.sh [--window SECONDS] [--heartbeat D] [--no-build]
+#   scripts/bench-agent.sh [--window SECONDS] [--heartbeat D] [--no-build] [--cold] [--pages FILE]
 #
 # It builds the release binary (cargo build --release -p gustavo; skip with --no-build, or set
 # GUSTAVO_BIN=PATH to use another binary, e.g. one built from a clean checkout), starts
@@ -28,6 +28,12 @@
 #             and removes again; skipped if iptables is unusable. Only the agent talks to
 #             the server during the window, so this is the agent's traffic.
 #
+# With --cold the agent runs from a copy of the binary that is not in the page cache, as on a
+# device after boot (the server and the CLI keep the original, so their pages do not count).
+# With --pages FILE the pages of the agent's binary present in its memory at the end of the
+# window are written to FILE (scripts/agent-order.py pages), to record which functions an
+# idle agent runs (see scripts/agent-order.py).
+#
 # Prints a markdown table on stdout (progress on stderr). Everything it starts or creates is
 # removed on exit, also on failure or Ctrl-C. Needs root, a running Docker engine and the
 # local test images (scripts/test-images.sh).
@@ -40,6 +46,8 @@ source "$HERE/lib.sh"
 
 WINDOW=60
 BUILD=1
+COLD=0
+PAGES=
 HEARTBEAT=60s
 usage() { grep -m1 '^#   scripts/' "$0" | sed 's/^#  *//'; }
 while [[ $# -gt 0 ]]; do
@@ -47,6 +55,8 @@ while [[ $# -gt 0 ]]; do
         --window) WINDOW="${2:?--window needs seconds}"; shift 2 ;;
         --heartbeat) HEARTBEAT="${2:?--heartbeat needs a duration}"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --cold) COLD=1; shift ;;
+        --pages) PAGES="${2:?--pages needs a file}"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -102,6 +112,14 @@ trap 'exit 143' TERM
 
 # --- binary, server, agent -----------------------------------------------------------------
 prepare_binary
+AGENT_BIN="$BIN"
+if [[ $COLD == 1 ]]; then
+    AGENT_BIN="$TMP/gustavo-agent"
+    cp "$BIN" "$AGENT_BIN"
+    python3 -c 'import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$AGENT_BIN" || die "cannot drop $AGENT_BIN from the page cache"
+fi
 PORT="$(free_port)"
 DATA="$TMP/data"
 export GUSTAVO_SERVER="https://127.0.0.1:$PORT"
@@ -120,7 +138,7 @@ unset GUSTAVO_SERVER GUSTAVO_TOKEN
 
 log "starting gustavo agent --name $NODE --heartbeat $HEARTBEAT"
 # The agent gets the join token by flag, not by the exported admin token.
-env -u GUSTAVO_TOKEN "$BIN" agent --server "https://127.0.0.1:$PORT" --token "$(cat "$DATA/join-token")" \
+env -u GUSTAVO_TOKEN "$AGENT_BIN" agent --server "https://127.0.0.1:$PORT" --token "$(cat "$DATA/join-token")" \
     --name "$NODE" --group default --heartbeat "$HEARTBEAT" --data-dir "$TMP/agent" >"$TMP/agent.log" 2>&1 &
 AGENT_PID=$!
 # registered NODE: is NODE in `nodes list`?
@@ -198,6 +216,9 @@ c1="$(cpu_ticks "$AGENT_PID")"
 n1="$(cpu_ns "$AGENT_PID")"
 sc1="$(cpu_ticks "$SERVER_PID")"
 [[ $WIRE == 1 ]] && { wu1="$(wire_bytes up)"; wd1="$(wire_bytes down)"; }
+if [[ -n "$PAGES" ]]; then
+    python3 "$HERE/agent-order.py" pages "$AGENT_PID" "$AGENT_BIN" >"$PAGES" || die "cannot read the agent's pages"
+fi
 rss="$(status_kb "$AGENT_PID" VmRSS)"; hwm="$(status_kb "$AGENT_PID" VmHWM)"
 anon="$(status_kb "$AGENT_PID" RssAnon)"; file="$(status_kb "$AGENT_PID" RssFile)"
 srss="$(status_kb "$SERVER_PID" VmRSS)"; shwm="$(status_kb "$SERVER_PID" VmHWM)"
