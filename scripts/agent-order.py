@@ -24,12 +24,16 @@ instantiations. A name the build no longer has is skipped: a stale list only lay
 
 To record the list again (after the agent's code changed much):
   1. cargo build --profile profiling -p gustavo
-  2. with readahead off (echo 0 > /sys/block/DEV/queue/read_ahead_kb) and a copy of the
-     binary evicted from the page cache, run the agent as scripts/bench-agent.sh does and
-     dump its pages:  scripts/bench-agent.sh --no-build --pages /tmp/pages.txt
-     (GUSTAVO_BIN=target/profiling/gustavo); restore the readahead afterwards
+  2. with readahead off (echo 0 > /sys/block/DEV/queue/read_ahead_kb, so only the pages the
+     agent runs are read), run an agent from a copy of the binary out of the page cache and
+     dump its pages:
+       GUSTAVO_BIN=target/profiling/gustavo scripts/bench-agent.sh --no-build --cold \\
+           --pages /tmp/pages.txt
+     then restore the readahead
   3. scripts/agent-order.py record target/profiling/gustavo /tmp/pages.txt \\
          | gzip -9n > crates/gustavo/agent-order.txt.gz
+  The list in the tree was recorded this way from a profiling build laid out by the list
+  before it, plus (appended) what a release build with symbols ran outside the laid-out code.
 """
 
 import gzip
