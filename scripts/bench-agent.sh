@@ -243,7 +243,7 @@ mb() { calc %.1f "$1 / 1024"; }
 verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v + 0 < t + 0) ? "met" : "**missed**" }'; }
 
 echo
-echo "Agent idle footprint over ${elapsed} s ($(date -u +%Y-%m-%d), $(nproc) cores, release build, heartbeat $HEARTBEAT, 1 app / 1 container, $SRC)"
+echo "Agent idle footprint over ${elapsed} s ($(date -u +%Y-%m-%d), $(nproc) cores, release build, heartbeat $HEARTBEAT, 1 app / 1 container, $SRC$([[ $COLD == 1 ]] && echo ", the agent's copy out of the page cache at start"))"
 echo "Load average (1/5/15 min) at start: $LOAD0; at end: $(cut -d" " -f1-3 /proc/loadavg)"
 echo
 echo "| figure | value | target (design.md §8) | |"
