@@ -792,7 +792,7 @@ impl Cluster {
             let (mut total, mut converged, mut failed) = (0, 0, 0);
             for n in self
                 .nodes
-                .unordered()
+                .values()
                 .filter(|n| n.groups.iter().any(|g| app.groups.contains(g)))
                 .filter(|n| runs_on(app, &n.name))
             {
