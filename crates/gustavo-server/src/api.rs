@@ -204,8 +204,9 @@ pub struct RolloutQuery {
     seen: Option<usize>,
 }
 
-/// How often a waiting rollout is recomputed at most: a fleet's status reports arrive by
-/// the thousand, and each recomputation walks every member node.
+/// How often a waiting rollout is looked at again at most: a fleet's status reports arrive
+/// by the thousand; each look recounts the nodes whose report changed since the last
+/// (`rollout_counts`).
 const ROLLOUT_RECHECK: Duration = Duration::from_millis(50);
 
 pub async fn rollout(

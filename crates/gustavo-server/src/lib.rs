@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod node_map;
 pub mod openapi;
 pub mod ops;
+pub mod rollout_counts;
 pub mod routes;
 pub mod secrets;
 pub mod security;

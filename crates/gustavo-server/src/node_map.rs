@@ -14,6 +14,8 @@ use gustavo_store::NodeRecord;
 pub struct Nodes {
     by_name: HashMap<String, Arc<NodeRecord>, foldhash::fast::RandomState>,
     in_order: BTreeMap<String, Arc<NodeRecord>>,
+    /// Moves whenever a node comes or goes or its groups change (see [`Nodes::generation`]).
+    generation: u64,
 }
 
 impl Nodes {
@@ -29,13 +31,25 @@ impl Nodes {
     pub fn insert(&mut self, node: NodeRecord) -> Option<NodeRecord> {
         let node = Arc::new(node);
         self.in_order.insert(node.name.clone(), node.clone());
+        let same_groups = (self.by_name.get(&node.name)).is_some_and(|o| o.groups == node.groups);
+        if !same_groups {
+            self.generation += 1;
+        }
         let old = self.by_name.insert(node.name.clone(), node)?;
         Some(Arc::unwrap_or_clone(old))
     }
 
     pub fn remove(&mut self, name: &str) -> Option<NodeRecord> {
         self.in_order.remove(name);
-        self.by_name.remove(name).map(Arc::unwrap_or_clone)
+        let old = self.by_name.remove(name)?;
+        self.generation += 1;
+        Some(Arc::unwrap_or_clone(old))
+    }
+
+    /// A number that changes whenever a node is added or removed or its groups change: what
+    /// app membership follows from (kept rollout counts start over when it moves).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn len(&self) -> usize {

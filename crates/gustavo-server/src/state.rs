@@ -21,6 +21,7 @@ use gustavo_model::schedule::{Liveness, NodeView, Usage, Want, Weights, drain_st
 use gustavo_store::{Change, GroupRecord, NodeRecord, Snapshot, Store};
 
 use crate::error::ApiError;
+use crate::rollout_counts::Part;
 
 /// How long without a request before a node counts as offline, at the least; a node with a
 /// slower heartbeat gets three of its periods.
@@ -108,6 +109,7 @@ pub struct Live {
     /// Where the node's last request came from (it may move).
     pub address: Option<std::net::IpAddr>,
     pub vitals: Option<Vitals>,
+    /// Whoever replaces or changes it marks the node in [`Cluster::rollout_counts`].
     pub report: StatusReport,
     /// False until the node's first status report since this server started.
     pub has_report: bool,
@@ -167,6 +169,8 @@ pub struct Cluster {
     /// Container templates of the app versions in use, by app name (`template`); an
     /// app's are forgotten whenever it is put or deleted.
     templates: DashMap<String, Vec<TemplateEntry>>,
+    /// Rollout counts kept between looks; a node's report changing must be marked here.
+    pub rollout_counts: crate::rollout_counts::RolloutCounts,
 }
 
 /// A kept template: the version's (revision, restart nonce), its pinned digest, and the
@@ -779,58 +783,78 @@ impl Cluster {
     }
 
     /// The counts of [`Cluster::rollout`] without building a row per node: fleet-sized
-    /// progress polls must not cost a string copy per device.
+    /// progress polls must not cost a string copy per device. Kept between looks
+    /// ([`crate::rollout_counts`]): a look recounts the nodes whose report changed since the
+    /// last one, and counts from scratch only when the app or any node's groups changed.
     pub fn rollout_summary(&self, app_name: &str) -> Option<RolloutSummary> {
-        let (revision, exists, total, converged, failed) = if let Some(app) =
-            self.apps.get(app_name)
-        {
+        use std::hash::{Hash, Hasher};
+        let mut key = std::hash::DefaultHasher::new();
+        self.nodes.generation().hash(&mut key);
+        let (revision, exists, counts) = if let Some(app) = self.apps.get(app_name) {
             let done = if app.spec.running {
                 AppState::Running
             } else {
                 AppState::Stopped
             };
-            let (mut total, mut converged, mut failed) = (0, 0, 0);
-            for n in self
+            // Everything `members` and `part` read of the app.
+            (
+                app.revision,
+                app.spec.running,
+                &app.groups,
+                app.spec.is_recipe(),
+                app.spec.is_replicated(),
+                &app.placements,
+                &app.handoff,
+            )
+                .hash(&mut key);
+            let members = self
                 .nodes
                 .values()
                 .filter(|n| n.groups.iter().any(|g| app.groups.contains(g)))
                 .filter(|n| runs_on(app, &n.name))
-            {
-                total += 1;
-                let Some(live) = self.live.get(&n.name) else {
-                    continue;
-                };
-                if let Some(s) = live
-                    .report
-                    .apps
-                    .iter()
-                    .find(|s| s.app == app_name && s.revision >= app.revision)
-                {
-                    converged += usize::from(s.state == done);
-                    failed += usize::from(s.state == AppState::Failed);
+                .map(|n| n.name.as_str());
+            let part = |node: &str| {
+                let status = self.live.get(node).and_then(|live| {
+                    live.report
+                        .apps
+                        .iter()
+                        .find(|s| s.app == app_name && s.revision >= app.revision)
+                        .map(|s| s.state)
+                });
+                Part {
+                    converged: status == Some(done),
+                    failed: status == Some(AppState::Failed),
                 }
-            }
-            (app.revision, true, total, converged, failed)
+            };
+            let counts = self
+                .rollout_counts
+                .count(app_name, key.finish(), members, part);
+            (app.revision, true, counts)
         } else {
             let deleted = self.deleted.get(app_name)?;
-            let (mut total, mut converged) = (0, 0);
-            for node in deleted.nodes.iter().filter(|n| self.nodes.contains_key(n)) {
-                total += 1;
-                let Some(live) = self.live.get(node) else {
-                    continue;
-                };
-                let gone = !live.report.containers.iter().any(|c| c.app == app_name);
-                converged += usize::from(gone && live.report.applied_revision >= deleted.revision);
-            }
-            (deleted.revision, false, total, converged, 0)
+            ("deleted", deleted.revision).hash(&mut key);
+            let members = (deleted.nodes.iter())
+                .filter(|n| self.nodes.contains_key(n))
+                .map(String::as_str);
+            let part = |node: &str| Part {
+                converged: self.live.get(node).is_some_and(|live| {
+                    live.report.applied_revision >= deleted.revision
+                        && !live.report.containers.iter().any(|c| c.app == app_name)
+                }),
+                failed: false,
+            };
+            let counts = self
+                .rollout_counts
+                .count(app_name, key.finish(), members, part);
+            (deleted.revision, false, counts)
         };
         Some(RolloutSummary {
             app: app_name.to_string(),
             revision,
             exists,
-            total,
-            converged,
-            failed,
+            total: counts.total,
+            converged: counts.converged,
+            failed: counts.failed,
         })
     }
 
@@ -1286,6 +1310,149 @@ pub(crate) mod tests {
             (3, 1, 1)
         );
         assert!(c.rollout_summary("missing").is_none());
+    }
+
+    /// What [`Cluster::rollout_summary`] counts, counted from scratch.
+    fn summary_from_scratch(c: &Cluster, app_name: &str) -> Option<RolloutSummary> {
+        let status_of = |node: &str| {
+            let live = c.live.get(node)?;
+            let r = live.report.clone();
+            Some(r)
+        };
+        let (revision, exists, total, converged, failed) = if let Some(app) = c.apps.get(app_name) {
+            let done = if app.spec.running {
+                AppState::Running
+            } else {
+                AppState::Stopped
+            };
+            let (mut total, mut converged, mut failed) = (0, 0, 0);
+            for n in c.nodes.values() {
+                if !n.groups.iter().any(|g| app.groups.contains(g)) || !runs_on(app, &n.name) {
+                    continue;
+                }
+                total += 1;
+                let report = status_of(&n.name).unwrap_or_default();
+                if let Some(s) =
+                    (report.apps.iter()).find(|s| s.app == app_name && s.revision >= app.revision)
+                {
+                    converged += usize::from(s.state == done);
+                    failed += usize::from(s.state == AppState::Failed);
+                }
+            }
+            (app.revision, true, total, converged, failed)
+        } else {
+            let deleted = c.deleted.get(app_name)?;
+            let (mut total, mut converged) = (0, 0);
+            for node in deleted.nodes.iter().filter(|n| c.nodes.contains_key(n)) {
+                total += 1;
+                let report = status_of(node).unwrap_or_default();
+                let gone = !report.containers.iter().any(|x| x.app == app_name);
+                converged += usize::from(gone && report.applied_revision >= deleted.revision);
+            }
+            (deleted.revision, false, total, converged, 0)
+        };
+        Some(RolloutSummary {
+            app: app_name.into(),
+            revision,
+            exists,
+            total,
+            converged,
+            failed,
+        })
+    }
+
+    /// Kept counts agree with a count from scratch through reports, nodes joining, leaving
+    /// and changing groups, the app changing, deleted and created again — whenever looked.
+    #[test]
+    fn kept_rollout_counts_match_a_count_from_scratch() {
+        let mut c = cluster();
+        let template = c.nodes["n1"].clone();
+        let app = c.apps["a"].clone();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let names: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
+        let mut revision = 5;
+        let mut looks = 0;
+        for step in 0..4000 {
+            let node = &names[next(8) as usize];
+            match next(20) {
+                0..=11 => {
+                    // A report from a node (registered or not).
+                    let app_rev = c.apps.get("a").map(|a| a.revision).unwrap_or(revision);
+                    let state =
+                        [AppState::Running, AppState::Stopped, AppState::Failed][next(3) as usize];
+                    let rev = app_rev + next(3) - 1;
+                    let report = match next(4) {
+                        0 => StatusReport::default(),
+                        _ => StatusReport {
+                            applied_revision: revision + next(3) - 1,
+                            apps: vec![AppStatus {
+                                app: "a".into(),
+                                revision: rev,
+                                state,
+                                ready: 1,
+                                desired: 1,
+                                error: None,
+                            }],
+                            containers: match next(2) {
+                                0 => vec![],
+                                _ => vec![
+                                    serde_json::from_value(serde_json::json!({
+                                        "app": "a", "name": "x", "id": "1", "image": "x",
+                                        "state": "running", "since": 1
+                                    }))
+                                    .unwrap(),
+                                ],
+                            },
+                            jobs: vec![],
+                        },
+                    };
+                    if c.nodes.contains_key(node) {
+                        c.live.entry(node.clone()).or_default().report = report;
+                        c.rollout_counts.mark(node);
+                    }
+                }
+                12 | 13 => {
+                    // A node joins, or its groups change.
+                    let mut n = template.clone();
+                    n.name = node.clone();
+                    n.groups = vec![["g", "h"][next(2) as usize].into()];
+                    revision += 1;
+                    c.apply(Change::PutNode(n), revision);
+                }
+                14 => {
+                    revision += 1;
+                    c.apply(Change::DeleteNode(node.clone()), revision);
+                }
+                15 | 16 => {
+                    // The app changes (or comes back).
+                    revision += 1;
+                    let mut a = app.clone();
+                    a.revision = revision;
+                    a.spec.running = next(3) != 0;
+                    c.apply(Change::PutApp(Box::new(a)), revision);
+                }
+                17 if c.apps.contains_key("a") => {
+                    revision += 1;
+                    c.apply(Change::DeleteApp("a".into()), revision);
+                }
+                _ => {}
+            }
+            if next(3) == 0 {
+                looks += 1;
+                assert_eq!(
+                    c.rollout_summary("a"),
+                    summary_from_scratch(&c, "a"),
+                    "step {step}"
+                );
+            }
+        }
+        assert!(looks > 1000);
     }
 
     #[test]

@@ -399,6 +399,7 @@ impl Ops {
             self.pressure_changed(name, before, p);
         }
         if report_new {
+            self.shared.read().rollout_counts.mark(name);
             self.shared.reports.send_modify(|n| *n = n.wrapping_add(1));
             self.job_runs(name, runs.unwrap_or_default()).await?;
         }
@@ -437,6 +438,7 @@ impl Ops {
     ) -> Result<(), OpError> {
         p.require_node(name)?;
         self.seen(name, from, |l| take_report(l, report));
+        self.shared.read().rollout_counts.mark(name);
         self.shared.reports.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
