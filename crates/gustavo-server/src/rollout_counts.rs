@@ -7,7 +7,7 @@
 //! look recounts only the nodes whose status report changed since the last one (marked as
 //! reports arrive, [`RolloutCounts::mark`]), and counts from scratch only when what decides
 //! who is a member may have changed (the caller's `key`: the app's revision, groups and
-//! placements, and every node record).
+//! placements, and every node's groups).
 //!
 //! No count depends on a mark being exact. A node is marked after its new report is in
 //! place, a look takes the marks before it reads any report, and a marked node is recounted
@@ -44,10 +44,13 @@ pub struct RolloutCounts {
     watches: RwLock<HashMap<String, Arc<Watch>>>,
 }
 
+/// Sets and maps by node name (hashed with foldhash: marking is on every report's path).
+type Fast = foldhash::fast::RandomState;
+
 #[derive(Default)]
 struct Watch {
     /// Nodes whose report changed since the last look.
-    marked: Mutex<HashSet<String>>,
+    marked: Mutex<HashSet<String, Fast>>,
     counted: Mutex<Counted>,
 }
 
@@ -55,9 +58,8 @@ struct Watch {
 struct Counted {
     /// What the members were counted under; none: never counted.
     key: Option<u64>,
-    members: HashSet<String>,
     /// The parts that add something, by node.
-    parts: HashMap<String, Part>,
+    parts: HashMap<String, Part, Fast>,
     counts: Counts,
     looked: Option<Instant>,
 }
@@ -99,13 +101,14 @@ impl RolloutCounts {
     }
 
     /// The counts of `app`. `key` must change whenever the set of members may have;
-    /// `members` lists them (walked only to count from scratch); `part` is what one member
-    /// node's report adds now.
+    /// `members` lists them (walked only to count from scratch), `is_member` says whether
+    /// one node is one, and `part` is what one member node's report adds now.
     pub fn count<'a>(
         &self,
         app: &str,
         key: u64,
         members: impl Iterator<Item = &'a str>,
+        is_member: impl Fn(&str) -> bool,
         part: impl Fn(&str) -> Part,
     ) -> Counts {
         let now = Instant::now();
@@ -122,13 +125,12 @@ impl RolloutCounts {
             };
             for node in members {
                 c.counts.total += 1;
-                c.members.insert(node.to_owned());
                 c.set(node, part(node));
             }
         } else {
             let marked = std::mem::take(&mut *lock(&watch.marked));
             for node in marked {
-                if c.members.contains(&node) {
+                if is_member(&node) {
                     c.set(&node, part(&node));
                 }
             }
@@ -173,7 +175,10 @@ mod tests {
         let reports: Mutex<HashMap<&str, Part>> = Mutex::new(HashMap::new());
         let part = |n: &str| lock(&reports).get(n).copied().unwrap_or_default();
         let members = ["a", "b", "c"];
-        let look = |key| counts.count("app", key, members.iter().copied(), part);
+        let look = |key| {
+            let is_member = |n: &str| members.contains(&n);
+            counts.count("app", key, members.iter().copied(), is_member, part)
+        };
         assert_eq!(
             look(1),
             Counts {

@@ -807,12 +807,13 @@ impl Cluster {
                 &app.handoff,
             )
                 .hash(&mut key);
-            let members = self
-                .nodes
-                .values()
-                .filter(|n| n.groups.iter().any(|g| app.groups.contains(g)))
-                .filter(|n| runs_on(app, &n.name))
+            let member = |n: &NodeRecord| {
+                n.groups.iter().any(|g| app.groups.contains(g)) && runs_on(app, &n.name)
+            };
+            let members = (self.nodes.values())
+                .filter(|n| member(n))
                 .map(|n| n.name.as_str());
+            let is_member = |node: &str| self.nodes.get(node).is_some_and(member);
             let part = |node: &str| {
                 let status = self.live.get(node).and_then(|live| {
                     live.report
@@ -826,9 +827,9 @@ impl Cluster {
                     failed: status == Some(AppState::Failed),
                 }
             };
-            let counts = self
-                .rollout_counts
-                .count(app_name, key.finish(), members, part);
+            let counts =
+                self.rollout_counts
+                    .count(app_name, key.finish(), members, is_member, part);
             (app.revision, true, counts)
         } else {
             let deleted = self.deleted.get(app_name)?;
@@ -836,6 +837,13 @@ impl Cluster {
             let members = (deleted.nodes.iter())
                 .filter(|n| self.nodes.contains_key(n))
                 .map(String::as_str);
+            // In name order (`members_of`).
+            let is_member = |node: &str| {
+                self.nodes.contains_key(node)
+                    && (deleted.nodes)
+                        .binary_search_by(|n| n.as_str().cmp(node))
+                        .is_ok()
+            };
             let part = |node: &str| Part {
                 converged: self.live.get(node).is_some_and(|live| {
                     live.report.applied_revision >= deleted.revision
@@ -843,9 +851,9 @@ impl Cluster {
                 }),
                 failed: false,
             };
-            let counts = self
-                .rollout_counts
-                .count(app_name, key.finish(), members, part);
+            let counts =
+                self.rollout_counts
+                    .count(app_name, key.finish(), members, is_member, part);
             (deleted.revision, false, counts)
         };
         Some(RolloutSummary {
