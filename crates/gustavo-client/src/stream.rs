@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use gustavo_model::api::{
-    DELTAS_HEADER, FORM_HEADER, STREAM_KEEPALIVE_S, StreamFrame, SyncRequest,
+    DELTAS_HEADER, FORM_HEADER, KEPT_PRESSURE_HEADER, STREAM_KEEPALIVE_S, StreamFrame, SyncRequest,
 };
 use reqwest::{Method, StatusCode};
 use tokio::sync::mpsc;
@@ -56,6 +56,7 @@ impl Client {
                 .bearer_auth(&self.token)
                 .header(FORM_HEADER, "template")
                 .header(DELTAS_HEADER, "1")
+                .header(KEPT_PRESSURE_HEADER, "1")
                 .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
                 .body(reqwest::Body::wrap_stream(body))
                 .send(),
@@ -118,10 +119,10 @@ impl SyncStream {
                         reason: e.to_string(),
                     })?;
                 if let Some(d) = &mut frame.desired {
-                    if !frame.kept.is_empty() {
+                    if !frame.kept.is_empty() || frame.kept_pressure {
                         let had = self.had.as_ref().ok_or("a delta came before any state");
                         had.map_err(str::to_string)
-                            .and_then(|h| d.restore(&frame.kept, h))
+                            .and_then(|h| d.restore(&frame.kept, frame.kept_pressure, h))
                             .map_err(|e| {
                                 self.gone(&format!("cannot apply the desired state: {e}"))
                             })?;

@@ -320,36 +320,53 @@ impl DesiredState {
     }
 
     /// Takes out the apps that are exactly as in `sent` (what went down before on the same
-    /// stream, none at first) and returns their names: the state becomes a delta
-    /// ([`StreamFrame::kept`]) carrying only what changed. New labels change every app
-    /// (templates are completed with them on the device), so then none is kept. `sent`
-    /// becomes this state.
-    pub fn keep_unchanged(&mut self, sent: &mut Option<Sent>) -> Vec<String> {
+    /// stream, none at first), and with `pressure_too` the pressure thresholds if they are
+    /// as sent: the state becomes a delta ([`StreamFrame::kept`],
+    /// [`StreamFrame::kept_pressure`]) carrying only what changed. New labels change every
+    /// app (templates are completed with them on the device), so then no app is kept.
+    /// `sent` becomes this state.
+    pub fn keep_unchanged(&mut self, sent: &mut Option<Sent>, pressure_too: bool) -> Kept {
         let now = Sent {
             apps: self.apps.clone(),
             labels: std::hash::BuildHasher::hash_one(
                 &std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default(),
                 &self.labels,
             ),
+            pressure: self.pressure.clone(),
         };
-        let mut kept = Vec::new();
-        if let Some(before) = sent.as_ref().filter(|b| b.labels == now.labels) {
-            self.apps.retain(|a| {
-                let same = before.apps.contains(a);
-                if same {
-                    kept.push(a.name.clone());
-                }
-                !same
-            });
+        let mut kept = Kept::default();
+        if let Some(before) = sent.as_ref() {
+            if before.labels == now.labels {
+                self.apps.retain(|a| {
+                    let same = before.apps.contains(a);
+                    if same {
+                        kept.apps.push(a.name.clone());
+                    }
+                    !same
+                });
+            }
+            if pressure_too && self.pressure.is_some() && before.pressure == self.pressure {
+                self.pressure = None;
+                kept.pressure = true;
+            }
         }
         *sent = Some(now);
         kept
     }
 
-    /// Puts back into a delta the apps it `kept`, from `had` (the last state that came
-    /// down the same stream, in the form it came). Apps come out ordered by name. Fails,
-    /// naming it, when `had` lacks an app kept.
-    pub fn restore(&mut self, kept: &[String], had: &DesiredState) -> Result<(), String> {
+    /// Puts back into a delta the apps it `kept` (and the pressure thresholds, with
+    /// `kept_pressure`), from `had` (the last state that came down the same stream, in the
+    /// form it came). Apps come out ordered by name. Fails, naming it, when `had` lacks an
+    /// app kept.
+    pub fn restore(
+        &mut self,
+        kept: &[String],
+        kept_pressure: bool,
+        had: &DesiredState,
+    ) -> Result<(), String> {
+        if kept_pressure {
+            self.pressure = had.pressure.clone();
+        }
         for name in kept {
             let app = had.apps.iter().find(|a| a.name == *name).ok_or_else(|| {
                 format!("the app `{name}` kept from before is not in the last state")
@@ -368,6 +385,16 @@ impl DesiredState {
 pub struct Sent {
     apps: Vec<DesiredApp>,
     labels: u64,
+    pressure: Option<crate::pressure::Thresholds>,
+}
+
+/// What [`DesiredState::keep_unchanged`] left out of a state.
+#[derive(Debug, Default, PartialEq)]
+pub struct Kept {
+    /// The apps, by name.
+    pub apps: Vec<String>,
+    /// The pressure thresholds.
+    pub pressure: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -578,6 +605,11 @@ pub const FORM_HEADER: &str = "gustavo-form";
 /// ([`StreamFrame::kept`]). Servers that do not know it send every state whole.
 pub const DELTAS_HEADER: &str = "gustavo-deltas";
 
+/// The header of a stream (`1`, beside [`DELTAS_HEADER`]) whose agent takes deltas that
+/// leave out unchanged pressure thresholds ([`StreamFrame::kept_pressure`]). An agent that
+/// does not send it gets them in every state: it would read them absent as pressure off.
+pub const KEPT_PRESSURE_HEADER: &str = "gustavo-kept-pressure";
+
 /// One line the server sends down an agent's stream (`POST …/stream`, newline-delimited
 /// JSON): a newer desired state, a request for the status report, or neither (`{}`: the
 /// stream is alive — the answer to the first line, and to a line when nothing went down
@@ -593,6 +625,11 @@ pub struct StreamFrame {
     /// [`DELTAS_HEADER`]); absent apps that are neither in it nor kept are gone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kept: Vec<String>,
+    /// With `desired`: its pressure thresholds are as they came last on this stream and are
+    /// left out of it (agents that ask for it with [`KEPT_PRESSURE_HEADER`]; ~230 bytes a
+    /// change on a metered link).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept_pressure: bool,
     /// The server takes report deltas (`SyncRequest::delta`) on this stream: said in the
     /// answer to the first line.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -735,9 +772,9 @@ mod tests {
         let before = state(4, vec![app("a", 1), app("b", 2), app("gone", 3)]);
         let now = state(5, vec![app("a", 1), app("b", 5), app("new", 5)]);
         let mut sent = None;
-        before.clone().keep_unchanged(&mut sent);
+        before.clone().keep_unchanged(&mut sent, true);
         let mut delta = now.clone();
-        let kept = delta.keep_unchanged(&mut sent);
+        let kept = delta.keep_unchanged(&mut sent, true).apps;
         assert_eq!(kept, ["a"]);
         assert_eq!(
             delta
@@ -748,20 +785,63 @@ mod tests {
             ["b", "new"]
         );
         let mut got = delta.clone();
-        got.restore(&kept, &before).unwrap();
+        got.restore(&kept, false, &before).unwrap();
         assert_eq!(got, now);
         // Without the app kept, restoring fails and says which.
         let e = delta
-            .restore(&kept, &state(4, vec![app("b", 2)]))
+            .restore(&kept, false, &state(4, vec![app("b", 2)]))
             .unwrap_err();
         assert!(e.contains("`a`"), "{e}");
         // Nothing is kept at first, nor when the labels changed.
         let mut first = now.clone();
-        assert!(first.keep_unchanged(&mut None).is_empty());
+        assert_eq!(first.keep_unchanged(&mut None, true), Kept::default());
         let mut relabelled = now.clone();
         relabelled.labels.insert("site".into(), "b".into());
-        assert!(relabelled.keep_unchanged(&mut sent).is_empty());
+        assert!(relabelled.keep_unchanged(&mut sent, true).apps.is_empty());
         assert_eq!(relabelled.apps.len(), 3);
+    }
+
+    /// Pressure thresholds as they went before are left out when the agent takes it, and
+    /// put back from what it had; changed, or for an agent that does not take it, they
+    /// come whole.
+    #[test]
+    fn unchanged_pressure_thresholds_are_kept() {
+        let with = |revision, cpu_high| {
+            let mut s = state(revision, vec![app("a", 1)]);
+            let mut t = crate::pressure::Thresholds::default();
+            t.cpu.high = cpu_high;
+            s.pressure = Some(t);
+            s
+        };
+        let mut sent = None;
+        let first = with(4, 90.0);
+        assert!(!first.clone().keep_unchanged(&mut sent, true).pressure);
+        let now = with(5, 90.0);
+        let mut delta = now.clone();
+        let kept = delta.keep_unchanged(&mut sent, true);
+        assert_eq!(
+            kept,
+            Kept {
+                apps: vec!["a".into()],
+                pressure: true
+            }
+        );
+        assert_eq!(delta.pressure, None);
+        let mut got = delta.clone();
+        got.restore(&kept.apps, kept.pressure, &first).unwrap();
+        assert_eq!(got, now);
+        // An agent that does not take it gets them in every state.
+        let mut old = with(6, 90.0);
+        assert!(!old.keep_unchanged(&mut sent, false).pressure);
+        assert!(old.pressure.is_some());
+        // Changed: sent whole.
+        let mut changed = with(7, 95.0);
+        assert!(!changed.keep_unchanged(&mut sent, true).pressure);
+        assert_eq!(changed.pressure.unwrap().cpu.high, 95.0);
+        // Pressure turned off: absent, and not "kept".
+        let mut off = state(8, vec![app("a", 1)]);
+        assert!(!off.keep_unchanged(&mut sent, true).pressure);
+        assert_eq!(off.pressure, None);
     }
 
     /// Issue 15: an app sent as a template (once per version, nothing of the node in it)

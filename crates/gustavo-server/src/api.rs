@@ -569,10 +569,11 @@ pub async fn stream(
     }
     s.ops.may_stream(&p, &name)?;
     let form = form_of(req.headers());
-    let deltas = req
-        .headers()
-        .get(gustavo_model::api::DELTAS_HEADER)
-        .is_some_and(|v| v.as_bytes() == b"1");
+    let said = |h: &str| req.headers().get(h).is_some_and(|v| v.as_bytes() == b"1");
+    let deltas = crate::ops::stream::Deltas {
+        apps: said(gustavo_model::api::DELTAS_HEADER),
+        pressure: said(gustavo_model::api::KEPT_PRESSURE_HEADER),
+    };
     let up = crate::ops::stream::Lines::new(req.into_body(), s.body.max);
     let down = s.ops.clone().stream(addr.ip(), name, form, deltas, up);
     Ok((

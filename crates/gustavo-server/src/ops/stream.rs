@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use gustavo_model::api::{ErrorDetail, STREAM_KEEPALIVE_S, StreamFrame, SyncRequest};
+use gustavo_model::api::{ErrorDetail, Kept, STREAM_KEEPALIVE_S, StreamFrame, SyncRequest};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 
@@ -57,6 +57,16 @@ impl Outbox {
 
 /// The body of a stream's answer: the lines down, made by the stream's work, which runs
 /// when the body is polled.
+/// The deltas an agent's stream takes (the headers it sent).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Deltas {
+    /// Apps as before are left out ([`gustavo_model::api::DELTAS_HEADER`]).
+    pub apps: bool,
+    /// With `apps`, pressure thresholds as before too
+    /// ([`gustavo_model::api::KEPT_PRESSURE_HEADER`]).
+    pub pressure: bool,
+}
+
 pub struct Down {
     outbox: Outbox,
     work: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -179,9 +189,10 @@ impl Ops {
 
     /// `name`'s stream (checked by [`Ops::may_stream`]): the body of its answer, which
     /// runs the stream until the agent or the server ends it (or the body is dropped, the
-    /// connection gone). With `deltas` (the agent asked), a desired state leaves out the
-    /// apps that went down unchanged before ([`StreamFrame::kept`]).
-    pub fn stream(self, from: IpAddr, name: String, form: Form, deltas: bool, up: Lines) -> Down {
+    /// connection gone). With `deltas` (what the agent asked for), a desired state leaves
+    /// out the apps, and the pressure thresholds, that went down unchanged before
+    /// ([`StreamFrame::kept`], [`StreamFrame::kept_pressure`]).
+    pub fn stream(self, from: IpAddr, name: String, form: Form, deltas: Deltas, up: Lines) -> Down {
         let outbox = Outbox::default();
         let work = Box::pin(self.run_stream_to_end(from, name, form, deltas, up, outbox.clone()));
         Down {
@@ -197,7 +208,7 @@ impl Ops {
         from: IpAddr,
         name: String,
         form: Form,
-        deltas: bool,
+        deltas: Deltas,
         up: Lines,
         down: Outbox,
     ) {
@@ -219,7 +230,7 @@ impl Ops {
         from: IpAddr,
         name: &str,
         form: Form,
-        deltas: bool,
+        deltas: Deltas,
         mut up: Lines,
         down: &Outbox,
     ) -> Result<(), End> {
@@ -289,14 +300,15 @@ impl Ops {
                         d.complete();
                     }
                     sent = sent.max(d.revision);
-                    let kept = if deltas {
-                        d.keep_unchanged(&mut had)
+                    let kept = if deltas.apps {
+                        d.keep_unchanged(&mut had, deltas.pressure)
                     } else {
-                        Vec::new()
+                        Kept::default()
                     };
                     send(StreamFrame {
                         desired: Some(d),
-                        kept,
+                        kept: kept.apps,
+                        kept_pressure: kept.pressure,
                         ..StreamFrame::default()
                     })
                     .await;

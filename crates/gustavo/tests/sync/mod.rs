@@ -371,6 +371,15 @@ fn a_stream_carries_changes_down_and_reports_up() {
         "st untouched by a delta about another app"
     );
 
+    // The group's pressure thresholds (the test server runs with none) come down whole
+    // the first time.
+    server.ok(&["groups", "set-pressure", &group, "--settings", "cpu=70/50"]);
+    let frame = next(&mut stream);
+    let pressured = frame.desired.expect("the thresholds come down");
+    assert!(!frame.kept_pressure);
+    assert_eq!(pressured.pressure.as_ref().map(|p| p.cpu.high), Some(70.0));
+    assert_eq!(frame.kept, ["st"]);
+
     // A second app comes down alone, the first kept by name (the client puts it back);
     // an update of the second too.
     let f2 = server.spec(
@@ -381,6 +390,8 @@ fn a_stream_carries_changes_down_and_reports_up() {
     let frame = next(&mut stream);
     let two = frame.desired.expect("the second app comes down");
     assert_eq!(frame.kept, ["st"], "the first app is kept");
+    assert!(frame.kept_pressure);
+    assert_eq!(two.pressure, pressured.pressure);
     let names: Vec<_> = two.apps.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["st", "st2"], "whole again on the client");
     assert_eq!(two.apps[0], d.apps[0], "the kept app as it was");
@@ -394,6 +405,18 @@ fn a_stream_carries_changes_down_and_reports_up() {
     assert_eq!(frame.kept, ["st"]);
     assert_eq!(three.apps.len(), 2, "restored whole from what came before");
     assert_ne!(three.apps[1], two.apps[1], "the update");
+    assert!(frame.kept_pressure, "unchanged thresholds are left out");
+    assert_eq!(
+        three.pressure, pressured.pressure,
+        "and put back by the client"
+    );
+    // Changed, they come down whole.
+    server.ok(&["groups", "set-pressure", &group, "--settings", "cpu=75/50"]);
+    let frame = next(&mut stream);
+    let four = frame.desired.expect("the new thresholds come down");
+    assert!(!frame.kept_pressure);
+    assert_eq!(four.pressure.as_ref().map(|p| p.cpu.high), Some(75.0));
+    assert_eq!(four.apps.len(), 2);
 
     // A bad line: a last frame naming it, then the end.
     let mut bad = rt.block_on(client.stream(&node)).unwrap();
