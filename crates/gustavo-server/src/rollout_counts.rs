@@ -34,8 +34,8 @@ pub struct Counts {
     pub failed: usize,
 }
 
-/// How long an app's counts are kept without anyone looking (they are dropped when the
-/// next app is first looked at).
+/// How long an app's counts are kept without anyone looking (dropped by
+/// [`RolloutCounts::forget_unlooked`], or when another app is first looked at).
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 
 /// The kept counts of the apps someone looks at.
@@ -62,6 +62,14 @@ struct Counted {
     parts: HashMap<String, Part, Fast>,
     counts: Counts,
     looked: Option<Instant>,
+}
+
+impl Watch {
+    fn unlooked(&self, now: Instant) -> bool {
+        lock(&self.counted)
+            .looked
+            .is_none_or(|t| now.saturating_duration_since(t) >= FORGET_AFTER)
+    }
 }
 
 impl Counted {
@@ -148,12 +156,22 @@ impl RolloutCounts {
             return w.clone();
         }
         let mut all = self.watches.write().unwrap_or_else(PoisonError::into_inner);
-        all.retain(|_, w| {
-            lock(&w.counted)
-                .looked
-                .is_some_and(|t| now.saturating_duration_since(t) < FORGET_AFTER)
-        });
+        all.retain(|_, w| !w.unlooked(now));
         all.entry(app.to_owned()).or_default().clone()
+    }
+
+    /// Drops the counts no one looked at for a minute (so reports stop marking them and
+    /// their memory, up to a name per member node, goes).
+    pub fn forget_unlooked(&self) {
+        self.forget_unlooked_at(Instant::now());
+    }
+
+    fn forget_unlooked_at(&self, now: Instant) {
+        let stale = |all: &HashMap<String, Arc<Watch>>| all.values().any(|w| w.unlooked(now));
+        if stale(&self.watches.read().unwrap_or_else(PoisonError::into_inner)) {
+            let mut all = self.watches.write().unwrap_or_else(PoisonError::into_inner);
+            all.retain(|_, w| !w.unlooked(now));
+        }
     }
 
     /// How many apps' counts are kept.
@@ -212,5 +230,10 @@ mod tests {
         let c = look(2);
         assert_eq!((c.total, c.converged, c.failed), (3, 1, 1));
         assert_eq!(counts.kept(), 1);
+        // Kept while looked at, forgotten a minute after the last look.
+        counts.forget_unlooked();
+        assert_eq!(counts.kept(), 1);
+        counts.forget_unlooked_at(Instant::now() + FORGET_AFTER);
+        assert_eq!(counts.kept(), 0);
     }
 }

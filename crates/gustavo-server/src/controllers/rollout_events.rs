@@ -47,6 +47,7 @@ pub async fn run(shared: Arc<Shared>, mut told: BTreeMap<String, Told>) {
             _ = closing.changed() => return,
         }
         tick(&shared, &mut told);
+        shared.read().rollout_counts.forget_unlooked();
     }
 }
 
