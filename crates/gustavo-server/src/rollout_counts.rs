@@ -174,6 +174,22 @@ impl RolloutCounts {
         }
     }
 
+    /// The member nodes counted as failed at the last look at `app`, in name order.
+    pub fn failed(&self, app: &str) -> Vec<String> {
+        let Some(w) = (self.watches.read().unwrap_or_else(PoisonError::into_inner))
+            .get(app)
+            .cloned()
+        else {
+            return Vec::new();
+        };
+        let mut failed: Vec<String> = (lock(&w.counted).parts.iter())
+            .filter(|(_, p)| p.failed)
+            .map(|(n, _)| n.clone())
+            .collect();
+        failed.sort();
+        failed
+    }
+
     /// How many apps' counts are kept.
     pub fn kept(&self) -> usize {
         self.watches
@@ -225,6 +241,8 @@ mod tests {
         counts.mark("a");
         let c = look(1);
         assert_eq!((c.converged, c.failed), (0, 1));
+        assert_eq!(counts.failed("app"), ["a"]);
+        assert!(counts.failed("other").is_empty());
         // A new key counts from scratch, marks or not.
         lock(&reports).insert("b", done);
         let c = look(2);

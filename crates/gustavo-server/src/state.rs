@@ -866,6 +866,24 @@ impl Cluster {
         })
     }
 
+    /// The member nodes where the current revision of `app_name` failed, with the error
+    /// each reported, in name order: what [`Rollout::failed`] lists, at the cost of the
+    /// nodes whose report changed since the last look rather than a row per member.
+    pub fn rollout_failed(&self, app_name: &str) -> Vec<(String, Option<String>)> {
+        if !self.apps.contains_key(app_name) || self.rollout_summary(app_name).is_none() {
+            return Vec::new();
+        }
+        (self.rollout_counts.failed(app_name).into_iter())
+            .map(|node| {
+                let error = self.live.get(&node).and_then(|l| {
+                    let s = l.report.apps.iter().find(|s| s.app == app_name);
+                    s.and_then(|s| s.error.clone())
+                });
+                (node, error)
+            })
+            .collect()
+    }
+
     /// Containers reported by nodes, filtered by group and host.
     pub fn containers(
         &self,
@@ -1458,6 +1476,15 @@ pub(crate) mod tests {
                     summary_from_scratch(&c, "a"),
                     "step {step}"
                 );
+                let failed: Vec<String> = (c.rollout_failed("a").into_iter())
+                    .map(|(n, _)| n)
+                    .collect();
+                let rows: Vec<String> = c
+                    .rollout("a", 0)
+                    .filter(|r| r.exists)
+                    .map(|r| r.failed().map(|n| n.node.clone()).collect())
+                    .unwrap_or_default();
+                assert_eq!(failed, rows, "step {step}");
             }
         }
         assert!(looks > 1000);

@@ -56,7 +56,6 @@ fn tick(shared: &Shared, told: &mut BTreeMap<String, Told>) {
     {
         let c = shared.read();
         told.retain(|name, _| c.apps.contains_key(name));
-        let now = crate::now();
         for app in c.apps.values() {
             let t = told.entry(app.name.clone()).or_default();
             if t.revision != app.revision {
@@ -81,23 +80,19 @@ fn tick(shared: &Shared, told: &mut BTreeMap<String, Told>) {
             let Some(s) = c.rollout_summary(&app.name) else {
                 continue;
             };
-            if s.failed > t.failed.len()
-                && let Some(r) = c.rollout(&app.name, now)
-            {
-                {
-                    for n in r.failed() {
-                        if t.failed.insert(n.node.clone()) {
-                            events.push((
-                                app.name.clone(),
-                                format!(
-                                    "rollout of {} revision {} failed on {}: {}",
-                                    app.name,
-                                    app.revision,
-                                    n.node,
-                                    n.error.as_deref().unwrap_or("no error given")
-                                ),
-                            ));
-                        }
+            if s.failed > t.failed.len() {
+                for (node, error) in c.rollout_failed(&app.name) {
+                    if !t.failed.contains(&node) {
+                        events.push((
+                            app.name.clone(),
+                            format!(
+                                "rollout of {} revision {} failed on {node}: {}",
+                                app.name,
+                                app.revision,
+                                error.as_deref().unwrap_or("no error given")
+                            ),
+                        ));
+                        t.failed.insert(node);
                     }
                 }
             }

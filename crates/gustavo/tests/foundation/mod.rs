@@ -187,6 +187,15 @@ fn issue7_c_crash_loops_fail_with_exit_code_and_log() {
         .unwrap_or_else(|| panic!("no crash container in {json}"));
     assert_eq!(c["exit_code"], 3, "{c}");
     assert_eq!(c["state"], "crashlooping", "{c}");
+    // The event log names the device and its error (the rollouts controller, once a second).
+    let failed_on = format!("failed on {node}: ");
+    wait_for("the failure event", Duration::from_secs(15), || {
+        server.ok(&["events"]).lines().any(|l| {
+            l.contains("rollout of crash revision")
+                && l.contains(&failed_on)
+                && l.contains("exited with code 3")
+        })
+    });
     server.ok(&["apps", "delete", "-n", "crash"]);
 }
 
