@@ -8,6 +8,7 @@ pub mod api_exec;
 pub mod audit;
 pub mod auth;
 pub mod body;
+pub mod by_key;
 pub mod conns;
 pub mod controllers;
 pub mod error;

@@ -20,6 +20,7 @@ use gustavo_model::rollout::{Device as RolloutSeen, RolloutRecord, Seen};
 use gustavo_model::schedule::{Liveness, NodeView, Usage, Want, Weights, drain_step, place};
 use gustavo_store::{Change, GroupRecord, NodeRecord, Snapshot, Store};
 
+use crate::by_key::ByKey;
 use crate::error::ApiError;
 use crate::rollout_counts::Part;
 
@@ -171,6 +172,37 @@ pub struct Cluster {
     templates: DashMap<String, Vec<TemplateEntry>>,
     /// Rollout counts kept between looks; a node's report changing must be marked here.
     pub rollout_counts: crate::rollout_counts::RolloutCounts,
+    /// The apps of each group, the scheduled jobs of each group and the one-shot jobs of
+    /// the node running them (`by_key.rs`): kept by [`Cluster::apply`], so `apps` and
+    /// `jobs` change only through it.
+    apps_by_group: ByKey,
+    jobs_by_group: ByKey,
+    jobs_by_node: ByKey,
+}
+
+/// Files `a` under its groups, or takes it out.
+fn file_app(index: &mut ByKey, a: &App, file: bool) {
+    let groups = a.groups.iter().map(String::as_str);
+    if file {
+        index.add(&a.name, groups);
+    } else {
+        index.remove(&a.name, groups);
+    }
+}
+
+/// Files `j` under its groups (scheduled) or the node running it (one-shot), or takes it
+/// out — as [`Cluster::jobs_of`] finds it.
+fn file_job(by_group: &mut ByKey, by_node: &mut ByKey, j: &gustavo_model::job::Job, file: bool) {
+    let scheduled = j.spec.is_scheduled();
+    let groups = (j.groups.iter().filter(|_| scheduled)).map(String::as_str);
+    let node = j.running_on().filter(|_| !scheduled);
+    if file {
+        by_group.add(&j.name, groups);
+        by_node.add(&j.name, node);
+    } else {
+        by_group.remove(&j.name, groups);
+        by_node.remove(&j.name, node);
+    }
 }
 
 /// A kept template: the version's (revision, restart nonce), its pinned digest, and the
@@ -184,6 +216,7 @@ impl Cluster {
             ..Cluster::default()
         };
         for a in s.apps {
+            file_app(&mut c.apps_by_group, &a, true);
             c.apps.insert(a.name.clone(), a);
         }
         for g in s.groups {
@@ -194,6 +227,7 @@ impl Cluster {
             c.nodes.insert(n);
         }
         for j in s.jobs {
+            file_job(&mut c.jobs_by_group, &mut c.jobs_by_node, &j, true);
             c.jobs.insert(j.name.clone(), j);
         }
         for site in s.sites {
@@ -213,11 +247,16 @@ impl Cluster {
             Change::PutApp(a) => {
                 self.deleted.remove(&a.name);
                 self.templates.remove(&a.name);
+                if let Some(old) = self.apps.get(&a.name) {
+                    file_app(&mut self.apps_by_group, old, false);
+                }
+                file_app(&mut self.apps_by_group, &a, true);
                 self.apps.insert(a.name.clone(), *a);
             }
             Change::DeleteApp(name) => {
                 self.templates.remove(&name);
                 if let Some(app) = self.apps.remove(&name) {
+                    file_app(&mut self.apps_by_group, &app, false);
                     let nodes = self.members_of(&app.groups);
                     self.deleted.insert(name, Deleted { revision, nodes });
                 }
@@ -245,10 +284,17 @@ impl Cluster {
             // History lives in the store only.
             Change::PutRevision(_) | Change::RevisionOutcome { .. } => {}
             Change::PutJob(j) => {
+                let (by_group, by_node) = (&mut self.jobs_by_group, &mut self.jobs_by_node);
+                if let Some(old) = self.jobs.get(&j.name) {
+                    file_job(by_group, by_node, old, false);
+                }
+                file_job(by_group, by_node, &j, true);
                 self.jobs.insert(j.name.clone(), *j);
             }
             Change::DeleteJob(name) => {
-                self.jobs.remove(&name);
+                if let Some(old) = self.jobs.remove(&name) {
+                    file_job(&mut self.jobs_by_group, &mut self.jobs_by_node, &old, false);
+                }
             }
             // The outbox is read from the store by its controller, not kept in memory.
             Change::PutCallback(_) => {}
@@ -279,13 +325,18 @@ impl Cluster {
         &'a self,
         node: &'a NodeRecord,
     ) -> impl Iterator<Item = &'a gustavo_model::job::Job> + 'a {
-        self.jobs.values().filter(move |j| {
-            if j.spec.is_scheduled() {
-                j.groups.iter().any(|g| node.groups.contains(g))
-            } else {
-                j.running_on() == Some(node.name.as_str())
-            }
-        })
+        let mut names = (self.jobs_by_group).under(node.groups.iter().map(String::as_str));
+        names.extend(self.jobs_by_node.under([node.name.as_str()]));
+        names
+            .into_iter()
+            .filter_map(|n| self.jobs.get(n))
+            .filter(move |j| {
+                if j.spec.is_scheduled() {
+                    j.groups.iter().any(|g| node.groups.contains(g))
+                } else {
+                    j.running_on() == Some(node.name.as_str())
+                }
+            })
     }
 
     pub fn node_by_token_hash(&self, hash: &str) -> Option<&str> {
@@ -322,11 +373,15 @@ impl Cluster {
     /// The apps a node runs: every app attached to one of its groups, once — a replicated
     /// app only where one of its replicas is placed.
     fn apps_of<'a>(&'a self, node: &'a NodeRecord) -> impl Iterator<Item = &'a App> + 'a {
-        self.apps.values().filter(move |a| {
-            a.groups.iter().any(|g| node.groups.contains(g))
-                && !a.spec.is_recipe()
-                && (!a.spec.is_replicated() || runs_on(a, &node.name))
-        })
+        let names = (self.apps_by_group).under(node.groups.iter().map(String::as_str));
+        names
+            .into_iter()
+            .filter_map(|n| self.apps.get(n))
+            .filter(move |a| {
+                a.groups.iter().any(|g| node.groups.contains(g))
+                    && !a.spec.is_recipe()
+                    && (!a.spec.is_replicated() || runs_on(a, &node.name))
+            })
     }
 
     /// Whether a node is heard from: lost once silent for `grace` — counted from this
@@ -1488,6 +1543,109 @@ pub(crate) mod tests {
             }
         }
         assert!(looks > 1000);
+    }
+
+    /// The apps and jobs of each node found through the index are those a walk over every
+    /// app and job finds, through apps and jobs put, moved between groups, deleted, one-shot
+    /// jobs given to nodes and finished, and nodes changing groups.
+    #[test]
+    fn a_nodes_apps_and_jobs_by_index_match_a_walk() {
+        use gustavo_model::job::{Job, JobState, parse_one as job_spec};
+        let mut c = cluster();
+        let app = c.apps["a"].clone();
+        let template = c.nodes["n1"].clone();
+        let once = job_spec("j:\n  docker_image: x\n", "j").unwrap();
+        let every = job_spec("j:\n  docker_image: x\n  schedule: \"@every 30s\"\n", "j").unwrap();
+        let groups = ["g", "h", "k"];
+        let nodes = ["m0", "m1", "m2", "m3"];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut revision = 5;
+        for step in 0..3000 {
+            revision += 1;
+            let pick = |next: &mut dyn FnMut(u64) -> u64| -> Vec<String> {
+                let mut g: Vec<String> = (groups.iter())
+                    .filter(|_| next(2) == 0)
+                    .map(|g| g.to_string())
+                    .collect();
+                g.dedup();
+                g
+            };
+            match next(8) {
+                0 | 1 => {
+                    let mut a = app.clone();
+                    a.name = format!("a{}", next(6));
+                    a.groups = pick(&mut next);
+                    a.revision = revision;
+                    c.apply(Change::PutApp(Box::new(a)), revision);
+                }
+                2 => c.apply(Change::DeleteApp(format!("a{}", next(6))), revision),
+                3 | 4 => {
+                    let name = format!("j{}", next(6));
+                    let spec = if next(2) == 0 {
+                        once.clone()
+                    } else {
+                        every.clone()
+                    };
+                    let mut j = Job::new(&name, spec, pick(&mut next), revision, 1);
+                    if !j.spec.is_scheduled() {
+                        j.state = [JobState::Pending, JobState::Running, JobState::Succeeded]
+                            [next(3) as usize];
+                        j.node = (next(4) != 0).then(|| nodes[next(4) as usize].to_string());
+                    }
+                    c.apply(Change::PutJob(Box::new(j)), revision);
+                }
+                5 => c.apply(Change::DeleteJob(format!("j{}", next(6))), revision),
+                _ => {
+                    let mut n = template.clone();
+                    n.name = nodes[next(4) as usize].into();
+                    n.groups = pick(&mut next);
+                    c.apply(Change::PutNode(n), revision);
+                }
+            }
+            for node in c.nodes.values() {
+                let apps: Vec<&str> = c.apps_of(node).map(|a| a.name.as_str()).collect();
+                let walked: Vec<&str> = (c.apps.values())
+                    .filter(|a| {
+                        a.groups.iter().any(|g| node.groups.contains(g))
+                            && !a.spec.is_recipe()
+                            && (!a.spec.is_replicated() || runs_on(a, &node.name))
+                    })
+                    .map(|a| a.name.as_str())
+                    .collect();
+                assert_eq!(apps, walked, "apps of {} at step {step}", node.name);
+                let jobs: Vec<&str> = c.jobs_of(node).map(|j| j.name.as_str()).collect();
+                let walked: Vec<&str> = (c.jobs.values())
+                    .filter(|j| {
+                        if j.spec.is_scheduled() {
+                            j.groups.iter().any(|g| node.groups.contains(g))
+                        } else {
+                            j.running_on() == Some(node.name.as_str())
+                        }
+                    })
+                    .map(|j| j.name.as_str())
+                    .collect();
+                assert_eq!(jobs, walked, "jobs of {} at step {step}", node.name);
+            }
+            // Nothing stays filed that is gone or moved.
+            let filed = c.apps_by_group.under(groups);
+            let all: BTreeSet<&str> = (c.apps.values())
+                .filter(|a| !a.groups.is_empty())
+                .map(|a| a.name.as_str())
+                .collect();
+            assert_eq!(filed, all, "apps filed at step {step}");
+            let filed = c.jobs_by_node.under(nodes);
+            let all: BTreeSet<&str> = (c.jobs.values())
+                .filter(|j| !j.spec.is_scheduled() && j.running_on().is_some())
+                .map(|j| j.name.as_str())
+                .collect();
+            assert_eq!(filed, all, "one-shot jobs filed at step {step}");
+        }
     }
 
     #[test]
