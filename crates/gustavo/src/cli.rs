@@ -448,6 +448,10 @@ pub struct FleetArgs {
     /// created (and waited for) before the idle window.
     #[arg(long, default_value_t = 1)]
     pub apps: usize,
+    /// Apps of a group no simulated agent is in, created before the idle window: what the
+    /// server's other groups' apps cost each agent's change.
+    #[arg(long, default_value_t = 0)]
+    pub other_apps: usize,
     /// Run the benchmark's own server pinned to these CPUs (`taskset -c LIST`), e.g. 0; run
     /// the benchmark itself under `taskset -c 1` to keep the simulated fleet off them.
     #[arg(long)]

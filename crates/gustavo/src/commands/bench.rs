@@ -38,6 +38,8 @@ pub struct Report {
     pub agents: usize,
     /// Apps each agent runs during the changes, the one changed included.
     pub apps: usize,
+    /// Apps of a group no agent is in.
+    pub other_apps: usize,
     pub heartbeat_s: f64,
     pub connections: usize,
     pub registration_s: f64,
@@ -529,6 +531,12 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
             .await?;
         wait_converged(&admin, &name, args.agents, t, timeout, &name).await?;
     }
+    for i in 0..args.other_apps {
+        let name = format!("{BACKGROUND}-elsewhere-{i}");
+        admin
+            .create_app(&name, &background, &[format!("{GROUP}-elsewhere")])
+            .await?;
+    }
     loop {
         let open = fleet.latencies.count(endpoint);
         if open >= args.agents {
@@ -622,6 +630,7 @@ async fn fleet(cli: &Cli, args: &FleetArgs) -> Result<Report> {
     Ok(Report {
         agents: args.agents,
         apps: args.apps.max(1),
+        other_apps: args.other_apps,
         heartbeat_s: heartbeat.as_secs_f64(),
         connections,
         registration_s,
@@ -644,9 +653,14 @@ fn print(format: Format, r: &Report) {
         return;
     }
     outln!(
-        "agents {} · {} app(s) each · heartbeat {}s · {} HTTP/2 connections",
+        "agents {} · {} app(s) each{} · heartbeat {}s · {} HTTP/2 connections",
         r.agents,
         r.apps,
+        if r.other_apps > 0 {
+            format!(" · {} apps of another group", r.other_apps)
+        } else {
+            String::new()
+        },
         r.heartbeat_s,
         r.connections
     );
