@@ -5,7 +5,9 @@
 //! scratch visits every member node and its status report — ~25 ms at 100,000 nodes, most
 //! of it a cache miss per node. Here an app's counts are kept from one look to the next: a
 //! look recounts only the nodes whose status report changed since the last one (marked as
-//! reports arrive, [`RolloutCounts::mark`]), and counts from scratch only when what decides
+//! reports arrive, [`RolloutCounts::mark`], in the counts of the apps the report names
+//! before or after — of every app followed after its deletion, whose count also reads the
+//! node's applied revision), and counts from scratch only when what decides
 //! who is a member may have changed (the caller's `key`: the app's revision, groups and
 //! placements, and every node's groups).
 //!
@@ -41,11 +43,19 @@ const FORGET_AFTER: Duration = Duration::from_secs(60);
 /// The kept counts of the apps someone looks at.
 #[derive(Default)]
 pub struct RolloutCounts {
-    watches: RwLock<HashMap<String, Arc<Watch>>>,
+    watches: RwLock<Watches>,
 }
 
-/// Sets and maps by node name (hashed with foldhash: marking is on every report's path).
+/// Sets and maps by node or app name (hashed with foldhash: marking is on every report's
+/// path).
 type Fast = foldhash::fast::RandomState;
+
+#[derive(Default)]
+struct Watches {
+    by_app: HashMap<String, Arc<Watch>, Fast>,
+    /// Those marked by every report (apps followed after their deletion).
+    every_report: HashMap<String, Arc<Watch>, Fast>,
+}
 
 #[derive(Default)]
 struct Watch {
@@ -65,6 +75,13 @@ struct Counted {
 }
 
 impl Watch {
+    fn mark(&self, node: &str) {
+        let mut marked = lock(&self.marked);
+        if !marked.contains(node) {
+            marked.insert(node.to_owned());
+        }
+    }
+
     fn unlooked(&self, now: Instant) -> bool {
         lock(&self.counted)
             .looked
@@ -91,36 +108,87 @@ impl Counted {
     }
 }
 
+/// Adds to `into` the apps `report` names: its apps' statuses and its containers' apps
+/// (what [`RolloutCounts::mark`] is told, before and after a change).
+pub fn named_apps(report: &gustavo_model::api::StatusReport, into: &mut Vec<String>) {
+    let apps = report.apps.iter().map(|a| &a.app);
+    for app in apps.chain(report.containers.iter().map(|c| &c.app)) {
+        if !into.contains(app) {
+            into.push(app.clone());
+        }
+    }
+}
+
+impl Watches {
+    fn forget_unlooked(&mut self, now: Instant) {
+        self.by_app.retain(|_, w| !w.unlooked(now));
+        self.every_report.retain(|_, w| !w.unlooked(now));
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl RolloutCounts {
-    /// `node`'s status report has changed (call after the new report is in place, before
-    /// waking whoever waits on reports). Costs nothing while no one looks at a rollout.
-    pub fn mark(&self, node: &str) {
-        let watches = self.watches.read().unwrap_or_else(PoisonError::into_inner);
-        for w in watches.values() {
-            let mut marked = lock(&w.marked);
-            if !marked.contains(node) {
-                marked.insert(node.to_owned());
+    /// Whether anyone follows a rollout (what [`RolloutCounts::mark`] needs is worth
+    /// gathering).
+    pub fn watching(&self) -> bool {
+        !self.read().by_app.is_empty()
+    }
+
+    /// `node`'s status report has changed, and `apps` are the apps it names before or after
+    /// the change (its apps' statuses and its containers' apps). Call after the new report
+    /// is in place, before waking whoever waits on reports.
+    pub fn mark<'a>(&self, node: &str, apps: impl IntoIterator<Item = &'a str>) {
+        let watches = self.read();
+        if watches.by_app.is_empty() {
+            return;
+        }
+        for app in apps {
+            if let Some(w) = watches.by_app.get(app) {
+                w.mark(node);
             }
         }
+        for w in watches.every_report.values() {
+            w.mark(node);
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Watches> {
+        self.watches.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Watches> {
+        self.watches.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The counts of `app`. `key` must change whenever the set of members may have;
     /// `members` lists them (walked only to count from scratch), `is_member` says whether
-    /// one node is one, and `part` is what one member node's report adds now.
+    /// one node is one, and `part` is what one member node's report adds now. With
+    /// `every_report`, `part` reads more of a report than its mentions of the app (a
+    /// deleted app's count reads the applied revision): every report marks it.
     pub fn count<'a>(
         &self,
         app: &str,
         key: u64,
+        every_report: bool,
         members: impl Iterator<Item = &'a str>,
         is_member: impl Fn(&str) -> bool,
         part: impl Fn(&str) -> Part,
     ) -> Counts {
         let now = Instant::now();
         let watch = self.watch(app, now);
+        if self.read().every_report.contains_key(app) != every_report {
+            // Before the count: a report from here on marks it. (Switching changes `key`,
+            // so this look counts from scratch.)
+            let mut all = self.write();
+            if every_report {
+                all.every_report.insert(app.to_owned(), watch.clone());
+            } else {
+                all.every_report.remove(app);
+            }
+        }
         let mut c = lock(&watch.counted);
         c.looked = Some(now);
         if c.key != Some(key) {
@@ -147,17 +215,12 @@ impl RolloutCounts {
     }
 
     fn watch(&self, app: &str, now: Instant) -> Arc<Watch> {
-        if let Some(w) = self
-            .watches
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(app)
-        {
+        if let Some(w) = self.read().by_app.get(app) {
             return w.clone();
         }
-        let mut all = self.watches.write().unwrap_or_else(PoisonError::into_inner);
-        all.retain(|_, w| !w.unlooked(now));
-        all.entry(app.to_owned()).or_default().clone()
+        let mut all = self.write();
+        all.forget_unlooked(now);
+        all.by_app.entry(app.to_owned()).or_default().clone()
     }
 
     /// Drops the counts no one looked at for a minute (so reports stop marking them and
@@ -167,19 +230,14 @@ impl RolloutCounts {
     }
 
     fn forget_unlooked_at(&self, now: Instant) {
-        let stale = |all: &HashMap<String, Arc<Watch>>| all.values().any(|w| w.unlooked(now));
-        if stale(&self.watches.read().unwrap_or_else(PoisonError::into_inner)) {
-            let mut all = self.watches.write().unwrap_or_else(PoisonError::into_inner);
-            all.retain(|_, w| !w.unlooked(now));
+        if self.read().by_app.values().any(|w| w.unlooked(now)) {
+            self.write().forget_unlooked(now);
         }
     }
 
     /// The member nodes counted as failed at the last look at `app`, in name order.
     pub fn failed(&self, app: &str) -> Vec<String> {
-        let Some(w) = (self.watches.read().unwrap_or_else(PoisonError::into_inner))
-            .get(app)
-            .cloned()
-        else {
+        let Some(w) = self.read().by_app.get(app).cloned() else {
             return Vec::new();
         };
         let mut failed: Vec<String> = (lock(&w.counted).parts.iter())
@@ -192,10 +250,7 @@ impl RolloutCounts {
 
     /// How many apps' counts are kept.
     pub fn kept(&self) -> usize {
-        self.watches
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.read().by_app.len()
     }
 }
 
@@ -211,7 +266,7 @@ mod tests {
         let members = ["a", "b", "c"];
         let look = |key| {
             let is_member = |n: &str| members.contains(&n);
-            counts.count("app", key, members.iter().copied(), is_member, part)
+            counts.count("app", key, false, members.iter().copied(), is_member, part)
         };
         assert_eq!(
             look(1),
@@ -228,8 +283,10 @@ mod tests {
         lock(&reports).insert("a", done);
         // Not marked: not seen yet.
         assert_eq!(look(1).converged, 0);
-        counts.mark("a");
-        counts.mark("zz"); // not a member: ignored
+        counts.mark("a", ["other-app"]);
+        assert_eq!(look(1).converged, 0, "marked for another app's counts only");
+        counts.mark("a", ["app"]);
+        counts.mark("zz", ["app"]); // not a member: ignored
         assert_eq!(look(1).converged, 1);
         lock(&reports).insert(
             "a",
@@ -238,7 +295,7 @@ mod tests {
                 failed: true,
             },
         );
-        counts.mark("a");
+        counts.mark("a", ["app"]);
         let c = look(1);
         assert_eq!((c.converged, c.failed), (0, 1));
         assert_eq!(counts.failed("app"), ["a"]);

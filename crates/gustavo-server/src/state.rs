@@ -884,7 +884,7 @@ impl Cluster {
             };
             let counts =
                 self.rollout_counts
-                    .count(app_name, key.finish(), members, is_member, part);
+                    .count(app_name, key.finish(), false, members, is_member, part);
             (app.revision, true, counts)
         } else {
             let deleted = self.deleted.get(app_name)?;
@@ -908,7 +908,7 @@ impl Cluster {
             };
             let counts =
                 self.rollout_counts
-                    .count(app_name, key.finish(), members, is_member, part);
+                    .count(app_name, key.finish(), true, members, is_member, part);
             (deleted.revision, false, counts)
         };
         Some(RolloutSummary {
@@ -1469,7 +1469,11 @@ pub(crate) mod tests {
                         [AppState::Running, AppState::Stopped, AppState::Failed][next(3) as usize];
                     let rev = app_rev + next(3) - 1;
                     let report = match next(4) {
-                        0 => StatusReport::default(),
+                        // Nothing of the app, at some revision.
+                        0 => StatusReport {
+                            applied_revision: revision + next(3) - 1,
+                            ..StatusReport::default()
+                        },
                         _ => StatusReport {
                             applied_revision: revision + next(3) - 1,
                             apps: vec![AppStatus {
@@ -1494,8 +1498,14 @@ pub(crate) mod tests {
                         },
                     };
                     if c.nodes.contains_key(node) {
-                        c.live.entry(node.clone()).or_default().report = report;
-                        c.rollout_counts.mark(node);
+                        let mut named = Vec::new();
+                        let mut live = c.live.entry(node.clone()).or_default();
+                        crate::rollout_counts::named_apps(&live.report, &mut named);
+                        live.report = report;
+                        crate::rollout_counts::named_apps(&live.report, &mut named);
+                        drop(live);
+                        c.rollout_counts
+                            .mark(node, named.iter().map(String::as_str));
                     }
                 }
                 12 | 13 => {

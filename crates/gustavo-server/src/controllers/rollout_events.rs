@@ -80,6 +80,12 @@ fn tick(shared: &Shared, told: &mut BTreeMap<String, Told>) {
             let Some(s) = c.rollout_summary(&app.name) else {
                 continue;
             };
+            // On no device (its groups have none yet): nothing to follow. A device joining
+            // later gets the app without an event, as it does once a rollout converged.
+            if s.total == 0 {
+                t.converged = true;
+                continue;
+            }
             if s.failed > t.failed.len() {
                 for (node, error) in c.rollout_failed(&app.name) {
                     if !t.failed.contains(&node) {

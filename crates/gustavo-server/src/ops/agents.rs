@@ -14,6 +14,7 @@ use super::apps::check_groups;
 use super::{OpError, Ops, check_name};
 use crate::auth::{Principal, hash_token, new_token};
 use crate::now;
+use crate::rollout_counts::named_apps;
 use crate::state::{Cluster, Live};
 use gustavo_model::pressure::{Level, Status as PressureStatus};
 
@@ -364,6 +365,8 @@ impl Ops {
         // written in a second step, a newer report that slipped between them was overwritten
         // by the older one, and the agent (which had sent the newer) never sent it again.
         let (mut pressure, mut report_new, mut need_report) = (None, false, false);
+        // The apps the report names before and after, for the rollout counts.
+        let mut named = Vec::new();
         let runs = (req.report.as_ref().map(|r| &r.jobs))
             .or(req.delta.as_ref().map(|d| &d.jobs))
             .cloned();
@@ -377,7 +380,9 @@ impl Ops {
             if let Some(report) = req.report
                 && newer(&mut l.report_seq)
             {
+                named_apps(&l.report, &mut named);
                 take_report(l, report);
+                named_apps(&l.report, &mut named);
                 report_new = true;
             }
             // A delta counts only on the very report it was made from; otherwise the
@@ -387,7 +392,9 @@ impl Ops {
                 let on = (order.0, delta.base);
                 if l.has_report && order.0 != 0 && l.report_seq == on && order.1 > delta.base {
                     l.report_seq = order;
+                    named_apps(&l.report, &mut named);
                     gustavo_model::report::apply(&mut l.report, delta);
+                    named_apps(&l.report, &mut named);
                     report_new = true;
                 } else {
                     delta_dropped = true;
@@ -399,7 +406,8 @@ impl Ops {
             self.pressure_changed(name, before, p);
         }
         if report_new {
-            self.shared.read().rollout_counts.mark(name);
+            let named = named.iter().map(String::as_str);
+            self.shared.read().rollout_counts.mark(name, named);
             self.shared.reports.send_modify(|n| *n = n.wrapping_add(1));
             self.job_runs(name, runs.unwrap_or_default()).await?;
         }
@@ -437,8 +445,14 @@ impl Ops {
         report: StatusReport,
     ) -> Result<(), OpError> {
         p.require_node(name)?;
-        self.seen(name, from, |l| take_report(l, report));
-        self.shared.read().rollout_counts.mark(name);
+        let mut named = Vec::new();
+        self.seen(name, from, |l| {
+            named_apps(&l.report, &mut named);
+            take_report(l, report);
+            named_apps(&l.report, &mut named);
+        });
+        let named = named.iter().map(String::as_str);
+        self.shared.read().rollout_counts.mark(name, named);
         self.shared.reports.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
