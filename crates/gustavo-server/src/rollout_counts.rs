@@ -109,14 +109,22 @@ impl Counted {
 }
 
 /// Adds to `into` the apps `report` names: its apps' statuses and its containers' apps
-/// (what [`RolloutCounts::mark`] is told, before and after a change).
+/// (what [`RolloutCounts::mark`] is told of a whole report, before and after it; a name
+/// twice is marked twice, which costs a lookup).
 pub fn named_apps(report: &gustavo_model::api::StatusReport, into: &mut Vec<String>) {
     let apps = report.apps.iter().map(|a| &a.app);
-    for app in apps.chain(report.containers.iter().map(|c| &c.app)) {
-        if !into.contains(app) {
-            into.push(app.clone());
-        }
-    }
+    into.extend(
+        apps.chain(report.containers.iter().map(|c| &c.app))
+            .cloned(),
+    );
+}
+
+/// The apps a report delta changes: those it replaces and those it brings (the rest of the
+/// report stays as it was).
+pub fn delta_apps(delta: &gustavo_model::api::ReportDelta, into: &mut Vec<String>) {
+    let brought = delta.apps.iter().map(|a| &a.app);
+    let brought = brought.chain(delta.containers.iter().map(|c| &c.app));
+    into.extend(delta.changed.iter().chain(brought).cloned());
 }
 
 impl Watches {

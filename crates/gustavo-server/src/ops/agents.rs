@@ -14,7 +14,7 @@ use super::apps::check_groups;
 use super::{OpError, Ops, check_name};
 use crate::auth::{Principal, hash_token, new_token};
 use crate::now;
-use crate::rollout_counts::named_apps;
+use crate::rollout_counts::{delta_apps, named_apps};
 use crate::state::{Cluster, Live};
 use gustavo_model::pressure::{Level, Status as PressureStatus};
 
@@ -392,9 +392,8 @@ impl Ops {
                 let on = (order.0, delta.base);
                 if l.has_report && order.0 != 0 && l.report_seq == on && order.1 > delta.base {
                     l.report_seq = order;
-                    named_apps(&l.report, &mut named);
+                    delta_apps(&delta, &mut named);
                     gustavo_model::report::apply(&mut l.report, delta);
-                    named_apps(&l.report, &mut named);
                     report_new = true;
                 } else {
                     delta_dropped = true;

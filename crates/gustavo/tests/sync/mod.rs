@@ -80,10 +80,23 @@ fn join_by_curl(server: &Server, node: &str, group: &str, labels: &str, cpus: u3
 
 fn rollout_converged(server: &Server, app: &str, node: &str) -> bool {
     let r = server.json(&["rollouts", "get", app]);
-    r["nodes"].as_array().is_some_and(|ns| {
-        ns.iter()
-            .any(|n| n["node"] == node && n["converged"] == true)
-    })
+    // The counts kept between looks (`?summary=true`, what `--wait` reads) agree with the
+    // rows built from scratch.
+    let rows = r["nodes"].as_array().cloned().unwrap_or_default();
+    let summary = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(server.client(&server.admin).rollout_summary(app))
+        .unwrap();
+    let converged = rows.iter().filter(|n| n["converged"] == true).count();
+    assert_eq!(
+        (summary.total, summary.converged),
+        (rows.len(), converged),
+        "{r}"
+    );
+    rows.iter()
+        .any(|n| n["node"] == node && n["converged"] == true)
 }
 
 fn node_field(server: &Server, node: &str, field: &str) -> serde_json::Value {
