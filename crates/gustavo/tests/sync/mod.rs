@@ -79,24 +79,31 @@ fn join_by_curl(server: &Server, node: &str, group: &str, labels: &str, cpus: u3
 }
 
 fn rollout_converged(server: &Server, app: &str, node: &str) -> bool {
-    let r = server.json(&["rollouts", "get", app]);
     // The counts kept between looks (`?summary=true`, what `--wait` reads) agree with the
-    // rows built from scratch.
-    let rows = r["nodes"].as_array().cloned().unwrap_or_default();
-    let summary = tokio::runtime::Builder::new_current_thread()
+    // rows built from scratch, read between two equal looks (reports keep coming).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap()
-        .block_on(server.client(&server.admin).rollout_summary(app))
         .unwrap();
-    let converged = rows.iter().filter(|n| n["converged"] == true).count();
-    assert_eq!(
-        (summary.total, summary.converged),
-        (rows.len(), converged),
-        "{r}"
-    );
-    rows.iter()
-        .any(|n| n["node"] == node && n["converged"] == true)
+    let admin = server.client(&server.admin);
+    let look = || {
+        let s = rt.block_on(admin.rollout_summary(app)).unwrap();
+        (s.total, s.converged)
+    };
+    for _ in 0..50 {
+        let before = look();
+        let r = server.json(&["rollouts", "get", app]);
+        if look() != before {
+            continue;
+        }
+        let rows = r["nodes"].as_array().cloned().unwrap_or_default();
+        let converged = rows.iter().filter(|n| n["converged"] == true).count();
+        assert_eq!(before, (rows.len(), converged), "{r}");
+        return rows
+            .iter()
+            .any(|n| n["node"] == node && n["converged"] == true);
+    }
+    panic!("the rollout of {app} never held still for a look");
 }
 
 fn node_field(server: &Server, node: &str, field: &str) -> serde_json::Value {
