@@ -139,12 +139,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl RolloutCounts {
-    /// Whether anyone follows a rollout (what [`RolloutCounts::mark`] needs is worth
-    /// gathering).
-    pub fn watching(&self) -> bool {
-        !self.read().by_app.is_empty()
-    }
-
     /// `node`'s status report has changed, and `apps` are the apps it names before or after
     /// the change (its apps' statuses and its containers' apps). Call after the new report
     /// is in place, before waking whoever waits on reports.

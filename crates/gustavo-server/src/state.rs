@@ -1393,6 +1393,16 @@ pub(crate) mod tests {
         assert!(c.rollout_summary("missing").is_none());
     }
 
+    /// Numbers below `n`, the same every run (xorshift from `seed`).
+    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        }
+    }
+
     /// What [`Cluster::rollout_summary`] counts, counted from scratch.
     fn summary_from_scratch(c: &Cluster, app_name: &str) -> Option<RolloutSummary> {
         let status_of = |node: &str| {
@@ -1449,13 +1459,7 @@ pub(crate) mod tests {
         let mut c = cluster();
         let template = c.nodes["n1"].clone();
         let app = c.apps["a"].clone();
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15_u64);
         let names: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
         let mut revision = 5;
         let mut looks = 0;
@@ -1568,13 +1572,7 @@ pub(crate) mod tests {
         let every = job_spec("j:\n  docker_image: x\n  schedule: \"@every 30s\"\n", "j").unwrap();
         let groups = ["g", "h", "k"];
         let nodes = ["m0", "m1", "m2", "m3"];
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d_u64);
         let mut revision = 5;
         for step in 0..3000 {
             revision += 1;
