@@ -4,12 +4,13 @@
 //! 50 ms), by the rollout-events controller each second and by dashboards. Counting from
 //! scratch visits every member node and its status report — ~25 ms at 100,000 nodes, most
 //! of it a cache miss per node. Here an app's counts are kept from one look to the next: a
-//! look recounts only the nodes whose status report changed since the last one (marked as
-//! reports arrive, [`RolloutCounts::mark`], in the counts of the apps the report names
-//! before or after — of every app followed after its deletion, whose count also reads the
-//! node's applied revision), and counts from scratch only when what decides
-//! who is a member may have changed (the caller's `key`: the app's revision, groups and
-//! placements, and every node's groups).
+//! look recounts only the nodes whose status report changed since the last one, and counts
+//! from scratch only when what decides who is a member may have changed (the caller's
+//! `key`: the app's revision, groups and placements, and every node's groups).
+//!
+//! A changed report marks its node ([`RolloutCounts::mark`]) in the counts of the apps it
+//! names before or after the change — and in those of every app followed after its
+//! deletion, whose count also reads the node's applied revision.
 //!
 //! No count depends on a mark being exact. A node is marked after its new report is in
 //! place, a look takes the marks before it reads any report, and a marked node is recounted
@@ -251,7 +252,8 @@ impl RolloutCounts {
     }
 
     /// How many apps' counts are kept.
-    pub fn kept(&self) -> usize {
+    #[cfg(test)]
+    fn kept(&self) -> usize {
         self.read().by_app.len()
     }
 }

@@ -55,8 +55,6 @@ impl Outbox {
     }
 }
 
-/// The body of a stream's answer: the lines down, made by the stream's work, which runs
-/// when the body is polled.
 /// The deltas an agent's stream takes (the headers it sent).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Deltas {
@@ -67,6 +65,8 @@ pub struct Deltas {
     pub pressure: bool,
 }
 
+/// The body of a stream's answer: the lines down, made by the stream's work, which runs
+/// when the body is polled.
 pub struct Down {
     outbox: Outbox,
     work: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,

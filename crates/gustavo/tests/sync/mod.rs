@@ -391,14 +391,22 @@ fn a_stream_carries_changes_down_and_reports_up() {
         "st untouched by a delta about another app"
     );
 
-    // The group's pressure thresholds (the test server runs with none) come down whole
-    // the first time.
-    server.ok(&["groups", "set-pressure", &group, "--settings", "cpu=70/50"]);
-    let frame = next(&mut stream);
-    let pressured = frame.desired.expect("the thresholds come down");
-    assert!(!frame.kept_pressure);
-    assert_eq!(pressured.pressure.as_ref().map(|p| p.cpu.high), Some(70.0));
-    assert_eq!(frame.kept, ["st"]);
+    // Thresholds set on the group come down whole, whatever went before (the test server
+    // runs with none of its own); the apps as before stay kept (returned).
+    let set_thresholds = |stream: &mut gustavo_client::SyncStream, cpu_high: u32| {
+        let settings = format!("cpu={cpu_high}/50");
+        server.ok(&["groups", "set-pressure", &group, "--settings", &settings]);
+        let frame = next(stream);
+        let d = frame.desired.expect("the thresholds come down");
+        assert!(!frame.kept_pressure);
+        assert_eq!(
+            d.pressure.as_ref().map(|p| p.cpu.high),
+            Some(f64::from(cpu_high))
+        );
+        (d, frame.kept)
+    };
+    let (pressured, kept) = set_thresholds(&mut stream, 70);
+    assert_eq!(kept, ["st"]);
 
     // A second app comes down alone, the first kept by name (the client puts it back);
     // an update of the second too.
@@ -431,11 +439,8 @@ fn a_stream_carries_changes_down_and_reports_up() {
         "and put back by the client"
     );
     // Changed, they come down whole.
-    server.ok(&["groups", "set-pressure", &group, "--settings", "cpu=75/50"]);
-    let frame = next(&mut stream);
-    let four = frame.desired.expect("the new thresholds come down");
-    assert!(!frame.kept_pressure);
-    assert_eq!(four.pressure.as_ref().map(|p| p.cpu.high), Some(75.0));
+    let (four, kept) = set_thresholds(&mut stream, 75);
+    assert_eq!(kept, ["st", "st2"]);
     assert_eq!(four.apps.len(), 2);
 
     // A bad line: a last frame naming it, then the end.
