@@ -135,7 +135,14 @@ impl Lines {
     async fn next(&mut self) -> Result<Option<Vec<u8>>, End> {
         loop {
             if let Some(i) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=self.scanned + i).collect();
+                let end = self.scanned + i;
+                // The usual case, a line alone in the buffer, takes the buffer itself: no
+                // copy, and a stream waiting for its next line holds no buffer.
+                let mut line = if end + 1 == self.buf.len() {
+                    std::mem::take(&mut self.buf)
+                } else {
+                    self.buf.drain(..=end).collect()
+                };
                 line.pop();
                 self.scanned = 0;
                 return Ok(Some(line));
@@ -295,7 +302,10 @@ impl Ops {
                     }
                     desired
                 };
-                if let Some(mut d) = desired {
+                // Serialized in this statement, before the await below: the state would
+                // otherwise be kept in the stream's future, whose size is that of its
+                // largest await and which lives as long as the device is connected.
+                let frame = desired.map(|mut d| {
                     if form != Form::Template {
                         d.complete();
                     }
@@ -305,13 +315,15 @@ impl Ops {
                     } else {
                         Kept::default()
                     };
-                    send(StreamFrame {
+                    line(&StreamFrame {
                         desired: Some(d),
                         kept: kept.apps,
                         kept_pressure: kept.pressure,
                         ..StreamFrame::default()
                     })
-                    .await;
+                });
+                if let Some(frame) = frame {
+                    down.send(frame).await;
                     quiet_until = tokio::time::Instant::now() + keepalive;
                 }
             }
@@ -319,7 +331,11 @@ impl Ops {
             tokio::select! {
                 l = up.next() => {
                     let Some(l) = l? else { return Ok(()) };
-                    let need_report = Box::pin(self.received(name, from, parse(&l)?)).await?;
+                    // Parsed in a statement of its own: a temporary of the `?` would
+                    // otherwise be kept in the future across the await.
+                    let req = parse(&l)?;
+                    drop(l);
+                    let need_report = Box::pin(self.received(name, from, req)).await?;
                     // The keepalive goes only in answer to a line, never on a timer of its
                     // own: data sent to a device that has just gone silent stays
                     // unacknowledged, and the kernel then holds the connection for
