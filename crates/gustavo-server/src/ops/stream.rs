@@ -383,6 +383,9 @@ mod tests {
         let mut l = lines(vec![b"x\ny", b"z\n"], 64);
         assert_eq!(l.next().await.unwrap().unwrap(), b"x");
         assert_eq!(l.next().await.unwrap().unwrap(), b"yz");
+        // A line that was alone in the buffer took it: a stream waiting for its next line
+        // holds no buffer.
+        assert_eq!(l.buf.capacity(), 0);
     }
 
     /// A line past the limit is refused by its size, however it is cut.
