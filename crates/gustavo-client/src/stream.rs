@@ -30,6 +30,23 @@ impl Client {
     /// Opens `node`'s stream. Refused (`ClientError::Api`) by a server without streams
     /// (`404`) or over HTTP/1.1 (`400`): the caller then syncs instead.
     pub async fn stream(&self, node: &str) -> Result<SyncStream, ClientError> {
+        self.open_stream(node, true).await
+    }
+
+    /// Opens `node`'s stream as an agent from before `gustavo-kept-pressure` did: the
+    /// server then sends the pressure thresholds in every state. For compatibility tests.
+    pub async fn stream_without_kept_pressure(
+        &self,
+        node: &str,
+    ) -> Result<SyncStream, ClientError> {
+        self.open_stream(node, false).await
+    }
+
+    async fn open_stream(
+        &self,
+        node: &str,
+        kept_pressure: bool,
+    ) -> Result<SyncStream, ClientError> {
         let path = format!("/api/v1/nodes/{node}/stream");
         let url = format!("{}{}", self.base, path);
         let (up, rx) = mpsc::channel::<Vec<u8>>(4);
@@ -49,14 +66,18 @@ impl Client {
             reason: reason(&e),
         };
         // No overall timeout: the stream lasts. The answer's headers come at once.
+        let mut request = self
+            .http
+            .request(Method::POST, &url)
+            .bearer_auth(&self.token)
+            .header(FORM_HEADER, "template")
+            .header(DELTAS_HEADER, "1");
+        if kept_pressure {
+            request = request.header(KEPT_PRESSURE_HEADER, "1");
+        }
         let resp = tokio::time::timeout(
             Duration::from_secs(15),
-            self.http
-                .request(Method::POST, &url)
-                .bearer_auth(&self.token)
-                .header(FORM_HEADER, "template")
-                .header(DELTAS_HEADER, "1")
-                .header(KEPT_PRESSURE_HEADER, "1")
+            request
                 .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
                 .body(reqwest::Body::wrap_stream(body))
                 .send(),

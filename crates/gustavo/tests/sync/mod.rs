@@ -443,6 +443,42 @@ fn a_stream_carries_changes_down_and_reports_up() {
     assert_eq!(kept, ["st", "st2"]);
     assert_eq!(four.apps.len(), 2);
 
+    // An agent from before kept thresholds (no `gustavo-kept-pressure`) gets them in every
+    // state, since it would read them absent as pressure off; its apps are still kept.
+    let mut old = rt
+        .block_on(client.stream_without_kept_pressure(&node))
+        .expect("the stream opens");
+    rt.block_on(old.send(&SyncRequest {
+        after: 0,
+        session: 8,
+        seq: 1,
+        ..SyncRequest::default()
+    }))
+    .unwrap();
+    assert!(
+        next(&mut old).desired.is_none(),
+        "the answer to the first line"
+    );
+    for change in ["c", "d"] {
+        let frame = next(&mut old);
+        let d = frame.desired.expect("the state comes down");
+        assert!(!frame.kept_pressure, "never left out for this agent");
+        assert_eq!(d.pressure.as_ref().map(|p| p.cpu.high), Some(75.0));
+        assert_eq!(d.apps.len(), 2);
+        let f = server.spec(
+            "st2c.yml",
+            &format!(
+                "st2:\n  docker_image: gustavo-test/busybox:latest\n  env_vars: {{A: {change}}}\n"
+            ),
+        );
+        server.ok(&["apps", "update", "-n", "st2", "-f", &f]);
+    }
+    let frame = next(&mut old);
+    assert_eq!(frame.kept, ["st"], "apps as before are still kept");
+    assert!(!frame.kept_pressure);
+    assert!(frame.desired.expect("the update").pressure.is_some());
+    drop(old);
+
     // A bad line: a last frame naming it, then the end.
     let mut bad = rt.block_on(client.stream(&node)).unwrap();
     rt.block_on(bad.send_raw(b"{\"after\": \"yesterday\"}\n"))
