@@ -331,8 +331,9 @@ impl Ops {
             tokio::select! {
                 l = up.next() => {
                     let Some(l) = l? else { return Ok(()) };
-                    // Parsed in a statement of its own: a temporary of the `?` would
-                    // otherwise be kept in the future across the await.
+                    // Parsed in a statement of its own, and the line let go: a temporary
+                    // of the `?` (576 bytes) and the line would otherwise be kept in the
+                    // future across the await.
                     let req = parse(&l)?;
                     drop(l);
                     let need_report = Box::pin(self.received(name, from, req)).await?;
