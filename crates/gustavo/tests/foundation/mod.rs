@@ -187,30 +187,29 @@ fn issue7_c_crash_loops_fail_with_exit_code_and_log() {
         .unwrap_or_else(|| panic!("no crash container in {json}"));
     assert_eq!(c["exit_code"], 3, "{c}");
     assert_eq!(c["state"], "crashlooping", "{c}");
-    // The event log names the device and its error (the rollouts controller, once a second).
-    // The error is the one reported when the controller looked: the exit code, or — caught
-    // just after the engine restarted the container, when it shows no exit code — the
-    // crash loop alone.
-    // Looked for up to 30 s, then the events and the agent's log are shown: the device's
-    // app flaps between failed and restarting, and the controller looks once a second.
+    // The event log names the device and its error (the rollouts controller, once a
+    // second): the exit code, or — caught just after the engine restarted the container,
+    // which then shows none — the crash loop alone. On a timeout the events and the
+    // agent's log are shown.
     let failed_on = format!("failed on {node}: ");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let events = server.ok(&["events"]);
-        if events.lines().any(|l| {
-            l.contains("rollout of crash revision")
-                && l.contains(&failed_on)
-                && (l.contains("exited with code 3") || l.contains("crash loop"))
-        }) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no failure event naming {node} within 30 s; events:\n{events}\nagent log:\n{}",
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_showing(
+        "the failure event",
+        Duration::from_secs(30),
+        || {
+            server.ok(&["events"]).lines().any(|l| {
+                l.contains("rollout of crash revision")
+                    && l.contains(&failed_on)
+                    && (l.contains("exited with code 3") || l.contains("crash loop"))
+            })
+        },
+        || {
+            format!(
+                "\nevents:\n{}\nagent log:\n{}",
+                server.ok(&["events"]),
+                a.log()
+            )
+        },
+    );
     server.ok(&["apps", "delete", "-n", "crash"]);
 }
 

@@ -72,7 +72,17 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", std::process::id() % 100_000)
 }
 
-pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    wait_for_showing(what, timeout, f, String::new)
+}
+
+/// [`wait_for`], and on a timeout what `show` says (the state to read the failure by).
+pub fn wait_for_showing(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> bool,
+    show: impl FnOnce() -> String,
+) {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if f() {
@@ -80,7 +90,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("timed out after {timeout:?} waiting for {what}");
+    panic!("timed out after {timeout:?} waiting for {what}{}", show());
 }
 
 pub fn docker(args: &[&str]) -> String {
