@@ -66,6 +66,9 @@ pub struct Conn {
     /// Told to close to make room; it still holds its descriptor until its task ends.
     shedding: AtomicBool,
     shed: Notify,
+    /// Told when the last request in progress ended: its task then has an idle deadline
+    /// to keep, and needs no timer while a request is in progress.
+    went_idle: Notify,
     epoch: Instant,
 }
 
@@ -123,6 +126,12 @@ impl Conn {
         self.shed.notified().await
     }
 
+    /// Resolves when the last request in progress has ended since the last time it
+    /// resolved (or does at once if one ended meanwhile): one waiter, the connection's task.
+    pub async fn went_idle(&self) {
+        self.went_idle.notified().await
+    }
+
     fn snapshot(&self) -> Snapshot {
         let active = self.active() > 0;
         Snapshot {
@@ -147,7 +156,10 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         let now = self.0.now_ms();
         self.0.idle_since_ms.store(now, Ordering::Relaxed);
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // A permit is kept when the task is not waiting: it is not missed.
+            self.0.went_idle.notify_one();
+        }
     }
 }
 
@@ -343,6 +355,7 @@ impl ConnTable {
             admin_only,
             shedding: AtomicBool::new(false),
             shed: Notify::new(),
+            went_idle: Notify::new(),
             epoch: self.epoch,
         });
         conns.insert(id, conn.clone());

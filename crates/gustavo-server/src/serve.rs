@@ -279,15 +279,27 @@ async fn connection<I, S>(
     // CLOSE_GRACE (or the drain period) to finish what it is sending.
     let mut closing_by: Option<tokio::time::Instant> = None;
     let mut stopping = false;
+    // Made once and kept: this loop wakes at every frame the connection moves, and futures
+    // made anew at each turn registered on (and left) the timer wheel and the server-wide
+    // closing signal, which every connection shares.
+    let shed = conn.shed();
+    let went_idle = conn.went_idle();
+    let stop = closing.wait_for(|c| *c);
+    let timer = tokio::time::sleep(t.header_read);
+    tokio::pin!(shed, went_idle, stop, timer);
     loop {
-        // Re-read at every wake-up: requests start and end without telling this loop.
-        let idle_at = conn
-            .idle_deadline(t.header_read, t.idle)
-            .map(tokio::time::Instant::from_std);
-        // While a request is in progress, look again after the shorter deadline.
-        let check_at = idle_at.unwrap_or_else(|| {
-            tokio::time::Instant::now() + t.idle.min(t.header_read).max(Duration::from_millis(100))
+        // What the timer is for: the end of the grace once closing, otherwise the idle
+        // deadline — none while a request is in progress (the end of the last one wakes
+        // this loop through `went_idle`). Re-read at every wake-up: requests start
+        // without telling this loop.
+        let wake_at = closing_by.or_else(|| {
+            (conn.idle_deadline(t.header_read, t.idle)).map(tokio::time::Instant::from_std)
         });
+        if let Some(at) = wake_at
+            && timer.deadline() != at
+        {
+            timer.as_mut().reset(at);
+        }
         tokio::select! {
             r = c.as_mut() => {
                 if let Err(e) = r {
@@ -295,27 +307,29 @@ async fn connection<I, S>(
                 }
                 return;
             }
-            _ = conn.shed() => {
+            _ = &mut shed => {
                 tracing::debug!(%peer, "connection shed to make room");
                 return;
             }
-            _ = tokio::time::sleep_until(closing_by.unwrap_or(check_at)), if closing_by.is_some() => {
-                // Closed for idleness, but a request slipped in just before: it runs to its
-                // end (its own deadlines bound it). A server stopping waits no longer.
-                if !stopping && conn.active() > 0 {
-                    closing_by = Some(tokio::time::Instant::now() + CLOSE_GRACE);
-                    continue;
-                }
-                tracing::debug!(%peer, "connection did not close in time; dropping it");
-                return;
-            }
-            _ = closing.wait_for(|c| *c), if closing_by.is_none() => {
+            _ = &mut went_idle, if closing_by.is_none() => went_idle.set(conn.went_idle()),
+            _ = &mut stop, if closing_by.is_none() => {
                 stopping = true;
                 c.as_mut().graceful_shutdown();
                 closing_by = Some(tokio::time::Instant::now() + t.drain);
             }
-            _ = tokio::time::sleep_until(check_at), if closing_by.is_none() => {
-                // Asked again: a request may have started since `idle_at` was read.
+            _ = &mut timer, if wake_at.is_some() => {
+                if closing_by.is_some() {
+                    // Closed for idleness, but a request slipped in just before: it runs to
+                    // its end (its own deadlines bound it). A server stopping waits no
+                    // longer.
+                    if !stopping && conn.active() > 0 {
+                        closing_by = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                        continue;
+                    }
+                    tracing::debug!(%peer, "connection did not close in time; dropping it");
+                    return;
+                }
+                // Asked again: a request may have started since the deadline was read.
                 let idle_at = conn.idle_deadline(t.header_read, t.idle);
                 if idle_at.is_some_and(|at| at <= std::time::Instant::now()) {
                     if conn.requests() == 0 {
