@@ -109,23 +109,31 @@ impl Counted {
     }
 }
 
-/// Adds to `into` the apps `report` names: its apps' statuses and its containers' apps
-/// (what [`RolloutCounts::mark`] is told of a whole report, before and after it; a name
-/// twice is marked twice, which costs a lookup).
+/// Adds to `into` the apps `report` names and `into` lacks: its apps' statuses and its
+/// containers' apps (what [`RolloutCounts::mark`] is told of a whole report, before and
+/// after it). Each name once: a report names an app once for its status and once per
+/// container, and mostly the same apps before and after, and every copy is made on every
+/// report's path.
 pub fn named_apps(report: &gustavo_model::api::StatusReport, into: &mut Vec<String>) {
     let apps = report.apps.iter().map(|a| &a.app);
-    into.extend(
-        apps.chain(report.containers.iter().map(|c| &c.app))
-            .cloned(),
-    );
+    add_new(apps.chain(report.containers.iter().map(|c| &c.app)), into);
 }
 
 /// The apps a report delta changes: those it replaces and those it brings (the rest of the
-/// report stays as it was).
+/// report stays as it was), each once.
 pub fn delta_apps(delta: &gustavo_model::api::ReportDelta, into: &mut Vec<String>) {
     let brought = delta.apps.iter().map(|a| &a.app);
     let brought = brought.chain(delta.containers.iter().map(|c| &c.app));
-    into.extend(delta.changed.iter().chain(brought).cloned());
+    add_new(delta.changed.iter().chain(brought), into);
+}
+
+/// A node runs a few apps: a look along the list is cheaper than a set.
+fn add_new<'a>(names: impl Iterator<Item = &'a String>, into: &mut Vec<String>) {
+    for name in names {
+        if !into.contains(name) {
+            into.push(name.clone());
+        }
+    }
 }
 
 impl Watches {
@@ -261,6 +269,18 @@ impl RolloutCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Names already there, and names twice, are copied once.
+    #[test]
+    fn names_are_taken_once() {
+        let delta = gustavo_model::api::ReportDelta {
+            changed: vec!["a".into(), "b".into(), "a".into(), "c".into()],
+            ..Default::default()
+        };
+        let mut named = vec!["b".to_string()];
+        delta_apps(&delta, &mut named);
+        assert_eq!(named, ["b", "a", "c"]);
+    }
 
     #[test]
     fn a_look_recounts_marked_members_only() {

@@ -114,12 +114,14 @@ pub struct Live {
     pub report: StatusReport,
     /// False until the node's first status report since this server started.
     pub has_report: bool,
-    /// The node's pressure level and actions, from its heartbeats.
-    pub pressure: Option<gustavo_model::pressure::Status>,
+    /// The node's pressure level and actions, from its heartbeats. Boxed, like `tunnel`:
+    /// none unless thresholds apply to the node (a tunnel: unless it serves a site's
+    /// clients), and inline they would make every node's entry ~220 bytes larger.
+    pub pressure: Option<Box<gustavo_model::pressure::Status>>,
     /// Bytes sent by its leased backends, by app (deployment) name, from its heartbeats.
     pub traffic: BTreeMap<String, u64>,
     /// Its WireGuard interface for a site's clients, from its heartbeats.
-    pub tunnel: Option<gustavo_model::wireguard::TunnelStatus>,
+    pub tunnel: Option<Box<gustavo_model::wireguard::TunnelStatus>>,
     /// Long-polls it holds open now: while one is, the node is heard from (a dead device's
     /// connection is found by TCP keepalive, `serve.rs`).
     pub polls: u32,
@@ -476,12 +478,14 @@ impl Cluster {
     /// numbers ([`DesiredState::complete`] makes the full form). Per-client deployments
     /// come in the full form.
     pub fn desired_for(&self, node: &NodeRecord) -> DesiredState {
-        let facts = NodeFacts {
+        // Made only if a job or a deployment needs it: most nodes have neither, and this is
+        // on every node's path at every change.
+        let facts = std::cell::LazyCell::new(|| NodeFacts {
             name: node.name.clone(),
             cpus: node.cpus,
             memory_mb: node.memory_mb,
             labels: node.labels.clone(),
-        };
+        });
         let mut apps: Vec<DesiredApp> = self
             .apps_of(node)
             .map(|app| {
@@ -538,7 +542,7 @@ impl Cluster {
             pressure: self.pressure_for(node),
             tunnel: crate::ops::deployments::desired_tunnel(self, &node.name),
             labels: if templated {
-                facts.labels
+                node.labels.clone()
             } else {
                 BTreeMap::new()
             },
@@ -628,7 +632,7 @@ impl Cluster {
             applied_revision: live.map(|l| l.report.applied_revision).unwrap_or(0),
             cordoned: n.cordoned,
             draining: n.draining,
-            pressure: live.and_then(|l| l.pressure.clone()),
+            pressure: live.and_then(|l| l.pressure.as_deref().cloned()),
         }
     }
 

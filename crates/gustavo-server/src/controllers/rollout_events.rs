@@ -16,6 +16,10 @@ pub struct Told {
     revision: u64,
     converged: bool,
     failed: BTreeSet<String>,
+    /// Counted failed at a look whose report then showed no error: a report that changed
+    /// between the count and the read (reports change under the read lock). Told at the
+    /// next look, with the error it shows then.
+    unexplained: BTreeSet<String>,
 }
 
 /// What is there when the server starts: not news. Taken before the server accepts its
@@ -31,7 +35,7 @@ pub fn first_look(shared: &Shared) -> BTreeMap<String, Told> {
                 Told {
                     revision: a.revision,
                     converged: true,
-                    failed: BTreeSet::new(),
+                    ..Told::default()
                 },
             )
         })
@@ -88,6 +92,9 @@ fn tick(shared: &Shared, told: &mut BTreeMap<String, Told>) {
             }
             if s.failed > t.failed.len() {
                 for (node, error) in c.rollout_failed(&app.name) {
+                    if error.is_none() && t.unexplained.insert(node.clone()) {
+                        continue;
+                    }
                     if !t.failed.contains(&node) {
                         events.push((
                             app.name.clone(),

@@ -184,7 +184,7 @@ async fn poll(
         live.last_seen = now;
         live.address = Some(ip);
         live.vitals = Some(vitals);
-        live.pressure = status.clone();
+        live.pressure = status.clone().map(Box::new);
         // No agent sends reports: count the (empty) report as had.
         live.has_report = true;
     }

@@ -468,12 +468,12 @@ impl Ops {
 fn take_vitals(l: &mut Live, hb: Heartbeat) -> Option<(Level, PressureStatus)> {
     l.vitals = Some(hb.vitals);
     l.traffic = hb.traffic;
-    l.tunnel = hb.tunnel;
+    l.tunnel = hb.tunnel.map(Box::new);
     // None: pressure is off on the node (or the agent predates it).
     let before = l.pressure.as_ref().map(|o| o.level).unwrap_or_default();
     let after = hb.pressure.as_ref().map(|o| o.level).unwrap_or_default();
     let changed = (before != after).then(|| (before, hb.pressure.clone().unwrap_or_default()));
-    l.pressure = hb.pressure;
+    l.pressure = hb.pressure.map(Box::new);
     changed
 }
 

@@ -223,7 +223,7 @@ fn view(c: &Cluster, cfg: &SinfoniaConfig, started: u64, d: &Deployment) -> Depl
 
 /// What a node last reported of its tunnel (since this server started).
 fn tunnel_report(c: &Cluster, node: &str) -> Option<TunnelStatus> {
-    c.live.get(node).and_then(|l| l.tunnel.clone())
+    c.live.get(node).and_then(|l| l.tunnel.as_deref().cloned())
 }
 
 /// The WireGuard interface a node runs: for the first site (by name) with live
@@ -276,7 +276,7 @@ pub(crate) fn backend_running(c: &Cluster, d: &Deployment) -> bool {
 pub(crate) fn desired_instances(
     c: &Cluster,
     node: &NodeRecord,
-    facts: &NodeFacts,
+    facts: &std::cell::LazyCell<NodeFacts, impl FnOnce() -> NodeFacts>,
 ) -> Vec<DesiredApp> {
     c.deployments
         .values()
