@@ -1,8 +1,9 @@
-//! Names filed under keys: the apps of each group, the scheduled jobs of each group and the
-//! one-shot jobs of the node running them ([`crate::state::Cluster`]). A node's desired
-//! state and its revision are looked up on every change that wakes it; walking every app
-//! and job of the server for each of them made a device's change cost grow with all the
-//! apps and jobs of every other group (one-shot jobs stay until deleted). Callers still
+//! Names filed under keys: the apps of each group, the scheduled jobs of each group, the
+//! one-shot jobs of the node running them and the deployments placed on each node
+//! ([`crate::state::Cluster`]). A node's desired state and its revision are looked up on
+//! every change that wakes it; walking every app, job and deployment of the server for each
+//! of them made a device's change cost grow with all those of every other group and node
+//! (one-shot jobs stay until deleted; a site may have a deployment per client). Callers still
 //! check what they find, so a name filed where it no longer belongs costs a lookup, never a
 //! wrong answer; a name missing would be.
 

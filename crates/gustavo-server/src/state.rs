@@ -161,7 +161,8 @@ pub struct Cluster {
     deleted: HashMap<String, Deleted>,
     /// Edge sites (`ops/sites.rs`).
     pub sites: BTreeMap<String, gustavo_model::sites::Site>,
-    /// Per-client deployments on leases (`ops/deployments.rs`).
+    /// Per-client deployments on leases (`ops/deployments.rs`). Changed only through
+    /// [`Cluster::apply`], which keeps `deployments_by_node`.
     pub deployments: BTreeMap<String, gustavo_model::lease::Deployment>,
     /// Agentless hosts watched through Glances (`ops/watched.rs`), by node name.
     pub watched: BTreeMap<String, gustavo_model::watched::WatchedHost>,
@@ -180,6 +181,9 @@ pub struct Cluster {
     apps_by_group: ByKey,
     jobs_by_group: ByKey,
     jobs_by_node: ByKey,
+    /// The deployments placed on each node: a node's desired state lists its own, and
+    /// there may be one per client of a site.
+    deployments_by_node: ByKey,
 }
 
 /// Files `a` under its groups, or takes it out.
@@ -236,6 +240,7 @@ impl Cluster {
             c.sites.insert(site.name.clone(), site);
         }
         for d in s.deployments {
+            c.deployments_by_node.add(&d.name, [d.node.as_str()]);
             c.deployments.insert(d.name.clone(), d);
         }
         for h in s.watched {
@@ -307,10 +312,18 @@ impl Cluster {
                 self.sites.remove(&name);
             }
             Change::PutDeployment(d) => {
+                if let Some(old) = self.deployments.get(&d.name) {
+                    self.deployments_by_node
+                        .remove(&old.name, [old.node.as_str()]);
+                }
+                self.deployments_by_node.add(&d.name, [d.node.as_str()]);
                 self.deployments.insert(d.name.clone(), *d);
             }
             Change::DeleteDeployment(name) => {
-                self.deployments.remove(&name);
+                if let Some(old) = self.deployments.remove(&name) {
+                    self.deployments_by_node
+                        .remove(&old.name, [old.node.as_str()]);
+                }
             }
             Change::PutWatched(h) => {
                 self.watched.insert(h.name.clone(), *h);
@@ -319,6 +332,16 @@ impl Cluster {
                 self.watched.remove(&name);
             }
         }
+    }
+
+    /// The deployments placed on `node`, in name order.
+    pub fn deployments_on<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = &'a gustavo_model::lease::Deployment> + 'a {
+        (self.deployments_by_node.under([node]).into_iter())
+            .filter_map(|n| self.deployments.get(n))
+            .filter(move |d| d.node == node)
     }
 
     /// The jobs a node runs now: scheduled jobs of its groups, and the one-shot attempts
@@ -1563,11 +1586,12 @@ pub(crate) mod tests {
         assert!(looks > 1000);
     }
 
-    /// The apps and jobs of each node found through the index are those a walk over every
-    /// app and job finds, through apps and jobs put, moved between groups, deleted, one-shot
-    /// jobs given to nodes and finished, and nodes changing groups.
+    /// The apps, jobs and deployments of each node found through the index are those a walk
+    /// over every app, job and deployment finds, through apps and jobs put, moved between
+    /// groups, deleted, one-shot jobs given to nodes and finished, deployments put, moved
+    /// and deleted, and nodes changing groups.
     #[test]
-    fn a_nodes_apps_and_jobs_by_index_match_a_walk() {
+    fn a_nodes_apps_jobs_and_deployments_by_index_match_a_walk() {
         use gustavo_model::job::{Job, JobState, parse_one as job_spec};
         let mut c = cluster();
         let app = c.apps["a"].clone();
@@ -1588,7 +1612,29 @@ pub(crate) mod tests {
                 g.dedup();
                 g
             };
-            match next(8) {
+            match next(10) {
+                8 => {
+                    let d = gustavo_model::lease::Deployment {
+                        name: format!("d{}", next(6)),
+                        app: "a".into(),
+                        uuid: "00000000-0000-0000-0000-000000000000".into(),
+                        key: "k".into(),
+                        site: "s".into(),
+                        node: nodes[next(4) as usize].into(),
+                        client_ip: "127.0.0.1".into(),
+                        client_location: None,
+                        address: "10.5.0.1".parse().unwrap(),
+                        state: gustavo_model::lease::LeaseState::Initializing,
+                        created_at: 0,
+                        renewed_at: 0,
+                        since: 0,
+                        renewals: 0,
+                        revision,
+                        slot: 0,
+                    };
+                    c.apply(Change::PutDeployment(Box::new(d)), revision);
+                }
+                9 => c.apply(Change::DeleteDeployment(format!("d{}", next(6))), revision),
                 0 | 1 => {
                     let mut a = app.clone();
                     a.name = format!("a{}", next(6));
@@ -1643,6 +1689,22 @@ pub(crate) mod tests {
                     .map(|j| j.name.as_str())
                     .collect();
                 assert_eq!(jobs, walked, "jobs of {} at step {step}", node.name);
+            }
+            for node in nodes {
+                let on: Vec<&str> = c.deployments_on(node).map(|d| d.name.as_str()).collect();
+                let walked: Vec<&str> = (c.deployments.values())
+                    .filter(|d| d.node == node)
+                    .map(|d| d.name.as_str())
+                    .collect();
+                assert_eq!(on, walked, "deployments on {node} at step {step}");
+            }
+            for node in nodes {
+                let filed = c.deployments_by_node.under([node]);
+                let all: BTreeSet<&str> = (c.deployments.values())
+                    .filter(|d| d.node == node)
+                    .map(|d| d.name.as_str())
+                    .collect();
+                assert_eq!(filed, all, "deployments filed under {node} at step {step}");
             }
             // Nothing stays filed that is gone or moved.
             let filed = c.apps_by_group.under(groups);

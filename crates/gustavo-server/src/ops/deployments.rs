@@ -232,11 +232,7 @@ fn tunnel_report(c: &Cluster, node: &str) -> Option<TunnelStatus> {
 pub(crate) fn desired_tunnel(c: &Cluster, node: &str) -> Option<DesiredTunnel> {
     let pool = c.tunnel_pool?;
     let address = site_address(&pool)?;
-    let mine = || {
-        c.deployments
-            .values()
-            .filter(move |d| d.node == node && d.is_live())
-    };
+    let mine = || c.deployments_on(node).filter(|d| d.is_live());
     let site = c.sites.get(mine().map(|d| &d.site).min()?)?;
     if site.wg_private_key.is_empty() {
         return None;
@@ -278,9 +274,8 @@ pub(crate) fn desired_instances(
     node: &NodeRecord,
     facts: &std::cell::LazyCell<NodeFacts, impl FnOnce() -> NodeFacts>,
 ) -> Vec<DesiredApp> {
-    c.deployments
-        .values()
-        .filter(|d| d.node == node.name && d.is_live())
+    c.deployments_on(&node.name)
+        .filter(|d| d.is_live())
         .filter_map(|d| {
             let app = c.apps.get(&d.app)?;
             let mut spec = app.spec.clone();
