@@ -34,7 +34,7 @@ REG_CONFIG=$REG_DIR/config.yml
 REG_LOG=$REG_DIR/registry.log
 REG_PID=$REG_DIR/registry.pid
 REG_BIN=/usr/bin/docker-registry   # what Debian's docker-registry package installs (dpkg -L)
-WAIT_SECONDS=20
+WAIT_SECONDS=60
 
 # name in the registry (without host)   local source image
 PUSHES=(
@@ -109,7 +109,10 @@ start_registry() {
     local i
     for ((i = 0; i < WAIT_SECONDS * 4; i++)); do
         registry_answers && { log "registry answers on http://$REGISTRY/v2/ (pid $(cat "$REG_PID"))"; return 0; }
-        if ! pid_alive; then
+        # Only whether it still lives, not what it runs (pid_alive): just after the start
+        # the process may still be `setsid` or `nohup`, not yet the registry they exec —
+        # taken for a dead registry, that once failed a CI run at once.
+        if ! kill -0 "$(cat "$REG_PID")" 2>/dev/null; then
             break
         fi
         sleep 0.25
