@@ -110,7 +110,7 @@ start_registry() {
     for ((i = 0; i < WAIT_SECONDS * 4; i++)); do
         registry_answers && { log "registry answers on http://$REGISTRY/v2/ (pid $(cat "$REG_PID"))"; return 0; }
         # Only whether it still lives, not what it runs (pid_alive): just after the start
-        # the process may still be `setsid` or `nohup`, not yet the registry they exec —
+        # the child may still be this script's fork, not yet the registry it execs —
         # taken for a dead registry, that once failed a CI run at once.
         if ! kill -0 "$(cat "$REG_PID")" 2>/dev/null; then
             break
