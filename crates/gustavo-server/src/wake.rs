@@ -232,6 +232,13 @@ impl<'a> Waiting<'a> {
     pub async fn changed(&self) {
         self.woken.notified().await
     }
+
+    /// [`Waiting::changed`] as a future of its own, to be kept across many waits: once
+    /// polled it stays on the wake-up's list until it resolves or is dropped, where one
+    /// made anew for every wait joins and leaves that list each time.
+    pub fn next_change(&self) -> tokio::sync::futures::OwnedNotified {
+        self.woken.clone().notified_owned()
+    }
 }
 
 impl Drop for Waiting<'_> {

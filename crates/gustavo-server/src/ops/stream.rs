@@ -280,6 +280,8 @@ impl Ops {
         // while the node's groups stay, since a kept registration sees every wake after it
         // was made.
         let mut woken: Option<(Vec<String>, crate::wake::Waiting)> = None;
+        // Its next wake-up, kept like the others above (a stream turns at every line).
+        let mut woken_next = std::pin::pin!(None::<tokio::sync::futures::OwnedNotified>);
         // Whether what the node is owed must be looked at: at the start and after a wake,
         // not after a line up (what a node says changes nothing it is owed).
         let mut look = true;
@@ -298,6 +300,7 @@ impl Ops {
                     // this read did not see wakes the stream.
                     if woken.as_ref().is_none_or(|(g, _)| *g != node.groups) {
                         let w = crate::wake::Waiting::new(&self.shared.wakers, name, &node.groups);
+                        woken_next.set(Some(w.next_change()));
                         woken = Some((node.groups.clone(), w));
                     }
                     desired
@@ -348,7 +351,10 @@ impl Ops {
                         quiet_until = now + keepalive;
                     }
                 }
-                _ = woken.changed() => look = true,
+                _ = woken_next.as_mut().as_pin_mut().expect("set with `woken`") => {
+                    woken_next.set(Some(woken.next_change()));
+                    look = true;
+                }
                 _ = &mut exec_woken => {
                     exec_woken.set(exec_wake.notified());
                     look = true;
