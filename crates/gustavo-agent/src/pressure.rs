@@ -269,7 +269,7 @@ impl<R: Runtime, H: HostProbe> PressureLoop<R, H> {
                 }
                 Action::Start { name, id } => {
                     tracing::info!(container = %name, "node pressure: starting container it stopped");
-                    self.runtime.start(id).await
+                    self.runtime.start(id).await.map_err(|e| e.naming(name))
                 }
             };
             match done {

@@ -80,7 +80,7 @@ async fn execute<R: Runtime>(
         match step {
             Step::Remove { id, name } => {
                 tracing::info!(container = %name, "removing");
-                rt.remove(&id).await?;
+                rt.remove(&id).await.map_err(|e| e.naming(&name))?;
             }
             Step::Create(c) => {
                 tracing::info!(container = %c.name, hash = %c.hash, "creating");
@@ -88,7 +88,7 @@ async fn execute<R: Runtime>(
             }
             Step::Start { id, name } => {
                 tracing::info!(container = %name, "starting exited container");
-                rt.start(&id).await?;
+                rt.start(&id).await.map_err(|e| e.naming(&name))?;
             }
             Step::WaitReady { name } => wait_ready(rt, node, &name, ready_timeout).await?,
         }

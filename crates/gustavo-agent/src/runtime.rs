@@ -29,6 +29,20 @@ pub enum RuntimeError {
     Unavailable(String),
 }
 
+impl RuntimeError {
+    /// The error with the container called `name`: a runtime given only a container's ID
+    /// (start, stop, remove) names it by that ID, which tells a person nothing.
+    pub fn naming(self, name: &str) -> RuntimeError {
+        match self {
+            RuntimeError::Container { reason, .. } => RuntimeError::Container {
+                name: name.to_string(),
+                reason,
+            },
+            other => other,
+        }
+    }
+}
+
 pub trait Runtime: Send + Sync + 'static {
     /// Every container labelled as this node's, running or not.
     fn list(&self, node: &str) -> impl Future<Output = Result<Vec<Observed>, RuntimeError>> + Send;
@@ -107,4 +121,24 @@ pub trait Runtime: Send + Sync + 'static {
     /// node's containers (an exit, a removal by hand…). Only a trigger: messages may be
     /// spurious or coalesced, and the reconciler relists either way.
     fn watch(&self, node: &str) -> tokio::sync::mpsc::Receiver<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_error_names_the_container_not_its_id() {
+        let by_id = RuntimeError::Container {
+            name: "3f2a9c01d4e5".into(),
+            reason: "is restarting, wait until the container is running".into(),
+        };
+        assert_eq!(
+            by_id.naming("n1.web.0").to_string(),
+            "container `n1.web.0`: is restarting, wait until the container is running"
+        );
+        // Other errors say what they said.
+        let gone = RuntimeError::Unavailable("no socket".into());
+        assert_eq!(gone.clone().naming("n1.web.0"), gone);
+    }
 }

@@ -191,9 +191,12 @@ fn issue7_c_crash_loops_fail_with_exit_code_and_log() {
     // second): the error as the first look at the failed device found it — the exit code,
     // the crash loop, the container not getting ready, or the engine refusing a start
     // while it restarts the container itself, depending on the moment — so what is
-    // checked is that an error is given (the error's words are checked above). On a
-    // timeout the events and the agent's log are shown.
-    let failed_on = format!("failed on {node}: container `");
+    // checked is that the container's error is given, naming it (the error's words are
+    // checked above). On a timeout the events and the agent's log are shown.
+    let name = c["name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no name in {c}"));
+    let failed_on = format!("failed on {node}: container `{name}`");
     wait_for_showing(
         "the failure event",
         Duration::from_secs(30),
