@@ -283,6 +283,28 @@ mod tests {
         assert!(w.is_empty());
     }
 
+    /// A wait kept across turns (a stream's) sees a wake that came while it was not being
+    /// polled, and a wake before the next wait is made is kept for that one.
+    #[tokio::test]
+    async fn a_kept_wait_misses_no_wake() {
+        let w = Wakers::default();
+        let a = Waiting::new(&w, "a", &["g".into()]);
+        async fn woke(f: impl std::future::Future<Output = ()>) -> bool {
+            tokio::time::timeout(std::time::Duration::from_millis(50), f)
+                .await
+                .is_ok()
+        }
+        let mut next = std::pin::pin!(a.next_change());
+        assert!(futures::poll!(next.as_mut()).is_pending());
+        // Woken while nobody polls it (the stream busy with a line).
+        w.wake([&Key::Group("g".into())]);
+        assert!(woke(next).await);
+        // Woken between one wait and the next.
+        w.wake([&Key::Node("a".into())]);
+        assert!(woke(a.next_change()).await);
+        assert!(!woke(a.next_change()).await, "one wake wakes once");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn paced_wakes_reach_every_waiter() {
         let w = Wakers::default();
