@@ -257,25 +257,27 @@ impl Drop for Waiting<'_> {
 mod tests {
     use super::*;
 
+    /// Whether `wait` resolves within 50 ms.
+    async fn resolves(wait: impl std::future::Future<Output = ()>) -> bool {
+        tokio::time::timeout(std::time::Duration::from_millis(50), wait)
+            .await
+            .is_ok()
+    }
+
     #[tokio::test]
     async fn a_wake_reaches_the_waiters_of_its_key_only() {
         let w = Wakers::default();
         let a = Waiting::new(&w, "a", &["g1".into()]);
         let b = Waiting::new(&w, "b", &["g2".into()]);
         w.wake([&Key::Group("g1".into())]);
-        async fn woke(f: &Waiting<'_>) -> bool {
-            tokio::time::timeout(std::time::Duration::from_millis(50), f.changed())
-                .await
-                .is_ok()
-        }
-        assert!(woke(&a).await);
-        assert!(!woke(&a).await, "one wake wakes once");
-        assert!(!woke(&b).await);
+        assert!(resolves(a.changed()).await);
+        assert!(!resolves(a.changed()).await, "one wake wakes once");
+        assert!(!resolves(b.changed()).await);
         w.wake([&Key::All]);
-        assert!(woke(&b).await);
+        assert!(resolves(b.changed()).await);
         // A wake while nobody is waiting is kept for the next wait.
         w.wake([&Key::Node("b".into())]);
-        assert!(woke(&b).await);
+        assert!(resolves(b.changed()).await);
         assert_eq!(w.len(), 5);
         drop(a);
         drop(b);
@@ -289,20 +291,15 @@ mod tests {
     async fn a_kept_wait_misses_no_wake() {
         let w = Wakers::default();
         let a = Waiting::new(&w, "a", &["g".into()]);
-        async fn woke(f: impl std::future::Future<Output = ()>) -> bool {
-            tokio::time::timeout(std::time::Duration::from_millis(50), f)
-                .await
-                .is_ok()
-        }
         let mut next = std::pin::pin!(a.next_change());
         assert!(futures::poll!(next.as_mut()).is_pending());
         // Woken while nobody polls it (the stream busy with a line).
         w.wake([&Key::Group("g".into())]);
-        assert!(woke(next).await);
+        assert!(resolves(next).await);
         // Woken between one wait and the next.
         w.wake([&Key::Node("a".into())]);
-        assert!(woke(a.next_change()).await);
-        assert!(!woke(a.next_change()).await, "one wake wakes once");
+        assert!(resolves(a.next_change()).await);
+        assert!(!resolves(a.next_change()).await, "one wake wakes once");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

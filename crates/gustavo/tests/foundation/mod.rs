@@ -196,7 +196,7 @@ fn issue7_c_crash_loops_fail_with_exit_code_and_log() {
     let name = c["name"]
         .as_str()
         .unwrap_or_else(|| panic!("no name in {c}"));
-    let failed_on = format!("failed on {node}: container `{name}`");
+    let failed_on = format!("failed on {node}: container `{name}`: ");
     wait_for_showing(
         "the failure event",
         Duration::from_secs(30),
