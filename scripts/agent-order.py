@@ -20,7 +20,9 @@ functions are scattered among the server's ends up with most of the binary's cod
 Names are compared without what changes from one build to the next (crate disambiguators,
 back-references, LLVM's .llvm.N suffixes); the build mangles names with v0
 (.cargo/config.toml), which spells out generic arguments, so one name seldom stands for many
-instantiations. A name the build no longer has is skipped: a stale list only lays out less.
+instantiations. A name the build lacks as listed is looked up without LLVM's numbering of
+local symbols and the crate a generic was instantiated in (`loose`); one it lacks either way
+is skipped: a stale list only lays out less.
 
 To record the list again (after the agent's code changed much):
   1. cargo build --profile profiling -p gustavo
@@ -54,6 +56,19 @@ def norm(name):
         return re.sub(r"B[0-9A-Za-z]*_", "B_", name)
     if name.startswith("_ZN"):
         return re.sub(r"17h[0-9a-f]{16}E$", "E", name)
+    return name
+
+
+def loose(name):
+    """A listed name as another build may spell it, for names the build lacks as listed:
+    without the number LLVM gives a local symbol (`.1234`) and without the crate a generic
+    was instantiated in (v0's trailing crate root), both of which can change between builds.
+    May stand for several symbols (a few dozen copies of one small local function)."""
+    name = re.sub(r"\.\d+$", "", name)
+    if name.startswith("_R"):
+        m = re.search(r"Cs_(\d+)([A-Za-z_][A-Za-z0-9_]*)$", name)
+        if m and len(m.group(2)) == int(m.group(1)):
+            name = name[: m.start()]
     return name
 
 
@@ -124,7 +139,7 @@ def resolve(list_file, out_file, args):
     with (gzip.open if list_file.endswith(".gz") else open)(list_file, "rt") as f:
         wanted = [l.strip() for l in f if l.strip() and not l.startswith("#")]
     inputs = list(link_inputs(args))
-    spelled = {}
+    spelled, loosely = {}, {}
     for i in range(0, len(inputs), 200):
         out = subprocess.run(
             ["nm", "--defined-only", "-P", *inputs[i : i + 200]],
@@ -135,13 +150,18 @@ def resolve(list_file, out_file, args):
             f = line.split()
             if len(f) >= 2 and f[1] in "tTwW":
                 spelled.setdefault(norm(f[0]), []).append(f[0])
-    n = 0
+                loosely.setdefault(loose(norm(f[0])), []).append(f[0])
+    n = found = 0
+    placed = set()
     with open(out_file, "w") as out:
         for w in wanted:
-            for s in spelled.get(w, ()):
-                out.write(s + "\n")
-                n += 1
-    found = sum(1 for w in wanted if w in spelled)
+            symbols = spelled.get(w) or loosely.get(loose(w), ())
+            found += bool(symbols)
+            for s in symbols:
+                if s not in placed:
+                    placed.add(s)
+                    out.write(s + "\n")
+                    n += 1
     print(f"agent-order: {found} of {len(wanted)} listed functions found, {n} symbols", file=sys.stderr)
     return found > 0
 
