@@ -248,7 +248,9 @@ echo "Load average (1/5/15 min) at start: $LOAD0; at end: $(cut -d" " -f1-3 /pro
 echo
 echo "| figure | value | target (design.md §8) | |"
 echo "|---|--:|---|---|"
-echo "| agent RSS at end (VmRSS) | $(mb "$rss") MiB | < 15 MB | $(verdict "$(mb "$rss")" 15) |"
+# The target is in MB (10^6 bytes): 15 MB is 14.3 MiB.
+mbd() { calc %.1f "$1 * 1024 / 1000000"; }
+echo "| agent RSS at end (VmRSS) | $(mb "$rss") MiB ($(mbd "$rss") MB) | < 15 MB | $(verdict "$(calc %.3f "$rss * 1024 / 1000000")" 15) |"
 echo "| agent peak RSS (VmHWM) | $(mb "$hwm") MiB | | |"
 echo "| of the RSS: anonymous (RssAnon) / file-backed, mostly the binary's code (RssFile) | $(mb "$anon") / $(mb "$file") MiB | | |"
 echo "| agent CPU, /proc/PID/stat utime+stime ($(( c1 - c0 )) ticks of 1/$CLK_TCK s) | $cpu % of one core | < 1 % | $(verdict "$cpu" 1) |"
