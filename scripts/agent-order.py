@@ -35,7 +35,8 @@ To record the list again (after the agent's code changed much):
   3. scripts/agent-order.py record target/profiling/gustavo /tmp/pages.txt \\
          | gzip -9n > crates/gustavo/agent-order.txt.gz
   The list in the tree was recorded this way from a profiling build laid out by the list
-  before it, plus (appended) what a release build with symbols ran outside the laid-out code.
+  before it, plus (appended) what a release build with symbols (CARGO_PROFILE_RELEASE_STRIP=none)
+  ran outside the laid-out code, recorded the same way.
 """
 
 import gzip

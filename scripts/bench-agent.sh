@@ -249,8 +249,8 @@ echo
 echo "| figure | value | target (design.md §8) | |"
 echo "|---|--:|---|---|"
 # The target is in MB (10^6 bytes): 15 MB is 14.3 MiB.
-mbd() { calc %.1f "$1 * 1024 / 1000000"; }
-echo "| agent RSS at end (VmRSS) | $(mb "$rss") MiB ($(mbd "$rss") MB) | < 15 MB | $(verdict "$(calc %.3f "$rss * 1024 / 1000000")" 15) |"
+mbd() { calc "${2:-%.1f}" "$1 * 1024 / 1000000"; }
+echo "| agent RSS at end (VmRSS) | $(mb "$rss") MiB ($(mbd "$rss") MB) | < 15 MB | $(verdict "$(mbd "$rss" %.3f)" 15) |"
 echo "| agent peak RSS (VmHWM) | $(mb "$hwm") MiB | | |"
 echo "| of the RSS: anonymous (RssAnon) / file-backed, mostly the binary's code (RssFile) | $(mb "$anon") / $(mb "$file") MiB | | |"
 echo "| agent CPU, /proc/PID/stat utime+stime ($(( c1 - c0 )) ticks of 1/$CLK_TCK s) | $cpu % of one core | < 1 % | $(verdict "$cpu" 1) |"
