@@ -67,9 +67,13 @@ def loose(name):
     May stand for several symbols (a few dozen copies of one small local function)."""
     name = re.sub(r"\.\d+$", "", name)
     if name.startswith("_R"):
-        m = re.search(r"Cs_(\d+)([A-Za-z_][A-Za-z0-9_]*)$", name)
-        if m and len(m.group(2)) == int(m.group(1)):
-            name = name[: m.start()]
+        # The crate root is the `Cs_<len><ident>` whose ident runs to the end: an earlier
+        # `Cs_` is followed by letters and digits to the end as well, so a single regex
+        # anchored at `$` would stop at the first one.
+        for m in re.finditer(r"Cs_(\d+)", name):
+            if m.end() + int(m.group(1)) == len(name):
+                name = name[: m.start()]
+                break
     return name
 
 
