@@ -264,6 +264,9 @@ impl<R: Runtime> JobRunner<R> {
             Err(e) => {
                 tracing::warn!(job = %dj.name, run, error = %e, "job run could not start");
                 record.state = RunState::Failed;
+                // It never started (`started_at` is 0 until it does): its image could not be
+                // had, or its container not made.
+                record.started_at = 0;
                 record.finished_at = now;
                 record.error = Some(e.to_string());
                 None
@@ -560,5 +563,7 @@ mod tests {
                 .contains("could not be pulled"),
             "{r:?}"
         );
+        assert_eq!(r[0].started_at, 0, "it never started");
+        assert_eq!(r[0].finished_at, T);
     }
 }

@@ -69,8 +69,9 @@ pub enum AgentError {
     Host(String),
     #[error("the agent has no credential yet and no join token was given (--token)")]
     NoToken,
-    #[error("registration refused by {server}: {source}")]
-    Refused { server: String, source: ClientError },
+    /// The server's answer is the message (not a `source`, which would print it twice).
+    #[error("registration refused by {server}: {answer}")]
+    Refused { server: String, answer: ClientError },
     #[error("the join token is invalid: {0}")]
     BadToken(String),
     #[error(
@@ -274,7 +275,7 @@ async fn identity(
             Err(e @ ClientError::Api { .. }) => {
                 return Err(AgentError::Refused {
                     server: cfg.server.clone(),
-                    source: e,
+                    answer: e,
                 });
             }
             Err(e) => {

@@ -238,7 +238,12 @@ impl<R: Runtime, H: HostProbe> PressureLoop<R, H> {
                     id,
                     nano_cpus,
                 } => {
-                    tracing::info!(container = %name, cpus = *nano_cpus as f64 / 1e9, "node pressure: setting CPU limit");
+                    if *nano_cpus == 0 {
+                        // Docker's 0: no limit (the container's own or none).
+                        tracing::info!(container = %name, "node pressure: lifting the CPU limit");
+                    } else {
+                        tracing::info!(container = %name, cpus = *nano_cpus as f64 / 1e9, "node pressure: setting CPU limit");
+                    }
                     self.runtime.set_cpus(id, *nano_cpus).await
                 }
                 Action::LimitMemory {

@@ -26,7 +26,7 @@ use axum::routing::post;
 use gustavo_client::{Client, ClientError};
 use gustavo_model::compat::samsung::{
     RemoteTargetInfo, ServiceRequest, ServiceResponse, ServiceRun, StatusNotification,
-    parse_exec_cmd, seed_status, service_job,
+    parse_exec_cmd, seed_statuses, service_job,
 };
 use tokio::sync::watch;
 
@@ -364,26 +364,18 @@ async fn follow(
             .clone()
             .or_else(|| run.map(|r| r.node.clone()))
             .unwrap_or_default();
-        // A job that ran fast may skip `running` between two polls: Started comes first.
-        let mut due: Vec<&'static str> = Vec::new();
-        if let Some(s) = seed_status(j.state) {
-            if s != "Started" && !told.contains(&"Started") {
-                due.push("Started");
-            }
-            due.push(s);
-        }
-        for status in due {
+        for &status in seed_statuses(j.state, run) {
             if told.contains(&status) {
                 continue;
             }
+            let end = status != "Started";
             let note = StatusNotification {
                 service_name: service.clone(),
                 status: status.to_string(),
-                exit_code: (status != "Started")
-                    .then(|| run.and_then(|r| r.exit_code))
-                    .flatten(),
+                exit_code: end.then(|| run.and_then(|r| r.exit_code)).flatten(),
                 target: target.clone(),
                 job: job.clone(),
+                error: end.then(|| run.and_then(|r| r.error.clone())).flatten(),
             };
             deliver(&http, &uri, &note).await;
             told.push(status);
@@ -464,6 +456,7 @@ fn native(api: &Api, req: &ServiceRequest, name: &str, argv: Option<&[String]>) 
             exit_code,
             target: target_c.clone(),
             job: String::new(),
+            error: None,
         };
         if let Some(uri) = &uri {
             deliver(&http, uri, &note("Started", None)).await;

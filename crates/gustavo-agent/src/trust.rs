@@ -100,7 +100,7 @@ pub async fn rotate(
             Err(e @ ClientError::Api { .. }) => {
                 return Err(AgentError::Refused {
                     server: client.base().to_string(),
-                    source: e,
+                    answer: e,
                 });
             }
             Err(e) => {

@@ -303,7 +303,7 @@ pub fn parse_file(yaml: &str) -> Result<Vec<(String, JobSpec)>, JobError> {
     }
     let jobs =
         serde_saphyr::from_str_with_options::<OrderedJobs>(yaml, crate::spec::yaml_options())
-            .map_err(|e| JobError::Yaml(e.to_string()))?
+            .map_err(|e| JobError::Yaml(crate::spec::yaml_error(e, yaml)))?
             .0;
     if jobs.is_empty() {
         return Err(JobError::Empty);

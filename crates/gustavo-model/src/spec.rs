@@ -263,6 +263,47 @@ pub(crate) fn yaml_options() -> serde_saphyr::Options {
     o
 }
 
+/// A parse error as a person can act on it. serde-saphyr names a wrong value's type and
+/// place but not its key (`invalid u32 at line 3, column 13`); when that line is a block
+/// mapping entry (`key: value`, also as a sequence item) and the place is in its value, the
+/// key is put first: ``replicas: invalid u32 at line 3, column 13``.
+pub(crate) fn yaml_error(e: serde_saphyr::Error, yaml: &str) -> String {
+    let msg = e.to_string();
+    if msg.contains('`') {
+        return msg;
+    }
+    match key_at(&msg, yaml) {
+        Some(key) => format!("`{key}`: {msg}"),
+        None => msg,
+    }
+}
+
+/// The key of the mapping entry whose value holds the place `… at line L, column C` names.
+fn key_at<'a>(msg: &str, yaml: &'a str) -> Option<&'a str> {
+    let (_, place) = msg.rsplit_once(" at line ")?;
+    let (line, column) = place.split_once(", column ")?;
+    let digits = |s: &str| -> Option<usize> {
+        let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        s[..end].parse().ok()
+    };
+    let (line, column) = (digits(line)?, digits(column)?);
+    let text = yaml.lines().nth(line.checked_sub(1)?)?;
+    let body = text.trim_start();
+    let indent = text.len() - body.len();
+    let (body, indent) = match body.strip_prefix("- ") {
+        Some(rest) => (rest.trim_start(), text.len() - rest.trim_start().len()),
+        None => (body, indent),
+    };
+    let colon = body.find(": ")?;
+    let key = &body[..colon];
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    // Columns count from 1; the value starts after `key: `.
+    (plain && column > indent + colon + 1).then_some(key)
+}
+
 /// Parses a spec file and returns its apps in file order.
 pub fn parse_file(yaml: &str) -> Result<Vec<(String, AppSpec)>, SpecError> {
     if yaml.len() > MAX_SPEC_BYTES {
@@ -279,7 +320,7 @@ pub fn parse_file(yaml: &str) -> Result<Vec<(String, AppSpec)>, SpecError> {
     }
     let apps: Vec<(AppName, AppSpec)> =
         serde_saphyr::from_str_with_options::<OrderedApps>(yaml, yaml_options())
-            .map_err(|e| SpecError::Yaml(e.to_string()))?
+            .map_err(|e| SpecError::Yaml(yaml_error(e, yaml)))?
             .0;
     // The same parser read the same text: it cannot fail once and succeed once.
     let written = written.map_err(SpecError::Yaml)?;
@@ -1247,6 +1288,18 @@ test_linreg:
             assert!(e.contains(want), "{yaml:?} gave {e}");
             assert!(e.contains("line "), "{yaml:?} gave no position: {e}");
         }
+    }
+
+    #[test]
+    fn a_wrong_type_names_its_key() {
+        let e = err("a:\n  docker_image: x\n  replicas: \"two\"\n");
+        assert!(e.starts_with("`replicas`: "), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        let e = err("a:\n  docker_image: x\n  running: maybe\n");
+        assert!(e.starts_with("`running`: "), "{e}");
+        // Not a `key: value` line: left as it was.
+        let e = err("a:\n  docker_image: x\n  replicas:\n    - 1\n");
+        assert!(!e.starts_with('`'), "{e}");
     }
 
     #[test]

@@ -75,8 +75,8 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Finds who presents `token`. Expired or revoked tokens are told apart from unknown
-/// ones, so a person knows to log in again.
+/// Finds who presents `token`. Unknown, expired and revoked tokens are told apart, so a
+/// person knows to log in again or to ask for a new one.
 pub fn authenticate(state: &AppState, token: &str) -> Result<Principal, ApiError> {
     // A join token's secret follows the CA fingerprint; agents send the secret alone, but
     // accept the whole token too.
@@ -97,20 +97,20 @@ pub fn authenticate(state: &AppState, token: &str) -> Result<Principal, ApiError
             }
             TokenKind::Session => {
                 let user = t.user.unwrap_or_default();
-                return state
-                    .sec
-                    .subject(&user)
-                    .map(Principal::User)
-                    .ok_or(ApiError::Unauthenticated);
+                return state.sec.subject(&user).map(Principal::User).ok_or(
+                    ApiError::TokenRefused("belongs to a user that no longer exists"),
+                );
             }
         },
-        Lookup::Dead(t) if t.revoked => return Err(ApiError::TokenDead("was revoked")),
-        Lookup::Dead(_) => return Err(ApiError::TokenDead("has expired")),
+        Lookup::Dead(t) if t.revoked => return Err(ApiError::TokenRefused("was revoked")),
+        Lookup::Dead(_) => return Err(ApiError::TokenRefused("has expired")),
         Lookup::Unknown => {}
     }
     match state.shared.read().node_by_token_hash(&h) {
         Some(node) => Ok(Principal::Node(node.to_string())),
-        None => Err(ApiError::Unauthenticated),
+        None => Err(ApiError::TokenRefused(
+            "is not known to this server (mistyped, or another server's)",
+        )),
     }
 }
 

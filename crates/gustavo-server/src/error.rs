@@ -16,7 +16,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidSpec(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unauthenticated | ApiError::TokenDead(_) | ApiError::BadLogin => {
+            ApiError::Unauthenticated | ApiError::TokenRefused(_) | ApiError::BadLogin => {
                 StatusCode::UNAUTHORIZED
             }
             ApiError::TooManyRequests(_) | ApiError::RateLimited(_) => {
@@ -36,7 +36,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::InvalidSpec(_) => "invalid_spec",
-            ApiError::Unauthenticated | ApiError::TokenDead(_) | ApiError::BadLogin => {
+            ApiError::Unauthenticated | ApiError::TokenRefused(_) | ApiError::BadLogin => {
                 "unauthenticated"
             }
             ApiError::TooManyRequests(_) | ApiError::RateLimited(_) => "rate_limited",
@@ -68,7 +68,7 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from(s),
             );
         }
-        if matches!(self, ApiError::Unauthenticated | ApiError::TokenDead(_)) {
+        if matches!(self, ApiError::Unauthenticated | ApiError::TokenRefused(_)) {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),

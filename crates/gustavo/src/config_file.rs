@@ -33,6 +33,26 @@ const NOT_IN_FILES: &[&str] = &["config", "output", "help", "version", "print-co
 /// Flags whose values are secrets: never printed by `--print-config`.
 const SECRET: &[&str] = &["token", "samsung-token"];
 
+/// The file this run read and the flags it stood for, for [`blame`].
+static READ: std::sync::OnceLock<(PathBuf, Vec<String>)> = std::sync::OnceLock::new();
+
+/// A usage error about a flag (`--heartbeat: …`) whose value came from the config file,
+/// said as an error in that file: clap checks a value's shape, but some values (durations,
+/// addresses) are read later by the role, which knows only the flag.
+pub fn blame(msg: &str) -> Option<String> {
+    let (path, flags) = READ.get()?;
+    let rest = msg.strip_prefix("--")?;
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .unwrap_or(rest.len());
+    let (flag, why) = rest.split_at(end);
+    let why = why.strip_prefix(':').unwrap_or(why).trim_start();
+    flags
+        .iter()
+        .any(|f| f == flag)
+        .then(|| format!("config file {}: `{flag}` {why}", path.display()))
+}
+
 /// The roles that read a config file, and the environment variable naming it.
 fn role_env(role: &str) -> Option<&'static str> {
     match role {
@@ -73,6 +93,10 @@ pub fn fold_in(argv: Vec<OsString>) -> Result<Vec<OsString>, Exit> {
     };
     let table = read(&path)?;
     let flags = to_flags(role, sub, &table).map_err(|e| bad(&path, e))?;
+    let set: Vec<String> = flags
+        .iter()
+        .filter_map(|f| f.to_str()?.strip_prefix("--").map(str::to_string))
+        .collect();
     let mut out = argv;
     out.extend(flags);
     // The values are checked by clap as flags; say which file they came from.
@@ -83,6 +107,7 @@ pub fn fold_in(argv: Vec<OsString>) -> Result<Vec<OsString>, Exit> {
         let msg = msg.trim().trim_start_matches("error: ");
         return Err(bad(&path, msg.to_string()));
     }
+    let _ = READ.set((path, set));
     Ok(out)
 }
 

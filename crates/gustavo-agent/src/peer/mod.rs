@@ -35,9 +35,9 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use gustavo_model::api::{DesiredState, Vitals};
-use gustavo_model::compat::samsung::StatusNotification;
+use gustavo_model::compat::samsung::{StatusNotification, run_seed_statuses};
 use gustavo_model::desired::{NodeFacts, expand_replicas};
-use gustavo_model::job::{DesiredJob, JobRun, JobSpec, RunState};
+use gustavo_model::job::{DesiredJob, JobRun, JobSpec};
 pub use gustavo_model::peers::PeerView;
 use gustavo_model::peers::{Change, Check, Table};
 use gustavo_model::schedule::{Liveness, NodeView, Usage, Weights, score};
@@ -553,6 +553,9 @@ impl PeerNode {
                         service_name: a.service.clone(),
                         status: "Failed".into(),
                         exit_code: None,
+                        error: Some(format!(
+                            "device {gone} stopped being a peer and no other device could run it"
+                        )),
                         target: gone,
                         job: a.id.clone(),
                     })
@@ -632,13 +635,7 @@ impl PeerNode {
                     let Some((_, origin)) = r.get_mut(&run.job) else {
                         continue;
                     };
-                    let states: &[&'static str] = match run.state {
-                        RunState::Pending => &[],
-                        RunState::Running => &["Started"],
-                        RunState::Succeeded => &["Started", "Finished"],
-                        RunState::Failed => &["Started", "Failed"],
-                    };
-                    for s in states {
+                    for s in run_seed_statuses(run) {
                         if origin.told.contains(s) {
                             continue;
                         }
@@ -651,6 +648,7 @@ impl PeerNode {
                                 exit_code: (*s != "Started").then_some(run.exit_code).flatten(),
                                 target: self.me.clone(),
                                 job: run.job.clone(),
+                                error: (*s != "Started").then(|| run.error.clone()).flatten(),
                             },
                         ));
                     }

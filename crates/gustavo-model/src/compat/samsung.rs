@@ -370,17 +370,41 @@ pub struct StatusNotification {
     /// Gustavo's job, for `gustavo jobs get`.
     #[serde(rename = "Job")]
     pub job: String,
+    /// Why it failed, when the exit code does not say (an image that cannot be pulled, a
+    /// deadline, the device lost); only with `Failed`.
+    #[serde(rename = "Error", default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
-/// The seed's status word for a job state, if it is one the caller is told of.
-pub fn seed_status(state: crate::job::JobState) -> Option<&'static str> {
+/// The seed's status words a service has reached, in order, from its job's state and its
+/// last run: `Started` once the run started (a fast run may end between two looks, so it
+/// still comes first), then `Finished` or `Failed`. A run that failed without starting (its
+/// image could not be pulled, its device was lost first) is `Failed` alone.
+pub fn seed_statuses(
+    state: crate::job::JobState,
+    run: Option<&crate::job::JobRun>,
+) -> &'static [&'static str] {
     use crate::job::JobState;
+    let started = run.is_some_and(|r| r.started_at > 0 || r.exit_code.is_some());
     match state {
-        JobState::Running => Some("Started"),
-        JobState::Succeeded => Some("Finished"),
-        JobState::Failed => Some("Failed"),
-        JobState::Pending | JobState::Scheduled => None,
+        JobState::Running => &["Started"],
+        JobState::Succeeded => &["Started", "Finished"],
+        JobState::Failed if started => &["Started", "Failed"],
+        JobState::Failed => &["Failed"],
+        JobState::Pending | JobState::Scheduled => &[],
     }
+}
+
+/// [`seed_statuses`] for one run, as a device that ran it sees it (peer mode).
+pub fn run_seed_statuses(run: &crate::job::JobRun) -> &'static [&'static str] {
+    use crate::job::{JobState, RunState};
+    let state = match run.state {
+        RunState::Pending => JobState::Pending,
+        RunState::Running => JobState::Running,
+        RunState::Succeeded => JobState::Succeeded,
+        RunState::Failed => JobState::Failed,
+    };
+    seed_statuses(state, Some(run))
 }
 
 #[cfg(test)]
@@ -475,5 +499,39 @@ mod tests {
         assert!(e("docker run --cpus lots img").contains("`--cpus`"));
         assert!(e("docker run --rm").contains("no image"));
         assert!(e("docker run -p 99999:80 img").contains("99999"));
+    }
+
+    #[test]
+    fn a_service_is_started_only_if_its_run_started() {
+        use crate::job::{JobRun, JobState, RunState};
+        let run = |state, started_at, exit_code| JobRun {
+            job: "j".into(),
+            run: 1,
+            node: "n".into(),
+            state,
+            exit_code,
+            started_at,
+            finished_at: 0,
+            error: None,
+            logs: String::new(),
+            job_revision: 1,
+        };
+        let pull_failed = run(RunState::Failed, 0, None);
+        assert_eq!(run_seed_statuses(&pull_failed), ["Failed"]);
+        assert_eq!(
+            seed_statuses(JobState::Failed, Some(&pull_failed)),
+            ["Failed"]
+        );
+        assert_eq!(seed_statuses(JobState::Failed, None), ["Failed"]);
+        let exited = run(RunState::Failed, 0, Some(3));
+        assert_eq!(run_seed_statuses(&exited), ["Started", "Failed"]);
+        let fast = run(RunState::Succeeded, 0, Some(0));
+        assert_eq!(run_seed_statuses(&fast), ["Started", "Finished"]);
+        let running = run(RunState::Running, 17, None);
+        assert_eq!(
+            seed_statuses(JobState::Running, Some(&running)),
+            ["Started"]
+        );
+        assert!(seed_statuses(JobState::Pending, None).is_empty());
     }
 }

@@ -12,8 +12,10 @@ pub enum OpError {
     InvalidSpec(String),
     #[error("missing or malformed bearer token")]
     Unauthenticated,
+    /// A well-formed token this server does not take: unknown, expired, revoked, its user
+    /// gone. Says which, so a person knows to log in again.
     #[error("the token {0}; log in again or ask for a new one")]
-    TokenDead(&'static str),
+    TokenRefused(&'static str),
     #[error("unknown user or wrong password")]
     BadLogin,
     #[error("too many failed attempts; try again in {0} s")]

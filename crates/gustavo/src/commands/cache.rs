@@ -24,7 +24,8 @@ impl Hosts {
                 many: None,
             });
         };
-        let mut names = gustavo_model::hostlist::expand(list)?;
+        let mut names = gustavo_model::hostlist::expand(list)
+            .map_err(|e| crate::Exit(crate::EXIT_USAGE, format!("-h: {e}")))?;
         Ok(if names.len() == 1 {
             Hosts {
                 one: names.pop(),

@@ -122,7 +122,7 @@ pub async fn run(cli: &Cli, args: &DeployArgs) -> Result<()> {
         println!("PersistentKeepalive = 30\n");
     }
     eprintln!(
-        "note: the site's side of this tunnel is not set up (Gustavo agents do not run WireGuard yet); see `gustavo deployments get NAME`"
+        "note: `gustavo deployments get NAME` shows whether the site's side of a tunnel is up"
     );
     Ok(())
 }

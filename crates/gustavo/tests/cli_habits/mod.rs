@@ -620,3 +620,42 @@ fn issue7_agent_token_file_groups_and_wait() {
 }
 
 const WAIT_LOG: Duration = Duration::from_secs(30);
+
+/// What a walk-through of the README found: a host list that cannot be read is a usage error
+/// (64) in `cache` as in `exec`; a token the server does not know is called that (not
+/// "missing or malformed"); and `… | head` ends quietly instead of panicking.
+#[test]
+fn walkthrough_host_lists_unknown_tokens_and_closed_pipes() {
+    let server = Server::start();
+    let out = server.cli(&["cache", "hosts", "-h", "red[5-1]"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("runs backwards"), "{err}");
+
+    let out = Command::new(BIN)
+        .args(["apps", "list"])
+        .env("GUSTAVO_CONFIG", server.config())
+        .env("GUSTAVO_TOKEN", "gus_sess_0123456789abcdef0123456789abcdef")
+        .env_remove("GUSTAVO_SERVER")
+        .env_remove("GUSTAVO_CA_FILE")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("not known to this server"), "{err}");
+    assert!(!err.contains("malformed"), "{err}");
+
+    // The reader is gone before the first line is written: the write fails with EPIPE.
+    let mut child = Command::new(BIN)
+        .args(["server", "--print-config"])
+        .env("RUST_BACKTRACE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(matches!(out.status.code(), Some(0 | 141)), "{err}");
+}

@@ -170,6 +170,40 @@ fn the_seed_readme_request_runs_on_the_best_device_and_finished_comes_back() {
         .cloned()
         .unwrap();
     assert_eq!(failed["ExitCode"], 7, "{failed}");
+
+    // An image that cannot be pulled: `Failed` alone (the service never started), saying why.
+    let body = format!(
+        "{{\"ServiceName\": \"nopull\", \"ServiceInfo\": [{{\"ExecutionType\": \"container\", \"ExecCmd\": [\"docker\", \"run\", \"{}/{}:v1\"]}}], \"StatusCallbackURI\": \"http://127.0.0.1:{}/n\"}}",
+        registry(),
+        unique("nosuchimage"),
+        receiver.port
+    );
+    assert_eq!(post(port, &body, None).0, 200);
+    wait_for(
+        "Failed for the missing image",
+        Duration::from_secs(90),
+        || statuses(&receiver, "nopull").contains(&"Failed".to_string()),
+    );
+    assert_eq!(
+        statuses(&receiver, "nopull"),
+        vec!["Failed"],
+        "never Started: {:?}",
+        receiver.got.lock().unwrap()
+    );
+    let failed = receiver
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|v| v["ServiceName"] == "nopull")
+        .cloned()
+        .unwrap();
+    assert!(
+        failed["Error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nosuchimage")),
+        "the reason names the image: {failed}"
+    );
     drop(a);
 }
 
