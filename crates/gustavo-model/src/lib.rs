@@ -8,6 +8,7 @@
 //! - [`appfile`]: an app written back as the YAML app file (`apps get -o yaml`).
 //! - [`job`]: jobs — the job file, the run state machine, retries, due times.
 //! - [`names`]: the rules for app, group and node names.
+//! - [`node_settings`]: the server settings every node's desired state carries, fingerprinted.
 //! - [`rollout`]: staged updates — waves, health gates, halts and rollbacks.
 //! - [`sites`], [`matcher`], [`lease`], [`wireguard`], [`compat`]: edge sites, the matcher
 //!   chain that picks one for a client, per-client deployments on leases, WireGuard keys,
@@ -33,6 +34,7 @@ pub mod job;
 pub mod lease;
 pub mod matcher;
 pub mod names;
+pub mod node_settings;
 pub mod peers;
 pub mod plan;
 pub mod ports;

@@ -245,10 +245,12 @@ impl Server {
                 weights: config.weights,
                 grace_s: config.replica_grace.as_secs().max(1),
                 started: now(),
+            },
+            gustavo_model::node_settings::NodeSettings {
                 pressure: config.pressure.clone(),
+                client_network: Some(config.sinfonia.client_network),
             },
         )?;
-        shared.write().tunnel_pool = Some(config.sinfonia.client_network);
         let _ = shared.outbox.set(outbox);
         shared.callback_expiry.store(
             config.callback_expiry.as_secs().max(1),

@@ -16,9 +16,10 @@ use gustavo_model::api::{
     NodeStatus, Rollout, RolloutDevice, RolloutSummary, StagedRollout, StatusReport, Vitals,
 };
 use gustavo_model::desired::{ContainerTemplate, NodeFacts, SharedTemplate};
+use gustavo_model::node_settings::NodeSettings;
 use gustavo_model::rollout::{Device as RolloutSeen, RolloutRecord, Seen};
 use gustavo_model::schedule::{Liveness, NodeView, Usage, Want, Weights, drain_step, place};
-use gustavo_store::{Change, GroupRecord, NodeRecord, Snapshot, Store};
+use gustavo_store::{Change, GroupRecord, NodeRecord, SettingsRecord, Snapshot, Store};
 
 use crate::by_key::ByKey;
 use crate::error::ApiError;
@@ -43,9 +44,6 @@ pub struct SchedConfig {
     pub grace_s: u64,
     /// When this server started (Unix seconds): nobody counts as silent from before.
     pub started: u64,
-    /// Node pressure thresholds for nodes whose groups set none (`server --pressure`);
-    /// none: pressure is off for them.
-    pub pressure: Option<gustavo_model::pressure::Thresholds>,
 }
 
 impl Default for SchedConfig {
@@ -54,7 +52,6 @@ impl Default for SchedConfig {
             weights: Weights::default(),
             grace_s: 20,
             started: crate::now(),
-            pressure: Some(gustavo_model::pressure::Thresholds::default()),
         }
     }
 }
@@ -166,10 +163,13 @@ pub struct Cluster {
     pub deployments: BTreeMap<String, gustavo_model::lease::Deployment>,
     /// Agentless hosts watched through Glances (`ops/watched.rs`), by node name.
     pub watched: BTreeMap<String, gustavo_model::watched::WatchedHost>,
-    /// Pressure thresholds for nodes whose groups set none (server config, not stored).
-    pub pressure_default: Option<gustavo_model::pressure::Thresholds>,
-    /// The client tunnel pool (server config, not stored); none: nodes run no tunnels.
-    pub tunnel_pool: Option<gustavo_model::sites::Cidr>,
+    /// The server's settings that every node's desired state carries (server config: the
+    /// pressure default, the client tunnel pool). Read them only from here, so the
+    /// fingerprint that tells a start with other settings covers them.
+    pub settings: NodeSettings,
+    /// The fingerprint of the settings last put in force and the revision they took
+    /// effect at, as stored; every node's revision is at least that ([`Cluster::node_revision`]).
+    settings_record: Option<SettingsRecord>,
     /// Container templates of the app versions in use, by app name (`template`); an
     /// app's are forgotten whenever it is put or deleted.
     templates: DashMap<String, Vec<TemplateEntry>>,
@@ -219,6 +219,7 @@ impl Cluster {
     pub fn from_snapshot(s: Snapshot) -> Cluster {
         let mut c = Cluster {
             revision: s.revision,
+            settings_record: s.settings,
             ..Cluster::default()
         };
         for a in s.apps {
@@ -331,7 +332,26 @@ impl Cluster {
             Change::DeleteWatched(name) => {
                 self.watched.remove(&name);
             }
+            Change::PutSettings(r) => self.settings_record = Some(r),
         }
+    }
+
+    /// What a start must commit so the node settings now in [`Cluster::settings`] reach
+    /// every node: nothing when the store says these very settings are in force (a restart
+    /// with the same settings sends no node anything), else their fingerprint at
+    /// `revision`, a new revision that every node's revision then takes — each node is
+    /// sent its state again, at once if it is connected, when it comes back if not. A data
+    /// dir from before settings were recorded counts as changed: whether its nodes have
+    /// these settings is not known.
+    pub fn settings_change(&self, revision: u64) -> Option<Change> {
+        let fingerprint = self.settings.fingerprint();
+        if self.settings_record.map(|r| r.fingerprint) == Some(fingerprint) {
+            return None;
+        }
+        Some(Change::PutSettings(SettingsRecord {
+            fingerprint,
+            revision,
+        }))
     }
 
     /// The deployments placed on `node`, in name order.
@@ -493,7 +513,12 @@ impl Cluster {
             .map(|g| g.revision);
         let apps = self.apps_of(node).map(|a| a.revision);
         let jobs = self.jobs_of(node).map(|j| j.revision);
-        groups.chain(apps).chain(jobs).fold(node.revision, u64::max)
+        // The server's settings are part of every node's state (`settings_change`).
+        let settings = self.settings_record.map_or(0, |r| r.revision);
+        groups
+            .chain(apps)
+            .chain(jobs)
+            .fold(node.revision.max(settings), u64::max)
     }
 
     /// The node's desired state, computed from the apps of its groups, in the template
@@ -607,7 +632,7 @@ impl Cluster {
         groups
             .into_iter()
             .find_map(|g| self.groups.get(g).and_then(|g| g.pressure.clone()))
-            .or_else(|| self.pressure_default.clone())
+            .or_else(|| self.settings.pressure.clone())
     }
 
     /// The pressure level a node last reported (ready when it reported none).
@@ -1111,13 +1136,29 @@ where
 }
 
 impl Shared {
-    /// Loads the cluster from the store and starts the writer thread.
+    /// Loads the cluster from the store, puts the node settings in force (a new revision
+    /// for every node when they differ from the last start's, see
+    /// [`Cluster::settings_change`]) and starts the writer thread.
     pub fn new(
         store: Arc<dyn Store>,
         sched: SchedConfig,
+        settings: NodeSettings,
     ) -> Result<Arc<Shared>, crate::ServerError> {
         let mut cluster = Cluster::from_snapshot(store.load()?);
-        cluster.pressure_default = sched.pressure.clone();
+        cluster.settings = settings;
+        // Before the writer starts and any port is bound: nothing else commits, and no
+        // node is waiting to be woken — each finds the new revision when it connects.
+        let next = cluster.revision + 1;
+        if let Some(change) = cluster.settings_change(next) {
+            store.commit(next, std::slice::from_ref(&change))?;
+            cluster.revision = next;
+            cluster.apply(change, next);
+            tracing::info!(
+                revision = next,
+                nodes = cluster.nodes.len(),
+                "node settings changed since the last start (or never recorded): every node gets its state again"
+            );
+        }
         let (revision_tx, _) = tokio::sync::watch::channel(cluster.revision);
         let (closing, _) = tokio::sync::watch::channel(false);
         let (reports, _) = tokio::sync::watch::channel(0);
@@ -1219,8 +1260,12 @@ impl Shared {
             match self.store.load() {
                 Ok(snap) => {
                     let live = std::mem::take(&mut c.live);
+                    let settings = std::mem::take(&mut c.settings);
                     *c = Cluster::from_snapshot(snap);
                     c.live = live;
+                    // Config, not stored: without it every node's next state would say
+                    // pressure off and no tunnel.
+                    c.settings = settings;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot reload the store after a failed commit")
@@ -1798,6 +1843,124 @@ pub(crate) mod tests {
     /// This spec's hash as it has always been: the recipe field leaves desired.rs and
     /// `ContainerSpec` untouched, and a plain app serializes without it.
     const PINNED_HASH: &str = "66930c03cb9fc1bf";
+
+    /// The defect this guards: a server restarted with another `--pressure` kept every
+    /// node's revision, so no node was sent the new thresholds until something else changed.
+    #[test]
+    fn a_start_with_other_node_settings_moves_every_node_and_the_same_settings_nothing() {
+        use gustavo_model::pressure::Thresholds;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gustavo.db");
+        let store = gustavo_store::SqliteStore::open(&path).unwrap();
+        let n1 = cluster().nodes["n1"].clone();
+        store.commit(5, &[Change::PutNode(n1.clone())]).unwrap();
+        drop(store);
+        let on = NodeSettings {
+            pressure: Some(Thresholds::default()),
+            client_network: Some(gustavo_model::sites::Cidr::parse("10.5.0.0/16").unwrap()),
+        };
+        let off = NodeSettings {
+            pressure: None,
+            ..on.clone()
+        };
+        // One server start on the data dir: the revision it ends at, n1's revision and the
+        // pressure thresholds n1 is sent.
+        let start = |settings: &NodeSettings| {
+            let store = Arc::new(gustavo_store::SqliteStore::open(&path).unwrap());
+            let shared = Shared::new(store, SchedConfig::default(), settings.clone()).unwrap();
+            let c = shared.read();
+            let n1 = &c.nodes["n1"];
+            (c.revision, c.node_revision(n1), c.desired_for(n1).pressure)
+        };
+
+        // A data dir from before settings were recorded: nodes may hold other settings.
+        assert_eq!(start(&on), (6, 6, Some(Thresholds::default())));
+        // The same settings again, twice: nothing moves, no node is sent anything.
+        assert_eq!(start(&on), (6, 6, Some(Thresholds::default())));
+        assert_eq!(start(&on), (6, 6, Some(Thresholds::default())));
+        // Pressure turned off: every node's revision moves past what its agent has.
+        assert_eq!(start(&off), (7, 7, None));
+        assert_eq!(start(&off), (7, 7, None));
+        // Back on, and another client network: each a change.
+        assert_eq!(start(&on), (8, 8, Some(Thresholds::default())));
+        let other_network = NodeSettings {
+            client_network: Some(gustavo_model::sites::Cidr::parse("10.6.0.0/16").unwrap()),
+            ..on.clone()
+        };
+        assert_eq!(start(&other_network).1, 9);
+        assert_eq!(start(&other_network).1, 9);
+    }
+
+    /// A store whose commits fail while `fail` is set.
+    struct Flaky {
+        inner: gustavo_store::SqliteStore,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Store for Flaky {
+        fn load(&self) -> Result<Snapshot, gustavo_store::StoreError> {
+            self.inner.load()
+        }
+        fn commit(
+            &self,
+            revision: u64,
+            changes: &[Change],
+        ) -> Result<(), gustavo_store::StoreError> {
+            if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(gustavo_store::StoreError::Sealed {
+                    what: "the test".into(),
+                    reason: "a disk that fails".into(),
+                });
+            }
+            self.inner.commit(revision, changes)
+        }
+        fn history(
+            &self,
+            app: &str,
+        ) -> Result<Vec<gustavo_model::api::AppRevision>, gustavo_store::StoreError> {
+            self.inner.history(app)
+        }
+    }
+
+    /// Memory reloaded from the store after a failed commit keeps the settings, which are
+    /// config, not stored: losing them sent every node "pressure off" and no tunnel.
+    #[tokio::test]
+    async fn a_failed_commit_keeps_the_node_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Flaky {
+            inner: gustavo_store::SqliteStore::open(&dir.path().join("gustavo.db")).unwrap(),
+            fail: false.into(),
+        });
+        let settings = NodeSettings {
+            pressure: Some(gustavo_model::pressure::Thresholds::default()),
+            client_network: Some(gustavo_model::sites::Cidr::parse("10.5.0.0/16").unwrap()),
+        };
+        let shared = Shared::new(store.clone(), SchedConfig::default(), settings.clone()).unwrap();
+        store.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        let put = |_: &Cluster, rev| {
+            let g = GroupRecord {
+                name: "g".into(),
+                revision: rev,
+                pressure: None,
+            };
+            Ok((vec![Change::PutGroup(g)], ()))
+        };
+        assert!(shared.mutate(put).await.is_err());
+        assert_eq!(shared.read().settings, settings);
+    }
+
+    #[test]
+    fn node_revision_takes_the_settings_revision() {
+        let mut c = cluster();
+        assert_eq!(c.node_revision(&c.nodes["n1"]), 5);
+        let change = c.settings_change(9).expect("never recorded: a change");
+        c.apply(change, 9);
+        assert_eq!(c.node_revision(&c.nodes["n1"]), 9);
+        assert_eq!(c.node_revision(&c.nodes["other"]), 9);
+        assert!(c.settings_change(10).is_none(), "the same settings again");
+        c.settings.pressure = Some(gustavo_model::pressure::Thresholds::default());
+        assert!(c.settings_change(10).is_some(), "pressure turned on");
+    }
 
     #[test]
     fn node_revision_follows_its_groups_and_apps() {

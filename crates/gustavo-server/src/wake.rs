@@ -156,7 +156,11 @@ pub fn keys_of(c: &Cluster, change: &Change, out: &mut BTreeSet<Key>) {
                 out.insert(Key::Node(old.node.clone()));
             }
         }
-        Change::PutJob(_) | Change::DeleteJob(_) | Change::PutSite(_) | Change::DeleteSite(_) => {
+        Change::PutJob(_)
+        | Change::DeleteJob(_)
+        | Change::PutSite(_)
+        | Change::DeleteSite(_)
+        | Change::PutSettings(_) => {
             out.insert(Key::All);
         }
         // History, the outbox and watched hosts are in no node's desired state.

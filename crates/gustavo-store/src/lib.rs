@@ -86,6 +86,15 @@ fn default_heartbeat_s() -> u32 {
     5
 }
 
+/// The server settings every node's desired state carries
+/// ([`gustavo_model::node_settings::NodeSettings`]), as last put in force: their fingerprint
+/// and the revision they took effect at, which every node's revision takes into account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingsRecord {
+    pub fingerprint: u64,
+    pub revision: u64,
+}
+
 /// Everything the store holds, as loaded at start.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
@@ -100,6 +109,8 @@ pub struct Snapshot {
     pub deployments: Vec<gustavo_model::lease::Deployment>,
     /// Agentless hosts watched through Glances, with their pressure records.
     pub watched: Vec<gustavo_model::watched::WatchedHost>,
+    /// The node settings last put in force; none before the first start that recorded them.
+    pub settings: Option<SettingsRecord>,
 }
 
 /// One change inside a commit.
@@ -131,6 +142,8 @@ pub enum Change {
     DeleteDeployment(String),
     PutWatched(Box<gustavo_model::watched::WatchedHost>),
     DeleteWatched(String),
+    /// New node settings in force (at a server start whose settings differ).
+    PutSettings(SettingsRecord),
 }
 
 /// Durable storage. Implementations must make `commit` atomic and durable: after it returns
@@ -230,6 +243,31 @@ pub(crate) mod suite {
         assert_eq!(snap.revision, 4);
         let names: Vec<_> = snap.groups.iter().map(|g| g.name.as_str()).collect();
         assert_eq!(names, vec!["g"]);
+    }
+
+    /// The node settings' record is one value, replaced whole, kept beside the revision.
+    pub fn settings_record(s: &dyn Store) {
+        assert_eq!(s.load().unwrap().settings, None);
+        let first = SettingsRecord {
+            fingerprint: u64::MAX - 1,
+            revision: 1,
+        };
+        s.commit(1, &[Change::PutSettings(first)]).unwrap();
+        assert_eq!(s.load().unwrap().settings, Some(first));
+        s.commit(2, &[Change::PutApp(Box::new(app("a", 2)))])
+            .unwrap();
+        assert_eq!(
+            s.load().unwrap().settings,
+            Some(first),
+            "other commits keep it"
+        );
+        let second = SettingsRecord {
+            fingerprint: 7,
+            revision: 3,
+        };
+        s.commit(3, &[Change::PutSettings(second)]).unwrap();
+        let snap = s.load().unwrap();
+        assert_eq!((snap.settings, snap.revision), (Some(second), 3));
     }
 
     pub fn auth_round_trip(s: &dyn AuthStore) {

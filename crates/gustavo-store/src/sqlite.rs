@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::auth::{AuditQuery, AuditRecord, AuthChange, AuthSnapshot, AuthStore};
-use crate::{Change, GroupRecord, NodeRecord, Snapshot, Store, StoreError};
+use crate::{Change, GroupRecord, NodeRecord, SettingsRecord, Snapshot, Store, StoreError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -95,13 +95,23 @@ fn decode<T: serde::de::DeserializeOwned>(
 impl Store for SqliteStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
         let conn = self.conn();
-        let revision: Option<i64> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
-                r.get(0)
+        let meta = |key: &str| {
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+                r.get::<_, i64>(0)
             })
-            .optional()?;
+            .optional()
+        };
+        // The fingerprint is a u64 kept in SQLite's i64, bit for bit.
+        let settings = match (meta("settings_fingerprint")?, meta("settings_revision")?) {
+            (Some(f), Some(r)) => Some(SettingsRecord {
+                fingerprint: f as u64,
+                revision: r as u64,
+            }),
+            _ => None,
+        };
         let mut snap = Snapshot {
-            revision: revision.unwrap_or(0) as u64,
+            revision: meta("revision")?.unwrap_or(0) as u64,
+            settings,
             ..Snapshot::default()
         };
         let mut stmt = conn.prepare("SELECT name, doc FROM apps ORDER BY name")?;
@@ -275,6 +285,18 @@ impl Store for SqliteStore {
                 }
                 Change::DeleteWatched(name) => {
                     tx.execute("DELETE FROM watched WHERE name = ?1", params![name])?;
+                }
+                Change::PutSettings(s) => {
+                    for (key, value) in [
+                        ("settings_fingerprint", s.fingerprint as i64),
+                        ("settings_revision", s.revision as i64),
+                    ] {
+                        tx.execute(
+                            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                            params![key, value],
+                        )?;
+                    }
                 }
             }
         }
@@ -484,6 +506,12 @@ mod tests {
     fn round_trip() {
         let (_d, s) = fresh();
         suite::round_trip(&s);
+    }
+
+    #[test]
+    fn settings_record() {
+        let (_d, s) = fresh();
+        suite::settings_record(&s);
     }
 
     #[test]

@@ -153,7 +153,7 @@ async fn poll(
     let thresholds = h
         .pressure
         .clone()
-        .or_else(|| shared.read().pressure_default.clone());
+        .or_else(|| shared.read().settings.pressure.clone());
     let mut record = h.record.clone();
     match &thresholds {
         Some(t) => {

@@ -230,7 +230,7 @@ fn tunnel_report(c: &Cluster, node: &str) -> Option<TunnelStatus> {
 /// deployments on the node, with one peer per such deployment of that site. A node in two
 /// sites with clients of both serves the first; the other's deployments say so.
 pub(crate) fn desired_tunnel(c: &Cluster, node: &str) -> Option<DesiredTunnel> {
-    let pool = c.tunnel_pool?;
+    let pool = c.settings.client_network?;
     let address = site_address(&pool)?;
     let mine = || c.deployments_on(node).filter(|d| d.is_live());
     let site = c.sites.get(mine().map(|d| &d.site).min()?)?;

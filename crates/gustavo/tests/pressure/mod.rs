@@ -5,6 +5,9 @@
 //!
 //! The CPU step is driven by real load; the later steps by thresholds set through the
 //! group, so the test does not depend on what else loads the machine.
+//!
+//! The server's own default (`server --pressure`) reaches devices already joined at its
+//! next start, and a start with the same settings sends them nothing.
 
 use std::time::Duration;
 
@@ -221,4 +224,103 @@ fn a_burning_node_is_throttled_tainted_and_restored_exactly() {
     for step in ["tainted → pressured", "pressured → ready"] {
         assert!(events.contains(step), "no `{step}` event:\n{events}");
     }
+}
+
+/// Thresholds any machine is over (memory used above 1 %) and never under: the node steps
+/// to `tainted` within seconds and stays there, whatever else loads the machine.
+const TAINTING: &str =
+    "cpu=100/100,memory=1/0.5,load=1000/1000,disk=100/100,samples=2,hold-down=1s,stop-interval=2s";
+
+/// The walk-through's defect: `server --pressure` changed across a restart reached no device
+/// already joined until an app changed. Here it is turned on (thresholds that taint) and off
+/// again by restarts alone, and a restart with the same settings moves nothing.
+#[test]
+fn a_server_pressure_change_reaches_joined_nodes_at_the_next_start() {
+    require_docker_and_registry();
+    // The harness starts servers with `--pressure off`.
+    let mut server = Server::start();
+    let group = unique("psg");
+    let node = unique("psn");
+    let _agent = Agent::start(&server, &node, &[&group], &[]);
+    let f = server.spec(
+        "idle.yml",
+        &format!("idle:\n  docker_image: gustavo-test/busybox:latest\n  command: {SLEEPER}\n"),
+    );
+    server.ok(&[
+        "apps",
+        "create",
+        "idle",
+        "-f",
+        &f,
+        "-d",
+        &group,
+        "--wait",
+        "--timeout",
+        "90s",
+    ]);
+    let idle = format!("{node}.idle.1");
+    assert_eq!(state(&idle), "running");
+    let applied = |server: &Server| {
+        server.json(&["nodes", "get", &node])["applied_revision"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = applied(&server);
+    assert!(before > 0);
+
+    // 1. The same settings again: the node is sent nothing new.
+    server.restart();
+    wait_for(
+        "the node back and reporting",
+        Duration::from_secs(30),
+        || {
+            let n = server.json(&["nodes", "get", &node]);
+            n["status"] == "ready" && n["applied_revision"].as_u64().unwrap_or(0) > 0
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(applied(&server), before, "a restart with the same settings");
+    assert!(pressure(&server, &node).is_null(), "pressure is off");
+
+    // 2. Restarted with thresholds that taint: the joined node gets them, steps up and
+    //    stops its container; `nodes get` shows it.
+    server.restart_with(&["--pressure", TAINTING]);
+    wait_for_showing(
+        "the node tainted with its container stopped",
+        Duration::from_secs(60),
+        || {
+            let p = pressure(&server, &node);
+            p["level"] == "tainted" && names(&p["stopped"]) == vec![idle.clone()]
+        },
+        || format!("\nnodes get: {}", server.ok(&["nodes", "get", &node])),
+    );
+    assert_eq!(state(&idle), "exited");
+    assert!(applied(&server) > before, "a new state was applied");
+    let shown = server.ok(&["nodes", "get", &node]);
+    assert!(
+        shown.contains("tainted") && shown.contains(&idle),
+        "{shown}"
+    );
+
+    // 3. Restarted with pressure off: the node is restored and its container runs again.
+    server.restart_with(&["--pressure", "off"]);
+    wait_for_showing(
+        "the stopped container running again",
+        Duration::from_secs(60),
+        || state(&idle) == "running",
+        || format!("\nnodes get: {}", server.ok(&["nodes", "get", &node])),
+    );
+    wait_for(
+        "`nodes get` to say pressure is off",
+        Duration::from_secs(30),
+        || {
+            let n = server.json(&["nodes", "get", &node]);
+            n["status"] == "ready" && n["pressure"].is_null()
+        },
+    );
+    let shown = server.ok(&["nodes", "get", &node]);
+    assert!(
+        shown.contains("pressure") && shown.contains("off") && !shown.contains("stopped:"),
+        "{shown}"
+    );
 }

@@ -412,6 +412,13 @@ impl Server {
         self.launch();
     }
 
+    /// Restarts the server on the same data dir and port with `extra` flags in place of
+    /// those it was started with (e.g. another `--pressure`).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|a| a.to_string()).collect();
+        self.restart();
+    }
+
     /// Runs a CLI command against this server as admin, with the client config the
     /// server wrote (server, CA, admin token).
     pub fn cli(&self, args: &[&str]) -> Output {
