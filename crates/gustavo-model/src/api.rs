@@ -182,6 +182,11 @@ pub struct Node {
     /// The pressure level the node reported, why, and what it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pressure: Option<crate::pressure::Status>,
+    /// The node is to watch its pressure: its groups or the server set thresholds. With no
+    /// `pressure` reported yet (just joined, or the server just restarted) this is what
+    /// tells "on" from "off".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pressure_watched: bool,
 }
 
 /// Something the control plane did or saw (`GET /api/v1/events`).

@@ -681,6 +681,7 @@ impl Cluster {
             cordoned: n.cordoned,
             draining: n.draining,
             pressure: live.and_then(|l| l.pressure.as_deref().cloned()),
+            pressure_watched: self.pressure_for(n).is_some(),
         }
     }
 

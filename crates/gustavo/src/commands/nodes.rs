@@ -236,6 +236,7 @@ fn print_node(n: &gustavo_model::api::Node) {
         lines.push(("scheduling", what.into()));
     }
     match &n.pressure {
+        None if n.pressure_watched => lines.push(("pressure", "on, nothing reported yet".into())),
         None => lines.push(("pressure", "off".into())),
         Some(p) => {
             lines.push(("pressure", format!("{} since {}", p.level, ago(p.since))));

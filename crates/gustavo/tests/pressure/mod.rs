@@ -296,6 +296,10 @@ fn a_server_pressure_change_reaches_joined_nodes_at_the_next_start() {
     );
     assert_eq!(state(&idle), "exited");
     assert!(applied(&server) > before, "a new state was applied");
+    assert_eq!(
+        server.json(&["nodes", "get", &node])["pressure_watched"],
+        true
+    );
     let shown = server.ok(&["nodes", "get", &node]);
     assert!(
         shown.contains("tainted") && shown.contains(&idle),
@@ -318,6 +322,7 @@ fn a_server_pressure_change_reaches_joined_nodes_at_the_next_start() {
             n["status"] == "ready" && n["pressure"].is_null()
         },
     );
+    assert!(server.json(&["nodes", "get", &node])["pressure_watched"].is_null());
     let shown = server.ok(&["nodes", "get", &node]);
     assert!(
         shown.contains("pressure") && shown.contains("off") && !shown.contains("stopped:"),
