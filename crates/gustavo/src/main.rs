@@ -51,28 +51,7 @@ fn init_tracing(default: &str) {
         .init();
 }
 
-/// `gustavo … | head` ends quietly, as a C program killed by SIGPIPE would: Rust ignores
-/// SIGPIPE, so `println!` to a closed pipe panics ("failed printing to stdout: Broken
-/// pipe"); that panic exits with 141 (128 + SIGPIPE) and prints nothing. Any other panic is
-/// reported as before.
-fn quiet_broken_pipe() {
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
-            std::process::exit(141);
-        }
-        report(info);
-    }));
-}
-
 fn main() -> ExitCode {
-    quiet_broken_pipe();
     // One TLS crypto provider for the whole process, chosen before anything can use TLS.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let argv = match config_file::fold_in(std::env::args_os().collect()) {

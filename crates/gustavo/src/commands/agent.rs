@@ -160,7 +160,7 @@ pub async fn run(cli: &Cli, args: &AgentArgs) -> Result<()> {
         .map(glances_addr)
         .transpose()?;
     if args.print_config {
-        println!("{}", crate::config_file::print("agent"));
+        outln!("{}", crate::config_file::print("agent"));
         return Ok(());
     }
     let listen = listen_addr(args)?;

@@ -33,7 +33,7 @@ pub async fn run(cli: &Cli, args: &DeployArgs) -> Result<()> {
             data(cli.output, &e);
             return Ok(());
         }
-        println!(
+        outln!(
             "recipe {} (app {}), client {}{}; chain: {}",
             e.uuid,
             e.app,
@@ -100,26 +100,28 @@ pub async fn run(cli: &Cli, args: &DeployArgs) -> Result<()> {
     }
     for d in &deployments {
         let t = &d.tunnel_config;
-        println!(
+        outln!(
             "# deployment {} ({}), created {}",
-            d.deployment_name, d.status, d.created
+            d.deployment_name,
+            d.status,
+            d.created
         );
-        println!("[Interface]");
+        outln!("[Interface]");
         match &pair {
-            Some(p) => println!("PrivateKey = {}", p.private_base64()),
-            None => println!("# PrivateKey = <the private key of {}>", d.application_key),
+            Some(p) => outln!("PrivateKey = {}", p.private_base64()),
+            None => outln!("# PrivateKey = <the private key of {}>", d.application_key),
         }
-        println!("Address = {}", t.address.join(", "));
+        outln!("Address = {}", t.address.join(", "));
         if !t.dns.is_empty() {
-            println!("DNS = {}", t.dns.join(", "));
+            outln!("DNS = {}", t.dns.join(", "));
         }
-        println!("\n[Peer]");
-        println!("PublicKey = {}", t.public_key);
-        println!("AllowedIPs = {}", t.allowed_ips.join(", "));
+        outln!("\n[Peer]");
+        outln!("PublicKey = {}", t.public_key);
+        outln!("AllowedIPs = {}", t.allowed_ips.join(", "));
         if !t.endpoint.is_empty() {
-            println!("Endpoint = {}", t.endpoint);
+            outln!("Endpoint = {}", t.endpoint);
         }
-        println!("PersistentKeepalive = 30\n");
+        outln!("PersistentKeepalive = 30\n");
     }
     eprintln!(
         "note: `gustavo deployments get NAME` shows whether the site's side of a tunnel is up"

@@ -70,7 +70,7 @@ pub async fn run(cli: &Cli, cmd: &DeploymentsCmd) -> Result<()> {
     );
     // One deployment: the tunnel's state in words (why it is not up, or how it is).
     if let (DeploymentsCmd::Get { .. }, [v]) = (cmd, list.as_slice()) {
-        println!("tunnel: {}", v.tunnel.reason);
+        outln!("tunnel: {}", v.tunnel.reason);
     }
     Ok(())
 }

@@ -204,7 +204,7 @@ async fn import(cli: &Cli, file: &std::path::Path, pressure: Option<&str>) -> Re
             }
             let same = req.hosts.len() - r.added.len() - r.updated.len();
             if same > 0 {
-                println!("{same} host(s) unchanged");
+                outln!("{same} host(s) unchanged");
             }
         }
         f => data(f, &r),
@@ -261,6 +261,6 @@ fn print_node(n: &gustavo_model::api::Node) {
         }
     }
     for (k, v) in lines {
-        println!("{:<17} {v}", format!("{k}:"));
+        outln!("{:<17} {v}", format!("{k}:"));
     }
 }

@@ -24,7 +24,7 @@ pub async fn run(cli: &Cli, cmd: &PeerCmd) -> Result<()> {
             }
             let ca = ClusterCa::generate().map_err(|e| Exit(1, e))?;
             write_private(out, &ca.to_pem())?;
-            println!(
+            outln!(
                 "peer cluster {} written to {} (keep it secret: it admits devices)",
                 &ca.fingerprint()[..16],
                 out.display()
@@ -42,7 +42,7 @@ pub async fn run(cli: &Cli, cmd: &PeerCmd) -> Result<()> {
                     .map_err(|e| Exit(1, format!("{}: {e}", parent.display())))?;
             }
             write_private(&target, &ca.to_pem())?;
-            println!(
+            outln!(
                 "joined peer cluster {}: {} (restart the agent with --peer)",
                 &ca.fingerprint()[..16],
                 target.display()

@@ -127,7 +127,7 @@ pub async fn run(_cli: &Cli, args: &ServerArgs) -> Result<()> {
         }
     }
     if args.print_config {
-        println!("{}", crate::config_file::print("server"));
+        outln!("{}", crate::config_file::print("server"));
         return Ok(());
     }
     // The local agent needs the engine; find out before binding anything.

@@ -623,7 +623,8 @@ const WAIT_LOG: Duration = Duration::from_secs(30);
 
 /// What a walk-through of the README found: a host list that cannot be read is a usage error
 /// (64) in `cache` as in `exec`; a token the server does not know is called that (not
-/// "missing or malformed"); and `… | head` ends quietly instead of panicking.
+/// "missing or malformed"); and `server --print-config | head` ends quietly instead of
+/// panicking (it printed with `println!`, not `outln!`).
 #[test]
 fn walkthrough_host_lists_unknown_tokens_and_closed_pipes() {
     let server = Server::start();
@@ -657,5 +658,6 @@ fn walkthrough_host_lists_unknown_tokens_and_closed_pipes() {
     let out = child.wait_with_output().unwrap();
     let err = text(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
-    assert!(matches!(out.status.code(), Some(0 | 141)), "{err}");
+    // A reader that went away is not an error (`output::outln!`).
+    assert_eq!(out.status.code(), Some(0), "{err}");
 }
