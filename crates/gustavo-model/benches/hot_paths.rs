@@ -111,6 +111,7 @@ fn placement(c: &mut Criterion) {
             cordoned: i % 50 == 0,
             draining: false,
             pressure: Default::default(),
+            agentless: false,
         })
         .collect();
     let selector = BTreeMap::new();

@@ -66,6 +66,9 @@ pub struct NodeView {
     /// The pressure level the node reported: `tainted` takes no new work, `pressured` is
     /// ranked after every node that is not.
     pub pressure: crate::pressure::Level,
+    /// A host watched through its Glances API with no agent on it: it reports vitals and
+    /// pressure, and runs nothing Gustavo places.
+    pub agentless: bool,
 }
 
 /// Taken off a pressured node's score, so it ranks after every node that is not.
@@ -143,7 +146,8 @@ pub struct Want<'a> {
 
 impl Want<'_> {
     fn fits(&self, n: &NodeView) -> bool {
-        n.groups.iter().any(|g| self.groups.contains(g))
+        !n.agentless
+            && n.groups.iter().any(|g| self.groups.contains(g))
             && self
                 .selector
                 .iter()
@@ -152,6 +156,9 @@ impl Want<'_> {
 
     /// Why `n` takes no new replica of this app, if it does not.
     pub fn refusal(&self, n: &NodeView) -> Option<String> {
+        if n.agentless {
+            return not_schedulable(n);
+        }
         if !n.groups.iter().any(|g| self.groups.contains(g)) {
             return Some("not in the app's groups".into());
         }
@@ -166,8 +173,14 @@ impl Want<'_> {
     }
 }
 
+/// Why a watched host (no agent) takes no work.
+pub const AGENTLESS: &str = "no agent (watched through Glances)";
+
 /// Why `n` takes no new work at all, if it does not.
 pub fn not_schedulable(n: &NodeView) -> Option<String> {
+    if n.agentless {
+        return Some(AGENTLESS.into());
+    }
     match n.liveness {
         Liveness::Ready if n.cordoned => Some("cordoned".into()),
         Liveness::Ready if n.pressure == crate::pressure::Level::Tainted => {
@@ -338,7 +351,28 @@ mod tests {
             cordoned: false,
             draining: false,
             pressure: Default::default(),
+            agentless: false,
         }
+    }
+
+    #[test]
+    fn a_watched_host_takes_nothing_and_says_why() {
+        let mut n = node("glances-host", 4, 0.0, 4096);
+        n.groups.clear();
+        n.agentless = true;
+        let selector = BTreeMap::new();
+        let groups = vec!["g".to_string()];
+        let want = Want {
+            groups: &groups,
+            replicas: 1,
+            max_per_node: 1,
+            selector: &selector,
+        };
+        assert_eq!(not_schedulable(&n).as_deref(), Some(AGENTLESS));
+        assert_eq!(want.refusal(&n).as_deref(), Some(AGENTLESS));
+        n.groups = groups.clone();
+        let placed = place(&want, &BTreeMap::new(), &[n], &Weights::default());
+        assert!(placed.is_empty(), "{placed:?}");
     }
 
     #[test]

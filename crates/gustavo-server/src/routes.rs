@@ -65,7 +65,7 @@ routes! {
     GET "/api/v1/groups" => list_groups, token, "List device groups", { 200 => "groups" };
     GET "/api/v1/groups/{name}" => get_group, token, "Get a device group", { 200 => "group", 404 => "no such group" };
     DELETE "/api/v1/groups/{name}" => delete_group, token, "Delete a device group that no app or node uses (rw on the group); its policy and grants are kept", { 200 => "{revision}", 404 => "no such group", 409 => "apps or nodes still use it; the message names them" };
-    PUT "/api/v1/groups/{name}/pressure" => set_group_pressure, token, "Set the group's node pressure thresholds (all fields of Thresholds); its nodes act on them at once, offline too", { 200 => "{revision}", 400 => "invalid thresholds", 404 => "no such group" };
+    PUT "/api/v1/groups/{name}/pressure" => set_group_pressure, token, "Set the group's node pressure thresholds (all fields of Thresholds), creating the group if needed; its nodes act on them at once, offline too", { 200 => "{revision}", 400 => "invalid thresholds" };
     DELETE "/api/v1/groups/{name}/pressure" => clear_group_pressure, token, "Clear the group's node pressure thresholds: its nodes use the server's", { 200 => "{revision}", 404 => "no such group" };
     GET "/api/v1/nodes" => list_nodes, token, "List nodes (?group=&host=)", { 200 => "nodes" };
     POST "/api/v1/nodes/register" => register, token, "Register a node with the join token; returns the node's own token", { 200 => "{node, token, groups}: the credential and the groups the node is in", 401 => "bad token" };

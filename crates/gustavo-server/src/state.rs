@@ -469,6 +469,7 @@ impl Cluster {
                     cordoned: n.cordoned,
                     draining: n.draining,
                     pressure: self.pressure_level(&n.name),
+                    agentless: self.watched.contains_key(&n.name),
                 }
             })
             .collect()

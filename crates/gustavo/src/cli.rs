@@ -927,6 +927,7 @@ pub enum GroupsCmd {
     /// Set the node pressure thresholds of a group's devices, e.g. `--settings
     /// cpu=80/65,memory=80/70,load=1.5/1.0,disk=90/85,samples=3,hold-down=30s,
     /// stop-interval=10s,throttle-cpus=0.5,throttle-memory=1.25` (HIGH/LOW; unnamed ones keep their default).
+    /// A group that does not exist yet is made.
     #[command(name = "set-pressure")]
     SetPressure {
         #[command(flatten)]

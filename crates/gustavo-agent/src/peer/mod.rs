@@ -216,6 +216,7 @@ impl PeerNode {
             cordoned: false,
             draining: false,
             pressure: gustavo_model::pressure::Level::Ready,
+            agentless: false,
         };
         score(&view, &self.weights).total
     }

@@ -101,6 +101,7 @@ mod tests {
             cordoned: false,
             draining: false,
             pressure: Default::default(),
+            agentless: false,
         }
     }
 

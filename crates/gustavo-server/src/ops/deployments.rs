@@ -387,10 +387,25 @@ impl Ops {
                 let mut changes = Vec::new();
                 let mut names = Vec::new();
                 let mut used_sites = BTreeSet::new();
+                let mut used: BTreeSet<IpAddr> =
+                    c.deployments.values().map(|d| d.address).collect();
+                let pool_used_up = || {
+                    OpError::Unavailable(
+                        "the client address pool is used up (the server's --client-network)",
+                    )
+                };
                 for d in c.deployments.values().filter(|d| d.uuid == u && d.key == k && d.is_live()) {
                     let mut d = d.clone();
                     d.renew(now);
                     d.revision = revision;
+                    // Made before the server's --client-network changed: the site's
+                    // tunnel is in the new range now, so the client gets an address there
+                    // (and this answer's tunnel settings with it).
+                    if !pool.contains(d.address) {
+                        d.address = allocate(&pool, &used).ok_or_else(pool_used_up)?;
+                        used.insert(d.address);
+                        changes.extend(touch_node(c, &d.node, revision));
+                    }
                     used_sites.insert(d.site.clone());
                     names.push(d.name.clone());
                     changes.push(Change::PutDeployment(Box::new(d)));
@@ -419,12 +434,8 @@ impl Ops {
                             format!("no site can run recipe {u}: {}", why.join("; "))
                         }));
                     }
-                    let mut used: BTreeSet<IpAddr> =
-                        c.deployments.values().map(|d| d.address).collect();
                     for r in ranking.kept.iter().take(results - names.len()) {
-                        let address = allocate(&pool, &used).ok_or(OpError::Unavailable(
-                            "the client address pool is used up (the server's --client-network)",
-                        ))?;
+                        let address = allocate(&pool, &used).ok_or_else(pool_used_up)?;
                         used.insert(address);
                         let name = loop {
                             let n = new_name(c, &app.name);

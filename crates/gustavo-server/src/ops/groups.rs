@@ -1,5 +1,5 @@
-//! Device groups: list, get, delete. Groups are created on demand by the apps and nodes
-//! that name them.
+//! Device groups: list, get, delete, pressure. Groups are created on demand by the apps,
+//! nodes and pressure settings that name them.
 
 use gustavo_model::access::{Role, Subject};
 use gustavo_model::api::Group;
@@ -25,8 +25,9 @@ impl Ops {
         Ok(c.group_view(name))
     }
 
-    /// Sets (or, with `None`, clears) a group's node pressure thresholds; returns the
-    /// revision. The group's nodes get them in their next desired state.
+    /// Sets (or, with `None`, clears) a group's node pressure thresholds, making the group
+    /// if it does not exist yet; returns the revision. The group's nodes get them in their
+    /// next desired state.
     pub async fn set_group_pressure(
         &self,
         who: &Subject,
@@ -37,7 +38,11 @@ impl Ops {
         let who = who.clone();
         self.shared
             .mutate(move |c, rev| {
-                if !c.group_exists(&name) || !who.can_read_group(&name) {
+                // Setting thresholds makes the group, as an app naming it would (so a
+                // group's pressure can be set before its first device joins); clearing
+                // those of a group nobody made is a mistake worth saying.
+                let makes = pressure.is_some() && !c.group_exists(&name);
+                if !who.can_read_group(&name) || !makes && !c.group_exists(&name) {
                     return Err(OpError::NotFound(format!("group `{name}` does not exist")));
                 }
                 if who.role == Role::Viewer || !who.can_write_group(&name) {

@@ -74,6 +74,9 @@ pub struct Change {
     /// CPU the server and the simulated agents used while the change spread, in seconds of
     /// one core: which side limits convergence on a shared machine.
     pub server_cpu_s: Option<f64>,
+    /// Of `server_cpu_s`, the time in the kernel (system calls, TCP; on loopback a send
+    /// also runs the receiving socket's side).
+    pub server_kernel_cpu_s: Option<f64>,
     pub agents_cpu_s: f64,
     /// Loopback bytes while the change spread, per agent: what one change costs each
     /// device's link, both directions (with whatever else went meanwhile, e.g. vitals).
@@ -155,13 +158,19 @@ fn start_server(cpus: Option<&str>) -> Result<(OwnServer, String, String, String
     Ok((own, url, admin, join))
 }
 
-/// CPU ticks (user + system) and RSS of a process, from /proc.
-fn proc_sample(pid: u32) -> Option<(u64, f64, f64)> {
+/// CPU ticks a process has used in user space and in the kernel, from /proc.
+fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
+}
+
+/// CPU ticks (user + system) and RSS of a process, from /proc.
+fn proc_sample(pid: u32) -> Option<(u64, f64, f64)> {
+    let (user, system) = cpu_ticks(pid)?;
+    let ticks = user + system;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb = |key: &str| {
         status
@@ -192,8 +201,13 @@ const CLK_TCK: f64 = 100.0;
 
 /// CPU seconds used so far by a process (None when it cannot be read).
 fn cpu_s(pid: Option<u32>) -> Option<f64> {
-    pid.and_then(proc_sample)
-        .map(|(ticks, _, _)| ticks as f64 / CLK_TCK)
+    cpu_split(pid).map(|(user, system)| user + system)
+}
+
+/// CPU seconds used so far by a process, in user space and in the kernel.
+fn cpu_split(pid: Option<u32>) -> Option<(f64, f64)> {
+    pid.and_then(cpu_ticks)
+        .map(|(user, system)| (user as f64 / CLK_TCK, system as f64 / CLK_TCK))
 }
 
 /// A person's API call made over and over while a change spreads, on a connection and an
@@ -299,7 +313,7 @@ impl Changes<'_> {
     ) -> Result<Change> {
         let me = Some(std::process::id());
         let (s0, b0, l0) = (
-            cpu_s(self.server_pid),
+            cpu_split(self.server_pid),
             cpu_s(me).unwrap_or(0.0),
             loopback_bytes(),
         );
@@ -318,7 +332,7 @@ impl Changes<'_> {
         };
         let seconds = t.elapsed().as_secs_f64();
         let (s1, b1, l1) = (
-            cpu_s(self.server_pid),
+            cpu_split(self.server_pid),
             cpu_s(me).unwrap_or(0.0),
             loopback_bytes(),
         );
@@ -326,7 +340,8 @@ impl Changes<'_> {
             change,
             seconds,
             converged,
-            server_cpu_s: s0.zip(s1).map(|(a, b)| b - a),
+            server_cpu_s: s0.zip(s1).map(|(a, b)| b.0 + b.1 - a.0 - a.1),
+            server_kernel_cpu_s: s0.zip(s1).map(|(a, b)| b.1 - a.1),
             agents_cpu_s: b1 - b0,
             bytes_per_agent: l1.saturating_sub(l0) as f64 / self.agents as f64,
             api: self.probe.this_change(),
@@ -692,7 +707,14 @@ fn print(format: Format, r: &Report) {
                 format!("{:.2}s", c.seconds),
                 c.converged.to_string(),
                 c.server_cpu_s
-                    .map(|s| format!("{s:.2}s ({:.0} µs per agent)", s * 1e6 / r.agents as f64))
+                    .map(|s| {
+                        let kernel = c.server_kernel_cpu_s.unwrap_or(0.0) / s.max(f64::EPSILON);
+                        format!(
+                            "{s:.2}s ({:.0} µs per agent, {:.0} % kernel)",
+                            s * 1e6 / r.agents as f64,
+                            kernel * 100.0
+                        )
+                    })
                     .unwrap_or_else(|| "-".into()),
                 format!("{:.2}s", c.agents_cpu_s),
                 format!("{:.0}", c.bytes_per_agent),

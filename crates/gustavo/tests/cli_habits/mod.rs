@@ -463,6 +463,29 @@ fn issue7_groups_delete() {
     );
 }
 
+/// A group's pressure can be set before anything names the group (it is made, as an app
+/// makes its groups); clearing the thresholds of a group nobody made is a 404.
+#[test]
+fn group_pressure_set_before_the_group_has_members() {
+    let server = Server::start();
+    server.ok(&[
+        "groups",
+        "set-pressure",
+        "kiosks",
+        "--settings",
+        "cpu=90/70",
+    ]);
+    let g = server.json(&["groups", "get", "kiosks"]);
+    assert_eq!(g["pressure"]["cpu"]["high"], 90.0, "{g}");
+    assert_eq!(g["apps"], serde_json::json!([]), "{g}");
+    let out = server.cli(&["groups", "clear-pressure", "never"]);
+    let err = text(&out.stderr);
+    assert!(err.contains("404") && err.contains("`never`"), "{err}");
+    assert!(server.cli(&["groups", "get", "never"]).status.code() != Some(0));
+    server.ok(&["groups", "clear-pressure", "kiosks"]);
+    server.ok(&["groups", "delete", "kiosks"]);
+}
+
 /// Item 2, the CLI's part: `-f` is read only up to the app-file limit, and more is a usage
 /// error that names the limit — `-f /dev/zero` ends at once instead of filling memory.
 #[test]

@@ -557,6 +557,16 @@ fn agentless_hosts_are_watched_through_glances_and_acted_on_through_docker_tls()
         "exited",
         "a container stopped by hand stays stopped"
     );
+    // Ready again, it still takes no work: `nodes score` says why.
+    let scores = server.json(&["nodes", "score"]);
+    let row = scores
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["node"] == v4.as_str()))
+        .unwrap_or_else(|| panic!("{v4} not scored: {scores}"));
+    assert_eq!(
+        row["ineligible"], "no agent (watched through Glances)",
+        "{row}"
+    );
     let events = server.ok(&["events"]);
     assert!(
         events.contains("tainted → pressured") && events.contains("pressured → ready"),

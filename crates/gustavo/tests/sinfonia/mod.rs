@@ -616,13 +616,30 @@ fn leases_expire_without_renewal_and_live_with_it_across_a_restart() {
         "Deployed"
     );
 
-    // A server restart mid-lease: the deployment is still there, the same one is given
-    // back, and its backend never stopped.
+    // A server restart mid-lease, with another client network: the deployment is still
+    // there, the same one is given back with an address of the new range, and its backend
+    // never stopped.
     let container_id = inspect(&format!("{node}.{busy_name}.1"), "{{.Id}}");
-    server.restart();
+    let before = deployment(&server, &busy_name).unwrap()["address"].clone();
+    assert!(
+        before.as_str().is_some_and(|a| a.starts_with("10.5.")),
+        "{before}"
+    );
+    server.restart_with(&[
+        "--lease-duration",
+        "6s",
+        "--lease-grace",
+        "4s",
+        "--anonymous-deploys-per-minute",
+        "1000",
+        "--client-network",
+        "10.77.0.0/24",
+    ]);
     let d = deployment(&server, &busy_name).expect("the lease survives the restart");
     assert_eq!(d["key"].as_str().map(str::len), Some(44));
     assert_eq!(deploy(&server, &busy), busy_name);
+    let after = deployment(&server, &busy_name).unwrap()["address"].clone();
+    assert_eq!(after, "10.77.0.2", "renewed into the new range");
     assert_eq!(
         inspect(&format!("{node}.{busy_name}.1"), "{{.Id}}"),
         container_id
