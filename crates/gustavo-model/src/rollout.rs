@@ -15,6 +15,9 @@
 //! - More failed devices than `max_failed` halt the rollout; with `auto_rollback` (the
 //!   default) the app goes back to the revision it came from, on every device.
 //! - Devices outside the admitted set keep running the previous revision throughout.
+//! - A device whose state is **unknown** (the server has just started and not heard from
+//!   it yet) is neither admitted nor left behind: it holds a wave it is in, and the rollout
+//!   does not complete while one is unknown. The server says when that ends.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -301,6 +304,8 @@ pub enum Seen {
 pub struct Device {
     pub name: String,
     pub online: bool,
+    /// Not known to be online or offline yet (then `online` is false).
+    pub unknown: bool,
     pub seen: Seen,
 }
 
@@ -445,10 +450,10 @@ impl RolloutRecord {
             return notes;
         }
 
-        // Is the current wave over? Offline devices do not hold it.
+        // Is the current wave over? Offline devices do not hold it; unknown ones do.
         let online: BTreeMap<&str, bool> = devices
             .iter()
-            .map(|d| (d.name.as_str(), d.online))
+            .map(|d| (d.name.as_str(), d.online || d.unknown))
             .collect();
         let wave_busy = self.admitted.keys().any(|d| {
             !self.done.contains(d)
@@ -464,6 +469,12 @@ impl RolloutRecord {
             .map(|d| d.name.as_str())
             .collect();
         if waiting.is_empty() {
+            let unknown = devices
+                .iter()
+                .any(|d| d.unknown && !self.admitted.contains_key(&d.name));
+            if unknown {
+                return notes;
+            }
             // Offline devices take the settled revision when they return.
             self.state = RolloutState::Completed;
             self.updated_at = now_ms;
@@ -574,6 +585,7 @@ mod tests {
         Device {
             name: name.into(),
             online,
+            unknown: false,
             seen,
         }
     }
@@ -764,6 +776,32 @@ mod tests {
         assert_eq!(r.wave, 1);
         r.step(&four(|_| Seen::ReadySince(0)), 60_010);
         assert_eq!(r.wave, 2);
+    }
+
+    #[test]
+    fn unknown_devices_are_not_admitted_and_hold_the_rollout_until_known() {
+        let mut r = rec(policy("batch: 1\nhealth_wait: 0s\n"));
+        // Just after a server start: nobody has reconnected yet.
+        let mut devs = four(|_| Seen::Pending);
+        for d in &mut devs {
+            d.online = false;
+            d.unknown = true;
+        }
+        assert!(r.step(&devs, 0).is_empty(), "neither a wave nor completed");
+        assert_eq!(r.state, RolloutState::Progressing);
+        // d1 is back: it alone is admitted; the rest still hold the rollout.
+        devs[0] = dev("d1", true, Seen::Pending);
+        let notes = r.step(&devs, 10);
+        assert!(matches!(&notes[0], Note::WaveStarted { devices, .. } if devices == &["d1"]));
+        devs[0].seen = Seen::ReadySince(10);
+        let notes = r.step(&devs, 20);
+        assert_eq!(notes, vec![Note::DeviceDone("d1".into())]);
+        assert_eq!(r.state, RolloutState::Progressing);
+        // The others turn out offline: the rollout completes without them.
+        for d in &mut devs[1..] {
+            d.unknown = false;
+        }
+        assert_eq!(r.step(&devs, 30).last(), Some(&Note::Completed));
     }
 
     #[test]

@@ -59,6 +59,11 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Store(#[from] gustavo_store::StoreError),
+    #[error(
+        "data dir {path} is in use by another gustavo server (it holds {path}/lock); stop \
+         that one, or give this one another --data-dir"
+    )]
+    Locked { path: String },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -161,6 +166,8 @@ pub struct Server {
     conns: Arc<conns::ConnTable>,
     watch: controllers::watched::WatchConfig,
     watch_hosts: Vec<gustavo_model::watched::WatchedHost>,
+    /// Held while the server lives: one server per data dir.
+    _data_lock: std::fs::File,
 }
 
 /// Reads the initial join token, or creates it on first start (and records its hash, so it
@@ -220,6 +227,30 @@ impl Server {
             std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(dir_err)?;
         }
+        // One server per data dir: two would each hand out the same revisions for different
+        // changes. The lock goes with the process, however it ends.
+        let data_lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(config.data_dir.join("lock"))
+            .map_err(dir_err)?;
+        match data_lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(ServerError::Locked {
+                    path: config.data_dir.display().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(dir_err(e)),
+        }
+        // The port before anything is written: a server that cannot listen changes nothing.
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let material = tls::load(&config.tls, &config.data_dir, &config.host, config.listen)?;
         let ca = material.as_ref().map(|m| CaInfo {
             pem: m.ca_pem.clone(),
@@ -283,12 +314,6 @@ impl Server {
                 timeout: config.timeouts.body,
             },
         };
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.listen,
-                source,
-            })?;
         let addr = listener.local_addr().map_err(ServerError::Serve)?;
         Ok(Server {
             tokens: Tokens {
@@ -314,6 +339,7 @@ impl Server {
             conns: conns::ConnTable::new(config.max_connections),
             watch: config.watch,
             watch_hosts: config.watch_hosts,
+            _data_lock: data_lock,
         })
     }
 

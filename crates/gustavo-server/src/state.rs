@@ -814,18 +814,31 @@ impl Cluster {
     /// What the rollout gate sees of each device of `app`'s staged rollout at `now_ms`:
     /// online or not, and how its report of the new revision stands. `ready_since` keeps,
     /// across calls, when each device was first seen ready.
+    ///
+    /// Offline devices do not hold a wave, but right after this server started nobody has
+    /// reconnected yet: a device not heard from since the start is unknown (it holds the
+    /// rollout, and is not admitted) until the scheduler's grace has passed, as for
+    /// replicas — otherwise a restart mid-rollout completed it at once and sent the new
+    /// version to every device without a wave or a health check.
     pub fn rollout_devices(
         &self,
         app: &App,
         record: &RolloutRecord,
         now_ms: u64,
         ready_since: &mut HashMap<String, u64>,
+        sched: &SchedConfig,
     ) -> Vec<RolloutSeen> {
         let now = now_ms / 1000;
+        let starting = now < sched.started.saturating_add(sched.grace_s);
         self.rollout_targets(app)
             .into_iter()
             .map(|node| {
-                let online = self.node_status(&node, now) == NodeStatus::Ready;
+                let live = self.live.get(&node);
+                let unknown = starting && live.as_ref().is_none_or(|l| l.last_seen < sched.started);
+                let online = !unknown
+                    && node_status_of(|| self.nodes.get(&node), live.as_deref(), now)
+                        == NodeStatus::Ready;
+                drop(live);
                 let status = self.live.get(&node).and_then(|l| {
                     l.report
                         .apps
@@ -849,6 +862,7 @@ impl Cluster {
                 RolloutSeen {
                     name: node,
                     online,
+                    unknown,
                     seen,
                 }
             })
@@ -1088,6 +1102,10 @@ const MAX_BATCH: usize = 512;
 
 /// A mutation queued for the writer.
 trait Job: Send {
+    /// The job is committed at a revision above this one (and above the current one).
+    fn past(&self) -> u64 {
+        0
+    }
     /// Computes the changes at `revision` against the current state, which already holds
     /// the changes of earlier jobs in the batch. Keeps its own answer for `finish`.
     fn prepare(&mut self, c: &Cluster, revision: u64) -> Vec<Change>;
@@ -1101,6 +1119,7 @@ struct FnJob<F, T> {
     f: Option<F>,
     answer: Option<Result<T, ApiError>>,
     tx: Answer<T>,
+    past: u64,
 }
 
 impl<F, T> Job for FnJob<F, T>
@@ -1108,6 +1127,10 @@ where
     F: FnOnce(&Cluster, u64) -> Result<(Vec<Change>, T), ApiError> + Send,
     T: Send,
 {
+    fn past(&self) -> u64 {
+        self.past
+    }
+
     fn prepare(&mut self, c: &Cluster, revision: u64) -> Vec<Change> {
         let Some(f) = self.f.take() else {
             return Vec::new();
@@ -1213,12 +1236,23 @@ impl Shared {
         &self,
         f: impl FnOnce(&Cluster, u64) -> Result<(Vec<Change>, T), ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
+        self.mutate_past(0, f).await
+    }
+
+    /// [`Shared::mutate`] at a revision above `past` as well: the revision jumps forward
+    /// when `past` is ahead of it (see `Ops::catch_up`).
+    pub async fn mutate_past<T: Send + 'static>(
+        &self,
+        past: u64,
+        f: impl FnOnce(&Cluster, u64) -> Result<(Vec<Change>, T), ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Box::new(FnJob {
                 f: Some(f),
                 answer: None,
                 tx,
+                past,
             }))
             .map_err(|_| ApiError::Internal("the writer has stopped".into()))?;
         rx.await
@@ -1236,7 +1270,7 @@ impl Shared {
         let mut all = Vec::new();
         let mut wake = BTreeSet::new();
         for job in batch.iter_mut() {
-            let next = c.revision + 1;
+            let next = c.revision.max(job.past()) + 1;
             let changes = job.prepare(&c, next);
             if changes.is_empty() {
                 continue;

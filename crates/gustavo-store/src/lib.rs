@@ -41,6 +41,11 @@ pub enum StoreError {
         path: String,
         source: rusqlite::Error,
     },
+    #[error(
+        "the database at {path} is read-only (its permissions, an immutable file or a \
+         read-only file system); the server must be able to write it"
+    )]
+    ReadOnly { path: String },
 }
 
 /// A group as stored: its name, the revision of its last change, and its settings.

@@ -47,10 +47,26 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+        let at = |source| StoreError::Open {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let conn = Connection::open(path).map_err(at)?;
+        // SQLite opens a file it may not write read-only without a word; the server would
+        // then answer every change with an error. Said at the start instead.
+        if conn.is_readonly(rusqlite::MAIN_DB).map_err(at)? {
+            return Err(StoreError::ReadOnly {
+                path: path.display().to_string(),
+            });
+        }
+        Self::prepare(&conn).map_err(at)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Settings, the schema and the migrations of an opened database.
+    fn prepare(conn: &Connection) -> Result<(), rusqlite::Error> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -72,9 +88,7 @@ impl SqliteStore {
         }
         // Migration: edge sites and per-client deployments (issue 13).
         conn.execute_batch(SCHEMA_SITES)?;
-        Ok(SqliteStore {
-            conn: Mutex::new(conn),
-        })
+        Ok(())
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {

@@ -698,8 +698,16 @@ pub struct WaitArgs {
     #[arg(long)]
     pub wait: bool,
     /// Give up waiting after this long, e.g. 120s or 5m.
-    #[arg(long, default_value = "300s")]
-    pub timeout: String,
+    // Checked as the command line is read: a bad value found after the change was made
+    // would say "usage error" about a change that happened.
+    #[arg(long, default_value = "300s", value_parser = wait_timeout)]
+    pub timeout: std::time::Duration,
+}
+
+fn wait_timeout(s: &str) -> Result<std::time::Duration, String> {
+    gustavo_model::spec::Duration::parse(s)
+        .map(std::time::Duration::from_millis)
+        .map_err(|e| e.to_string())
 }
 
 /// An app's name: positional (`apps get web`) or, as the seed's CLI took it, `-n web`.

@@ -104,8 +104,25 @@ fn main() -> ExitCode {
                 }
                 return ExitCode::from(exit.0);
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each said once: many errors already end with
+/// their cause's words ("cannot use data dir D: File exists (os error 17)"), which
+/// `{:#}` would repeat.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let said = cause.to_string();
+        if out.is_empty() {
+            out = said;
+        } else if !out.contains(&said) {
+            out.push_str(": ");
+            out.push_str(&said);
+        }
+    }
+    out
 }

@@ -18,6 +18,10 @@ use crate::rollout_counts::{delta_apps, named_apps};
 use crate::state::{Cluster, Live};
 use gustavo_model::pressure::{Level, Status as PressureStatus};
 
+/// How far ahead of this server's revision a node's may be for the server to move past it
+/// (`Ops::catch_up`): more is no state any server made.
+const AHEAD_MAX: u64 = 1 << 32;
+
 fn validate_registration(req: &RegisterRequest) -> Result<(), OpError> {
     check_name("node", &req.name)?;
     check_groups(&req.groups)?;
@@ -225,6 +229,46 @@ impl Ops {
         f(&mut live);
     }
 
+    /// A node that has a revision this server has not reached got its state elsewhere:
+    /// from another server, or from this one before its data dir was restored from a
+    /// backup. An agent takes only states newer than its own, so it would ignore every
+    /// state of this server until the revision passed its own, and keep running what it
+    /// had. The server's revision moves past the node's instead (once: the node's
+    /// revision is touched above it), and the node gets this server's state at once.
+    pub(crate) async fn catch_up(&self, name: &str, after: u64) -> Result<(), OpError> {
+        let current = self.shared.read().revision;
+        if after <= current {
+            return Ok(());
+        }
+        if after - current > AHEAD_MAX {
+            tracing::warn!(
+                node = name,
+                has = after,
+                server = current,
+                "the node claims a revision far beyond this server's; not moving to it"
+            );
+            return Ok(());
+        }
+        tracing::warn!(
+            node = name,
+            has = after,
+            server = current,
+            "the node has a revision this server has not reached (its state came from another \
+             server, or from before this data dir was restored); moving past it"
+        );
+        let node = name.to_string();
+        self.shared
+            .mutate_past(after, move |c, rev| {
+                let touch = c.nodes.get(&node).filter(|n| n.revision <= after).map(|n| {
+                    let mut n = n.clone();
+                    n.revision = rev;
+                    Change::PutNode(n)
+                });
+                Ok((touch.into_iter().collect(), ()))
+            })
+            .await
+    }
+
     /// The node's desired state as soon as its revision is above `after`, or `None` after
     /// `wait` (at most 60 s). Agents wait here instead of polling, so a change reaches
     /// them at once and an idle link carries one small request per wait period. Secrets
@@ -242,13 +286,16 @@ impl Ops {
         form: Form,
     ) -> Result<Option<DesiredState>, OpError> {
         p.require_node(name)?;
+        if matches!(p, Principal::Node(_)) {
+            self.catch_up(name, after).await?;
+        }
         let mut closing = self.shared.closing.subscribe();
         let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(60));
         let _waiting = crate::metrics::Waiting::new(&self.shared.metrics.long_polls);
         // Commands (`gustavo exec`) go to the node itself only, never to an admin looking.
         let is_node = matches!(p, Principal::Node(_));
         let exec_wake = is_node.then(|| self.shared.exec.wake(name));
-        let _open = is_node.then(|| PollOpen::new(self, name, from));
+        let _open = is_node.then(|| PollOpen::new(self, name, from, false));
         loop {
             let woken = {
                 let c = self.shared.read();
@@ -491,8 +538,14 @@ pub(super) struct PollOpen<'a> {
 }
 
 impl<'a> PollOpen<'a> {
-    pub(super) fn new(ops: &'a Ops, node: &'a str, from: IpAddr) -> PollOpen<'a> {
-        ops.seen(node, from, |l| l.polls += 1);
+    /// `streams`: the poll is an agent's stream, so the node speaks the sync protocol even
+    /// before its first line (a device that dies between connecting and its first line is
+    /// offline a few seconds after its connection goes, not three heartbeats later).
+    pub(super) fn new(ops: &'a Ops, node: &'a str, from: IpAddr, streams: bool) -> PollOpen<'a> {
+        ops.seen(node, from, |l| {
+            l.polls += 1;
+            l.syncs |= streams;
+        });
         PollOpen { ops, node }
     }
 }

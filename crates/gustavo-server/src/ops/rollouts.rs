@@ -253,7 +253,7 @@ impl Ops {
                     continue;
                 };
                 let seen = ready_since.entry(app.name.clone()).or_default();
-                let devices = c.rollout_devices(app, r, t, seen);
+                let devices = c.rollout_devices(app, r, t, seen, &self.shared.sched);
                 let mut next = r.clone();
                 let notes = next.step(&devices, t);
                 if next != *r {

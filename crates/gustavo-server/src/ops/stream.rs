@@ -255,12 +255,13 @@ impl Ops {
         let exec_wake = self.shared.exec.wake(name);
         let exec_woken = exec_wake.notified();
         tokio::pin!(exec_woken);
-        let _open = PollOpen::new(self, name, from);
+        let _open = PollOpen::new(self, name, from, true);
         // The first line says which revision the agent has.
         let Some(first) = up.next().await? else {
             return Ok(());
         };
         let first = parse(&first)?;
+        self.catch_up(name, first.after).await?;
         let mut sent = first.after;
         // The first line is answered at once, with nothing to say if need be: the agent
         // learns that its lines get through (something between that holds request bodies

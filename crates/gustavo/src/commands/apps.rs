@@ -9,7 +9,7 @@ use gustavo_model::api::App;
 use gustavo_model::spec;
 
 use crate::cli::{AppsCmd, Cli, Format, WaitArgs};
-use crate::output::{ago, changed, data, parse_duration, show};
+use crate::output::{ago, changed, data, show};
 use crate::{EXIT_USAGE, Exit, connect, registry, rollout};
 
 /// Reads an app file (`-` is stdin), at most [`spec::MAX_SPEC_BYTES`]: the server would
@@ -55,8 +55,7 @@ fn read_spec(file: &Path, name: &str) -> Result<spec::AppSpec> {
 
 async fn maybe_wait(client: &Client, name: &str, verb: &str, w: &WaitArgs) -> Result<()> {
     if w.wait {
-        let timeout = parse_duration("timeout", &w.timeout)?;
-        rollout::wait(client, name, verb, timeout).await?;
+        rollout::wait(client, name, verb, w.timeout).await?;
     }
     Ok(())
 }
@@ -233,8 +232,7 @@ pub async fn run(cli: &Cli, cmd: &AppsCmd) -> Result<()> {
                 );
             }
             if staged && wait.wait {
-                let timeout = parse_duration("timeout", &wait.timeout)?;
-                return rollout::wait_staged(&client, name, timeout).await;
+                return rollout::wait_staged(&client, name, wait.timeout).await;
             }
             maybe_wait(&client, name, "running", wait).await
         }

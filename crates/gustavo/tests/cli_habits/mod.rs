@@ -463,6 +463,72 @@ fn issue7_groups_delete() {
     );
 }
 
+/// One server per data dir: a second one on it stops before it writes anything (two
+/// would hand out the same revisions for different changes), and so does one whose
+/// database it could not write, naming the file.
+#[test]
+fn one_server_per_data_dir_and_a_database_it_cannot_write_is_said_at_start() {
+    let server = Server::start();
+    let data = server.data_dir();
+    let start = |dir: &Path| {
+        Command::new(BIN)
+            .args([
+                "server",
+                "--no-agent",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("gustavo runs")
+    };
+    let client_toml = std::fs::read_to_string(data.join("client.toml")).unwrap();
+    let out = start(&data);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is in use by another gustavo server"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("client.toml")).unwrap(),
+        client_toml,
+        "the running server's client.toml is left alone"
+    );
+    server.ok(&["groups", "list"]);
+
+    // A database the server may not write (an SD card gone read-only, say): said at the
+    // start, not as an error on every change. As root only an immutable file is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data").join("gustavo.db");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::write(&db, b"").unwrap();
+    let chattr = Command::new("chattr")
+        .arg("+i")
+        .arg(&db)
+        .output()
+        .expect("chattr runs");
+    assert!(
+        chattr.status.success(),
+        "chattr +i: {}",
+        text(&chattr.stderr)
+    );
+    let out = start(db.parent().unwrap());
+    let _ = Command::new("chattr").arg("-i").arg(&db).output();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("the database at {} is read-only", db.display())),
+        "{err}"
+    );
+    // A file where the data dir should be: said once.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = start(&file);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches("File exists").count(), 1, "{err}");
+}
+
 /// A group's pressure can be set before anything names the group (it is made, as an app
 /// makes its groups); clearing the thresholds of a group nobody made is a 404.
 #[test]

@@ -177,7 +177,7 @@ fn a_bad_update_halts_after_the_first_device_and_is_rolled_back() {
 #[test]
 fn waves_of_one_with_a_manual_pause_a_pinned_latest_an_offline_device_and_rollback_to() {
     require_docker_and_registry();
-    let server = Server::start();
+    let mut server = Server::start();
     let group = unique("wv");
     let prefix = unique("wvn");
     let names: Vec<String> = ["a", "b", "c"]
@@ -250,7 +250,16 @@ fn waves_of_one_with_a_manual_pause_a_pinned_latest_an_offline_device_and_rollba
     drop_local(&latest);
     let moved = push_image(&repo, "latest", &format!("echo moved; {sleeper}"));
     assert_eq!(moved, latest);
+    // The server dies while the rollout waits and comes back before its devices do:
+    // resumed at once, the next wave still goes device by device (a restart used to count
+    // every not-yet-reconnected device as offline and complete the rollout on the spot).
+    server.restart();
     server.ok(&["rollouts", "resume", "w"]);
+    wait_for("wave 2 after the restart", Duration::from_secs(60), || {
+        server
+            .ok(&["events"])
+            .contains(&format!("wave 2 started on {}", names[1]))
+    });
     // With the last online device done, the rollout completes (the offline one is
     // pending); the CLI follows it.
     let out = server.cli(&["rollouts", "get", "w"]);

@@ -834,3 +834,89 @@ fn a_change_to_one_of_two_apps_touches_only_that_app() {
         "app one untouched"
     );
 }
+
+fn create_sleeper(server: &Server, app: &str, group: &str) {
+    let f = server.spec(
+        &format!("{app}.yml"),
+        &format!(
+            "{app}:\n  docker_image: gustavo-test/busybox:latest\n  command: [\"sleep\", \"3600\"]\n  networks: []\n"
+        ),
+    );
+    server.ok(&[
+        "apps",
+        "create",
+        app,
+        "-f",
+        &f,
+        "-d",
+        group,
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .output()
+        .expect("cp runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A server restored from a backup is behind its devices: they hold revisions it has not
+/// reached, and take only newer states. Its next change still reaches them — it moves its
+/// revision past theirs — and what it does not know of is removed from them.
+#[test]
+fn a_server_restored_from_a_backup_reaches_devices_that_are_ahead_of_it() {
+    require_docker_and_registry();
+    let mut server = Server::start();
+    let group = unique("bk");
+    let node = unique("bkn");
+    let _agent = Agent::start(&server, &node, &[&group], &[]);
+    create_sleeper(&server, "kept", &group);
+
+    server.kill();
+    let backup = tempfile::tempdir().unwrap();
+    copy_dir(&server.data_dir(), backup.path());
+    server.restart();
+    create_sleeper(&server, "later", &group);
+    create_sleeper(&server, "later2", &group);
+    assert_eq!(containers_of(&node, Some("running")).len(), 3);
+
+    // Back to the backup: the device is two changes ahead.
+    server.kill();
+    std::fs::remove_dir_all(server.data_dir()).unwrap();
+    std::fs::create_dir(server.data_dir()).unwrap();
+    copy_dir(backup.path(), &server.data_dir());
+    server.restart();
+    create_sleeper(&server, "after", &group);
+    let want = vec![format!("{node}.after.1"), format!("{node}.kept.1")];
+    wait_for_showing(
+        "the restored server's apps, and only those",
+        Duration::from_secs(60),
+        || containers_of(&node, Some("running")) == want,
+        || format!(": {:?}", containers_of(&node, Some("running"))),
+    );
+    assert!(
+        server.log().contains("moving past it"),
+        "{}",
+        tail(&server.log(), 20)
+    );
+    server.ok(&[
+        "apps",
+        "delete",
+        "after",
+        "-y",
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    server.ok(&["apps", "delete", "kept", "-y", "--wait", "--timeout", "60s"]);
+}
