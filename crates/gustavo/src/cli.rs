@@ -978,6 +978,9 @@ pub enum NodesCmd {
     Remove {
         /// The device's name.
         name: String,
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long)]
+        yes: bool,
     },
     /// Each device's placement score and its parts, best first.
     Score {

@@ -122,3 +122,16 @@ pub fn parse_duration(what: &str, s: &str) -> Result<std::time::Duration, crate:
         .map(std::time::Duration::from_millis)
         .map_err(|e| crate::Exit(crate::EXIT_USAGE, format!("--{what}: {e}")))
 }
+
+/// Asks a yes/no question on a terminal (true: go on); without a terminal to ask on, the
+/// answer is yes, as a script that passed no `-y` expects.
+pub fn confirm(question: &str) -> bool {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return true;
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).is_ok() && matches!(line.trim(), "y" | "Y" | "yes")
+}

@@ -51,19 +51,24 @@ async fn tick(shared: &Arc<Shared>) {
                 before => before,
             };
             l.followed = Some(liveness);
+            // Why it counts as offline: a streaming or long-polling agent re-polls at once,
+            // so its gone connection says it; an old agent, its missing heartbeats.
+            let offline = if l.syncs {
+                "is offline (its connection to the server is gone)"
+            } else {
+                "is offline (no request for three heartbeats)"
+            };
             if before == Some(Liveness::Ready) && liveness == Liveness::Lost {
                 // Silent past the grace at the moment it went offline (a grace shorter
                 // than the offline limit): both steps happened.
-                shared.events.push(
-                    "node",
-                    format!("node:{name}"),
-                    format!("{name} is offline (no request for three heartbeats)"),
-                );
+                shared
+                    .events
+                    .push("node", format!("node:{name}"), format!("{name} {offline}"));
             }
             if let Some(b) = before.filter(|b| *b != liveness) {
                 let what = match liveness {
                     Liveness::Ready => "is back",
-                    Liveness::Offline => "is offline (no request for three heartbeats)",
+                    Liveness::Offline => offline,
                     Liveness::Lost => "is lost: its replicas go elsewhere",
                 };
                 shared.events.push(

@@ -495,8 +495,9 @@ fn start_version(old: &App, app: &mut App, author: &Author) -> Vec<Change> {
 
 /// What `digest_error` says of a revision no digest was resolved for.
 fn unpinned() -> String {
-    "no digest was resolved when this revision was accepted (registry unreachable from the \
-     client, or an API client that sent none); devices pull the tag"
+    "no digest was resolved when this revision was accepted (the client could not: its \
+     registry was unreachable or had no such tag; or an API client sent none); devices pull \
+     the tag"
         .into()
 }
 

@@ -1,6 +1,6 @@
 //! `gustavo apps …`: the seed's app commands.
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::Result;
@@ -9,7 +9,7 @@ use gustavo_model::api::App;
 use gustavo_model::spec;
 
 use crate::cli::{AppsCmd, Cli, Format, WaitArgs};
-use crate::output::{ago, changed, data, show};
+use crate::output::{ago, changed, confirm, data, show};
 use crate::{EXIT_USAGE, Exit, connect, registry, rollout};
 
 /// Reads an app file (`-` is stdin), at most [`spec::MAX_SPEC_BYTES`]: the server would
@@ -58,13 +58,6 @@ async fn maybe_wait(client: &Client, name: &str, verb: &str, w: &WaitArgs) -> Re
         rollout::wait(client, name, verb, w.timeout).await?;
     }
     Ok(())
-}
-
-fn confirm(question: &str) -> bool {
-    eprint!("{question} [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).is_ok() && matches!(line.trim(), "y" | "Y" | "yes")
 }
 
 /// `device group a` or `device groups a, b`.
@@ -282,7 +275,6 @@ pub async fn run(cli: &Cli, cmd: &AppsCmd) -> Result<()> {
         AppsCmd::Delete { name, yes, wait } => {
             let name = name.get();
             if !yes
-                && std::io::stdin().is_terminal()
                 && !confirm(&format!(
                     "About to delete app {name} and its containers on every device; continue?"
                 ))

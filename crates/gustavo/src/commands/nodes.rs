@@ -4,7 +4,7 @@ use anyhow::Result;
 
 use crate::cli::{Cli, Format, NodesCmd};
 use crate::connect;
-use crate::output::{ago, changed, data, show};
+use crate::output::{ago, changed, confirm, data, show};
 
 pub async fn run(cli: &Cli, cmd: &NodesCmd) -> Result<()> {
     if let NodesCmd::Import { file, pressure } = cmd {
@@ -127,7 +127,15 @@ pub async fn run(cli: &Cli, cmd: &NodesCmd) -> Result<()> {
                 wait_drained(&client, name, timeout).await?;
             }
         }
-        NodesCmd::Remove { name } => {
+        NodesCmd::Remove { name, yes } => {
+            if !yes
+                && !confirm(&format!(
+                    "About to remove device {name}: its credential stops working at once and its \
+                     replicas are placed elsewhere; continue?"
+                ))
+            {
+                return Err(crate::Exit(1, "cancelled".into()).into());
+            }
             let revision = client.delete_node(name).await?;
             match cli.output {
                 Format::Table => changed("node", name, "removed", revision),

@@ -5,25 +5,13 @@ use anyhow::Result;
 use gustavo_model::api::Rollout;
 
 use crate::cli::{Cli, Format, RolloutsCmd};
+use crate::connect;
 use crate::output::{data, show};
-use crate::{Exit, connect};
 
 /// The rollout as a few lines and a table of devices.
 fn print(format: Format, r: &Rollout) -> Result<()> {
     let Some(st) = &r.staged else {
-        if format != Format::Table {
-            data(format, r);
-            return Ok(());
-        }
-        return Err(Exit(
-            1,
-            format!(
-                "app `{}` has no staged rollout (add a rollout: block to its spec); \
-                 `gustavo apps get {}` shows where its devices are",
-                r.app, r.app
-            ),
-        )
-        .into());
+        return print_plain(format, r);
     };
     if format != Format::Table {
         data(format, r);
@@ -71,6 +59,53 @@ fn print(format: Format, r: &Rollout) -> Result<()> {
         format,
         &st.devices,
         &["node", "wave", "state", "error"],
+        rows,
+    );
+    Ok(())
+}
+
+/// An app without a `rollout:` block: every device takes a change at once, and this is
+/// where each one stands with the current revision (or the deletion).
+fn print_plain(format: Format, r: &Rollout) -> Result<()> {
+    if format != Format::Table {
+        data(format, r);
+        return Ok(());
+    }
+    let failed = r.failed().count();
+    outln!(
+        "{}: revision {}{} on every device at once (no rollout: block), {} of {} device(s) {}{}",
+        r.app,
+        r.revision,
+        if r.exists { "" } else { " (deleted)" },
+        r.converged_count(),
+        r.nodes.len(),
+        if r.exists { "run it" } else { "clear" },
+        if failed > 0 {
+            format!(", {failed} failed")
+        } else {
+            String::new()
+        }
+    );
+    let rows = r
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node.clone(),
+                n.node_status.as_str().into(),
+                if n.converged { "yes" } else { "no" }.into(),
+                n.state
+                    .map(|s| format!("{s:?}").to_lowercase())
+                    .unwrap_or_else(|| "-".into()),
+                format!("{}/{}", n.ready, n.desired),
+                n.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    show(
+        format,
+        &r.nodes,
+        &["node", "status", "has it", "app state", "ready", "error"],
         rows,
     );
     Ok(())

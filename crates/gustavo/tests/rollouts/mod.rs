@@ -340,6 +340,12 @@ fn bad_rollout_blocks_and_actions_get_named_errors() {
     // An app without a rollout block has no staged rollout to pause.
     let f = server.spec("p.yml", "p:\n  docker_image: gustavo-test/busybox:latest\n");
     server.ok(&["apps", "create", "p", "-f", &f, "-d", &unique("none")]);
+    // `rollouts get` shows where its devices stand all the same.
+    let shown = server.ok(&["rollouts", "get", "p"]);
+    assert!(
+        shown.contains("on every device at once") && shown.contains("0 of 0 device(s) run it"),
+        "{shown}"
+    );
     let out = server.cli(&["rollouts", "pause", "p"]);
     assert!(!out.status.success());
     assert!(
