@@ -767,7 +767,11 @@ async fn sync(
                 }
                 Err(e) => {
                     metrics::METRICS.error("server");
-                    tracing::warn!(error = %e, "server unreachable; running from the last desired state");
+                    if desired.borrow().is_some() {
+                        tracing::warn!(error = %e, "server unreachable; running from the last desired state");
+                    } else {
+                        tracing::warn!(error = %e, "server unreachable, and no desired state kept from before; retrying");
+                    }
                     backoff.wait().await;
                     continue;
                 }

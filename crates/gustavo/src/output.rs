@@ -85,6 +85,15 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// When a node was last heard from, as [`ago`]; the server keeps that in memory only, so
+/// 0 is "not since the server started", not "never".
+pub fn last_seen(ts: u64) -> String {
+    if ts == 0 {
+        return "not since the server started".into();
+    }
+    ago(ts)
+}
+
 /// `12s ago`, `5m ago`, `3h ago`, `2d ago`; `never` for 0.
 pub fn ago(ts: u64) -> String {
     if ts == 0 {

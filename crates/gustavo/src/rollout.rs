@@ -62,6 +62,8 @@ pub async fn wait(client: &Client, app: &str, verb: &str, timeout: Duration) -> 
         None
     };
     let mut last_printed = None;
+    // The offline devices the wait was last said to hang on.
+    let mut said_offline: Vec<String> = Vec::new();
     // The server answers as soon as the rollout moves (a long-poll), so a change is seen the
     // moment the last device reports it, with no polling delay.
     let mut seen = None;
@@ -116,6 +118,25 @@ pub async fn wait(client: &Client, app: &str, verb: &str, timeout: Duration) -> 
                 );
             }
             return Ok(());
+        }
+        // Devices that are offline get the change when they return, which may be long
+        // after the timeout: said once, so the wait is not a mystery.
+        let offline: Vec<String> = r
+            .nodes
+            .iter()
+            .filter(|n| !n.converged && n.node_status == gustavo_model::api::NodeStatus::Offline)
+            .map(|n| n.node.clone())
+            .collect();
+        if !offline.is_empty() && offline != said_offline {
+            say(
+                &bar,
+                &format!(
+                    "{app}: waiting for offline device(s) {} (they take it when they return; \
+                     --timeout ends the wait, the change stays)",
+                    offline.join(", ")
+                ),
+            );
+            said_offline = offline;
         }
         let failed: Vec<_> = r.failed().collect();
         if !failed.is_empty() || start.elapsed() >= timeout {

@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use crate::cli::{CacheCmd, CacheFilter, Cli};
 use crate::connect;
-use crate::output::{ago, duration, rate, show};
+use crate::output::{ago, duration, last_seen, rate, show};
 
 /// The `-h` host list: the one name to ask the server for, or the set to keep of all it sends.
 struct Hosts {
@@ -58,7 +58,7 @@ pub async fn run(cli: &Cli, cmd: &CacheCmd) -> Result<()> {
                     vec![
                         n.name.clone(),
                         n.status.as_str().into(),
-                        ago(n.last_seen),
+                        last_seen(n.last_seen),
                         n.address.clone(),
                         n.groups.join(","),
                         n.agent_version.clone(),

@@ -31,7 +31,7 @@ use gustavo_model::hostinstall::{
 use serde::Serialize;
 
 use crate::cli::{Cli, Format, HostsCmd, HostsInstallArgs, HostsSshArgs};
-use crate::output::{ago, parse_duration, show};
+use crate::output::{last_seen, parse_duration, show};
 use crate::ssh::{Remote, RemoteError, SshOptions, SystemSsh};
 use crate::{EXIT_USAGE, Exit};
 
@@ -898,7 +898,7 @@ async fn check(cli: &Cli, args: &HostsSshArgs) -> Result<()> {
                 r.docker.clone(),
                 r.agent.clone(),
                 r.joined.clone(),
-                r.last_seen.map(ago).unwrap_or_else(|| "-".into()),
+                r.last_seen.map(last_seen).unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();

@@ -4,7 +4,7 @@ use anyhow::Result;
 
 use crate::cli::{Cli, Format, NodesCmd};
 use crate::connect;
-use crate::output::{ago, changed, confirm, data, show};
+use crate::output::{ago, changed, confirm, data, last_seen, show};
 
 pub async fn run(cli: &Cli, cmd: &NodesCmd) -> Result<()> {
     if let NodesCmd::Import { file, pressure } = cmd {
@@ -34,7 +34,7 @@ pub async fn run(cli: &Cli, cmd: &NodesCmd) -> Result<()> {
                             .collect::<Vec<_>>()
                             .join(","),
                         format!("{} cpu / {} MB", n.cpus, n.memory_mb),
-                        ago(n.last_seen),
+                        last_seen(n.last_seen),
                         n.pressure
                             .as_ref()
                             .map(|p| p.summary())
@@ -236,7 +236,7 @@ fn print_node(n: &gustavo_model::api::Node) {
         ("address", n.address.clone()),
         ("agent", n.agent_version.clone()),
         ("capacity", format!("{} cpu / {} MB", n.cpus, n.memory_mb)),
-        ("last seen", ago(n.last_seen)),
+        ("last seen", last_seen(n.last_seen)),
         ("applied revision", n.applied_revision.to_string()),
     ];
     if n.cordoned || n.draining {
