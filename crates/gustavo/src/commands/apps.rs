@@ -79,7 +79,11 @@ fn app_file(app: &App) -> Result<String> {
     ))
 }
 
-fn print_app(format: Format, app: &App) -> Result<()> {
+fn print_app(
+    format: Format,
+    app: &App,
+    devices: Option<&gustavo_model::api::RolloutSummary>,
+) -> Result<()> {
     match format {
         Format::Json => crate::output::json(app),
         Format::Yaml => outln!("{}", app_file(app)?.trim_end()),
@@ -93,6 +97,22 @@ fn print_app(format: Format, app: &App) -> Result<()> {
                 (Some(d), _) => outln!("digest:    {d}"),
                 (None, Some(e)) => outln!("digest:    not pinned: {e}"),
                 (None, None) => outln!("digest:    not pinned"),
+            }
+            if let Some(d) = devices.filter(|d| d.revision == app.revision) {
+                outln!(
+                    "devices:   {} of {} run revision {}{}",
+                    d.converged,
+                    d.total,
+                    d.revision,
+                    if d.failed > 0 {
+                        format!(
+                            ", {} failed (`gustavo rollouts get {}` says why)",
+                            d.failed, app.name
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
             }
             if let Some(r) = &app.rollout {
                 outln!(
@@ -314,7 +334,16 @@ pub async fn run(cli: &Cli, cmd: &AppsCmd) -> Result<()> {
             );
             Ok(())
         }
-        AppsCmd::Get { name } => print_app(cli.output, &client.get_app(name.get()).await?),
+        AppsCmd::Get { name } => {
+            let app = client.get_app(name.get()).await?;
+            // Where the devices stand, for a person (a failed update is otherwise only in
+            // `rollouts get` and the events).
+            let devices = match cli.output {
+                Format::Table => client.rollout_summary(&app.name).await.ok(),
+                _ => None,
+            };
+            print_app(cli.output, &app, devices.as_ref())
+        }
         AppsCmd::Start { name, wait }
         | AppsCmd::Stop { name, wait }
         | AppsCmd::Restart { name, wait } => {

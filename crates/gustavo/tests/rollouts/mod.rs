@@ -103,6 +103,7 @@ fn a_bad_update_halts_after_the_first_device_and_is_rolled_back() {
         shown.contains("digest:    sha256:"),
         "pinned at create:\n{shown}"
     );
+    assert!(shown.contains("devices:   4 of 4 run revision"), "{shown}");
     let before: Vec<Vec<String>> = names.iter().map(|n| container_ids(n)).collect();
     let first_rev = server.json(&["apps", "get", "w"])["revision"]
         .as_u64()
