@@ -558,14 +558,15 @@ fn sites_are_chosen_by_network_location_and_resources() {
 fn leases_expire_without_renewal_and_live_with_it_across_a_restart() {
     require_docker_and_registry();
     // Renewals every second, anonymously: above the default rate limit for one client.
-    let mut server = Server::start_with(&[
+    let flags = [
         "--lease-duration",
         "6s",
         "--lease-grace",
         "4s",
         "--anonymous-deploys-per-minute",
         "1000",
-    ]);
+    ];
+    let mut server = Server::start_with(&flags);
     let (group, node, _agent) = one_site(&server, "lease", "lsite");
     let id = uuid();
     recipe_app(&server, "leased", &id, true, "", &group);
@@ -625,16 +626,7 @@ fn leases_expire_without_renewal_and_live_with_it_across_a_restart() {
         before.as_str().is_some_and(|a| a.starts_with("10.5.")),
         "{before}"
     );
-    server.restart_with(&[
-        "--lease-duration",
-        "6s",
-        "--lease-grace",
-        "4s",
-        "--anonymous-deploys-per-minute",
-        "1000",
-        "--client-network",
-        "10.77.0.0/24",
-    ]);
+    server.restart_with(&[&flags[..], &["--client-network", "10.77.0.0/24"]].concat());
     let d = deployment(&server, &busy_name).expect("the lease survives the restart");
     assert_eq!(d["key"].as_str().map(str::len), Some(44));
     assert_eq!(deploy(&server, &busy), busy_name);
