@@ -290,6 +290,7 @@ impl<R: Runtime> Reconciler<R> {
             Err(e) => {
                 METRICS.error("list");
                 tracing::warn!(error = %e, "cannot list containers");
+                self.publish_unlisted(&desired, &e);
                 return;
             }
         };
@@ -379,6 +380,33 @@ impl<R: Runtime> Reconciler<R> {
             }
         }
         self.networks_named = Some(keep);
+    }
+
+    /// The engine cannot be listed (down, its socket gone): every app of the desired state
+    /// is failed with that reason, so the server and a person see why nothing moves
+    /// instead of a device that looks fine. What was last seen of the containers is kept;
+    /// the next pass that lists reports as usual.
+    fn publish_unlisted(&self, desired: &DesiredState, e: &crate::runtime::RuntimeError) {
+        let error = format!("cannot list this device's containers: {e}");
+        let apps: Vec<AppStatus> = desired
+            .apps
+            .iter()
+            .map(|a| AppStatus {
+                app: a.name.clone(),
+                revision: a.revision,
+                state: AppState::Failed,
+                ready: 0,
+                desired: a.containers.len() as u32,
+                error: Some(error.clone()),
+            })
+            .collect();
+        self.report.send_if_modified(|r| {
+            let changed = r.apps != apps;
+            if changed {
+                r.apps = apps;
+            }
+            changed
+        });
     }
 
     /// Builds the status report from what was observed and sends it if it changed.
@@ -625,6 +653,30 @@ mod tests {
             h.rt.log().iter().filter(|l| l.starts_with("pull")).count(),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_cannot_be_listed_fails_every_app_until_it_is_back() {
+        let rt = SimRuntime::new();
+        rt.publish("x:latest");
+        let mut h = start(rt, state(1, vec![app("a", "  docker_image: x\n", 1)]));
+        until(&mut h, "a running", |r| {
+            app_state(r, "a") == Some(AppState::Running)
+        })
+        .await;
+        h.rt.set_down(true);
+        let r = until(&mut h, "a failed", |r| {
+            app_state(r, "a") == Some(AppState::Failed)
+        })
+        .await;
+        let error = r.apps[0].error.clone().unwrap_or_default();
+        assert!(error.contains("container runtime unavailable"), "{error}");
+        assert_eq!(r.containers.len(), 1, "what was last seen is kept");
+        h.rt.set_down(false);
+        until(&mut h, "a running again", |r| {
+            app_state(r, "a") == Some(AppState::Running)
+        })
+        .await;
     }
 
     #[tokio::test]

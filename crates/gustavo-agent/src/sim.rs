@@ -24,6 +24,8 @@ struct Inner {
     log: Vec<String>,
     /// The node each container was created for (the runtime's `gustavo.node` label).
     node_of: BTreeMap<String, String>,
+    /// The engine cannot be reached: listing fails.
+    down: bool,
 }
 
 #[derive(Clone, Default)]
@@ -48,6 +50,11 @@ impl SimRuntime {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes the engine unreachable (listing fails), or reachable again.
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
     }
 
     /// Makes `image` pullable.
@@ -122,6 +129,9 @@ impl Runtime for SimRuntime {
     async fn list(&self, node: &str) -> Result<Vec<Observed>, RuntimeError> {
         let prefix = format!("{node}.");
         let g = self.lock();
+        if g.down {
+            return Err(RuntimeError::Unavailable("the engine is down".into()));
+        }
         Ok(g.containers
             .values()
             .filter(|c| match g.node_of.get(&c.id) {

@@ -235,12 +235,21 @@ impl Ops {
     /// state of this server until the revision passed its own, and keep running what it
     /// had. The server's revision moves past the node's instead (once: the node's
     /// revision is touched above it), and the node gets this server's state at once.
+    ///
+    /// "Ahead" is against what this server would send the node, not against the server's
+    /// revision: once one device has moved the revision past its own, the others of a
+    /// restored server are behind the server but still ahead of their own state. On one
+    /// server a node's revision never goes down, so an agent is never ahead otherwise.
     pub(crate) async fn catch_up(&self, name: &str, after: u64) -> Result<(), OpError> {
-        let current = self.shared.read().revision;
-        if after <= current {
+        let (current, owed) = {
+            let c = self.shared.read();
+            let owed = c.nodes.get(name).map(|n| c.node_revision(n));
+            (c.revision, owed)
+        };
+        if owed.is_none_or(|r| after <= r) {
             return Ok(());
         }
-        if after - current > AHEAD_MAX {
+        if after.saturating_sub(current) > AHEAD_MAX {
             tracing::warn!(
                 node = name,
                 has = after,
@@ -259,11 +268,15 @@ impl Ops {
         let node = name.to_string();
         self.shared
             .mutate_past(after, move |c, rev| {
-                let touch = c.nodes.get(&node).filter(|n| n.revision <= after).map(|n| {
-                    let mut n = n.clone();
-                    n.revision = rev;
-                    Change::PutNode(n)
-                });
+                let touch = c
+                    .nodes
+                    .get(&node)
+                    .filter(|n| c.node_revision(n) <= after)
+                    .map(|n| {
+                        let mut n = n.clone();
+                        n.revision = rev;
+                        Change::PutNode(n)
+                    });
                 Ok((touch.into_iter().collect(), ()))
             })
             .await

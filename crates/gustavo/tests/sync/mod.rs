@@ -871,15 +871,19 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 /// A server restored from a backup is behind its devices: they hold revisions it has not
-/// reached, and take only newer states. Its next change still reaches them — it moves its
-/// revision past theirs — and what it does not know of is removed from them.
+/// reached, and take only newer states. Each of them takes its state as it reconnects —
+/// the server moves its revision past theirs, the second device as well as the first —
+/// so what the server does not know of leaves them, and its next change reaches them.
 #[test]
 fn a_server_restored_from_a_backup_reaches_devices_that_are_ahead_of_it() {
     require_docker_and_registry();
     let mut server = Server::start();
     let group = unique("bk");
-    let node = unique("bkn");
-    let _agent = Agent::start(&server, &node, &[&group], &[]);
+    let nodes = [unique("bka"), unique("bkb")];
+    let _agents: Vec<Agent> = nodes
+        .iter()
+        .map(|n| Agent::start(&server, n, &[&group], &[]))
+        .collect();
     create_sleeper(&server, "kept", &group);
 
     server.kill();
@@ -888,21 +892,46 @@ fn a_server_restored_from_a_backup_reaches_devices_that_are_ahead_of_it() {
     server.restart();
     create_sleeper(&server, "later", &group);
     create_sleeper(&server, "later2", &group);
-    assert_eq!(containers_of(&node, Some("running")).len(), 3);
+    for n in &nodes {
+        assert_eq!(containers_of(n, Some("running")).len(), 3, "{n}");
+    }
 
-    // Back to the backup: the device is two changes ahead.
+    // Back to the backup: the devices are two changes ahead.
     server.kill();
     std::fs::remove_dir_all(server.data_dir()).unwrap();
     std::fs::create_dir(server.data_dir()).unwrap();
     copy_dir(backup.path(), &server.data_dir());
     server.restart();
-    create_sleeper(&server, "after", &group);
-    let want = vec![format!("{node}.after.1"), format!("{node}.kept.1")];
+    let only = |apps: &[&str]| {
+        let nodes = nodes.clone();
+        let apps: Vec<String> = apps.iter().map(|a| a.to_string()).collect();
+        move || {
+            nodes.iter().all(|n| {
+                let want: Vec<String> = apps.iter().map(|a| format!("{n}.{a}.1")).collect();
+                containers_of(n, Some("running")) == want
+            })
+        }
+    };
+    let show = || {
+        let running: Vec<Vec<String>> = nodes
+            .iter()
+            .map(|n| containers_of(n, Some("running")))
+            .collect();
+        format!(": {running:?}\n{}", tail(&server.log(), 20))
+    };
+    // With no new change: every device drops what the restored server does not know of.
     wait_for_showing(
-        "the restored server's apps, and only those",
+        "every device to run the restored server's apps only",
         Duration::from_secs(60),
-        || containers_of(&node, Some("running")) == want,
-        || format!(": {:?}", containers_of(&node, Some("running"))),
+        only(&["kept"]),
+        show,
+    );
+    create_sleeper(&server, "after", &group);
+    wait_for_showing(
+        "the next change on every device",
+        Duration::from_secs(60),
+        only(&["after", "kept"]),
+        show,
     );
     assert!(
         server.log().contains("moving past it"),
