@@ -170,6 +170,8 @@ pub struct Reconciler<R: Runtime> {
     recheck: Option<Instant>,
     /// Containers node pressure stopped, by name: left stopped until it starts them.
     held: watch::Receiver<BTreeSet<String>>,
+    /// Passes in a row that could not list the engine's containers.
+    unlisted: u32,
 }
 
 impl<R: Runtime> Reconciler<R> {
@@ -194,6 +196,7 @@ impl<R: Runtime> Reconciler<R> {
             networks_named: None,
             recheck: None,
             held: watch::channel(BTreeSet::new()).1,
+            unlisted: 0,
         }
     }
 
@@ -286,11 +289,19 @@ impl<R: Runtime> Reconciler<R> {
         };
         METRICS.passes.inc();
         let observed = match self.runtime.list(&self.node).await {
-            Ok(o) => o,
+            Ok(o) => {
+                self.unlisted = 0;
+                o
+            }
             Err(e) => {
                 METRICS.error("list");
                 tracing::warn!(error = %e, "cannot list containers");
-                self.publish_unlisted(&desired, &e);
+                // Twice in a row (a resync apart): one engine call that fails under load
+                // must not fail every app, and so halt a staged rollout.
+                self.unlisted += 1;
+                if self.unlisted >= 2 {
+                    self.publish_unlisted(&desired, &e);
+                }
                 return;
             }
         };
@@ -382,7 +393,7 @@ impl<R: Runtime> Reconciler<R> {
         self.networks_named = Some(keep);
     }
 
-    /// The engine cannot be listed (down, its socket gone): every app of the desired state
+    /// The engine cannot be listed (down, its socket gone) pass after pass: every app of the desired state
     /// is failed with that reason, so the server and a person see why nothing moves
     /// instead of a device that looks fine. What was last seen of the containers is kept;
     /// the next pass that lists reports as usual.
