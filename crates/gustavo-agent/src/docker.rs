@@ -487,7 +487,12 @@ impl Runtime for DockerRuntime {
                     _ => RunState::Exited,
                 };
                 let (health, exit_code) = parse_status(c.status.as_deref().unwrap_or(""));
+                let networks = c
+                    .network_settings
+                    .and_then(|s| s.networks)
+                    .map(|n| n.into_keys().collect());
                 Some(Observed {
+                    networks,
                     nano_cpus: 0,
                     memory: 0,
                     memory_swap: 0,

@@ -194,6 +194,7 @@ impl Runtime for SimRuntime {
                 restarts: 0,
                 started_ms: 0,
                 detail: None,
+                networks: None,
             },
         );
         g.node_of.insert(id.clone(), node.to_string());

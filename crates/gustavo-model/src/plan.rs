@@ -48,6 +48,10 @@ pub struct Observed {
     pub memory: i64,
     #[serde(default)]
     pub memory_swap: i64,
+    /// The networks it is attached to, by name, when the runtime says (`None`: it does
+    /// not; nothing is judged by them then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +216,17 @@ fn wants_restart(policy: RestartPolicy, o: &Observed) -> bool {
     }
 }
 
+/// Whether `o` lost a network its spec attaches it to (disconnected, or the network
+/// removed by hand): only a new container gets it back, with the network made again.
+fn lacks_network(w: &DesiredContainer, o: &Observed) -> bool {
+    match (&w.spec.network, &o.networks) {
+        (crate::spec::NetworkMode::Bridges(want), Some(have)) => {
+            want.iter().any(|n| !have.contains(n))
+        }
+        _ => false,
+    }
+}
+
 /// Plans one app. `desired` is `None` when the node must not run the app at all.
 /// `observed` holds this node's containers of this app (any order).
 pub fn plan_app(desired: Option<&DesiredApp>, observed: &[Observed]) -> AppPlan {
@@ -247,7 +262,7 @@ pub fn plan_app(desired: Option<&DesiredApp>, observed: &[Observed]) -> AppPlan 
     for (w, o) in &keep {
         match o {
             None => missing.push(*w),
-            Some(o) if o.hash != w.hash => outdated.push((*w, *o)),
+            Some(o) if o.hash != w.hash || lacks_network(w, o) => outdated.push((*w, *o)),
             Some(o) => match o.state {
                 RunState::Exited | RunState::Created | RunState::Dead
                     if wants_restart(w.spec.restart, o) =>
@@ -367,6 +382,7 @@ mod tests {
             memory_swap: 0,
             started_ms: 0,
             detail: None,
+            networks: None,
         }
     }
 
@@ -445,6 +461,23 @@ mod tests {
             .map(|(i, c)| running(c, &i.to_string()))
             .collect();
         assert!(plan_app(Some(&d), &obs).is_empty());
+    }
+
+    #[test]
+    fn a_container_that_lost_its_network_is_replaced() {
+        let d = desired("a:\n  docker_image: x\n  networks: [front, back]\n");
+        let mut o = running(&d.containers[0], "1");
+        // A runtime that does not say: nothing judged.
+        assert!(plan_app(Some(&d), std::slice::from_ref(&o)).is_empty());
+        o.networks = Some(vec!["back".into(), "front".into()]);
+        assert!(plan_app(Some(&d), std::slice::from_ref(&o)).is_empty());
+        o.networks = Some(vec!["back".into()]);
+        let p = plan_app(Some(&d), std::slice::from_ref(&o));
+        assert!(
+            p.steps.iter().any(|s| matches!(s, Step::Create(_)))
+                && p.steps.iter().any(|s| matches!(s, Step::Remove { .. })),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -109,6 +109,17 @@ fn issue7_1_concurrent_creators_make_one_network() {
     }
     assert_eq!(networks_named(&net).len(), 1, "exactly one network `{net}`");
 
+    // A container disconnected by hand is replaced by one on its network.
+    let c = format!("{n1}.one.1");
+    let before = inspect(&c, "{{.Id}}");
+    docker(&["network", "disconnect", &net, &c]);
+    wait_for("the disconnected container replaced", WAIT, || {
+        inspect(&c, "{{.Id}}") != before
+            && inspect(&c, "{{.State.Running}}").as_deref() == Some("true")
+            && inspect(&c, "{{json .NetworkSettings.Networks}}")
+                .is_some_and(|n| n.contains(&format!("\"{net}\"")))
+    });
+
     // No app uses it any more: the network Gustavo made goes away.
     for app in apps {
         server.ok(&["apps", "delete", "-n", app]);
