@@ -838,8 +838,7 @@ impl Cluster {
                 let online = !unknown
                     && node_status_of(|| self.nodes.get(&node), live.as_deref(), now)
                         == NodeStatus::Ready;
-                drop(live);
-                let status = self.live.get(&node).and_then(|l| {
+                let status = live.and_then(|l| {
                     l.report
                         .apps
                         .iter()

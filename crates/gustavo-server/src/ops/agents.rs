@@ -299,14 +299,14 @@ impl Ops {
         form: Form,
     ) -> Result<Option<DesiredState>, OpError> {
         p.require_node(name)?;
-        if matches!(p, Principal::Node(_)) {
+        // Commands (`gustavo exec`) go to the node itself only, never to an admin looking.
+        let is_node = matches!(p, Principal::Node(_));
+        if is_node {
             self.catch_up(name, after).await?;
         }
         let mut closing = self.shared.closing.subscribe();
         let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(60));
         let _waiting = crate::metrics::Waiting::new(&self.shared.metrics.long_polls);
-        // Commands (`gustavo exec`) go to the node itself only, never to an admin looking.
-        let is_node = matches!(p, Principal::Node(_));
         let exec_wake = is_node.then(|| self.shared.exec.wake(name));
         let _open = is_node.then(|| PollOpen::new(self, name, from, false));
         loop {

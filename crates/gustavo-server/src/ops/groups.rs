@@ -41,8 +41,8 @@ impl Ops {
                 // Setting thresholds makes the group, as an app naming it would (so a
                 // group's pressure can be set before its first device joins); clearing
                 // those of a group nobody made is a mistake worth saying.
-                let makes = pressure.is_some() && !c.group_exists(&name);
-                if !who.can_read_group(&name) || !makes && !c.group_exists(&name) {
+                let exists = c.group_exists(&name);
+                if !who.can_read_group(&name) || !exists && pressure.is_none() {
                     return Err(OpError::NotFound(format!("group `{name}` does not exist")));
                 }
                 if who.role == Role::Viewer || !who.can_write_group(&name) {
